@@ -1,0 +1,333 @@
+"""UnixFS importer: files, directories and symlinks into a kubo-compatible DAG.
+
+Reading and threads live here; node encoding, the balanced layout and CID assembly come
+from ``bacalhau._fast``. Large files are hashed on all cores: the main thread reads the next
+batch of chunks while worker threads hash the current one (hashlib releases the GIL), so a
+file of any size is imported in constant memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bacalhau._fast import _dagpb_py, dagpb
+from bacalhau.content.cid import PREFIX_V0, PREFIX_V1_DAG_PB, PREFIX_V1_RAW
+from bacalhau.content.errors import PathImportError
+from bacalhau.errors import UsageError
+
+DEFAULT_CHUNK_SIZE = 262144
+MAX_CHUNK_SIZE = 1 << 20  # kubo refuses chunks over 1 MiB: blocks must fit its bitswap limits
+# kubo turns a directory into a HAMT shard once its links add up to this many bytes
+# (names plus CIDs); we do not build HAMT shards yet, so we refuse such directories.
+HAMT_THRESHOLD = 262144
+_BATCH_CHUNKS = 32
+
+Buffer = bytes | memoryview
+# A hashed leaf: digest, Tsize, and the block's bytes in parts (no copy of the chunk).
+_Leaf = tuple[bytes, int, tuple[Buffer, ...]]
+_Layout = _dagpb_py.BalancedLayout
+
+
+class BlockSink(Protocol):
+    """Where imported blocks go: ``put`` gets a block's binary CID and its bytes in parts."""
+
+    def put(self, cid: bytes, *parts: Buffer) -> None: ...
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How to chunk and address: kubo's ``ipfs add`` defaults unless changed."""
+
+    cid_version: int = 0
+    raw_leaves: bool | None = None  # None: raw leaves exactly when cid_version is 1
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_links: int = dagpb.MAX_LINKS
+
+    def __post_init__(self) -> None:
+        if self.cid_version not in (0, 1):
+            raise UsageError(f"--cid-version must be 0 or 1, not {self.cid_version}")
+        if self.cid_version == 0 and self.raw_leaves:
+            raise UsageError(
+                "raw leaves need CIDv1", hint="add --cid-version 1 or drop --raw-leaves"
+            )
+        if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes")
+
+    @property
+    def use_raw_leaves(self) -> bool:
+        return self.cid_version == 1 if self.raw_leaves is None else self.raw_leaves
+
+    @property
+    def node_prefix(self) -> bytes:
+        """CID prefix (before the multihash) of dag-pb nodes."""
+        return b"" if self.cid_version == 0 else b"\x01\x70"
+
+
+def parse_chunker(spec: str) -> int:
+    """Chunk size from a kubo-style chunker string, ``size-N``."""
+    name, _, value = spec.partition("-")
+    if name != "size" or not value.isdigit():
+        raise UsageError(
+            f"unsupported chunker {spec!r}", hint="use size-N, e.g. size-262144 (the default)"
+        )
+    size = int(value)
+    if not 1 <= size <= MAX_CHUNK_SIZE:
+        raise UsageError(f"chunker size must be between 1 and {MAX_CHUNK_SIZE} bytes")
+    return size
+
+
+@dataclass(frozen=True)
+class Node:
+    """An imported file, directory or symlink: binary CID, Tsize and file bytes."""
+
+    cid: bytes
+    tsize: int
+    size: int
+
+
+class Importer:
+    """Imports paths or bytes; reports each file and folder to ``on_entry`` as it finishes."""
+
+    def __init__(
+        self,
+        options: ImportOptions | None = None,
+        sink: BlockSink | None = None,
+        on_entry: Callable[[str, Node], None] | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.options = options or ImportOptions()
+        self._sink = sink
+        self._on_entry = on_entry
+        self._workers = max(1, workers or os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+        raw = self.options.use_raw_leaves
+        self._leaf_prefix = (
+            (PREFIX_V1_RAW if raw else PREFIX_V1_DAG_PB) if self.options.cid_version else PREFIX_V0
+        )
+        self._node_prefix = PREFIX_V0 if self.options.cid_version == 0 else PREFIX_V1_DAG_PB
+        self._hash_leaf = self._hash_raw if raw else self._hash_pb
+
+    def __enter__(self) -> Importer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- public entry points -------------------------------------------------------------
+
+    def add_path(self, path: str | os.PathLike[str]) -> Node:
+        """Import a file, directory (recursively, hidden files included) or symlink."""
+        p = os.fspath(path)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            raise PathImportError(f"{p}: no such file or directory") from None
+        except OSError as exc:
+            raise PathImportError(f"{p}: {exc.strerror}") from None
+        name = Path(p).name or Path(os.path.abspath(p)).name
+        if stat.S_ISDIR(st.st_mode):
+            return self._add_dir(p, name)
+        return self._add_entry(p, name, st.st_mode)
+
+    def add_bytes(self, data: Buffer) -> Node:
+        """Import one file given as bytes."""
+        return self._add_stream(iter([data]))
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _add_entry(self, path: str, display: str, mode: int) -> Node:
+        if stat.S_ISLNK(mode):
+            node = self._add_symlink(path)
+        elif stat.S_ISREG(mode):
+            node = self._add_file(path)
+        else:
+            raise PathImportError(
+                f"{path}: not a regular file, directory or symlink",
+                hint="remove it or add the files around it one by one",
+            )
+        if self._on_entry is not None:
+            self._on_entry(display, node)
+        return node
+
+    def _add_file(self, path: str) -> Node:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PathImportError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            size = self.options.chunk_size
+            try:
+                first = os.read(fd, size)
+                if len(first) < size:
+                    # A short read of a regular file means end of file: one leaf.
+                    return self._single_leaf(first)
+                return self._add_stream(_chunks(fd, size, first))
+            except OSError as exc:
+                raise PathImportError(f"{path}: cannot read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def _single_leaf(self, chunk: Buffer) -> Node:
+        digest, tsize, parts = self._hash_leaf(chunk)
+        cid = self._leaf_prefix + digest
+        if self._sink is not None:
+            self._sink.put(cid, *parts)
+        return Node(cid, tsize, len(chunk))
+
+    def _add_stream(self, chunks: Iterator[Buffer]) -> Node:
+        """Import a file given as an iterator of byte strings of any sizes."""
+        sink = self._sink
+        layout = dagpb.BalancedLayout(
+            self.options.node_prefix, sink.put if sink is not None else None, self.options.max_links
+        )
+        leaves = 0
+        pending: deque[tuple[list[Future[list[_Leaf]]], list[Buffer]]] = deque()
+        for batch in _batches(_rechunk(chunks, self.options.chunk_size), _BATCH_CHUNKS):
+            # Hash this batch in the pool while the previous one is handed on.
+            pending.append((self._submit(batch), batch))
+            if len(pending) > 1:
+                leaves += self._drain(*pending.popleft(), layout)
+        while pending:
+            leaves += self._drain(*pending.popleft(), layout)
+        if leaves == 0:
+            return self._single_leaf(b"")
+        # A one-chunk file is its own root: the layout then emits no node.
+        cid, tsize, filesize = layout.finish()
+        return Node(cid, tsize, filesize)
+
+    def _submit(self, batch: list[Buffer]) -> list[Future[list[_Leaf]]]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="bacalhau-hash")
+        hash_leaf = self._hash_leaf
+        step = -(-len(batch) // self._workers)
+        return [
+            self._pool.submit(lambda s: [hash_leaf(c) for c in s], batch[i : i + step])
+            for i in range(0, len(batch), step)
+        ]
+
+    def _drain(
+        self, futures: list[Future[list[_Leaf]]], batch: list[Buffer], layout: _Layout
+    ) -> int:
+        prefix = self._leaf_prefix
+        sink = self._sink
+        hashed = [leaf for f in futures for leaf in f.result()]
+        for (digest, tsize, parts), chunk in zip(hashed, batch, strict=True):
+            cid = prefix + digest
+            if sink is not None:
+                sink.put(cid, *parts)
+            layout.add(cid, tsize, len(chunk))
+        return len(hashed)
+
+    @staticmethod
+    def _hash_pb(chunk: Buffer) -> _Leaf:
+        pre, suf = dagpb.leaf_envelope(len(chunk))
+        h = hashlib.sha256(pre)
+        h.update(chunk)
+        h.update(suf)
+        return h.digest(), len(pre) + len(chunk) + len(suf), (pre, chunk, suf)
+
+    @staticmethod
+    def _hash_raw(chunk: Buffer) -> _Leaf:
+        return hashlib.sha256(chunk).digest(), len(chunk), (chunk,)
+
+    # -- symlinks and directories -------------------------------------------------------
+
+    def _add_symlink(self, path: str) -> Node:
+        try:
+            target = os.readlink(os.fsencode(path))
+        except OSError as exc:
+            raise PathImportError(f"{path}: cannot read link: {exc.strerror}") from None
+        block = dagpb.symlink_node(target)
+        cid = self._node_prefix + hashlib.sha256(block).digest()
+        if self._sink is not None:
+            self._sink.put(cid, block)
+        return Node(cid, len(block), 0)
+
+    def _add_dir(self, path: str, display: str) -> Node:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            raise PathImportError(f"{path}: cannot list directory: {exc.strerror}") from None
+        links: list[tuple[bytes, bytes, int]] = []
+        estimate = 0
+        for entry in entries:
+            child_display = f"{display}/{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                mode = 0 if is_dir else entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise PathImportError(f"{entry.path}: {exc.strerror}") from None
+            if is_dir:
+                node = self._add_dir(entry.path, child_display)
+            else:
+                node = self._add_entry(entry.path, child_display, mode)
+            name = os.fsencode(entry.name)
+            links.append((name, node.cid, node.tsize))
+            estimate += len(name) + len(node.cid)
+        if estimate >= HAMT_THRESHOLD:
+            raise PathImportError(
+                f"{path}: directory has too many entries ({len(links)}) for one block",
+                hint="kubo would shard it (HAMT), which is not supported yet; split it into "
+                "subfolders",
+            )
+        block = dagpb.dir_node(links)
+        cid = self._node_prefix + hashlib.sha256(block).digest()
+        if self._sink is not None:
+            self._sink.put(cid, block)
+        node = Node(cid, len(block) + sum(t for _, _, t in links), 0)
+        if self._on_entry is not None:
+            self._on_entry(display, node)
+        return node
+
+
+def _chunks(fd: int, size: int, first: bytes) -> Iterator[Buffer]:
+    yield first
+    while True:
+        data = os.read(fd, size * _BATCH_CHUNKS)
+        if not data:
+            return
+        yield data
+
+
+def _rechunk(pieces: Iterator[Buffer], size: int) -> Iterator[Buffer]:
+    """Cut a stream of byte strings of any sizes into chunks of exactly ``size`` bytes.
+
+    Chunks are memoryview slices of what was read: no chunk is copied.
+    """
+    buf = b""
+    for piece in pieces:
+        if buf:
+            piece = buf + bytes(piece)
+        n = len(piece)
+        full = n - n % size
+        mv = memoryview(piece)
+        for i in range(0, full, size):
+            yield mv[i : i + size]
+        buf = bytes(mv[full:])
+    if buf:
+        yield buf
+
+
+def _batches(items: Iterator[Buffer], n: int) -> Iterator[list[Buffer]]:
+    batch: list[Buffer] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
