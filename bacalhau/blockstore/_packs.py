@@ -1,0 +1,349 @@
+"""A durable blockstore: blocks appended to pack files, located by an LMDB index.
+
+Layout under the store's folder::
+
+    index/           LMDB: multihash -> (pack, offset, length); pins; committed pack ends
+    packs/NNNNNN.pack
+    lock             flock'd by the one writer at a time (processes and threads)
+
+A batch appends its blocks to the current pack, fsyncs the pack (in the background as it
+grows, and once more at the end), and only then commits the index in one synced LMDB
+transaction. A block is therefore visible only once its bytes are on disk: after a crash or
+``kill -9``, bytes past the last committed end of a pack are cut off when the next writer
+starts, and no reader ever sees a partial block. Every read is checked against its CID.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import lmdb
+
+from bacalhau.content.cid import CID
+from bacalhau.content.errors import ContentError, CorruptData, NotFound
+
+PACK_LIMIT = 1 << 32  # start a new pack once the current one is past 4 GiB
+SYNC_EVERY = 64 << 20  # start a background fdatasync every 64 MiB written
+_WRITE_BUFFER = 4 << 20
+_MAX_IOV = 512
+_MAX_INFLIGHT = 8
+_LOC = struct.Struct("<IQI")  # pack id, offset, length
+_END = struct.Struct("<Q")
+_CURRENT = b"current-pack"
+MAP_SIZE = 1 << 36  # address space only: LMDB's file grows with what is stored
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    while parts:
+        n = os.writev(fd, parts)
+        # Drop what was written; a short write leaves the rest of one part.
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts = parts[1:]
+        if n:
+            parts = [memoryview(parts[0])[n:], *parts[1:]]
+
+
+class BlockstoreError(ContentError):
+    """The blockstore cannot be opened or written."""
+
+
+def _multihash(cid: bytes) -> bytes:
+    # Blocks are keyed by multihash, as kubo does: the same bytes under a v0 and a v1 CID
+    # (or dag-pb and raw codecs) are stored once.
+    if cid[:2] == b"\x12\x20":
+        return cid
+    return bytes(CID.from_bytes(cid).multihash)
+
+
+class Blockstore:
+    """Content-addressed blocks on disk, written atomically, verified on read, with pins."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        try:
+            (self.root / "packs").mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(
+                str(self.root / "index"),
+                map_size=MAP_SIZE,
+                max_dbs=4,
+                subdir=True,
+                sync=True,
+                metasync=True,
+                readahead=False,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise BlockstoreError(
+                f"cannot open blockstore at {self.root}: {exc}",
+                hint="check that the data directory exists, is writable and is not corrupt",
+            ) from None
+        self._blocks = self._env.open_db(b"blocks")
+        self._pins = self._env.open_db(b"pins")
+        self._meta = self._env.open_db(b"meta")
+        self._readers: dict[int, int] = {}
+        self._readers_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()
+        self._env.close()
+
+    def __enter__(self) -> Blockstore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def has(self, cid: bytes) -> bool:
+        """True if the block is stored."""
+        with self._env.begin(db=self._blocks) as txn:
+            return txn.get(_multihash(cid)) is not None
+
+    def get(self, cid: bytes) -> bytes:
+        """The block's bytes, checked against its CID. Raises NotFound or CorruptData."""
+        mh = _multihash(cid)
+        with self._env.begin(db=self._blocks) as txn:
+            loc = txn.get(mh)
+        if loc is None:
+            raise NotFound(
+                f"block {CID.from_bytes(cid)} is not in the local blockstore",
+                hint="add the data first, or fetch it from a node that has it",
+            )
+        pack, offset, length = _LOC.unpack(loc)
+        data = os.pread(self._reader(pack), length, offset)
+        if len(data) != length or hashlib.sha256(data).digest() != mh[2:]:
+            raise CorruptData(
+                f"block {CID.from_bytes(cid)} is corrupt on disk (pack {pack}, offset {offset})",
+                hint="remove it and add the data again",
+            )
+        return data
+
+    def _reader(self, pack: int) -> int:
+        with self._readers_lock:
+            fd = self._readers.get(pack)
+            if fd is None:
+                fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                self._readers[pack] = fd
+            return fd
+
+    def _pack_path(self, pack: int) -> Path:
+        return self.root / "packs" / f"{pack:06d}.pack"
+
+    def pins(self) -> list[bytes]:
+        """Binary CIDs of the pinned roots."""
+        with self._env.begin(db=self._pins) as txn:
+            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def is_pinned(self, cid: bytes) -> bool:
+        with self._env.begin(db=self._pins) as txn:
+            return txn.get(cid) is not None
+
+    def count(self) -> int:
+        """How many blocks are stored."""
+        with self._env.begin(db=self._blocks) as txn:
+            return int(txn.stat(self._blocks)["entries"])
+
+    def iter_cids(self) -> Iterator[bytes]:
+        """Multihashes of all stored blocks (as CIDv0 bytes)."""
+        with self._env.begin(db=self._blocks) as txn:
+            for key in txn.cursor().iternext(keys=True, values=False):
+                yield bytes(key)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        """A write batch: blocks become visible together, after they are synced."""
+        return Batch(self)
+
+    def put(self, cid: bytes, *parts: bytes | memoryview) -> None:
+        """Store one block durably (a batch of one)."""
+        with self.batch() as b:
+            b.put(cid, *parts)
+
+    def pin(self, cid: bytes) -> None:
+        """Pin a root: it and what it links to must stay."""
+        with self.batch() as b:
+            b.pin(cid)
+
+    def unpin(self, cid: bytes) -> bool:
+        """Remove a pin; False if it was not pinned."""
+        with self._env.begin(write=True, db=self._pins) as txn:
+            return bool(txn.delete(cid))
+
+
+class Batch:
+    """Blocks and pins written together; see the module docstring for the protocol."""
+
+    def __init__(self, store: Blockstore) -> None:
+        self._store = store
+        self._txn: Any = None
+        self._lock_fd = -1
+        self._pack = 0
+        self._fd = -1
+        self._offset = 0
+        self._start = 0
+        self._parts: list[bytes | memoryview] = []
+        self._buffered = 0
+        self._synced_at = 0
+        self._touched: dict[int, int] = {}  # pack id -> fd, for the final sync
+        self._writer: ThreadPoolExecutor | None = None
+        self._inflight: deque[Future[None]] = deque()
+        self._blocks = store._blocks
+        self.blocks_written = 0
+        self.bytes_written = 0
+
+    def __enter__(self) -> Batch:
+        store = self._store
+        store._write_lock.acquire()
+        try:
+            self._lock_fd = os.open(store.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._txn = store._env.begin(write=True)
+            current = self._txn.get(_CURRENT, db=store._meta)
+            self._open_pack(int(current) if current else 1)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _open_pack(self, pack: int) -> None:
+        store = self._store
+        end_raw = self._txn.get(b"end:%d" % pack, db=store._meta)
+        end = _END.unpack(end_raw)[0] if end_raw else 0
+        fd = os.open(store._pack_path(pack), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Whatever lies past the committed end was written by a batch that never committed
+        # (a crash, or an abort): nothing indexes it, so cut it off.
+        if os.fstat(fd).st_size != end:
+            os.ftruncate(fd, end)
+        os.lseek(fd, end, os.SEEK_SET)
+        if not self._touched:
+            self._start = end
+        self._pack, self._fd, self._offset = pack, fd, end
+        self._touched[pack] = fd
+        self._txn.put(_CURRENT, b"%d" % pack, db=store._meta)
+
+    def put(self, cid: bytes, *parts: bytes | memoryview) -> None:
+        """Add a block whose bytes are the concatenation of ``parts``; stored once."""
+        mh = cid if cid[:2] == b"\x12\x20" else _multihash(cid)
+        txn = self._txn
+        # The write transaction sees this batch's own puts too: one lookup dedupes both.
+        if txn.get(mh, db=self._blocks) is not None:
+            return
+        length = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        if self._offset + length > PACK_LIMIT and self._offset > 0:
+            self._finish_pack()
+            self._open_pack(self._pack + 1)
+        txn.put(mh, _LOC.pack(self._pack, self._offset, length), db=self._blocks)
+        self._parts.extend(parts)
+        self._buffered += length
+        self._offset += length
+        self.blocks_written += 1
+        self.bytes_written += length
+        if self._buffered >= _WRITE_BUFFER or len(self._parts) >= _MAX_IOV:
+            self._flush()
+        if self.bytes_written - self._synced_at >= SYNC_EVERY:
+            # Let the disk catch up while hashing goes on, so the final sync is short.
+            self._synced_at = self.bytes_written
+            self._submit(os.fdatasync, self._fd)
+
+    def pin(self, cid: bytes) -> None:
+        """Pin a root in this batch."""
+        self._txn.put(cid, b"recursive", db=self._store._pins)
+
+    def _flush(self) -> None:
+        if self._parts:
+            self._submit(_write_all, self._fd, self._parts)
+            self._parts = []
+            self._buffered = 0
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        # One writer thread: writes and syncs happen in order, off the importing thread,
+        # with a bounded number in flight so memory stays bounded.
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="bacalhau-write")
+        while len(self._inflight) >= _MAX_INFLIGHT:
+            self._inflight.popleft().result()
+        self._inflight.append(self._writer.submit(fn, *args))
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().result()
+
+    def _finish_pack(self) -> None:
+        self._flush()
+        self._txn.put(b"end:%d" % self._pack, _END.pack(self._offset), db=self._store._meta)
+
+    def commit(self) -> None:
+        """Sync the packs, then commit the index: only now are the blocks visible."""
+        self._finish_pack()
+        self._drain()
+        for fd in self._touched.values():
+            os.fdatasync(fd)
+        self._txn.commit()
+        self._txn = None
+
+    def abort(self) -> None:
+        """Forget everything in the batch; the packs are cut back to where they were."""
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        for fut in self._inflight:
+            fut.exception()
+        self._inflight.clear()
+        first = min(self._touched, default=0)
+        for pack, fd in self._touched.items():
+            os.ftruncate(fd, self._start if pack == first else 0)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.commit()
+                except (OSError, lmdb.Error) as err:
+                    self.abort()
+                    raise self._write_error(err) from None
+            else:
+                self.abort()
+                if isinstance(exc, OSError | lmdb.Error):
+                    raise self._write_error(exc) from None
+        finally:
+            self._release()
+
+    def _write_error(self, err: BaseException) -> BlockstoreError:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return BlockstoreError(
+            f"cannot write to the blockstore at {self._store.root}: {reason}; nothing was stored",
+            hint="check free disk space and permissions",
+        )
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        for fd in self._touched.values():
+            os.close(fd)
+        self._touched.clear()
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._store._write_lock.release()

@@ -1,0 +1,42 @@
+"""What both command-line tools share: one-line errors, the data directory, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from bacalhau.errors import BacalhauError
+
+
+def default_data_dir() -> Path:
+    """``$BACALHAU_DATA_DIR``, else ``~/.bacalhau``."""
+    env = os.environ.get("BACALHAU_DATA_DIR")
+    return Path(env) if env else Path.home() / ".bacalhau"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (what is wrong, and where to look)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def run(prog: str, func: Callable[[], int]) -> int:
+    """Run a command; user-facing errors become one line on stderr and an exit code."""
+    try:
+        return func()
+    except BacalhauError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `cat | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

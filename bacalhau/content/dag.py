@@ -1,0 +1,88 @@
+"""Reading UnixFS DAGs back: file bytes, directory listings and DAG walks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from bacalhau._fast import dagpb
+from bacalhau.content.cid import CID, DAG_PB, RAW
+from bacalhau.content.errors import ContentError, CorruptData, UnsupportedCID
+
+GetBlock = Callable[[bytes], bytes]
+
+
+class NotAFile(ContentError):
+    """A CID names a directory or symlink where a file was expected."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A named link of a dag-pb node."""
+
+    cid: bytes
+    name: bytes
+    tsize: int
+
+
+@dataclass(frozen=True)
+class UnixFSNode:
+    """A decoded block: its UnixFS type (None for raw blocks), links and payload."""
+
+    type: int | None
+    links: list[Link]
+    data: bytes | None
+    filesize: int | None
+
+
+def decode(cid: bytes, block: bytes) -> UnixFSNode:
+    """Decode a raw or dag-pb block. Raises CorruptData or UnsupportedCID."""
+    c = CID.from_bytes(cid)
+    if c.codec == RAW:
+        return UnixFSNode(None, [], block, len(block))
+    if c.codec != DAG_PB:
+        raise UnsupportedCID(f"codec {c.codec_name} of {c} is not supported (dag-pb and raw are)")
+    try:
+        links, data = dagpb.decode_node(block)
+        links_ = [Link(h, n, t) for h, n, t in links]
+        if data is None:
+            return UnixFSNode(None, links_, None, None)
+        utype, payload, filesize, _ = dagpb.decode_unixfs(data)
+    except dagpb.DecodeError as exc:
+        raise CorruptData(f"block {c} is not valid dag-pb/UnixFS: {exc}") from None
+    return UnixFSNode(utype, links_, payload, filesize)
+
+
+def cat(get: GetBlock, cid: bytes) -> Iterator[bytes]:
+    """The bytes of the file at ``cid``, in order."""
+    node = decode(cid, get(cid))
+    if node.type in (dagpb.T_DIRECTORY, dagpb.T_HAMT_SHARD):
+        raise NotAFile(f"{CID.from_bytes(cid)} is a directory", hint="use 'get' for directories")
+    if node.type == dagpb.T_SYMLINK:
+        raise NotAFile(f"{CID.from_bytes(cid)} is a symlink")
+    yield from _file_bytes(get, node)
+
+
+def _file_bytes(get: GetBlock, node: UnixFSNode) -> Iterator[bytes]:
+    if node.data:
+        yield node.data
+    for link in node.links:
+        child = decode(link.cid, get(link.cid))
+        if child.type not in (None, dagpb.T_FILE, dagpb.T_RAW):
+            raise CorruptData(f"file links to a non-file block {CID.from_bytes(link.cid)}")
+        yield from _file_bytes(get, child)
+
+
+def walk(get: GetBlock, root: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Every block of the DAG under ``root`` once, depth first, parents before children."""
+    seen: set[bytes] = set()
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        block = get(cid)
+        yield cid, block
+        node = decode(cid, block)
+        stack.extend(link.cid for link in reversed(node.links))
