@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import Command, setup
 from setuptools.command.build_ext import build_ext
@@ -64,7 +65,7 @@ def generate_protos() -> None:
 
 class BuildProtos(Command):
     description = "generate protobuf and gRPC stubs from proto/ into bacalhau/_pb"
-    user_options: list[tuple[str, str | None, str]] = []
+    user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
         pass

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bacalhau.blockstore import Blockstore
-from bacalhau.content import CID, Importer, ImportOptions, Node, parse_chunker
+from bacalhau.content import CID, Importer, ImportOptions, Node, dag, parse_chunker
 from bacalhau.content import car as carfile
-from bacalhau.content import dag
 from bacalhau.errors import UsageError
 
 

@@ -74,7 +74,7 @@ class _Cbor:
         if major == 4:
             return [self.item(depth + 1) for _ in range(n)]
         if major == 5:
-            return {self.item(depth + 1): self.item(depth + 1) for _ in range(n)}  # type: ignore[misc]
+            return {self.item(depth + 1): self.item(depth + 1) for _ in range(n)}
         if major == 6 and n == 42:
             raw = self.item(depth + 1)
             if not isinstance(raw, bytes) or not raw.startswith(b"\x00"):

@@ -1,0 +1,62 @@
+"""Benchmark inputs, made once per session, and a summary of ratios against baselines."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RESULTS: dict[str, float] = {}  # name -> mean seconds
+BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "512"))
+SMALL_FILES = 20_000
+
+
+@pytest.fixture(scope="session")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    rng = random.Random(7)
+    with path.open("wb") as f:
+        for _ in range(BIG_MIB):
+            f.write(rng.randbytes(1 << 20))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 files of 100 B to 1 KB in 100 folders."""
+    root = tmp_path_factory.mktemp("small") / "tree"
+    rng = random.Random(11)
+    for d in range(100):
+        folder = root / f"d{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(SMALL_FILES // 100):
+            (folder / f"f{i:03d}").write_bytes(rng.randbytes(rng.randint(100, 1000)))
+    return root
+
+
+@pytest.fixture
+def record() -> Iterator[object]:
+    def save(name: str, benchmark: object) -> None:
+        RESULTS[name] = benchmark.stats.stats.mean  # type: ignore[attr-defined]
+
+    yield save
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("bacalhau: throughput and ratios (same run)")
+    mib = BIG_MIB
+    base = RESULTS.get("sha256_1thread")
+    for name in ("sha256_1thread", "import_only_hash", "import_store"):
+        if name in RESULTS:
+            t = RESULTS[name]
+            ratio = f"  ({base / t:.2f}x one sha256 thread)" if base else ""
+            tr.write_line(f"{name:>22}: {mib / t:8.0f} MiB/s over {mib} MiB{ratio}")
+    for name in ("small_only_hash", "small_store"):
+        if name in RESULTS:
+            tr.write_line(f"{name:>22}: {SMALL_FILES / RESULTS[name]:8.0f} files/s")
