@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "test-vectors"
+# A copy of ../shared/test-vectors (CIDs computed by kubo), so the suite runs from any clone;
+# test_vectors_copy_is_current checks it against the shared one where that is present.
+VECTORS = ROOT / "tests" / "vectors"
+SHARED_VECTORS = ROOT.parent / "shared" / "test-vectors"
 
 
 def pattern(n: int) -> bytes:

@@ -13,7 +13,7 @@ from bacalhau._pb.ipfs import merkledag_pb2, unixfs_pb2
 from bacalhau.content import CID, Importer, ImportOptions, Node, PathImportError
 from bacalhau.content.importer import parse_chunker
 from bacalhau.errors import UsageError
-from tests.conftest import pattern, vector_content
+from tests.conftest import SHARED_VECTORS, VECTORS, pattern, vector_content
 
 
 def cid_of(data: bytes, **opts: object) -> str:
@@ -29,6 +29,13 @@ def collect(options: ImportOptions | None = None) -> tuple[Importer, dict[bytes,
             blocks[cid] = b"".join(bytes(p) for p in parts)
 
     return Importer(options, Sink()), blocks
+
+
+def test_vectors_copy_is_current() -> None:
+    shared = SHARED_VECTORS / "unixfs-cidv0.json"
+    if not shared.exists():
+        pytest.skip("no ../shared/test-vectors beside this checkout")
+    assert (VECTORS / "unixfs-cidv0.json").read_bytes() == shared.read_bytes()
 
 
 def test_file_vectors(unixfs_vectors: dict[str, object]) -> None:
