@@ -182,8 +182,8 @@ class Blockstore:
 
     def unpin(self, cid: bytes) -> bool:
         """Remove a pin; False if it was not pinned."""
-        with self._env.begin(write=True, db=self._pins) as txn:
-            return bool(txn.delete(cid))
+        with self.batch() as batch:
+            return batch.unpin(cid)
 
 
 class Batch:
@@ -265,6 +265,10 @@ class Batch:
         """Pin a root in this batch."""
         self._txn.put(cid, b"recursive", db=self._store._pins)
 
+    def unpin(self, cid: bytes) -> bool:
+        """Remove a pin in this batch; False if it was not pinned."""
+        return bool(self._txn.delete(cid, db=self._store._pins))
+
     def _flush(self) -> None:
         if self._parts:
             self._submit(_write_all, self._fd, self._parts)
@@ -337,6 +341,9 @@ class Batch:
         )
 
     def _release(self) -> None:
+        if self._txn is not None:  # failed before commit or abort could run
+            self._txn.abort()
+            self._txn = None
         if self._writer is not None:
             self._writer.shutdown(wait=True)
         for fd in self._touched.values():
