@@ -10,6 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: these machines are noisy, and speed is measured in bench/.
+settings.register_profile("bacalhau", deadline=None)
+settings.load_profile("bacalhau")
 
 ROOT = Path(__file__).resolve().parent.parent
 # A copy of ../shared/test-vectors (CIDs computed by kubo), so the suite runs from any clone;
