@@ -1,0 +1,242 @@
+"""Run WASI (preview 1) modules with wasmtime, each in its own sandbox with hard limits.
+
+Every run gets its own Engine and Store: epoch interruption (used for timeouts and cancel)
+is engine-wide, so sharing an engine would let one job's timeout stop every other job.
+Compilation is shared instead: the executor compiles each distinct module once (keyed by the
+sha256 of its bytes) into a serialized artifact, which each run deserializes into its engine
+(a fraction of a millisecond). With `cache_dir`, artifacts also persist across processes;
+that directory must be private to this node, because deserializing trusts its contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from pathlib import Path, PurePosixPath
+
+import wasmtime
+
+from bacalhau.executor.base import (
+    ExecutorError,
+    InvalidModule,
+    RunRequest,
+    RunResult,
+    prepare_outputs,
+)
+
+WASM_MAGIC = b"\0asm"
+WASI_MODULE = "wasi_snapshot_preview1"
+NOT_EXITED = -1  # RunResult.exit_code when the guest did not exit on its own
+_UNLIMITED_FUEL = 2**64 - 1
+_POLL_S = 0.01  # how often the watchdog looks at the cancel event
+
+
+def _config() -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    return config
+
+
+def _one_line(e: BaseException) -> str:
+    """wasmtime's messages span lines, with the cause last; keep the cause."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _read_capped(path: Path, cap: int) -> tuple[bytes, bool]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(cap + 1)
+    except FileNotFoundError:
+        return b"", False
+    return data[:cap], len(data) > cap
+
+
+class WasmExecutor:
+    """Runs `_start` of a WASI preview 1 module; see `RunRequest` for the sandbox's shape."""
+
+    name = "wasm"
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self._engine = wasmtime.Engine(_config())  # compiles; runs use their own engines
+        self._cache_dir = cache_dir
+        self._artifacts: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def is_installed(self) -> bool:
+        """True: this class imports only where wasmtime does. Raises nothing."""
+        return True
+
+    def compile(self, wasm: bytes) -> bytes:
+        """Return the serialized compiled form of `wasm`, compiling it once per executor.
+
+        Raises InvalidModule if the bytes are not WebAssembly, fail to compile, import
+        anything besides WASI preview 1, or lack a `_start` function.
+        """
+        key = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            artifact = self._artifacts.get(key)
+        if artifact is not None:
+            return artifact
+        cached = self._cache_dir / f"{key}.cwasm" if self._cache_dir else None
+        if cached is not None and cached.exists():
+            artifact = cached.read_bytes()
+        else:
+            artifact = self._compile(wasm)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_bytes(artifact)
+                tmp.replace(cached)
+        with self._lock:
+            self._artifacts[key] = artifact
+        return artifact
+
+    def _compile(self, wasm: bytes) -> bytes:
+        if not wasm.startswith(WASM_MAGIC):
+            raise InvalidModule("not a WebAssembly module (bad magic number)")
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+        except wasmtime.WasmtimeError as e:
+            raise InvalidModule(f"invalid WebAssembly module: {_one_line(e)}") from e
+        for imp in module.imports:
+            if imp.module != WASI_MODULE:
+                raise InvalidModule(
+                    f"module imports {imp.module}.{imp.name}",
+                    hint=f"only {WASI_MODULE} imports are provided",
+                )
+        if not any(
+            exp.name == "_start" and isinstance(exp.type, wasmtime.FuncType)
+            for exp in module.exports
+        ):
+            raise InvalidModule("module has no _start function", hint="build it as a WASI command")
+        return bytes(module.serialize())
+
+    def _load(self, engine: wasmtime.Engine, req: RunRequest) -> wasmtime.Module:
+        try:
+            wasm = req.module.read_bytes()
+        except OSError as e:
+            raise ExecutorError(f"cannot read module {req.module}: {e}") from e
+        artifact = self.compile(wasm)
+        try:
+            return wasmtime.Module.deserialize(engine, artifact)
+        except wasmtime.WasmtimeError:
+            # A stale on-disk artifact (say, from another wasmtime version): rebuild it.
+            key = hashlib.sha256(wasm).hexdigest()
+            with self._lock:
+                self._artifacts.pop(key, None)
+            if self._cache_dir is not None:
+                (self._cache_dir / f"{key}.cwasm").unlink(missing_ok=True)
+            return wasmtime.Module.deserialize(engine, self.compile(wasm))
+
+    def _wasi(self, req: RunRequest, outputs_dir: Path) -> wasmtime.WasiConfig:
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [req.module.name, *req.args]
+        wasi.env = list(req.env.items())
+        wasi.stdout_file = str(req.workdir / "stdout")
+        wasi.stderr_file = str(req.workdir / "stderr")
+        # Preopens get fds 3, 4, ... in this order: inputs, then outputs.
+        for i, (host, guest) in enumerate(req.inputs):
+            if host.is_dir():
+                wasi.preopen_dir(str(host), guest, False)
+            else:  # a single file: stage it alone in a folder mounted at its guest parent
+                stage = req.workdir / "inputs" / str(i)
+                stage.mkdir(parents=True, exist_ok=True)
+                target = stage / PurePosixPath(guest).name
+                try:
+                    os.link(host, target)
+                except OSError:
+                    shutil.copyfile(host, target)
+                wasi.preopen_dir(str(stage), str(PurePosixPath(guest).parent), False)
+        for name, guest in req.outputs:
+            wasi.preopen_dir(str(outputs_dir / name), guest, True)
+        return wasi
+
+    def run(self, req: RunRequest, cancel: threading.Event | None = None) -> RunResult:
+        """Run `req`'s module to completion (see `Executor.run`).
+
+        Exit code is the guest's (0 if `_start` returns), or -1 with `error` set to
+        "timed out after N s", "cancelled", "out of fuel", "memory limit exceeded: ..." or
+        "trap: ..." when the guest did not exit on its own. A guest blocked in a host call
+        is stopped when that call returns.
+
+        Raises InvalidModule if the module is not runnable WebAssembly (see `compile`), and
+        ExecutorError if the request is malformed or the workdir cannot be prepared.
+        """
+        req.validate()
+        outputs_dir = prepare_outputs(req)
+        engine = wasmtime.Engine(_config())
+        module = self._load(engine, req)
+        try:
+            wasi = self._wasi(req, outputs_dir)
+        except (OSError, wasmtime.WasmtimeError) as e:
+            raise ExecutorError(f"cannot mount the job's folders: {_one_line(e)}") from e
+        store = wasmtime.Store(engine)
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=req.memory_limit_bytes)
+        store.set_fuel(req.fuel if req.fuel is not None else _UNLIMITED_FUEL)
+        store.set_epoch_deadline(1)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+
+        done = threading.Event()
+        stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
+
+        def watchdog() -> None:
+            deadline = time.monotonic() + req.timeout_s
+            while True:
+                remaining = deadline - time.monotonic()
+                if cancel is not None and cancel.is_set():
+                    stopped.append("cancelled")
+                elif remaining <= 0:
+                    stopped.append(f"timed out after {req.timeout_s:g} s")
+                elif done.wait(min(remaining, _POLL_S) if cancel is not None else remaining):
+                    return
+                else:
+                    continue
+                engine.increment_epoch()
+                return
+
+        watcher = threading.Thread(target=watchdog, name="wasm-watchdog", daemon=True)
+        watcher.start()
+        exit_code, error = 0, None
+        try:
+            instance = linker.instantiate(store, module)
+            start = instance.exports(store)["_start"]
+            assert isinstance(start, wasmtime.Func)
+            start(store)
+        except wasmtime.ExitTrap as e:
+            exit_code = e.code
+        except wasmtime.Trap as e:
+            exit_code = NOT_EXITED
+            if e.trap_code == wasmtime.TrapCode.INTERRUPT and stopped:
+                error = stopped[0]
+            elif e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+                error = "out of fuel"
+            else:
+                error = f"trap: {_one_line(e)}"
+        except wasmtime.WasmtimeError as e:
+            exit_code = NOT_EXITED
+            message = _one_line(e)
+            if "exceeds memory limits" in message:
+                error = f"memory limit exceeded: {message}"
+            else:
+                error = f"error: {message}"
+        finally:
+            done.set()
+            watcher.join()
+        stdout, stdout_truncated = _read_capped(req.workdir / "stdout", req.stdout_limit_bytes)
+        stderr, stderr_truncated = _read_capped(req.workdir / "stderr", req.stdout_limit_bytes)
+        return RunResult(
+            exit_code=exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_truncated=stdout_truncated,
+            stderr_truncated=stderr_truncated,
+            outputs_dir=outputs_dir,
+            error=error,
+        )
