@@ -25,6 +25,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def print_version(prog: str) -> int:
+    """The ``version`` command of either tool."""
+    from bacalhau.version import __version__
+
+    print(f"{prog} {__version__}")
+    return 0
+
+
 def run(prog: str, func: Callable[[], int]) -> int:
     """Run a command; user-facing errors become one line on stderr and an exit code."""
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bacalhau.cli._common import Parser, default_data_dir, run
+from bacalhau.cli._common import Parser, default_data_dir, print_version, run
 
 PROG = "bacalhauctl"
 
@@ -72,10 +72,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from bacalhau.cli import _content_cmds
 
     if args.command == "version":
-        from bacalhau.version import __version__
-
-        print(f"{PROG} {__version__}")
-        return 0
+        return print_version(PROG)
     if args.command == "add":
         return _content_cmds.add(args)
     if args.command == "cat":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bacalhau.cli._common import Parser, run
+from bacalhau.cli._common import Parser, print_version, run
 
 PROG = "bacalhaud"
 
@@ -23,11 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from bacalhau.version import __version__
-
     if args.command == "version":
-        print(f"{PROG} {__version__}")
-        return 0
+        return print_version(PROG)
     raise AssertionError(args.command)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from typing import Final
 
 from bacalhau._fast import dagpb
@@ -174,15 +173,6 @@ class CID:
     def __hash__(self) -> int:
         return hash(self._bytes)
 
-    def verify(self, block: bytes) -> bool:
-        """True if ``block`` hashes to this CID's digest."""
-        return hashlib.sha256(block).digest() == self.digest
-
     @property
     def codec_name(self) -> str:
         return CODEC_NAMES.get(self.codec, f"0x{self.codec:x}")
-
-
-def cid_string(raw: bytes) -> str:
-    """String form of a binary CID."""
-    return str(CID.from_bytes(raw))
