@@ -1,0 +1,139 @@
+"""The job model: job and execution lifecycles, and the records they live in.
+
+Records are the protobuf messages of `proto/bacalhau/v1/types.proto`, so what a node stores is
+what its API returns. States are `str` enums here ("pending", "bid_accepted", ...), mapped one to
+one onto the protobuf enums. Every state change goes through `set_job_state` or
+`set_execution_state`, which raise `IllegalTransition` on a change the lifecycle does not allow.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+
+from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
+from bacalhau.errors import BacalhauError
+
+__all__ = [
+    "ExecutionState",
+    "IllegalTransition",
+    "JobState",
+    "new_id",
+    "now_ns",
+    "pb",
+    "set_execution_state",
+    "set_job_state",
+]
+
+
+class IllegalTransition(BacalhauError):
+    """A state change that the lifecycle does not allow."""
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _JOB_TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_terminal
+
+    @property
+    def pb(self) -> int:
+        return int(pb.JobState.Value("JOB_STATE_" + self.name))
+
+    @classmethod
+    def of(cls, value: int) -> JobState:
+        return cls[pb.JobState.Name(value).removeprefix("JOB_STATE_")]  # type: ignore[arg-type]
+
+
+class ExecutionState(str, Enum):
+    BID_PROPOSED = "bid_proposed"
+    BID_ACCEPTED = "bid_accepted"
+    BID_REJECTED = "bid_rejected"
+    RUNNING = "running"
+    RESULT_PROPOSED = "result_proposed"
+    RESULT_ACCEPTED = "result_accepted"
+    RESULT_REJECTED = "result_rejected"
+    PUBLISHED = "published"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _EXEC_TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        """Selected to run and not finished: it holds a slot of the job's concurrency."""
+        return self in _EXEC_ACTIVE
+
+    @property
+    def pb(self) -> int:
+        return int(pb.ExecutionState.Value("EXECUTION_STATE_" + self.name))
+
+    @classmethod
+    def of(cls, value: int) -> ExecutionState:
+        name = pb.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_")  # type: ignore[arg-type]
+        return cls[name]
+
+
+_JOB_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+_JOB_NEXT: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}),
+}
+
+E = ExecutionState
+_EXEC_TERMINAL = frozenset({E.BID_REJECTED, E.RESULT_REJECTED, E.PUBLISHED, E.FAILED, E.CANCELLED})
+_EXEC_ACTIVE = frozenset({E.BID_ACCEPTED, E.RUNNING, E.RESULT_PROPOSED, E.RESULT_ACCEPTED})
+_ENDS = frozenset({E.FAILED, E.CANCELLED})
+_EXEC_NEXT: dict[ExecutionState, frozenset[ExecutionState]] = {
+    E.BID_PROPOSED: frozenset({E.BID_ACCEPTED, E.BID_REJECTED}) | _ENDS,
+    E.BID_ACCEPTED: frozenset({E.RUNNING}) | _ENDS,
+    E.RUNNING: frozenset({E.RESULT_PROPOSED}) | _ENDS,
+    E.RESULT_PROPOSED: frozenset({E.RESULT_ACCEPTED, E.RESULT_REJECTED}) | _ENDS,
+    E.RESULT_ACCEPTED: frozenset({E.PUBLISHED}) | _ENDS,
+}
+del E
+
+
+def set_job_state(job: pb.Job, state: JobState, message: str = "") -> None:
+    """Move `job` to `state`. Raises IllegalTransition if its lifecycle does not allow it."""
+    current = JobState.of(job.state)
+    if state not in _JOB_NEXT.get(current, ()):
+        raise IllegalTransition(f"job {job.id} cannot go from {current.value} to {state.value}")
+    job.state = state.pb
+    if message:
+        job.message = message
+    job.update_time_unix_nano = now_ns()
+
+
+def set_execution_state(execution: pb.Execution, state: ExecutionState, message: str = "") -> None:
+    """Move `execution` to `state`. Raises IllegalTransition if not allowed."""
+    current = ExecutionState.of(execution.state)
+    if state not in _EXEC_NEXT.get(current, ()):
+        raise IllegalTransition(
+            f"execution {execution.id} cannot go from {current.value} to {state.value}"
+        )
+    execution.state = state.pb
+    if message:
+        execution.message = message
+    execution.update_time_unix_nano = now_ns()
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random ID such as ``j-5f0c...`` (`prefix` names the kind of record)."""
+    return f"{prefix}-{uuid.uuid4()}"
+
+
+def now_ns() -> int:
+    return time.time_ns()
