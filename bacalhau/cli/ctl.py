@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 from bacalhau.cli._common import Parser, default_data_dir, print_version, run
+from bacalhau.cli._render import FORMATS
 
 PROG = "bacalhauctl"
 
@@ -14,7 +17,17 @@ PROG = "bacalhauctl"
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
-        description="Client for Bacalhau (Python): add and read content-addressed data.",
+        description="Client for Bacalhau (Python): run jobs on a network of nodes, follow "
+        "them, fetch their results; add and read content-addressed data.",
+    )
+    parser.add_argument(
+        "--api",
+        default=None,
+        metavar="HOST:PORT",
+        help="the node to talk to (default: $BACALHAU_API or 127.0.0.1:1234)",
+    )
+    parser.add_argument(
+        "--output", choices=FORMATS, default="text", help="output format (default: text)"
     )
     parser.add_argument(
         "--data-dir",
@@ -60,7 +73,87 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="verify and store every block of a CAR v1 file; pin its roots"
     )
     imp.add_argument("file", metavar="FILE", help="the CAR file, or - for stdin")
+    _add_job_commands(sub)
     return parser
+
+
+def _add_job_commands(sub: Any) -> None:
+    # --api and --output are accepted after the command too (`describe JOB --output json`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api", default=argparse.SUPPRESS, metavar="HOST:PORT", help="node")
+    common.add_argument("--output", choices=FORMATS, default=argparse.SUPPRESS)
+    add = functools.partial(sub.add_parser, parents=[common])
+    add("id", help="print the node's ID")
+    add("peers", help="list the node's peers")
+
+    wasm = sub.add_parser("wasm", help="WebAssembly jobs")
+    wasm_sub = wasm.add_subparsers(dest="wasm_command", metavar="COMMAND", required=True)
+    run = wasm_sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a WASI module on the network",
+        description="Upload MODULE.wasm (or use a module already stored, by CID) and run it on "
+        "a node the network selects. Prints the job ID first; with --wait (the default) "
+        "follows the job and exits 0 only if it completed.",
+    )
+    run.add_argument("module", metavar="MODULE.wasm|CID")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="module arguments")
+    run.add_argument(
+        "-o",
+        "--output-volume",
+        dest="output_volumes",
+        action="append",
+        default=[],
+        metavar="NAME:/path",
+        help="a folder the job writes; it becomes NAME in the result "
+        "(default: outputs:/outputs)",
+    )
+    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")
+    run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 64Mi")
+    run.add_argument(
+        "--concurrency", type=int, default=1, metavar="N", help="nodes that run it (default 1)"
+    )
+    run.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="run only on nodes with these labels",
+    )
+    run.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
+    run.add_argument("--id-only", action="store_true", help="print the job ID and return")
+    run.add_argument("--download", action="store_true", help="download the result when done")
+    run.add_argument("--output-dir", type=Path, help="where --download writes")
+
+    ls = add("list", help="list jobs submitted to the node (active ones by default)")
+    ls.add_argument("--all", action="store_true", help="include finished jobs")
+    ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
+
+    describe = add("describe", help="a job's state, executions and events")
+    describe.add_argument("job", metavar="JOB")
+    logs = add("logs", help="a job's stdout and stderr")
+    logs.add_argument("job", metavar="JOB")
+    logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
+    get = add(
+        "get", help="download a job's result (stdout, stderr, exitCode, output folders)"
+    )
+    get.add_argument("job", metavar="JOB")
+    get.add_argument("--output-dir", type=Path, help="default: ./JOB_ID")
+    cancel = add("cancel", help="cancel a job")
+    cancel.add_argument("job", metavar="JOB")
+
+
+_JOB_COMMANDS = {
+    "id": "node_id",
+    "peers": "peers",
+    "wasm": "wasm_run",
+    "list": "list_jobs",
+    "describe": "describe",
+    "logs": "logs",
+    "get": "get",
+    "cancel": "cancel",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +162,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from bacalhau.cli import _content_cmds
-
     if args.command == "version":
         return print_version(PROG)
+    if args.command in _JOB_COMMANDS:
+        from bacalhau.cli import _job_cmds
+
+        if args.command == "wasm":
+            return _job_cmds.wasm_run(args)
+        return int(getattr(_job_cmds, _JOB_COMMANDS[args.command])(args))
+
+    from bacalhau.cli import _content_cmds
+
     if args.command == "add":
         return _content_cmds.add(args)
     if args.command == "cat":

@@ -1,19 +1,74 @@
-"""bacalhaud: the node."""
+"""bacalhaud: the node (`serve`), and a local network of nodes for trying it out (`devstack`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from bacalhau.cli._common import Parser, print_version, run
+from bacalhau.cli._common import Parser, default_data_dir, print_version, run
 
 PROG = "bacalhaud"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, description="A Bacalhau (Python) compute node.")
+    parser = Parser(prog=PROG, description="A Bacalhau (Python) node: requester and compute.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("version", help="print the node version")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run a node",
+        description="Run a node: it takes jobs from clients, announces them to its peers, "
+        "bids on and runs jobs it is offered. Stops gracefully on SIGTERM or Ctrl-C.",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="node key, datastore, blockstore (default: $BACALHAU_DATA_DIR or ~/.bacalhau)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to serve gRPC on")
+    serve.add_argument(
+        "--port", type=int, default=1234, help="gRPC port (default 1234; 0 picks a free one)"
+    )
+    serve.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a node to connect to (repeatable); reconnects if it goes away",
+    )
+    serve.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics")
+    serve.add_argument("--labels", action="append", default=[], metavar="K=V")
+    serve.add_argument(
+        "--engines",
+        default="wasm",
+        help="comma-separated engines this node runs jobs with (default: wasm; also noop)",
+    )
+    serve.add_argument(
+        "--max-parallel", type=int, default=0, metavar="N",
+        help="executions run at once (default: one per CPU)",
+    )
+    serve.add_argument(
+        "--bid-window", type=float, default=0.5, metavar="S",
+        help="longest wait for bids before selecting (default 0.5 s)",
+    )
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+
+    dev = sub.add_parser(
+        "devstack",
+        help="run N nodes on loopback, connected to each other",
+        description="Start N 'bacalhaud serve' processes on 127.0.0.1 with free ports, each "
+        "connected to the ones before it, and print how to point bacalhauctl at them. "
+        "Ctrl-C or SIGTERM stops them all.",
+    )
+    dev.add_argument("--nodes", type=int, default=3)
+    dev.add_argument(
+        "--data-dir", type=Path, help="parent of the nodes' data dirs (default: a temp dir)"
+    )
+    dev.add_argument("--engines", default="wasm")
+    dev.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"))
     return parser
 
 
@@ -25,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "version":
         return print_version(PROG)
+    if args.command == "serve":
+        from bacalhau.cli._serve import serve
+
+        return serve(args)
+    if args.command == "devstack":
+        from bacalhau.cli._devstack import devstack
+
+        return devstack(args)
     raise AssertionError(args.command)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -53,6 +55,14 @@ def decode(cid: bytes, block: bytes) -> UnixFSNode:
     return UnixFSNode(utype, links_, payload, filesize)
 
 
+def check_block(cid: bytes, data: bytes) -> None:
+    """Raise CorruptData unless ``data`` hashes to ``cid`` (sha2-256, the only hash we use)."""
+    c = CID.from_bytes(cid)
+    mh = bytes(c.multihash)
+    if mh[:2] != b"\x12\x20" or hashlib.sha256(data).digest() != mh[2:]:
+        raise CorruptData(f"block {c} does not match its CID")
+
+
 def cat(get: GetBlock, cid: bytes) -> Iterator[bytes]:
     """The bytes of the file at ``cid``, in order."""
     node = decode(cid, get(cid))
@@ -86,3 +96,25 @@ def walk(get: GetBlock, root: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield cid, block
         node = decode(cid, block)
         stack.extend(link.cid for link in reversed(node.links))
+
+
+def export(get: GetBlock, root: bytes, dest: str | os.PathLike[str]) -> None:
+    """Write the file, folder or symlink at ``root`` to ``dest`` (which must not exist).
+
+    Raises CorruptData if a name in the DAG could escape ``dest`` (``/``, ``.``, ``..``).
+    """
+    node = decode(root, get(root))
+    path = os.fspath(dest)
+    if node.type in (dagpb.T_DIRECTORY,):
+        os.mkdir(path)
+        for link in node.links:
+            name = link.name.decode("utf-8", "surrogateescape")
+            if not name or "/" in name or name in (".", "..") or "\0" in name:
+                raise CorruptData(f"unsafe name {name!r} in folder {CID.from_bytes(root)}")
+            export(get, link.cid, os.path.join(path, name))
+    elif node.type == dagpb.T_SYMLINK:
+        os.symlink((node.data or b"").decode("utf-8", "surrogateescape"), path)
+    else:
+        with open(path, "xb") as f:
+            for chunk in _file_bytes(get, node):
+                f.write(chunk)

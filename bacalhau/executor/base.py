@@ -17,7 +17,7 @@ from bacalhau.errors import BacalhauError
 
 MIB = 1024 * 1024
 
-_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class ExecutorError(BacalhauError):
@@ -66,7 +66,7 @@ class RunRequest:
             raise ExecutorError(f"stdout limit must not be negative: {self.stdout_limit_bytes}")
         names = [name for name, _ in self.outputs]
         for name in names:
-            if not _OUTPUT_NAME.match(name):
+            if not OUTPUT_NAME.match(name):
                 raise ExecutorError(
                     f"bad output name {name!r}",
                     hint="use letters, digits, '_', '.' and '-', not starting with '.' or '-'",

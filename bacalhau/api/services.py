@@ -1,0 +1,214 @@
+"""gRPC servicers: thin adapters from ClientService and PeerService onto a node's parts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2_grpc
+from bacalhau.api.errors import streaming, unary
+from bacalhau.api.validate import validate_spec
+from bacalhau.content import Importer, ImportOptions, dag
+from bacalhau.content.cid import CID
+from bacalhau.content.errors import NotFound
+from bacalhau.errors import UsageError
+from bacalhau.models import ExecutionState, JobState
+from bacalhau.network import serve_blocks
+from bacalhau.version import __version__
+
+if TYPE_CHECKING:
+    from bacalhau.node.node import Node
+
+_RESULT_STATES = (ExecutionState.PUBLISHED, ExecutionState.RESULT_ACCEPTED)
+_LOG_FILES = (("stdout", client_pb2.LogChunk.STREAM_STDOUT), ("stderr", client_pb2.LogChunk.STREAM_STDERR))
+_LOG_CHUNK = 64 << 10
+
+
+class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @unary
+    async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await asyncio.to_thread(validate_spec, request.spec, self.node.blockstore)
+        job = await self.node.requester.submit(request.spec)
+        self.node.submitted.inc()
+        return client_pb2.SubmitResponse(job_id=job.id, job=job)
+
+    @unary
+    async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        job = self.node.store.get_job(request.job_id)
+        return client_pb2.GetJobResponse(job=job, events=self.node.store.events(job.id))
+
+    @unary
+    async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        jobs = self.node.store.list_jobs(active_only=not request.all, limit=request.limit)
+        return client_pb2.ListJobsResponse(jobs=jobs)
+
+    @streaming
+    async def WatchEvents(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        job_id = self.node.store.get_job(request.job_id).id
+        seq = request.after_seq
+        while True:
+            waiter = self.node.watch.waiter(job_id)
+            try:
+                events = self.node.store.events(job_id, seq)
+                for ev in events:
+                    yield ev
+                    seq = ev.seq
+                if not request.follow:
+                    return
+                if not events and JobState.of(self.node.store.get_job(job_id).state).is_terminal:
+                    return
+                if not events:
+                    await waiter
+            finally:
+                self.node.watch.forget(job_id, waiter)
+
+    @streaming
+    async def Logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        job = self.node.store.get_job(request.job_id)
+        if request.follow:
+            job = await self.node.wait_final(job.id)
+        ex = _result_execution(job)
+        if ex is None:
+            return
+        root = await self.node.ensure_dag(ex.result_cid, [ex.node_id])
+        for name, stream in _LOG_FILES:
+            cid = _child(self.node, root, name)
+            if cid is None:
+                continue
+            for chunk in dag.cat(self.node.blockstore.get, cid):
+                for i in range(0, len(chunk), _LOG_CHUNK):
+                    yield client_pb2.LogChunk(
+                        stream=stream, data=chunk[i : i + _LOG_CHUNK], execution_id=ex.id
+                    )
+
+    @unary
+    async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        job = await self.node.requester.cancel(request.job_id, request.reason)
+        return client_pb2.CancelResponse(job=job)
+
+    @streaming
+    async def GetResults(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        holders: list[str] = []
+        if request.cid:
+            cid_text = str(CID.parse(request.cid))
+        else:
+            job = self.node.store.get_job(request.job_id)
+            ex = _result_execution(job)
+            if ex is None:
+                state = JobState.of(job.state).value
+                raise NotFound(
+                    f"job {job.id} has no result yet (it is {state})",
+                    hint="wait for it: 'bacalhauctl describe' shows its progress",
+                )
+            cid_text, holders = ex.result_cid, [ex.node_id]
+        root = await self.node.ensure_dag(cid_text, holders)
+        yield client_pb2.ResultsChunk(root_cid=cid_text)
+        async for block in serve_blocks(self.node.blockstore, _Want([root])):
+            yield client_pb2.ResultsChunk(cid=block.cid, data=block.data)
+
+    async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._add_data(request_iterator)
+        except UsageError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the upload: {exc}")
+
+    async def _add_data(self, request_iterator: Any) -> Any:
+        header = None
+        tmp_dir = self.node.data_dir / "tmp"
+        tmp_dir.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for item in request_iterator:
+                    if item.WhichOneof("item") == "header":
+                        header = item.header
+                    elif header is None:
+                        raise UsageError("AddData must start with a header message")
+                    else:
+                        f.write(item.chunk)
+                        size += len(item.chunk)
+            if header is None:
+                raise UsageError("AddData received nothing")
+            options = ImportOptions(
+                cid_version=header.cid_version, raw_leaves=header.raw_leaves or None
+            )
+
+            def add() -> bytes:
+                with self.node.blockstore.batch() as batch:
+                    with Importer(options, batch, workers=1) as importer:
+                        root = importer.add_path(name)
+                    batch.pin(root.cid)
+                return root.cid
+
+            cid = await asyncio.to_thread(add)
+        finally:
+            os.unlink(name)
+        return client_pb2.AddDataResponse(cid=str(CID.from_bytes(cid)), size=size)
+
+    @unary
+    async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        node = self.node
+        peers = [
+            client_pb2.PeerInfo(
+                node_id=nid, address=addr, connected=up, last_seen_unix_nano=seen
+            )
+            for nid, addr, up, seen in node.network.peer_infos()
+        ]
+        return client_pb2.NodeInfoResponse(
+            node_id=node.node_id,
+            version=__version__,
+            address=node.address,
+            peers=peers,
+            engines=node.compute.engines,
+            labels=node.config.labels,
+        )
+
+
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def Connect(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for env in self.node.network.serve_stream(request_iterator):
+            yield env
+
+    @streaming
+    async def GetBlocks(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for block in serve_blocks(self.node.blockstore, request):
+            yield block
+
+
+class _Want:
+    def __init__(self, cids: list[bytes]) -> None:
+        self.cids = cids
+        self.recursive = True
+
+
+def _result_execution(job: Any) -> Any:
+    """The execution whose result stands for the job: published first, else any with one."""
+    with_result = [ex for ex in job.executions if ex.result_cid]
+    for ex in with_result:
+        if ExecutionState.of(ex.state) in _RESULT_STATES:
+            return ex
+    return with_result[0] if with_result else None
+
+
+def _child(node: Node, root: bytes, name: str) -> bytes | None:
+    for link in dag.decode(root, node.blockstore.get(root)).links:
+        if link.name == name.encode():
+            return bytes(link.cid)
+    return None
+

@@ -1,0 +1,63 @@
+"""Checks on a submitted JobSpec: each failure is one line saying what to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bacalhau.blockstore import Blockstore
+from bacalhau.compute.results import RESERVED_NAMES
+from bacalhau.content import dag
+from bacalhau.content.cid import CID
+from bacalhau.content.errors import NotFound
+from bacalhau.errors import UsageError
+from bacalhau.executor.base import OUTPUT_NAME
+from bacalhau.executor.wasm import WASM_MAGIC
+
+ENGINES = ("wasm", "docker", "python", "noop")
+MAX_CONCURRENCY = 64
+
+
+def validate_spec(spec: Any, store: Blockstore) -> None:
+    """Raise UsageError (or NotFound for missing data) unless `spec` can be scheduled."""
+    if spec.engine not in ENGINES:
+        raise UsageError(
+            f"unknown engine {spec.engine!r}", hint=f"use one of: {', '.join(ENGINES)}"
+        )
+    if spec.engine == "wasm":
+        _check_module(spec.wasm.module_cid, store)
+    if spec.inputs:
+        raise UsageError("job inputs are not supported by this node yet")
+    names: set[str] = set()
+    for out in spec.outputs:
+        if not OUTPUT_NAME.match(out.name) or out.name in RESERVED_NAMES:
+            raise UsageError(
+                f"bad output name {out.name!r}",
+                hint="use letters, digits, '_', '.', '-'; not stdout, stderr or exitCode",
+            )
+        if out.name in names:
+            raise UsageError(f"output name {out.name!r} is used twice")
+        names.add(out.name)
+        if not out.path.startswith("/"):
+            raise UsageError(f"output path {out.path!r} must be absolute, like /outputs")
+    if spec.deal.concurrency > MAX_CONCURRENCY:
+        raise UsageError(f"concurrency {spec.deal.concurrency} is above {MAX_CONCURRENCY}")
+    if spec.timeout_seconds < 0:
+        raise UsageError(f"timeout must not be negative, not {spec.timeout_seconds:g}")
+
+
+def _check_module(cid_text: str, store: Blockstore) -> None:
+    if not cid_text:
+        raise UsageError("a wasm job needs a module", hint="give a .wasm file or its CID")
+    root = bytes(CID.parse(cid_text))
+    try:
+        head = next(dag.cat(store.get, root), b"")
+    except NotFound:
+        raise NotFound(
+            f"module {cid_text} is not on this node",
+            hint="pass the .wasm file itself, so it is uploaded",
+        ) from None
+    if not head.startswith(WASM_MAGIC):
+        raise UsageError(
+            f"{cid_text} is not a WebAssembly module (no \\0asm header)",
+            hint="give a .wasm file built for WASI",
+        )

@@ -1,0 +1,240 @@
+"""bacalhauctl commands that talk to a node: id, peers, wasm run, list, describe, logs, get, cancel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
+from bacalhau.cli._render import describe_text, dump, job_doc
+from bacalhau.client import Client
+from bacalhau.content import dag
+from bacalhau.content.cid import CID
+from bacalhau.content.errors import CorruptData
+from bacalhau.errors import BacalhauError, UsageError
+from bacalhau.models import JobState
+
+WASM_MAGIC = b"\0asm"
+RESERVED = ("stdout", "stderr", "exitCode")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.api)
+
+
+def _print(doc: Any, args: argparse.Namespace, text: str) -> None:
+    if args.output == "text":
+        sys.stdout.write(text)
+    else:
+        sys.stdout.write(dump(doc, args.output))
+
+
+def node_id(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        info = c.node_info()
+    doc = {
+        "id": info.node_id,
+        "address": info.address,
+        "version": info.version,
+        "engines": list(info.engines),
+        "labels": dict(info.labels),
+    }
+    _print(doc, args, info.node_id + "\n")
+    return 0
+
+
+def peers(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        info = c.node_info()
+    docs = [
+        {"id": p.node_id, "address": p.address, "connected": p.connected} for p in info.peers
+    ]
+    text = "".join(
+        f"{p['id']}  {p['address']}  {'connected' if p['connected'] else 'disconnected'}\n"
+        for p in docs
+    )
+    _print(docs, args, text)
+    return 0
+
+
+def parse_output_volume(text: str) -> tuple[str, str]:
+    """`NAME:/path` -> (name, path); raises UsageError with the fix."""
+    name, sep, path = text.partition(":")
+    if not sep or not name or not path.startswith("/"):
+        raise UsageError(
+            f"bad output volume {text!r}", hint="write it as NAME:/absolute/path, e.g. outputs:/outputs"
+        )
+    if name in RESERVED or not all(ch.isalnum() or ch in "_.-" for ch in name) or name[0] in ".-":
+        raise UsageError(
+            f"bad output name {name!r}",
+            hint="use letters, digits, '_', '.', '-'; not stdout, stderr or exitCode",
+        )
+    return name, path
+
+
+def _parse_kv(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad {what} {item!r}", hint="write it as KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def wasm_run(args: argparse.Namespace) -> int:
+    outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
+    if len({n for n, _ in outputs}) != len(outputs):
+        raise UsageError("output names must be unique")
+    env = _parse_kv(args.env, "environment variable")
+    selector = _parse_kv(args.labels, "label")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
+    module = args.module
+    path = Path(module)
+    upload = path.exists() or module.endswith(".wasm")
+    if upload:
+        _check_wasm_file(path)
+    else:
+        try:
+            CID.parse(module)
+        except BacalhauError:
+            raise UsageError(
+                f"{module} is neither a file nor a CID", hint="give a .wasm file or a module's CID"
+            ) from None
+    with _client(args) as c:
+        module_cid = c.add_file(path).cid if upload else module
+        spec = types_pb2.JobSpec(
+            engine="wasm",
+            wasm=types_pb2.WasmSpec(module_cid=module_cid, args=args.args, env=env),
+            outputs=[types_pb2.OutputSpec(name=n, path=p) for n, p in outputs],
+            deal=types_pb2.Deal(concurrency=args.concurrency),
+            timeout_seconds=args.timeout or 0,
+            node_selector=selector,
+        )
+        if args.memory:
+            spec.resources.memory_bytes = parse_size(args.memory)
+        job_id = c.submit(spec).job_id
+        print(job_id, flush=True)
+        if not args.wait or args.id_only:
+            return 0
+        resp = c.wait(job_id)
+        job = resp.job
+        if args.output != "text":
+            sys.stdout.write(dump(job_doc(job), args.output))
+        state = JobState.of(job.state)
+        if args.download and state == JobState.COMPLETED:
+            _download(c, job.id, args.output_dir)
+    if state != JobState.COMPLETED:
+        raise BacalhauError(
+            f"job {job.id} {state.value}: {job.message or 'no reason given'}",
+            hint=f"'bacalhauctl describe {job.id}' shows what happened",
+        )
+    if args.output == "text":
+        print(f"completed; 'bacalhauctl get {job.id}' downloads the result", file=sys.stderr)
+    return 0
+
+
+def _check_wasm_file(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if head != WASM_MAGIC:
+        raise UsageError(
+            f"{path} is not a WebAssembly module (no \\0asm header)",
+            hint="give a .wasm file built for WASI",
+        )
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower().removesuffix("b")
+    num = t.rstrip("kmgi")
+    unit = t[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1
+    if unit not in _UNITS or value <= 0:
+        raise UsageError(f"bad size {text!r}", hint="write it like 64Mi, 512MB or 1Gi")
+    return int(value * _UNITS[unit])
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        jobs = c.list_jobs(all=args.all, limit=args.n)
+    docs = [job_doc(j) for j in jobs]
+    lines = []
+    for d in docs:
+        nodes = ",".join(ex["node_id"][-8:] for ex in d["executions"] if ex["state"] != "bid_rejected")
+        lines.append(f"{d['id']}  {d['created_at']}  {d['state']:<9}  {d['spec']['engine']}  {nodes}\n")
+    _print(docs, args, "".join(lines))
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        resp = c.get_job(args.job)
+    doc = job_doc(resp.job, list(resp.events))
+    _print(doc, args, describe_text(doc))
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        for chunk in c.logs(args.job, follow=args.follow):
+            out = sys.stdout if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT else sys.stderr
+            out.buffer.write(chunk.data)
+            out.flush()
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = c.cancel(args.job)
+    doc = job_doc(job)
+    _print(doc, args, f"{job.id} {doc['state']}\n")
+    return 0
+
+
+def get(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job_id = c.get_job(args.job).job.id
+        dest = _download(c, job_id, args.output_dir)
+    print(dest)
+    return 0
+
+
+def _download(c: Client, job_id: str, output_dir: Path | None) -> Path:
+    dest = output_dir or Path(job_id)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
+    blocks: dict[bytes, bytes] = {}
+    root = ""
+    for chunk in c.results(job_id=job_id):
+        if chunk.root_cid:
+            root = chunk.root_cid
+        else:
+            blocks[bytes(chunk.cid)] = chunk.data
+    if not root:
+        raise BacalhauError(f"the node sent no result for job {job_id}")
+
+    def block(cid: bytes) -> bytes:
+        data = blocks.get(cid)
+        if data is None:
+            raise CorruptData(f"the node did not send block {CID.from_bytes(cid)}")
+        dag.check_block(cid, data)
+        return data
+
+    if dest.exists():
+        dest.rmdir()
+    dag.export(block, bytes(CID.parse(root)), dest)
+    return dest

@@ -1,0 +1,122 @@
+"""Jobs as documents: the stable field names of `--output json|yaml` (docs/jobs.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from bacalhau.models import ExecutionState, JobState
+
+FORMATS = ("text", "json", "yaml")
+
+
+def _time(ns: int) -> str | None:
+    if not ns:
+        return None
+    t = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.timezone.utc)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def execution_doc(ex: Any) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "node_id": ex.node_id,
+        "shard": ex.shard,
+        "state": ExecutionState.of(ex.state).value,
+        "exit_code": ex.exit_code if ex.HasField("exit_code") else None,
+        "result_cid": ex.result_cid or None,
+        "stderr_tail": ex.stderr_tail or None,
+        "message": ex.message or None,
+        "created_at": _time(ex.create_time_unix_nano),
+        "updated_at": _time(ex.update_time_unix_nano),
+    }
+
+
+def event_doc(ev: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "seq": ev.seq,
+        "time": _time(ev.time_unix_nano),
+        "type": ev.type,
+        "job_state": JobState.of(ev.job_state).value if ev.job_state else None,
+        "node_id": ev.node_id or None,
+        "execution_id": ev.execution_id or None,
+        "execution_state": (
+            ExecutionState.of(ev.execution_state).value if ev.execution_state else None
+        ),
+        "detail": ev.detail or None,
+    }
+    return doc
+
+
+def spec_doc(spec: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"engine": spec.engine}
+    if spec.engine == "wasm":
+        doc["wasm"] = {
+            "module_cid": spec.wasm.module_cid,
+            "args": list(spec.wasm.args),
+            "env": dict(spec.wasm.env),
+        }
+    doc["outputs"] = [{"name": o.name, "path": o.path} for o in spec.outputs]
+    doc["timeout_seconds"] = spec.timeout_seconds or None
+    doc["concurrency"] = spec.deal.concurrency or 1
+    doc["node_selector"] = dict(spec.node_selector)
+    return doc
+
+
+def job_doc(job: Any, events: list[Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": job.id,
+        "state": JobState.of(job.state).value,
+        "message": job.message or None,
+        "requester_node_id": job.requester_node_id,
+        "created_at": _time(job.create_time_unix_nano),
+        "updated_at": _time(job.update_time_unix_nano),
+        "spec": spec_doc(job.spec),
+        "executions": [execution_doc(ex) for ex in job.executions],
+    }
+    if events is not None:
+        doc["events"] = [event_doc(ev) for ev in events]
+    return doc
+
+
+def dump(doc: Any, fmt: str) -> str:
+    """`doc` as JSON or YAML text (ends with a newline)."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    import yaml
+
+    return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def describe_text(doc: dict[str, Any]) -> str:
+    lines = [
+        f"ID:         {doc['id']}",
+        f"State:      {doc['state']}",
+    ]
+    if doc["message"]:
+        lines.append(f"Message:    {doc['message']}")
+    lines += [
+        f"Requester:  {doc['requester_node_id']}",
+        f"Created:    {doc['created_at']}",
+        f"Engine:     {doc['spec']['engine']}",
+        "Executions:",
+    ]
+    for ex in doc["executions"]:
+        line = f"  {ex['id']}  node {ex['node_id'][-8:]}  {ex['state']}"
+        if ex["exit_code"] is not None:
+            line += f"  exit {ex['exit_code']}"
+        if ex["result_cid"]:
+            line += f"  result {ex['result_cid']}"
+        lines.append(line)
+        if ex["message"]:
+            lines.append(f"      {ex['message']}")
+        if ex["stderr_tail"]:
+            lines += ["      stderr: " + t for t in ex["stderr_tail"].splitlines()]
+    if "events" in doc:
+        lines.append("Events:")
+        for ev in doc["events"]:
+            who = f" node {ev['node_id'][-8:]}" if ev["node_id"] else ""
+            detail = f"  {ev['detail']}" if ev["detail"] else ""
+            lines.append(f"  {ev['seq']:>3}  {ev['time']}  {ev['type']}{who}{detail}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,75 @@
+"""`bacalhaud serve`: run one node until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from bacalhau.errors import BacalhauError, UsageError
+from bacalhau.executor import EXECUTOR_NAMES
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad label {item!r}", hint="write it as KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def serve(args: argparse.Namespace) -> int:
+    from bacalhau.node import Node, NodeConfig
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for engine in engines:
+        if engine not in EXECUTOR_NAMES:
+            raise UsageError(
+                f"unknown engine {engine!r}", hint=f"use: {', '.join(sorted(EXECUTOR_NAMES))}"
+            )
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"bad port {args.port}")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = NodeConfig(
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        peers=list(args.peer),
+        engines=engines,
+        labels=_labels(args.labels),
+        metrics_port=args.metrics_port,
+        max_parallel=args.max_parallel,
+        bid_window_s=args.bid_window,
+    )
+    return asyncio.run(_run(Node(config)))
+
+
+async def _run(node: object) -> int:
+    from bacalhau.node import Node
+
+    assert isinstance(node, Node)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except RuntimeError as e:  # grpc: "Failed to bind to address ..."
+        raise BacalhauError(
+            f"cannot serve on {node.config.host}:{node.config.port}: {e}",
+            hint="is another node using that port? pick one with --port",
+        ) from None
+    print(f"bacalhaud: node {node.node_id} serving on {node.address}", flush=True)
+    if node.metrics_port is not None:
+        print(f"bacalhaud: metrics on http://{node.config.host}:{node.metrics_port}/metrics",
+              flush=True)
+    await stop.wait()
+    logging.getLogger("bacalhau").info("stopping")
+    await node.stop()
+    return 0

@@ -1,0 +1,142 @@
+"""A Python client for a node's ClientService (what bacalhauctl uses).
+
+Every gRPC failure becomes a `ClientError` with one line saying what went wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import grpc
+
+from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc
+from bacalhau.errors import BacalhauError
+
+DEFAULT_API = "127.0.0.1:1234"
+UPLOAD_CHUNK = 1 << 20
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.enable_http_proxy", 0),
+]
+
+
+class ClientError(BacalhauError):
+    """A request to the node failed; `code` is the gRPC status."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+def default_api() -> str:
+    return os.environ.get("BACALHAU_API") or DEFAULT_API
+
+
+class Client:
+    """Talks to one node. Methods raise ClientError."""
+
+    def __init__(self, api: str | None = None, *, timeout: float = 30.0) -> None:
+        self.api = api or default_api()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.api, options=_OPTIONS)
+        self._stub = client_pb2_grpc.ClientServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _error(self, e: grpc.RpcError) -> ClientError:
+        code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (e.details() if isinstance(e, grpc.Call) else str(e)) or code.name.lower()
+        if code == grpc.StatusCode.UNAVAILABLE and (
+            "connect" in details.lower() or "dns" in details.lower()
+        ):
+            return ClientError(
+                f"cannot reach a node at {self.api}",
+                code=code,
+                hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one",
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ClientError(
+                f"the node at {self.api} did not answer in time", code=code,
+                hint="is it overloaded or stuck? try again",
+            )
+        return ClientError(details.splitlines()[0] if details else code.name, code=code)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    def _stream(self, method: Any, request: Any, timeout: float | None) -> Iterator[Any]:
+        try:
+            yield from method(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    # -- calls --------------------------------------------------------------------------
+
+    def node_info(self) -> Any:
+        return self._call(self._stub.NodeInfo, client_pb2.NodeInfoRequest())
+
+    def submit(self, spec: Any) -> Any:
+        return self._call(self._stub.Submit, client_pb2.SubmitRequest(spec=spec))
+
+    def get_job(self, job_id: str) -> Any:
+        return self._call(self._stub.GetJob, client_pb2.GetJobRequest(job_id=job_id))
+
+    def list_jobs(self, *, all: bool = False, limit: int = 0) -> list[Any]:
+        req = client_pb2.ListJobsRequest(all=all, limit=limit)
+        return list(self._call(self._stub.ListJobs, req).jobs)
+
+    def cancel(self, job_id: str, reason: str = "") -> Any:
+        req = client_pb2.CancelRequest(job_id=job_id, reason=reason)
+        return self._call(self._stub.Cancel, req).job
+
+    def events(self, job_id: str, *, follow: bool, after_seq: int = 0) -> Iterator[Any]:
+        req = client_pb2.WatchEventsRequest(job_id=job_id, follow=follow, after_seq=after_seq)
+        return self._stream(self._stub.WatchEvents, req, None if follow else self.timeout)
+
+    def logs(self, job_id: str, *, follow: bool) -> Iterator[Any]:
+        req = client_pb2.LogsRequest(job_id=job_id, follow=follow)
+        return self._stream(self._stub.Logs, req, None if follow else self.timeout)
+
+    def results(self, job_id: str = "", cid: str = "") -> Iterator[Any]:
+        req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid)
+        return self._stream(self._stub.GetResults, req, None)
+
+    def add_file(self, path: Path) -> Any:
+        """Upload one file; returns AddDataResponse (cid, size)."""
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except OSError as e:
+            raise BacalhauError(f"cannot read {path}: {e.strerror}") from None
+        return self.add_stream(f, path.name)
+
+    def add_stream(self, f: BinaryIO, name: str) -> Any:
+        def requests() -> Iterator[Any]:
+            with f:
+                yield client_pb2.AddDataRequest(header=client_pb2.AddDataHeader(name=name))
+                while chunk := f.read(UPLOAD_CHUNK):
+                    yield client_pb2.AddDataRequest(chunk=chunk)
+
+        try:
+            return self._stub.AddData(requests(), timeout=None)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    def wait(self, job_id: str) -> Any:
+        """Follow the job's events until it is final; return GetJobResponse."""
+        for _ in self.events(job_id, follow=True):
+            pass
+        return self.get_job(job_id)

@@ -1,0 +1,324 @@
+"""The compute role of a node.
+
+It answers job announcements with bids, runs the executions it is given on a bounded pool of
+threads, adds each result to the blockstore and proposes its CID, and publishes it (keeps it
+pinned and serves it to peers) once the requester accepts it. Its own records of executions
+live in the datastore (`local`), each state change written before it is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bacalhau._aio import then
+from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
+from bacalhau.blockstore import Blockstore
+from bacalhau.compute.results import publish_result, tail
+from bacalhau.content import dag
+from bacalhau.content.cid import CID
+from bacalhau.datastore import Datastore, Tx
+from bacalhau.errors import BacalhauError
+from bacalhau.executor import Executor
+from bacalhau.executor.base import RunRequest, RunResult
+from bacalhau.models import ExecutionState, now_ns, pb, set_execution_state
+from bacalhau.network import Network, fetch_blocks, missing, store_blocks
+
+log = logging.getLogger(__name__)
+E = ExecutionState
+
+
+@dataclass
+class ComputeConfig:
+    labels: dict[str, str] = field(default_factory=dict)
+    max_parallel: int = 4
+    max_queue: int = 256
+    default_timeout_s: float = 600.0
+    memory_limit_bytes: int = 256 << 20
+    stdout_limit_bytes: int = 1 << 20
+
+
+class Compute:
+    """Bids on, runs and publishes executions."""
+
+    def __init__(
+        self,
+        *,
+        network: Network,
+        store: Datastore,
+        blockstore: Blockstore,
+        executors: dict[str, Executor],
+        scratch_dir: Path,
+        config: ComputeConfig,
+    ) -> None:
+        self._net = network
+        self._store = store
+        self._blocks = blockstore
+        self._executors = executors
+        self._scratch = scratch_dir
+        self._modules = scratch_dir / "modules"
+        self._modules.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="execution")
+        self._bids: dict[tuple[str, int], tuple[str, Any]] = {}  # offered, not yet decided
+        self._cancels: dict[str, threading.Event] = {}  # accepted, not finished
+        self._module_fetches: dict[str, asyncio.Future[Path]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def engines(self) -> list[str]:
+        return sorted(self._executors)
+
+    @property
+    def queued(self) -> int:
+        return len(self._cancels)
+
+    # -- messages from requesters --------------------------------------------------------
+
+    def handle(self, sender: str, msg: Any) -> None:
+        kind = msg.WhichOneof("body")
+        if kind == "announce":
+            self._on_announce(sender, msg.announce)
+        elif kind == "bid_decision":
+            self._on_bid_decision(sender, msg.bid_decision)
+        elif kind == "result_decision":
+            self._on_result_decision(sender, msg.result_decision)
+        elif kind == "cancel":
+            self._on_cancel(msg.cancel)
+
+    def decline_reason(self, spec: Any) -> str:
+        """Why this node will not run `spec`, or "" if it will."""
+        if spec.engine not in self._executors:
+            have = ", ".join(self.engines) or "none"
+            return f"engine {spec.engine!r} is not enabled here (engines: {have})"
+        for key, value in spec.node_selector.items():
+            if self.config.labels.get(key) != value:
+                return f"label {key}={value} does not match"
+        if self.queued >= self.config.max_queue:
+            return f"queue full ({self.queued} executions)"
+        return ""
+
+    def _on_announce(self, sender: str, a: Any) -> None:
+        reason = self.decline_reason(a.spec)
+        if not reason:
+            self._bids[(a.job_id, a.shard)] = (sender, a.spec)
+        bid = peer_pb2.Bid(
+            job_id=a.job_id, shard=a.shard, willing=not reason, reason=reason, queued=self.queued
+        )
+        self._net.send(sender, bid=bid)
+
+    def _on_bid_decision(self, sender: str, d: Any) -> None:
+        offered = self._bids.pop((d.job_id, d.shard), None)
+        if offered is None or not d.accepted or offered[0] != sender:
+            return
+        now = now_ns()
+        record = records_pb2.LocalExecution(
+            execution=pb.Execution(
+                id=d.execution_id,
+                job_id=d.job_id,
+                node_id=self._net.node_id,
+                shard=d.shard,
+                state=E.BID_ACCEPTED.pb,
+                create_time_unix_nano=now,
+                update_time_unix_nano=now,
+            ),
+            requester_node_id=sender,
+            spec=offered[1],
+        )
+        self._cancels[d.execution_id] = threading.Event()
+
+        def put(tx: Tx) -> None:
+            if tx.get_local(d.execution_id) is not None:
+                raise BacalhauError(f"execution {d.execution_id} already accepted")
+            tx.put_local(record)
+
+        then(self._loop, self._store.submit(put), lambda _: self._spawn(self._run(record)))
+
+    def _on_result_decision(self, sender: str, d: Any) -> None:
+        state = E.PUBLISHED if d.accepted else E.RESULT_REJECTED
+
+        def decide(tx: Tx) -> Any:
+            rec = tx.get_local(d.execution_id)
+            if rec is None or rec.requester_node_id != sender:
+                raise BacalhauError(f"no execution {d.execution_id} from {sender}")
+            if d.accepted:
+                set_execution_state(rec.execution, E.RESULT_ACCEPTED)
+            set_execution_state(rec.execution, state, d.reason)
+            tx.put_local(rec)
+            return rec
+
+        def report(rec: Any) -> None:
+            if not d.accepted:
+                self._spawn(self._unpin(rec.execution.result_cid))
+            self._report(rec)
+
+        then(self._loop, self._store.submit(decide), report, "publishing a result")
+
+    def _on_cancel(self, c: Any) -> None:
+        event = self._cancels.get(c.execution_id)
+        if event is not None:
+            event.set()
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _run(self, record: Any) -> None:
+        ex = record.execution
+        cancel = self._cancels.get(ex.id) or threading.Event()
+        try:
+            if cancel.is_set():
+                await self._advance(record, E.CANCELLED, message="cancelled before it started")
+                return
+            await self._advance(record, E.RUNNING)
+            module = await self._module(record.spec.wasm.module_cid, record.requester_node_id)
+            loop = asyncio.get_running_loop()
+            result, cid = await loop.run_in_executor(
+                self._pool, self._execute, record, module, cancel
+            )
+            if result.error == "cancelled":
+                await self._advance(record, E.CANCELLED, message="cancelled while running")
+            elif result.ok:
+                ex.exit_code = 0
+                ex.result_cid = cid
+                await self._advance(record, E.RESULT_PROPOSED)
+            else:
+                ex.exit_code = result.exit_code
+                ex.result_cid = cid
+                ex.stderr_tail = tail(result.stderr)
+                message = result.error or f"exit code {result.exit_code}"
+                await self._advance(record, E.FAILED, message=message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not isinstance(e, BacalhauError):
+                log.exception("execution %s failed", ex.id)
+            with contextlib.suppress(Exception):
+                await self._advance(record, E.FAILED, message=str(e) or type(e).__name__)
+        finally:
+            self._cancels.pop(ex.id, None)
+
+    def _execute(self, record: Any, module: Path, cancel: threading.Event) -> tuple[RunResult, str]:
+        """Run the execution and publish its result; blocking (a pool thread)."""
+        spec = record.spec
+        executor = self._executors[spec.engine]
+        workdir = Path(tempfile.mkdtemp(prefix="exec-", dir=self._scratch))
+        try:
+            req = RunRequest(
+                module=module,
+                args=list(spec.wasm.args),
+                env=dict(spec.wasm.env),
+                outputs=[(o.name, o.path) for o in spec.outputs],
+                timeout_s=spec.timeout_seconds or self.config.default_timeout_s,
+                memory_limit_bytes=spec.resources.memory_bytes or self.config.memory_limit_bytes,
+                stdout_limit_bytes=self.config.stdout_limit_bytes,
+                workdir=workdir,
+            )
+            result = executor.run(req, cancel)
+            if result.error == "cancelled":
+                return result, ""
+            cid = publish_result(
+                self._blocks, result.outputs_dir, result.stdout, result.stderr, result.exit_code
+            )
+            return result, cid
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _module(self, cid_text: str, requester: str) -> Path:
+        """The module's bytes as a file, fetched from the requester once (single flight)."""
+        path = self._modules / f"{cid_text}.wasm"
+        if path.exists():
+            return path
+        fut = self._module_fetches.get(cid_text)
+        if fut is None:
+            fut = asyncio.ensure_future(self._fetch_module(cid_text, requester, path))
+            self._module_fetches[cid_text] = fut
+            fut.add_done_callback(lambda _: self._module_fetches.pop(cid_text, None))
+        return await asyncio.shield(fut)
+
+    async def _fetch_module(self, cid_text: str, requester: str, path: Path) -> Path:
+        root = bytes(CID.parse(cid_text))
+        if await asyncio.to_thread(missing, self._blocks, root):
+            channel = self._net.channel_to(requester)
+            if channel is None:
+                raise BacalhauError(f"cannot fetch module {cid_text}: requester is not connected")
+            blocks = await fetch_blocks(channel, [root], recursive=True)
+            await asyncio.to_thread(store_blocks, self._blocks, blocks, root)
+
+        def write() -> Path:
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as f:
+                for chunk in dag.cat(self._blocks.get, root):
+                    f.write(chunk)
+            tmp.replace(path)
+            return path
+
+        return await asyncio.to_thread(write)
+
+    async def _unpin(self, cid_text: str) -> None:
+        if cid_text:
+            await asyncio.to_thread(self._blocks.unpin, bytes(CID.parse(cid_text)))
+
+    # -- state changes ------------------------------------------------------------------
+
+    async def _advance(self, record: Any, state: ExecutionState, message: str = "") -> None:
+        """Write `state` (with the record's result fields), then report it to the requester."""
+        ex = record.execution
+        snapshot = pb.Execution()
+        snapshot.CopyFrom(ex)
+
+        def write(tx: Tx) -> Any:
+            rec = tx.get_local(ex.id)
+            if rec is None:
+                raise BacalhauError(f"execution {ex.id} is not known here")
+            stored_state = rec.execution.state
+            rec.execution.CopyFrom(snapshot)
+            rec.execution.state = stored_state
+            set_execution_state(rec.execution, state, message)
+            tx.put_local(rec)
+            return rec
+
+        rec = await asyncio.wrap_future(self._store.submit(write))
+        ex.CopyFrom(rec.execution)
+        self._report(rec)
+
+    def _report(self, rec: Any) -> None:
+        ex = rec.execution
+        update = peer_pb2.ExecutionUpdate(
+            job_id=ex.job_id,
+            execution_id=ex.id,
+            state=ex.state,
+            result_cid=ex.result_cid,
+            stderr_tail=ex.stderr_tail,
+            message=ex.message,
+        )
+        if ex.HasField("exit_code"):
+            update.exit_code = ex.exit_code
+        if not self._net.send(rec.requester_node_id, execution_update=update):
+            log.warning("requester %s of %s is not connected", rec.requester_node_id, ex.job_id)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop running executions and wait for them to record it."""
+        for event in self._cancels.values():
+            event.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+

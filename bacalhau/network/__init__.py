@@ -1,0 +1,16 @@
+"""How nodes talk: signed peer streams and block exchange over gRPC."""
+
+from __future__ import annotations
+
+from bacalhau.network.blocks import fetch_blocks, missing, serve_blocks, store_blocks
+from bacalhau.network.peers import CHANNEL_OPTIONS, Network, PeerProtocolError
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "Network",
+    "PeerProtocolError",
+    "fetch_blocks",
+    "missing",
+    "serve_blocks",
+    "store_blocks",
+]

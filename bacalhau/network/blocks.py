@@ -1,0 +1,80 @@
+"""Block exchange: PeerService.GetBlocks on both ends, every block checked against its CID."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
+from bacalhau.blockstore import Blockstore
+from bacalhau.content import dag
+from bacalhau.content.dag import check_block
+from bacalhau.content.errors import ContentError, NotFound
+
+_BATCH_BYTES = 4 << 20
+
+
+def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[tuple[bytes, bytes]]:
+    for cid in cids:
+        if recursive:
+            yield from dag.walk(store.get, cid)
+        else:
+            yield cid, store.get(cid)
+
+
+async def serve_blocks(store: Blockstore, request: Any) -> AsyncIterator[Any]:
+    """Yield the requested blocks; walking and reading happen in a worker thread."""
+    it = _blocks(store, list(request.cids), request.recursive)
+
+    def next_batch() -> list[tuple[bytes, bytes]]:
+        out, size = [], 0
+        for cid, data in it:
+            out.append((cid, data))
+            size += len(data)
+            if size >= _BATCH_BYTES:
+                break
+        return out
+
+    while batch := await asyncio.to_thread(next_batch):
+        for cid, data in batch:
+            yield peer_pb2.Block(cid=cid, data=data)
+
+
+async def fetch_blocks(
+    channel: grpc.aio.Channel, cids: list[bytes], *, recursive: bool, timeout: float = 60.0
+) -> list[tuple[bytes, bytes]]:
+    """Blocks from a peer, each verified. Raises CorruptData, NotFound, or grpc.RpcError."""
+    stub = peer_pb2_grpc.PeerServiceStub(channel)
+    out: list[tuple[bytes, bytes]] = []
+    call = stub.GetBlocks(peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive), timeout=timeout)
+    try:
+        async for block in call:
+            check_block(block.cid, block.data)
+            out.append((block.cid, block.data))
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(e.details() or "block not found on the peer") from e
+        raise
+    return out
+
+
+def missing(store: Blockstore, root: bytes) -> bool:
+    """True if any block of the DAG under `root` is not stored locally."""
+    try:
+        for _ in dag.walk(store.get, root):
+            pass
+    except (NotFound, ContentError):
+        return True
+    return False
+
+
+def store_blocks(store: Blockstore, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:
+    """Write `blocks` in one batch (pinning `pin`); blocking, run it in a thread."""
+    with store.batch() as batch:
+        for cid, data in blocks:
+            batch.put(cid, data)
+        if pin is not None:
+            batch.pin(pin)

@@ -1,0 +1,302 @@
+"""Peer connections: one PeerService.Connect stream per pair of nodes, signed envelopes.
+
+Every message is a `PeerMessage` serialized, signed with the sender's ed25519 key and carried
+in an `Envelope` with that key. A receiver drops a message whose key does not give the node ID
+it claims, whose signature is wrong, which is meant for another node, or whose sequence number
+does not grow (a replay on the stream). Both sides send Hello first.
+
+Messages a node sends to itself are delivered on the event loop without a network hop, so the
+requester and compute roles of one node talk the same way as those of two nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
+from bacalhau.identity import Identity, node_id_from_public_key, verify
+from bacalhau.models import now_ns
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, Any], None]  # (sender node ID, PeerMessage)
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+_HELLO_TIMEOUT_S = 10.0
+_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 2.0
+
+
+class PeerProtocolError(Exception):
+    """A peer sent something that breaks the protocol; its stream is closed."""
+
+
+@dataclass(eq=False)
+class Connection:
+    """One live Connect stream to a peer."""
+
+    outbound: bool
+    node_id: str = ""
+    address: str = ""
+    hello: Any = None
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    sent_seq: int = 0
+    recv_seq: int = 0
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+
+class Network:
+    """This node's side of every peer stream, plus its gRPC channels to peers."""
+
+    def __init__(self, identity: Identity, hello: Any, handler: Handler) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self._hello = hello
+        self._handler = handler
+        self._conns: dict[str, list[Connection]] = {}
+        self._addresses: dict[str, str] = {}  # node ID -> gRPC address, from Hello
+        self._last_seen: dict[str, int] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_connect: list[Callable[[str], None]] = []
+        self.on_disconnect: list[Callable[[str], None]] = []
+        self._closing = False
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, node_id: str, **body: Any) -> bool:
+        """Send one message (`announce=...`, `bid=...`, ...) to `node_id`; False if unreachable."""
+        msg = peer_pb2.PeerMessage(sender=self.node_id, recipient=node_id, **body)
+        if node_id == self.node_id:
+            asyncio.get_running_loop().call_soon(self._deliver, node_id, msg)
+            return True
+        conns = self._conns.get(node_id)
+        if not conns:
+            return False
+        self._enqueue(conns[0], msg)
+        return True
+
+    def _enqueue(self, conn: Connection, msg: Any) -> None:
+        conn.sent_seq += 1
+        msg.seq = conn.sent_seq
+        msg.time_unix_nano = now_ns()
+        payload = msg.SerializeToString()
+        conn.queue.put_nowait(
+            peer_pb2.Envelope(
+                payload=payload,
+                public_key=self.identity.public_key_bytes,
+                signature=self.identity.sign(payload),
+            )
+        )
+
+    def _deliver(self, sender: str, msg: Any) -> None:
+        try:
+            self._handler(sender, msg)
+        except Exception:
+            log.exception("handling %s from %s failed", msg.WhichOneof("body"), sender)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _open(self, conn: Connection, env: Any) -> Any:
+        """Check one envelope from `conn`; return its PeerMessage or raise PeerProtocolError."""
+        try:
+            sender = node_id_from_public_key(env.public_key)
+        except Exception as e:
+            raise PeerProtocolError(f"bad public key: {e}") from e
+        if not verify(env.public_key, env.payload, env.signature):
+            raise PeerProtocolError(f"bad signature on a message from {sender}")
+        msg = peer_pb2.PeerMessage.FromString(env.payload)
+        if msg.sender != sender:
+            raise PeerProtocolError(f"{sender} sent a message claiming to be from {msg.sender}")
+        # A dialer does not know whom it reached until the answer: its Hello is addressed to "".
+        if msg.recipient != self.node_id and (conn.node_id or msg.recipient):
+            raise PeerProtocolError(f"{sender} sent a message meant for {msg.recipient}")
+        if conn.node_id and sender != conn.node_id:
+            raise PeerProtocolError(f"{sender} wrote on the stream of {conn.node_id}")
+        if msg.seq <= conn.recv_seq:
+            raise PeerProtocolError(f"{sender} replayed message {msg.seq}")
+        conn.recv_seq = msg.seq
+        return msg
+
+    def _register(self, conn: Connection, hello_env: Any) -> None:
+        msg = self._open(conn, hello_env)
+        if msg.WhichOneof("body") != "hello":
+            raise PeerProtocolError("the first message on a peer stream must be Hello")
+        if msg.sender == self.node_id:
+            raise PeerProtocolError("connected to itself")
+        conn.node_id = msg.sender
+        conn.hello = msg.hello
+        conn.address = msg.hello.address or conn.address
+        self._addresses[conn.node_id] = conn.address
+        self._last_seen[conn.node_id] = now_ns()
+        if not conn.outbound:  # answer with our Hello before anything else goes out
+            reply = peer_pb2.PeerMessage(
+                sender=self.node_id, recipient=conn.node_id, hello=self._hello
+            )
+            self._enqueue(conn, reply)
+        first = conn.node_id not in self._conns
+        self._conns.setdefault(conn.node_id, []).append(conn)
+        log.info("peer %s connected (%s)", conn.node_id, conn.address)
+        if first:
+            for cb in self.on_connect:
+                cb(conn.node_id)
+
+    def _unregister(self, conn: Connection) -> None:
+        conns = self._conns.get(conn.node_id)
+        if not conns or conn not in conns:
+            return
+        conns.remove(conn)
+        if not conns:
+            del self._conns[conn.node_id]
+            log.info("peer %s disconnected", conn.node_id)
+            if not self._closing:
+                for cb in self.on_disconnect:
+                    cb(conn.node_id)
+
+    async def _read(self, conn: Connection, stream: AsyncIterator[Any]) -> None:
+        async for env in stream:
+            msg = self._open(conn, env)
+            self._last_seen[conn.node_id] = now_ns()
+            self._deliver(conn.node_id, msg)
+
+    async def serve_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The server side of Connect: yields what this node sends on the stream."""
+        conn = Connection(outbound=False)
+        try:
+            first = await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S)
+            # The dialer's identity is known only now; address it in our Hello.
+            self._register(conn, first)
+        except (PeerProtocolError, TimeoutError, StopAsyncIteration) as e:
+            log.warning("refused a peer stream: %s", e)
+            return
+        reader = asyncio.ensure_future(self._read_then_close(conn, requests))
+        try:
+            while (env := await conn.queue.get()) is not None:
+                yield env
+        finally:
+            reader.cancel()
+            self._unregister(conn)
+
+    async def _read_then_close(self, conn: Connection, stream: AsyncIterator[Any]) -> None:
+        try:
+            await self._read(conn, stream)
+        except PeerProtocolError as e:
+            log.warning("closing the stream of %s: %s", conn.node_id, e)
+        except (grpc.RpcError, asyncio.CancelledError):
+            pass
+        finally:
+            conn.close()
+
+    # -- dialing ------------------------------------------------------------------------
+
+    def dial(self, address: str) -> None:
+        """Keep a stream open to `address`, reconnecting with backoff while this node runs."""
+        self._spawn(self._dial_forever(address))
+
+    async def _dial_forever(self, address: str) -> None:
+        backoff = _BACKOFF_MIN_S
+        while not self._closing:
+            started = asyncio.get_running_loop().time()
+            try:
+                await self._dial_once(address)
+            except PeerProtocolError as e:
+                log.warning("peer %s: %s", address, e)
+            except grpc.RpcError as e:
+                log.debug("peer %s: %s", address, e.code() if hasattr(e, "code") else e)
+            if self._closing:
+                return
+            if asyncio.get_running_loop().time() - started > 5.0:
+                backoff = _BACKOFF_MIN_S  # it was up for a while: a fresh failure
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    async def _dial_once(self, address: str) -> None:
+        conn = Connection(outbound=True, address=address)
+        channel = self.channel(address)
+        stub = peer_pb2_grpc.PeerServiceStub(channel)
+        # We do not know who answers until its Hello arrives; our Hello is addressed to "".
+        hello = peer_pb2.PeerMessage(sender=self.node_id, hello=self._hello)
+        self._enqueue(conn, hello)
+
+        async def outgoing() -> AsyncIterator[Any]:
+            while (env := await conn.queue.get()) is not None:
+                yield env
+
+        call = stub.Connect(outgoing())
+        try:
+            first = await asyncio.wait_for(call.read(), _HELLO_TIMEOUT_S)
+            if first is grpc.aio.EOF:
+                raise PeerProtocolError("the peer closed the stream before Hello")
+            self._register(conn, first)
+            try:
+                await self._read(conn, _reads(call))
+            finally:
+                self._unregister(conn)
+        finally:
+            conn.close()
+            call.cancel()
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A shared channel to `address`."""
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = ch
+        return ch
+
+    def channel_to(self, node_id: str) -> grpc.aio.Channel | None:
+        address = self._addresses.get(node_id)
+        return None if address is None else self.channel(address)
+
+    # -- state --------------------------------------------------------------------------
+
+    def connected(self) -> list[str]:
+        return sorted(self._conns)
+
+    def is_connected(self, node_id: str) -> bool:
+        return node_id == self.node_id or node_id in self._conns
+
+    def peer_infos(self) -> list[tuple[str, str, bool, int]]:
+        """(node ID, address, connected, last seen ns) of every peer seen."""
+        return [
+            (nid, addr, nid in self._conns, self._last_seen.get(nid, 0))
+            for nid, addr in sorted(self._addresses.items())
+        ]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for conns in list(self._conns.values()):
+            for conn in conns:
+                conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ch in self._channels.values():
+            await ch.close()
+
+
+async def _reads(call: Any) -> AsyncIterator[Any]:
+    """A stream call's responses via read() (grpc forbids mixing read() and iteration)."""
+    while (item := await call.read()) is not grpc.aio.EOF:
+        yield item

@@ -1,0 +1,235 @@
+"""A node: identity, datastore, blockstore, network, requester and compute, served over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
+from bacalhau.api import ClientServicer, PeerServicer
+from bacalhau.blockstore import Blockstore
+from bacalhau.compute import Compute, ComputeConfig
+from bacalhau.content.cid import CID
+from bacalhau.content.errors import NotFound
+from bacalhau.datastore import LmdbDatastore
+from bacalhau.errors import BacalhauError
+from bacalhau.executor import get_executor
+from bacalhau.identity import Identity
+from bacalhau.models import JobState
+from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_blocks, missing, store_blocks
+from bacalhau.observability import Counter, Gauge, Registry, start_http_server
+from bacalhau.requester import Requester
+from bacalhau.version import __version__
+
+log = logging.getLogger(__name__)
+
+ADDRESS_FILE = "api.addr"
+
+
+@dataclass
+class NodeConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 1234
+    peers: list[str] = field(default_factory=list)
+    engines: list[str] = field(default_factory=lambda: ["wasm"])
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics_port: int | None = None
+    max_parallel: int = 0  # 0: one per CPU
+    bid_window_s: float = 0.5
+
+
+class JobWatch:
+    """Wakes waiters on the event loop when a job gets new events."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def waiter(self, job_id: str) -> asyncio.Future[None]:
+        fut = self._loop.create_future()
+        self._waiters.setdefault(job_id, set()).add(fut)
+        return fut
+
+    def forget(self, job_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[job_id]
+
+    def committed(self, events: Iterable[Any]) -> None:
+        """Datastore listener (writer thread)."""
+        job_ids = {ev.job_id for ev in events}
+        self._loop.call_soon_threadsafe(self._wake, job_ids)
+
+    def _wake(self, job_ids: set[str]) -> None:
+        for job_id in job_ids:
+            for fut in self._waiters.pop(job_id, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+
+class Node:
+    """One bacalhaud node. `await start()`, then `await stop()`."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.identity = Identity.load_or_create(config.data_dir)
+        self.node_id = self.identity.node_id
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: Any = None
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        """Open the stores, bind the gRPC port, start dialing peers."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self.store = LmdbDatastore(cfg.data_dir / "datastore")
+        self.blockstore = Blockstore(cfg.data_dir / "blocks")
+        self.watch = JobWatch(loop)
+        self.store.add_listener(self.watch.committed)
+        executors = {name: get_executor(name) for name in cfg.engines}
+        executors = {n: e for n, e in executors.items() if e.is_installed()}
+        self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        port = self._server.add_insecure_port(f"{_host_for_bind(cfg.host)}:{cfg.port}")
+        self.address = f"{_host_for_bind(cfg.host)}:{port}"
+        hello = peer_pb2.Hello(
+            node_id=self.node_id,
+            version=__version__,
+            address=self.address,
+            engines=sorted(executors),
+            labels=cfg.labels,
+        )
+        self.network = Network(self.identity, hello, self._dispatch)
+        self.requester = Requester(
+            network=self.network, store=self.store, bid_window_s=cfg.bid_window_s
+        )
+        self.compute = Compute(
+            network=self.network,
+            store=self.store,
+            blockstore=self.blockstore,
+            executors=executors,
+            scratch_dir=cfg.data_dir / "scratch",
+            config=ComputeConfig(
+                labels=dict(cfg.labels), max_parallel=cfg.max_parallel or os.cpu_count() or 1
+            ),
+        )
+        client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self), self._server)
+        peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(self), self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = [
+            client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
+            peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self._server)
+        self._start_metrics()
+        await self._server.start()
+        for name in ("", *names[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for peer in cfg.peers:
+            self.network.dial(peer)
+        _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")
+        log.info("node %s serving on %s", self.node_id, self.address)
+
+    def _dispatch(self, sender: str, msg: Any) -> None:
+        kind = msg.WhichOneof("body")
+        if kind in ("bid", "execution_update"):
+            self.requester.handle(sender, msg)
+        elif kind in ("announce", "bid_decision", "result_decision", "cancel"):
+            self.compute.handle(sender, msg)
+
+    def _start_metrics(self) -> None:
+        registry = Registry()
+
+        def jobs_by_state() -> dict[tuple[str, ...], float]:
+            counts = self.store.count_jobs_by_state()
+            return {(s.value,): float(counts.get(s.pb, 0)) for s in JobState}
+
+        Gauge("bacalhau_jobs", "Jobs this node is the requester of, by state.", ["state"],
+              registry=registry, callback=jobs_by_state)
+        Gauge("bacalhau_peers_connected", "Peers with an open stream.", registry=registry,
+              callback=lambda: {(): float(len(self.network.connected()))})
+        Gauge("bacalhau_executions_queued", "Executions accepted here and not finished.",
+              registry=registry, callback=lambda: {(): float(self.compute.queued)})
+        self.submitted = Counter("bacalhau_jobs_submitted_total", "Jobs submitted to this node.",
+                                 registry=registry)
+        if self.config.metrics_port is None:
+            return
+        self._metrics_server, self.metrics_port = start_http_server(
+            registry, self.config.host, self.config.metrics_port
+        )
+
+    async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
+        """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing."""
+        root = bytes(CID.parse(cid_text))
+        if not await asyncio.to_thread(missing, self.blockstore, root):
+            return root
+        errors = []
+        for node_id in [*holders, *self.network.connected()]:
+            channel = self.network.channel_to(node_id)
+            if channel is None:
+                errors.append(f"{node_id[-8:]}: not connected")
+                continue
+            try:
+                blocks = await fetch_blocks(channel, [root], recursive=True)
+            except (grpc.RpcError, BacalhauError) as e:
+                errors.append(f"{node_id[-8:]}: {e}")
+                continue
+            await asyncio.to_thread(store_blocks, self.blockstore, blocks, root)
+            return root
+        raise NotFound(
+            f"{cid_text} is not on this node and no peer could send it",
+            hint="; ".join(errors) or "no peer is connected",
+        )
+
+    async def wait_final(self, job_id: str) -> Any:
+        """The job once it is completed, failed or cancelled."""
+        while True:
+            waiter = self.watch.waiter(job_id)
+            try:
+                job = self.store.get_job(job_id)
+                if JobState.of(job.state).is_terminal:
+                    return job
+                await waiter
+            finally:
+                self.watch.forget(job_id, waiter)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking requests, stop executions, close the stores."""
+        (self.data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(grace)
+        self.requester.close()
+        await self.compute.close()
+        await self.network.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self.store.close()
+        self.blockstore.close()
+
+
+def _host_for_bind(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
