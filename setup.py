@@ -50,6 +50,7 @@ def generate_protos() -> None:
         if PB_PACKAGE.exists():
             shutil.rmtree(PB_PACKAGE)
         shutil.copytree(tmp, PB_PACKAGE)
+        PB_PACKAGE.chmod(0o755)  # copytree copies the temp dir's 0700
     # protoc writes imports relative to proto/ (``from bacalhau.v1 import x_pb2``); the
     # generated tree lives under bacalhau._pb, so point those imports there.
     top = sorted({p.split("/", 1)[0] for p in protos})

@@ -67,7 +67,8 @@ class Client:
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return ClientError(
-                f"the node at {self.api} did not answer in time", code=code,
+                f"the node at {self.api} did not answer in time",
+                code=code,
                 hint="is it overloaded or stuck? try again",
             )
         return ClientError(details.splitlines()[0] if details else code.name, code=code)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from enum import Enum
+from enum import StrEnum
+from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.errors import BacalhauError
@@ -31,7 +32,7 @@ class IllegalTransition(BacalhauError):
     """A state change that the lifecycle does not allow."""
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -47,15 +48,16 @@ class JobState(str, Enum):
         return not self.is_terminal
 
     @property
-    def pb(self) -> int:
-        return int(pb.JobState.Value("JOB_STATE_" + self.name))
+    def pb(self) -> Any:
+        """The protobuf enum value."""
+        return pb.JobState.Value("JOB_STATE_" + self.name)
 
     @classmethod
     def of(cls, value: int) -> JobState:
-        return cls[pb.JobState.Name(value).removeprefix("JOB_STATE_")]  # type: ignore[arg-type]
+        return cls[pb.JobState.Name(value).removeprefix("JOB_STATE_")]
 
 
-class ExecutionState(str, Enum):
+class ExecutionState(StrEnum):
     BID_PROPOSED = "bid_proposed"
     BID_ACCEPTED = "bid_accepted"
     BID_REJECTED = "bid_rejected"
@@ -77,12 +79,13 @@ class ExecutionState(str, Enum):
         return self in _EXEC_ACTIVE
 
     @property
-    def pb(self) -> int:
-        return int(pb.ExecutionState.Value("EXECUTION_STATE_" + self.name))
+    def pb(self) -> Any:
+        """The protobuf enum value."""
+        return pb.ExecutionState.Value("EXECUTION_STATE_" + self.name)
 
     @classmethod
     def of(cls, value: int) -> ExecutionState:
-        name = pb.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_")  # type: ignore[arg-type]
+        name = pb.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_")
         return cls[name]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from bacalhau.executor import (  # noqa: E402
     WasmExecutor,
     get_executor,
 )
+from tests._wait import wait_for  # noqa: E402
 
 WASI = "wasi_snapshot_preview1"
 IMPORTS = f"""
@@ -91,14 +91,6 @@ def run(tmp_path: Path, executor: WasmExecutor) -> Runner:
         return executor.run(req, cancel=cancel)
 
     return _run
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        threading.Event().wait(0.005)
 
 
 HELLO = wasi_module("(call $write (i32.const 1) (i32.const 64) (i32.const 6))", data="hello\\n")

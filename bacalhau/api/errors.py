@@ -34,13 +34,19 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return code
-    return grpc.StatusCode.INTERNAL if not isinstance(exc, BacalhauError) else grpc.StatusCode.UNAVAILABLE
+    return (
+        grpc.StatusCode.INTERNAL
+        if not isinstance(exc, BacalhauError)
+        else grpc.StatusCode.UNAVAILABLE
+    )
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if not isinstance(exc, BacalhauError):
         log.exception("request failed", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        )
     await context.abort(status_of(exc), str(exc))
 
 
@@ -61,7 +67,9 @@ def streaming(fn: F) -> F:
     """Turn errors a server-streaming handler raises into gRPC statuses."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         try:
             async for item in fn(self, request, context):
                 yield item

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from bacalhau.node.node import Node
 
 _RESULT_STATES = (ExecutionState.PUBLISHED, ExecutionState.RESULT_ACCEPTED)
-_LOG_FILES = (("stdout", client_pb2.LogChunk.STREAM_STDOUT), ("stderr", client_pb2.LogChunk.STREAM_STDERR))
+_LOG_FILES = (
+    ("stdout", client_pb2.LogChunk.STREAM_STDOUT),
+    ("stderr", client_pb2.LogChunk.STREAM_STDERR),
+)
 _LOG_CHUNK = 64 << 10
 
 
@@ -51,7 +54,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         return client_pb2.ListJobsResponse(jobs=jobs)
 
     @streaming
-    async def WatchEvents(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def WatchEvents(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         job_id = self.node.store.get_job(request.job_id).id
         seq = request.after_seq
         while True:
@@ -95,7 +100,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         return client_pb2.CancelResponse(job=job)
 
     @streaming
-    async def GetResults(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def GetResults(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         holders: list[str] = []
         if request.cid:
             cid_text = str(CID.parse(request.cid))
@@ -160,9 +167,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         node = self.node
         peers = [
-            client_pb2.PeerInfo(
-                node_id=nid, address=addr, connected=up, last_seen_unix_nano=seen
-            )
+            client_pb2.PeerInfo(node_id=nid, address=addr, connected=up, last_seen_unix_nano=seen)
             for nid, addr, up, seen in node.network.peer_infos()
         ]
         return client_pb2.NodeInfoResponse(
@@ -186,7 +191,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
             yield env
 
     @streaming
-    async def GetBlocks(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def GetBlocks(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         async for block in serve_blocks(self.node.blockstore, request):
             yield block
 
@@ -211,4 +218,3 @@ def _child(node: Node, root: bytes, name: str) -> bytes | None:
         if link.name == name.encode():
             return bytes(link.cid)
     return None
-

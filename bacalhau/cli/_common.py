@@ -11,6 +11,8 @@ from typing import NoReturn
 
 from bacalhau.errors import BacalhauError
 
+FORMATS = ("text", "json", "yaml")
+
 
 def default_data_dir() -> Path:
     """``$BACALHAU_DATA_DIR``, else ``~/.bacalhau``."""

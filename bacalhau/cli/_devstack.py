@@ -52,10 +52,20 @@ def devstack(args: argparse.Namespace) -> int:
             data_dir.mkdir(parents=True, exist_ok=True)
             (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
             cmd = [
-                sys.executable, "-m", "bacalhau.cli.daemon", "serve",
-                "--data-dir", str(data_dir), "--port", "0",
-                "--engines", args.engines, "--log-level", args.log_level,
-                "--labels", f"devstack-node={i}",
+                sys.executable,
+                "-m",
+                "bacalhau.cli.daemon",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                "0",
+                "--engines",
+                args.engines,
+                "--log-level",
+                args.log_level,
+                "--labels",
+                f"devstack-node={i}",
             ]
             for addr in addresses:
                 cmd += ["--peer", addr]

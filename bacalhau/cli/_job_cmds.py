@@ -1,4 +1,5 @@
-"""bacalhauctl commands that talk to a node: id, peers, wasm run, list, describe, logs, get, cancel."""
+"""bacalhauctl commands that talk to a node: id, peers, wasm run, list, describe, logs, get,
+cancel."""
 
 from __future__ import annotations
 
@@ -48,9 +49,7 @@ def node_id(args: argparse.Namespace) -> int:
 def peers(args: argparse.Namespace) -> int:
     with _client(args) as c:
         info = c.node_info()
-    docs = [
-        {"id": p.node_id, "address": p.address, "connected": p.connected} for p in info.peers
-    ]
+    docs = [{"id": p.node_id, "address": p.address, "connected": p.connected} for p in info.peers]
     text = "".join(
         f"{p['id']}  {p['address']}  {'connected' if p['connected'] else 'disconnected'}\n"
         for p in docs
@@ -64,7 +63,8 @@ def parse_output_volume(text: str) -> tuple[str, str]:
     name, sep, path = text.partition(":")
     if not sep or not name or not path.startswith("/"):
         raise UsageError(
-            f"bad output volume {text!r}", hint="write it as NAME:/absolute/path, e.g. outputs:/outputs"
+            f"bad output volume {text!r}",
+            hint="write it as NAME:/absolute/path, e.g. outputs:/outputs",
         )
     if name in RESERVED or not all(ch.isalnum() or ch in "_.-" for ch in name) or name[0] in ".-":
         raise UsageError(
@@ -174,8 +174,12 @@ def list_jobs(args: argparse.Namespace) -> int:
     docs = [job_doc(j) for j in jobs]
     lines = []
     for d in docs:
-        nodes = ",".join(ex["node_id"][-8:] for ex in d["executions"] if ex["state"] != "bid_rejected")
-        lines.append(f"{d['id']}  {d['created_at']}  {d['state']:<9}  {d['spec']['engine']}  {nodes}\n")
+        nodes = ",".join(
+            ex["node_id"][-8:] for ex in d["executions"] if ex["state"] != "bid_rejected"
+        )
+        lines.append(
+            f"{d['id']}  {d['created_at']}  {d['state']:<9}  {d['spec']['engine']}  {nodes}\n"
+        )
     _print(docs, args, "".join(lines))
     return 0
 

@@ -8,13 +8,11 @@ from typing import Any
 
 from bacalhau.models import ExecutionState, JobState
 
-FORMATS = ("text", "json", "yaml")
-
 
 def _time(ns: int) -> str | None:
     if not ns:
         return None
-    t = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -67,8 +67,10 @@ async def _run(node: object) -> int:
         ) from None
     print(f"bacalhaud: node {node.node_id} serving on {node.address}", flush=True)
     if node.metrics_port is not None:
-        print(f"bacalhaud: metrics on http://{node.config.host}:{node.metrics_port}/metrics",
-              flush=True)
+        print(
+            f"bacalhaud: metrics on http://{node.config.host}:{node.metrics_port}/metrics",
+            flush=True,
+        )
     await stop.wait()
     logging.getLogger("bacalhau").info("stopping")
     await node.stop()

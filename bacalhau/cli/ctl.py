@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bacalhau.cli._common import Parser, default_data_dir, print_version, run
-from bacalhau.cli._render import FORMATS
+from bacalhau.cli._common import FORMATS, Parser, default_data_dir, print_version, run
 
 PROG = "bacalhauctl"
 
@@ -105,8 +104,7 @@ def _add_job_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME:/path",
-        help="a folder the job writes; it becomes NAME in the result "
-        "(default: outputs:/outputs)",
+        help="a folder the job writes; it becomes NAME in the result (default: outputs:/outputs)",
     )
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")
@@ -135,9 +133,7 @@ def _add_job_commands(sub: Any) -> None:
     logs = add("logs", help="a job's stdout and stderr")
     logs.add_argument("job", metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
-    get = add(
-        "get", help="download a job's result (stdout, stderr, exitCode, output folders)"
-    )
+    get = add("get", help="download a job's result (stdout, stderr, exitCode, output folders)")
     get.add_argument("job", metavar="JOB")
     get.add_argument("--output-dir", type=Path, help="default: ./JOB_ID")
     cancel = add("cancel", help="cancel a job")

@@ -47,11 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated engines this node runs jobs with (default: wasm; also noop)",
     )
     serve.add_argument(
-        "--max-parallel", type=int, default=0, metavar="N",
+        "--max-parallel",
+        type=int,
+        default=0,
+        metavar="N",
         help="executions run at once (default: one per CPU)",
     )
     serve.add_argument(
-        "--bid-window", type=float, default=0.5, metavar="S",
+        "--bid-window",
+        type=float,
+        default=0.5,
+        metavar="S",
         help="longest wait for bids before selecting (default 0.5 s)",
     )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))

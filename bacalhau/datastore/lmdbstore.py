@@ -53,17 +53,15 @@ class _Tx:
         raw = self._txn.get(job_id.encode(), db=self._s._jobs)
         if raw is None:
             raise JobNotFound(f"job {job_id} not found")
-        return types_pb2.Job.FromString(raw)
+        return types_pb2.Job.FromString(bytes(raw))
 
     def put_job(self, job: types_pb2.Job) -> None:
         key = job.id.encode()
         old_raw = self._txn.get(key, db=self._s._jobs)
         if old_raw is None:
-            self._txn.put(
-                _BE64.pack(job.create_time_unix_nano) + key, b"", db=self._s._jobs_time
-            )
+            self._txn.put(_BE64.pack(job.create_time_unix_nano) + key, b"", db=self._s._jobs_time)
         else:
-            self._count(types_pb2.Job.FromString(old_raw).state, -1)
+            self._count(types_pb2.Job.FromString(bytes(old_raw)).state, -1)
         self._count(job.state, +1)
         job.revision += 1
         self._txn.put(key, job.SerializeToString(), db=self._s._jobs)
@@ -78,11 +76,9 @@ class _Tx:
         prefix = event.job_id.encode() + b"\x00"
         cur = self._txn.cursor(db=self._s._events)
         seq = 1
-        if cur.set_range(event.job_id.encode() + b"\x01"):
-            found = cur.prev()
-        else:
-            found = cur.last()
-        if found and cur.key().startswith(prefix):
+        # The last event of this job sits just before the first key past its prefix.
+        found = cur.prev() if cur.set_range(event.job_id.encode() + b"\x01") else cur.last()
+        if found and bytes(cur.key()).startswith(prefix):
             seq = _BE64.unpack(cur.key()[len(prefix) :])[0] + 1
         event.seq = seq
         if not event.time_unix_nano:
@@ -93,12 +89,10 @@ class _Tx:
 
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
         raw = self._txn.get(execution_id.encode(), db=self._s._local)
-        return None if raw is None else records_pb2.LocalExecution.FromString(raw)
+        return None if raw is None else records_pb2.LocalExecution.FromString(bytes(raw))
 
     def put_local(self, record: records_pb2.LocalExecution) -> None:
-        self._txn.put(
-            record.execution.id.encode(), record.SerializeToString(), db=self._s._local
-        )
+        self._txn.put(record.execution.id.encode(), record.SerializeToString(), db=self._s._local)
 
 
 class LmdbDatastore:
@@ -108,9 +102,7 @@ class LmdbDatastore:
         path = Path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync
-            )
+            self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync)
         except (OSError, lmdb.Error) as e:
             raise DatastoreError(f"cannot open the datastore in {path}: {e}") from e
         self._jobs = self._env.open_db(b"jobs")
@@ -170,7 +162,7 @@ class LmdbDatastore:
                     tx = _Tx(self, child)
                     try:
                         value = fn(tx)
-                    except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    except BaseException as e:
                         child.abort()
                         outcomes.append((fut, False, e))
                     else:
@@ -211,7 +203,7 @@ class LmdbDatastore:
                 f"job {job_id} not found on this node",
                 hint="'bacalhauctl list --all' shows the jobs it knows",
             )
-        return types_pb2.Job.FromString(raw)
+        return types_pb2.Job.FromString(bytes(raw))
 
     def list_jobs(self, *, active_only: bool, limit: int) -> list[types_pb2.Job]:
         out: list[types_pb2.Job] = []
@@ -222,7 +214,7 @@ class LmdbDatastore:
             while True:
                 raw = txn.get(cur.key()[8:], db=self._jobs)
                 if raw is not None:
-                    job = types_pb2.Job.FromString(raw)
+                    job = types_pb2.Job.FromString(bytes(raw))
                     if not active_only or job.state in _ACTIVE_JOB_STATES:
                         out.append(job)
                         if limit and len(out) >= limit:
@@ -247,7 +239,7 @@ class LmdbDatastore:
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
         with self._env.begin(db=self._local) as txn:
             raw = txn.get(execution_id.encode())
-        return None if raw is None else records_pb2.LocalExecution.FromString(raw)
+        return None if raw is None else records_pb2.LocalExecution.FromString(bytes(raw))
 
     def list_local(self) -> list[records_pb2.LocalExecution]:
         with self._env.begin(db=self._local) as txn:

@@ -49,7 +49,9 @@ async def fetch_blocks(
     """Blocks from a peer, each verified. Raises CorruptData, NotFound, or grpc.RpcError."""
     stub = peer_pb2_grpc.PeerServiceStub(channel)
     out: list[tuple[bytes, bytes]] = []
-    call = stub.GetBlocks(peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive), timeout=timeout)
+    call = stub.GetBlocks(
+        peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive), timeout=timeout
+    )
     try:
         async for block in call:
             check_block(block.cid, block.data)

@@ -160,14 +160,28 @@ class Node:
             counts = self.store.count_jobs_by_state()
             return {(s.value,): float(counts.get(s.pb, 0)) for s in JobState}
 
-        Gauge("bacalhau_jobs", "Jobs this node is the requester of, by state.", ["state"],
-              registry=registry, callback=jobs_by_state)
-        Gauge("bacalhau_peers_connected", "Peers with an open stream.", registry=registry,
-              callback=lambda: {(): float(len(self.network.connected()))})
-        Gauge("bacalhau_executions_queued", "Executions accepted here and not finished.",
-              registry=registry, callback=lambda: {(): float(self.compute.queued)})
-        self.submitted = Counter("bacalhau_jobs_submitted_total", "Jobs submitted to this node.",
-                                 registry=registry)
+        Gauge(
+            "bacalhau_jobs",
+            "Jobs this node is the requester of, by state.",
+            ["state"],
+            registry=registry,
+            callback=jobs_by_state,
+        )
+        Gauge(
+            "bacalhau_peers_connected",
+            "Peers with an open stream.",
+            registry=registry,
+            callback=lambda: {(): float(len(self.network.connected()))},
+        )
+        Gauge(
+            "bacalhau_executions_queued",
+            "Executions accepted here and not finished.",
+            registry=registry,
+            callback=lambda: {(): float(self.compute.queued)},
+        )
+        self.submitted = Counter(
+            "bacalhau_jobs_submitted_total", "Jobs submitted to this node.", registry=registry
+        )
         if self.config.metrics_port is None:
             return
         self._metrics_server, self.metrics_port = start_http_server(

@@ -294,8 +294,12 @@ class Requester:
             ex = _find(job, u.execution_id)
             if ex.node_id != sender:
                 raise BacalhauError(f"{sender} reported on another node's execution {ex.id}")
-            if E.of(ex.state).is_terminal:  # e.g. a cancel crossed this report
-                tx.add_event(event(job, "LateUpdate", ex, f"{state.value}: {u.message}"))
+            if E.of(ex.state).is_terminal:
+                # Cancelled here first: the node now confirms the program stopped. Anything
+                # else is a report that crossed a decision; keep it as an event.
+                stopped = E.of(ex.state) == E.CANCELLED and state == E.CANCELLED
+                kind = "ExecutionStopped" if stopped else "LateUpdate"
+                tx.add_event(event(job, kind, ex, f"{state.value}: {u.message}"))
                 return []
             if u.HasField("exit_code"):
                 ex.exit_code = u.exit_code
@@ -308,9 +312,7 @@ class Requester:
                 # The no-op verifier: every result is accepted.
                 set_execution_state(ex, E.RESULT_ACCEPTED)
                 tx.add_event(event(job, "ResultAccepted", ex))
-                decision = peer_pb2.ResultDecision(
-                    job_id=job.id, execution_id=ex.id, accepted=True
-                )
+                decision = peer_pb2.ResultDecision(job_id=job.id, execution_id=ex.id, accepted=True)
                 outgoing.append((sender, decision))
             else:
                 set_execution_state(ex, state, u.message)

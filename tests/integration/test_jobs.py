@@ -1,0 +1,151 @@
+"""Jobs across real nodes: placement, results, failures, cancel, and the describe document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bacalhau.client import Client
+from bacalhau.content import Importer
+from bacalhau.content.cid import CID
+from tests._wait import wait_for
+from tests.integration.conftest import ECHO_WASM, Cluster, Ctl
+
+
+def run_job(ctl: Ctl, *args: str) -> tuple[Any, str]:
+    res = ctl("wasm", "run", *args)
+    job_id = res.stdout.splitlines()[0] if res.stdout else ""
+    return res, job_id
+
+
+def test_job_submitted_to_one_node_runs_on_another(cluster: Cluster, ctl: Ctl, tmp_path: Path):
+    res, job_id = run_job(ctl, "--labels", "name=node-2", str(ECHO_WASM), "hello", "world")
+    assert res.returncode == 0, res.stderr
+    assert job_id.startswith("j-")
+
+    doc = ctl.json("describe", job_id)
+    assert doc["id"] == job_id and doc["state"] == "completed"
+    assert doc["requester_node_id"] == cluster[0].node_id
+    (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
+    assert ex["node_id"] == cluster[2].node_id
+    assert ex["exit_code"] == 0 and ex["result_cid"].startswith("Qm")
+
+    # The result lives on node-2; node-0 fetches it for the client, byte-exact.
+    out = tmp_path / "result"
+    got = ctl("get", job_id, "--output-dir", str(out))
+    assert got.returncode == 0, got.stderr
+    assert (out / "stdout").read_bytes() == b"hello world\n"
+    assert (out / "stderr").read_bytes() == b""
+    assert (out / "exitCode").read_text() == "0\n"
+    assert (out / "outputs" / "result.txt").read_bytes() == b"hello world\n"
+    with Importer() as imp:  # the downloaded tree hashes to the proposed result CID
+        assert str(CID.from_bytes(imp.add_path(out).cid)) == ex["result_cid"]
+
+    logs = ctl("logs", job_id)
+    assert logs.returncode == 0 and logs.stdout == "hello world\n"
+
+
+def test_events_follow_the_lifecycle(cluster: Cluster, ctl: Ctl):
+    res, job_id = run_job(ctl, "--labels", "name=node-1", str(ECHO_WASM), "x")
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job_id)
+    types = [e["type"] for e in doc["events"]]
+    assert [e["seq"] for e in doc["events"]] == list(range(1, len(types) + 1))
+    order = ["JobCreated", "BidAccepted", "ExecutionRunning", "ResultProposed",
+             "ResultAccepted", "ResultPublished", "JobCompleted"]  # fmt: skip
+    assert [t for t in types if t in order] == order
+    # every node answered the announcement: node-1 with a bid, the others declined the label
+    declined = [e for e in doc["events"] if e["type"] == "BidDeclined"]
+    assert {e["node_id"] for e in declined} == {cluster[0].node_id, cluster[2].node_id}
+
+
+def test_describe_json_fields(ctl: Ctl):
+    res, job_id = run_job(ctl, str(ECHO_WASM), "fields")
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job_id)
+    assert {"id", "state", "message", "requester_node_id", "created_at", "updated_at", "spec",
+            "executions", "events"} <= doc.keys()  # fmt: skip
+    for ex in doc["executions"]:
+        assert {"id", "node_id", "shard", "state", "exit_code", "result_cid", "stderr_tail",
+                "message", "created_at", "updated_at"} <= ex.keys()  # fmt: skip
+    for ev in doc["events"]:
+        assert {"seq", "time", "type", "job_state", "node_id", "execution_id",
+                "execution_state", "detail"} <= ev.keys()  # fmt: skip
+    assert doc["spec"]["wasm"]["args"] == ["fields"]
+    yaml_out = ctl("--output", "yaml", "describe", job_id)
+    assert yaml_out.returncode == 0 and f"id: {job_id}" in yaml_out.stdout
+
+
+def test_nonzero_exit_fails_the_job(ctl: Ctl, tmp_path: Path):
+    res, job_id = run_job(ctl, str(ECHO_WASM), "fail")
+    line = res.one_line_error()
+    assert job_id and "failed" in line and "exit code 3" in line
+    doc = ctl.json("describe", job_id)
+    assert doc["state"] == "failed"
+    assert "exit code 3" in doc["message"] and "failing as asked" in doc["message"]
+    (ex,) = [e for e in doc["executions"] if e["state"] == "failed"]
+    assert ex["exit_code"] == 3 and ex["stderr_tail"] == "failing as asked"
+    # stdout, stderr and exitCode of a failed run can still be fetched
+    out = tmp_path / "failed"
+    assert ctl("get", job_id, "--output-dir", str(out)).returncode == 0
+    assert (out / "exitCode").read_text() == "3\n"
+    assert (out / "stderr").read_bytes() == b"failing as asked\n"
+
+
+def test_cancel_stops_a_running_job(cluster: Cluster, ctl: Ctl):
+    res, job_id = run_job(ctl, "--no-wait", "--labels", "name=node-1", str(ECHO_WASM), "spin")
+    assert res.returncode == 0, res.stderr
+
+    def running() -> bool:
+        doc = ctl.json("describe", job_id)
+        return any(e["state"] == "running" for e in doc["executions"])
+
+    wait_for(running, 30, "the execution to start")
+    cancelled = ctl("cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+
+    def stopped() -> Any:
+        doc = ctl.json("describe", job_id)
+        return [e for e in doc["events"] if e["type"] == "ExecutionStopped"] and doc
+
+    doc = wait_for(stopped, 30, "node-1 to report the program stopped")
+    assert doc["state"] == "cancelled"
+    (ev,) = [e for e in doc["events"] if e["type"] == "ExecutionStopped"]
+    assert ev["node_id"] == cluster[1].node_id
+    assert "cancelled while running" in ev["detail"]
+    again = ctl("cancel", job_id)
+    assert "already cancelled" in again.one_line_error()
+
+
+def test_no_matching_node_fails_with_reasons(ctl: Ctl):
+    res, _ = run_job(ctl, "--labels", "name=nowhere", str(ECHO_WASM))
+    line = res.one_line_error()
+    assert "no node can run this job" in line and "label name=nowhere" in line
+
+
+def test_concurrency_runs_on_several_nodes(cluster: Cluster, ctl: Ctl):
+    res, job_id = run_job(ctl, "--concurrency", "3", str(ECHO_WASM), "three")
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job_id)
+    published = [e for e in doc["executions"] if e["state"] == "published"]
+    assert {e["node_id"] for e in published} == {n.node_id for n in cluster.nodes}
+    assert len({e["result_cid"] for e in published}) == 1  # deterministic module
+
+
+def test_module_by_cid_and_list(cluster: Cluster, ctl: Ctl):
+    with Client(cluster[0].address) as c:
+        cid = c.add_file(ECHO_WASM).cid
+    res, job_id = run_job(ctl, cid, "by", "cid")
+    assert res.returncode == 0, res.stderr
+    listed = ctl.json("list", "--all")
+    assert job_id in [j["id"] for j in listed]
+    active = ctl.json("list")
+    assert job_id not in [j["id"] for j in active]
+    assert ctl("describe", job_id[:12]).returncode == 0  # a unique prefix is enough
+
+
+def test_logs_follow_waits_for_the_job(ctl: Ctl):
+    res, job_id = run_job(ctl, "--no-wait", str(ECHO_WASM), "followed")
+    assert res.returncode == 0
+    logs = ctl("logs", "-f", job_id)
+    assert logs.returncode == 0 and logs.stdout == "followed\n"

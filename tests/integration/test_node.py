@@ -1,0 +1,107 @@
+"""One node's life: graceful stop, restart with its state, metrics, health, reflection, peers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests._wait import wait_for
+from tests.integration.conftest import ECHO_WASM, Ctl, start_node, wait_connected
+
+
+def test_sigterm_stops_gracefully_and_state_survives(tmp_path: Path):
+    node = start_node(tmp_path / "a", args=("--metrics-port", "0"))
+    try:
+        ctl = Ctl(node.address, tmp_path)
+        res = ctl("wasm", "run", str(ECHO_WASM), "kept")
+        assert res.returncode == 0, res.stderr
+        job_id = res.stdout.split()[0]
+
+        port = int(wait_for(lambda: re.search(r"metrics on http://[^:]+:(\d+)", node.log), 10)[1])
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = body.decode()
+        assert 'bacalhau_jobs{state="completed"} 1' in text
+        assert "bacalhau_jobs_submitted_total 1" in text
+    finally:
+        assert node.stop(signal.SIGTERM) == 0, node.log
+    assert not (tmp_path / "a" / "api.addr").exists()
+
+    again = start_node(tmp_path / "a")
+    try:
+        assert again.node_id == node.node_id  # the key is kept in the data dir
+        doc = Ctl(again.address, tmp_path).json("describe", job_id)
+        assert doc["state"] == "completed"
+        out = tmp_path / "out"
+        assert Ctl(again.address, tmp_path)("get", job_id, "--output-dir", str(out)).returncode == 0
+        assert (out / "stdout").read_text() == "kept\n"
+    finally:
+        again.stop()
+
+
+def test_health_and_reflection(tmp_path: Path):
+    node = start_node(tmp_path / "h")
+    try:
+        with grpc.insecure_channel(node.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for service in ("", "bacalhau.v1.ClientService", "bacalhau.v1.PeerService"):
+                resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            (resp,) = list(refl.ServerReflectionInfo(iter([req]), timeout=5))
+            names = {s.name for s in resp.list_services_response.service}
+            assert {"bacalhau.v1.ClientService", "bacalhau.v1.PeerService",
+                    "grpc.health.v1.Health"} <= names  # fmt: skip
+    finally:
+        node.stop()
+
+
+def test_peer_reconnects_after_restart(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a = start_node(tmp_path / "a", name="a", args=("--port", str(port)))
+    b = start_node(tmp_path / "b", name="b", peers=(a.address,))
+    try:
+        wait_connected([a, b])
+        a.stop(signal.SIGKILL)
+        wait_for(lambda: not any(p.connected for p in b.info().peers), 30, "b to notice")
+        a = start_node(tmp_path / "a", name="a", args=("--port", str(port)))
+        wait_connected([a, b], timeout=30)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_lost_node_fails_its_execution(tmp_path: Path):
+    # a runs no wasm itself, so the job must go to b
+    a = start_node(tmp_path / "a", name="a", args=("--engines", "noop"))
+    b = start_node(tmp_path / "b", name="b", peers=(a.address,))
+    try:
+        wait_connected([a, b])
+        ctl = Ctl(a.address, tmp_path)
+        res = ctl("wasm", "run", "--no-wait", str(ECHO_WASM), "spin")
+        job_id = res.stdout.split()[0]
+
+        def running() -> bool:
+            doc = ctl.json("describe", job_id)
+            return any(e["state"] == "running" for e in doc["executions"])
+
+        wait_for(running, 30, "the job to run on b")
+        b.stop(signal.SIGKILL)
+        doc = wait_for(
+            lambda: (d := ctl.json("describe", job_id))["state"] == "failed" and d, 30, "failure"
+        )
+        assert "disconnected" in doc["message"]
+        (ex,) = doc["executions"]
+        assert ex["node_id"] == b.node_id and ex["state"] == "failed"
+    finally:
+        a.stop()
+        b.stop()
