@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 RESULTS: dict[str, float] = {}  # name -> mean seconds
+MEDIANS: dict[str, float] = {}  # name -> median seconds
 BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "512"))
 SMALL_FILES = 20_000
 
@@ -41,6 +42,7 @@ def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def record() -> Iterator[object]:
     def save(name: str, benchmark: object) -> None:
         RESULTS[name] = benchmark.stats.stats.mean  # type: ignore[attr-defined]
+        MEDIANS[name] = benchmark.stats.stats.median  # type: ignore[attr-defined]
 
     yield save
 
@@ -60,3 +62,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for name in ("small_only_hash", "small_store"):
         if name in RESULTS:
             tr.write_line(f"{name:>22}: {SMALL_FILES / RESULTS[name]:8.0f} files/s")
+    rtt = MEDIANS.get("grpc_roundtrip")
+    if rtt:
+        tr.write_line(f"{'grpc_roundtrip p50':>22}: {rtt * 1e3:8.2f} ms (NodeInfo, baseline)")
+    if "job_latency" in MEDIANS:
+        p50 = MEDIANS["job_latency"]
+        ratio = f"  ({p50 / rtt:.0f}x a gRPC round trip)" if rtt else ""
+        tr.write_line(f"{'job latency p50':>22}: {p50 * 1e3:8.2f} ms submit-to-completed{ratio}")
+    if "jobs_batch" in RESULTS:
+        from bench.test_bench_jobs import BATCH
+
+        rate = BATCH / MEDIANS["jobs_batch"]
+        tr.write_line(f"{'jobs/s':>22}: {rate:8.0f} ({BATCH} submitted at once, 3 nodes)")

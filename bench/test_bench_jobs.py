@@ -1,0 +1,76 @@
+"""Jobs on a 3-node devstack (real bacalhaud processes on loopback).
+
+Latency: one trivial WASM job from Submit until the client sees it completed, against the
+baseline of a unary gRPC round trip (NodeInfo) to the same node in the same run.
+Throughput: 50 jobs submitted at once, until all are completed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from bacalhau._pb.bacalhau.v1 import types_pb2
+from bacalhau.client import Client
+from tests.integration.conftest import ECHO_WASM, Cluster
+
+Record = Callable[[str, object], None]
+BATCH = 50
+
+
+@pytest.fixture(scope="module")
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("devstack"), 3)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client(devstack: Cluster) -> Iterator[Client]:
+    with Client(devstack[0].address) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def spec(client: Client) -> Any:
+    cid = client.add_file(ECHO_WASM).cid
+    return types_pb2.JobSpec(
+        engine="wasm",
+        wasm=types_pb2.WasmSpec(module_cid=cid, args=["bench"]),
+        outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+    )
+
+
+def one_job(client: Client, spec: Any) -> None:
+    job_id = client.submit(spec).job_id
+    job = client.wait(job_id).job
+    assert job.state == types_pb2.JOB_STATE_COMPLETED, job.message
+
+
+def test_grpc_roundtrip_baseline(benchmark: Any, client: Client, record: Record) -> None:
+    benchmark.pedantic(client.node_info, rounds=300, iterations=1, warmup_rounds=30)
+    record("grpc_roundtrip", benchmark)
+
+
+def test_job_latency(benchmark: Any, client: Client, spec: Any, record: Record) -> None:
+    benchmark.pedantic(one_job, args=(client, spec), rounds=60, iterations=1, warmup_rounds=5)
+    record("job_latency", benchmark)
+
+
+def test_jobs_per_second(benchmark: Any, client: Client, spec: Any, record: Record) -> None:
+    pool = ThreadPoolExecutor(BATCH)
+
+    def batch() -> None:
+        for fut in [pool.submit(one_job, client, spec) for _ in range(BATCH)]:
+            fut.result()
+
+    try:
+        benchmark.pedantic(batch, rounds=5, iterations=1, warmup_rounds=1)
+    finally:
+        pool.shutdown()
+    record("jobs_batch", benchmark)
+
+
