@@ -93,8 +93,13 @@ class Client:
     def submit(self, spec: Any) -> Any:
         return self._call(self._stub.Submit, client_pb2.SubmitRequest(spec=spec))
 
-    def get_job(self, job_id: str) -> Any:
-        return self._call(self._stub.GetJob, client_pb2.GetJobRequest(job_id=job_id))
+    def get_job(self, job_id: str, *, wait: bool = False) -> Any:
+        """GetJobResponse; with `wait`, once the job is completed, failed or cancelled."""
+        req = client_pb2.GetJobRequest(job_id=job_id, wait=wait)
+        try:
+            return self._stub.GetJob(req, timeout=None if wait else self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
 
     def list_jobs(self, *, all: bool = False, limit: int = 0) -> list[Any]:
         req = client_pb2.ListJobsRequest(all=all, limit=limit)
@@ -137,7 +142,5 @@ class Client:
             raise self._error(e) from None
 
     def wait(self, job_id: str) -> Any:
-        """Follow the job's events until it is final; return GetJobResponse."""
-        for _ in self.events(job_id, follow=True):
-            pass
-        return self.get_job(job_id)
+        """GetJobResponse once the job is completed, failed or cancelled."""
+        return self.get_job(job_id, wait=True)

@@ -54,7 +54,11 @@ class JobState(StrEnum):
 
     @classmethod
     def of(cls, value: int) -> JobState:
-        return cls[pb.JobState.Name(value).removeprefix("JOB_STATE_")]
+        """The state of a protobuf value; ValueError for UNSPECIFIED or unknown values."""
+        name = pb.JobState.Name(value).removeprefix("JOB_STATE_")
+        if name not in cls.__members__:
+            raise ValueError(f"no job state {value}")
+        return cls[name]
 
 
 class ExecutionState(StrEnum):
@@ -85,7 +89,10 @@ class ExecutionState(StrEnum):
 
     @classmethod
     def of(cls, value: int) -> ExecutionState:
+        """The state of a protobuf value; ValueError for UNSPECIFIED or unknown values."""
         name = pb.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_")
+        if name not in cls.__members__:
+            raise ValueError(f"no execution state {value}")
         return cls[name]
 
 

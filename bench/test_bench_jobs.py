@@ -72,5 +72,3 @@ def test_jobs_per_second(benchmark: Any, client: Client, spec: Any, record: Reco
     finally:
         pool.shutdown()
     record("jobs_batch", benchmark)
-
-

@@ -71,7 +71,8 @@ def test_tables_cover_every_state() -> None:
 
 
 def test_states_are_strings() -> None:
-    assert JobState.PENDING == "pending"
+    as_str: str = JobState.PENDING
+    assert as_str == "pending" and isinstance(JobState.PENDING, str)
     assert f"{JobState.RUNNING}" == "running"
     assert str(ExecutionState.BID_ACCEPTED) == "bid_accepted"
     assert JobState("cancelled") is JobState.CANCELLED

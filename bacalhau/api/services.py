@@ -46,6 +46,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     @unary
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         job = self.node.store.get_job(request.job_id)
+        if request.wait:
+            job = await self.node.wait_final(job.id)
         return client_pb2.GetJobResponse(job=job, events=self.node.store.events(job.id))
 
     @unary

@@ -15,6 +15,7 @@ fsync; alone, a change costs one synced commit.
 
 from __future__ import annotations
 
+import logging
 import queue
 import struct
 import threading
@@ -30,6 +31,7 @@ from bacalhau.datastore.base import AmbiguousID, DatastoreError, JobNotFound, Tx
 from bacalhau.models import now_ns
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
@@ -181,14 +183,19 @@ class LmdbDatastore:
                 fut.set_exception(value)
         if events:
             for listener in self._listeners:
-                listener(events)
+                try:
+                    listener(events)
+                except Exception:  # a listener's failure must not stop the writer
+                    log.exception("datastore listener failed")
 
     # -- reads --------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> types_pb2.Job:
         key = job_id.encode()
+        raw = None
         with self._env.begin(db=self._jobs) as txn:
-            raw = txn.get(key)
+            if key:
+                raw = txn.get(key)
             if raw is None and key:
                 cur = txn.cursor()
                 if cur.set_range(key) and cur.key().startswith(key):

@@ -1,9 +1,10 @@
 """Peer connections: one PeerService.Connect stream per pair of nodes, signed envelopes.
 
-Every message is a `PeerMessage` serialized, signed with the sender's ed25519 key and carried
-in an `Envelope` with that key. A receiver drops a message whose key does not give the node ID
-it claims, whose signature is wrong, which is meant for another node, or whose sequence number
-does not grow (a replay on the stream). Both sides send Hello first.
+Messages travel in packets: what is queued for a peer when the event loop comes round is packed
+into one `PeerPacket`, signed with the sender's ed25519 key and carried in an `Envelope` with
+that key. A receiver refuses a packet whose key does not give the node ID it claims, whose
+signature is wrong, which is meant for another node, or whose sequence number does not grow
+(a replay on the stream), and closes that stream. Both sides send Hello first.
 
 Messages a node sends to itself are delivered on the event loop without a network hop, so the
 requester and compute roles of one node talk the same way as those of two nodes.
@@ -52,7 +53,8 @@ class Connection:
     node_id: str = ""
     address: str = ""
     hello: Any = None
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)  # envelopes to write
+    pending: list[Any] = field(default_factory=list)  # messages for the next packet
     sent_seq: int = 0
     recv_seq: int = 0
 
@@ -81,21 +83,34 @@ class Network:
 
     def send(self, node_id: str, **body: Any) -> bool:
         """Send one message (`announce=...`, `bid=...`, ...) to `node_id`; False if unreachable."""
-        msg = peer_pb2.PeerMessage(sender=self.node_id, recipient=node_id, **body)
+        msg = peer_pb2.PeerMessage(**body)
         if node_id == self.node_id:
             asyncio.get_running_loop().call_soon(self._deliver, node_id, msg)
             return True
         conns = self._conns.get(node_id)
         if not conns:
             return False
-        self._enqueue(conns[0], msg)
+        conn = conns[0]
+        if not conn.pending:
+            asyncio.get_running_loop().call_soon(self._flush, conn)
+        conn.pending.append(msg)
         return True
 
-    def _enqueue(self, conn: Connection, msg: Any) -> None:
+    def _flush(self, conn: Connection) -> None:
+        if conn.pending:
+            messages, conn.pending = conn.pending, []
+            self._send_packet(conn, conn.node_id, messages)
+
+    def _send_packet(self, conn: Connection, recipient: str, messages: list[Any]) -> None:
         conn.sent_seq += 1
-        msg.seq = conn.sent_seq
-        msg.time_unix_nano = now_ns()
-        payload = msg.SerializeToString()
+        packet = peer_pb2.PeerPacket(
+            sender=self.node_id,
+            recipient=recipient,
+            seq=conn.sent_seq,
+            time_unix_nano=now_ns(),
+            messages=messages,
+        )
+        payload = packet.SerializeToString()
         conn.queue.put_nowait(
             peer_pb2.Envelope(
                 payload=payload,
@@ -113,48 +128,48 @@ class Network:
     # -- receiving ----------------------------------------------------------------------
 
     def _open(self, conn: Connection, env: Any) -> Any:
-        """Check one envelope from `conn`; return its PeerMessage or raise PeerProtocolError."""
+        """Check one envelope from `conn`; return its PeerPacket or raise PeerProtocolError."""
         try:
             sender = node_id_from_public_key(env.public_key)
         except Exception as e:
             raise PeerProtocolError(f"bad public key: {e}") from e
         if not verify(env.public_key, env.payload, env.signature):
-            raise PeerProtocolError(f"bad signature on a message from {sender}")
-        msg = peer_pb2.PeerMessage.FromString(env.payload)
-        if msg.sender != sender:
-            raise PeerProtocolError(f"{sender} sent a message claiming to be from {msg.sender}")
+            raise PeerProtocolError(f"bad signature on a packet from {sender}")
+        packet = peer_pb2.PeerPacket.FromString(env.payload)
+        if packet.sender != sender:
+            raise PeerProtocolError(f"{sender} sent a packet claiming to be from {packet.sender}")
         # A dialer does not know whom it reached until the answer: its Hello is addressed to "".
-        if msg.recipient != self.node_id and (conn.node_id or msg.recipient):
-            raise PeerProtocolError(f"{sender} sent a message meant for {msg.recipient}")
+        if packet.recipient != self.node_id and (conn.node_id or packet.recipient):
+            raise PeerProtocolError(f"{sender} sent a packet meant for {packet.recipient}")
         if conn.node_id and sender != conn.node_id:
             raise PeerProtocolError(f"{sender} wrote on the stream of {conn.node_id}")
-        if msg.seq <= conn.recv_seq:
-            raise PeerProtocolError(f"{sender} replayed message {msg.seq}")
-        conn.recv_seq = msg.seq
-        return msg
+        if packet.seq <= conn.recv_seq:
+            raise PeerProtocolError(f"{sender} replayed packet {packet.seq}")
+        conn.recv_seq = packet.seq
+        return packet
 
-    def _register(self, conn: Connection, hello_env: Any) -> None:
-        msg = self._open(conn, hello_env)
-        if msg.WhichOneof("body") != "hello":
+    def _register(self, conn: Connection, hello_env: Any) -> list[Any]:
+        """Check the peer's Hello and add the connection; return messages that came with it."""
+        packet = self._open(conn, hello_env)
+        if not packet.messages or packet.messages[0].WhichOneof("body") != "hello":
             raise PeerProtocolError("the first message on a peer stream must be Hello")
-        if msg.sender == self.node_id:
+        if packet.sender == self.node_id:
             raise PeerProtocolError("connected to itself")
-        conn.node_id = msg.sender
-        conn.hello = msg.hello
-        conn.address = msg.hello.address or conn.address
+        conn.node_id = packet.sender
+        conn.hello = packet.messages[0].hello
+        conn.address = conn.hello.address or conn.address
         self._addresses[conn.node_id] = conn.address
         self._last_seen[conn.node_id] = now_ns()
         if not conn.outbound:  # answer with our Hello before anything else goes out
-            reply = peer_pb2.PeerMessage(
-                sender=self.node_id, recipient=conn.node_id, hello=self._hello
-            )
-            self._enqueue(conn, reply)
+            hello = peer_pb2.PeerMessage(hello=self._hello)
+            self._send_packet(conn, conn.node_id, [hello])
         first = conn.node_id not in self._conns
         self._conns.setdefault(conn.node_id, []).append(conn)
         log.info("peer %s connected (%s)", conn.node_id, conn.address)
         if first:
             for cb in self.on_connect:
                 cb(conn.node_id)
+        return list(packet.messages[1:])
 
     def _unregister(self, conn: Connection) -> None:
         conns = self._conns.get(conn.node_id)
@@ -170,20 +185,22 @@ class Network:
 
     async def _read(self, conn: Connection, stream: AsyncIterator[Any]) -> None:
         async for env in stream:
-            msg = self._open(conn, env)
+            packet = self._open(conn, env)
             self._last_seen[conn.node_id] = now_ns()
-            self._deliver(conn.node_id, msg)
+            for msg in packet.messages:
+                self._deliver(conn.node_id, msg)
 
     async def serve_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The server side of Connect: yields what this node sends on the stream."""
         conn = Connection(outbound=False)
         try:
             first = await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S)
-            # The dialer's identity is known only now; address it in our Hello.
-            self._register(conn, first)
+            extra = self._register(conn, first)
         except (PeerProtocolError, TimeoutError, StopAsyncIteration) as e:
             log.warning("refused a peer stream: %s", e)
             return
+        for msg in extra:
+            self._deliver(conn.node_id, msg)
         reader = asyncio.ensure_future(self._read_then_close(conn, requests))
         try:
             while (env := await conn.queue.get()) is not None:
@@ -230,8 +247,7 @@ class Network:
         channel = self.channel(address)
         stub = peer_pb2_grpc.PeerServiceStub(channel)
         # We do not know who answers until its Hello arrives; our Hello is addressed to "".
-        hello = peer_pb2.PeerMessage(sender=self.node_id, hello=self._hello)
-        self._enqueue(conn, hello)
+        self._send_packet(conn, "", [peer_pb2.PeerMessage(hello=self._hello)])
 
         async def outgoing() -> AsyncIterator[Any]:
             while (env := await conn.queue.get()) is not None:
@@ -242,7 +258,8 @@ class Network:
             first = await asyncio.wait_for(call.read(), _HELLO_TIMEOUT_S)
             if first is grpc.aio.EOF:
                 raise PeerProtocolError("the peer closed the stream before Hello")
-            self._register(conn, first)
+            for msg in self._register(conn, first):
+                self._deliver(conn.node_id, msg)
             try:
                 await self._read(conn, _reads(call))
             finally:

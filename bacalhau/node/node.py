@@ -70,7 +70,8 @@ class JobWatch:
     def committed(self, events: Iterable[Any]) -> None:
         """Datastore listener (writer thread)."""
         job_ids = {ev.job_id for ev in events}
-        self._loop.call_soon_threadsafe(self._wake, job_ids)
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake, job_ids)
 
     def _wake(self, job_ids: set[str]) -> None:
         for job_id in job_ids:

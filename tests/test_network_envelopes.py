@@ -1,0 +1,315 @@
+"""Peer envelopes: what a receiver accepts and what it refuses, and delivery to oneself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau.identity import Identity
+from bacalhau.network import Network, PeerProtocolError
+from bacalhau.network.peers import Connection
+
+
+def hello(identity: Identity) -> Any:
+    return peer_pb2.Hello(node_id=identity.node_id, version="test", address="127.0.0.1:1")
+
+
+def network(identity: Identity, handler: Any = None) -> Network:
+    return Network(identity, hello(identity), handler or (lambda sender, msg: None))
+
+
+@pytest.fixture(scope="module")
+def a() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture(scope="module")
+def b() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture(scope="module")
+def c() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture
+def net_b(b: Identity) -> Network:
+    return network(b)
+
+
+def bid(job_id: str = "j-1") -> Any:
+    return peer_pb2.PeerMessage(bid=peer_pb2.Bid(job_id=job_id, shard=2, willing=True, queued=3))
+
+
+def hello_msg(identity: Identity) -> Any:
+    return peer_pb2.PeerMessage(hello=hello(identity))
+
+
+def sealed(sender: Identity, recipient: str, *messages: Any, seq: int = 1) -> Any:
+    """The envelope `sender`'s Network puts on the wire (through its own `_send_packet`)."""
+    conn = Connection(outbound=True, sent_seq=seq - 1)
+    network(sender)._send_packet(conn, recipient, list(messages or [bid()]))
+    env = conn.queue.get_nowait()
+    assert conn.queue.empty() and conn.sent_seq == seq
+    return env
+
+
+def signed(signer: Identity, packet: Any) -> Any:
+    """An envelope built by hand the same way: the packet's bytes, signed by `signer`."""
+    payload = packet.SerializeToString()
+    return peer_pb2.Envelope(
+        payload=payload, public_key=signer.public_key_bytes, signature=signer.sign(payload)
+    )
+
+
+def copy(env: Any, **changes: Any) -> Any:
+    out = peer_pb2.Envelope()
+    out.CopyFrom(env)
+    for name, value in changes.items():
+        setattr(out, name, value)
+    return out
+
+
+def inbound(peer: Identity, recv_seq: int = 0) -> Connection:
+    """An established stream from `peer`, past its Hello."""
+    return Connection(outbound=False, node_id=peer.node_id, recv_seq=recv_seq)
+
+
+# -- accepted --------------------------------------------------------------------------------
+
+
+def test_a_signed_packet_is_accepted(a: Identity, b: Identity, net_b: Network) -> None:
+    announce = peer_pb2.PeerMessage(announce=peer_pb2.JobAnnouncement(job_id="j-9", shard=1))
+    env = sealed(a, b.node_id, bid("j-1"), announce, bid("j-2"), seq=5)
+    conn = inbound(a, recv_seq=4)
+    packet = net_b._open(conn, env)
+    assert packet.sender == a.node_id and packet.recipient == b.node_id
+    assert packet.seq == 5 and packet.time_unix_nano > 0
+    assert [m.WhichOneof("body") for m in packet.messages] == ["bid", "announce", "bid"]
+    assert list(packet.messages) == [bid("j-1"), announce, bid("j-2")]
+    assert conn.recv_seq == 5
+
+
+def test_packets_in_order_on_one_stream_are_accepted(a: Identity, b: Identity) -> None:
+    sender, receiver = network(a), network(b)
+    out = Connection(outbound=True, node_id=b.node_id)
+    for n in range(3):
+        sender._send_packet(out, b.node_id, [bid(f"j-{n}")])
+    conn = inbound(a)
+    got = [receiver._open(conn, out.queue.get_nowait()) for _ in range(3)]
+    assert [p.seq for p in got] == [1, 2, 3]
+    assert [p.messages[0].bid.job_id for p in got] == ["j-0", "j-1", "j-2"]
+    assert conn.recv_seq == 3
+
+
+def test_a_dialers_hello_to_nobody_is_accepted_on_a_new_stream(a: Identity, net_b: Network) -> None:
+    # A dialer does not yet know whom it reached, so its Hello has no recipient.
+    conn = Connection(outbound=False)
+    packet = net_b._open(conn, sealed(a, "", hello_msg(a)))
+    assert packet.messages[0].hello.node_id == a.node_id and conn.recv_seq == 1
+
+
+# -- refused ---------------------------------------------------------------------------------
+
+
+def assert_refused(net: Network, conn: Connection, env: Any, match: str) -> None:
+    before = conn.recv_seq
+    with pytest.raises(PeerProtocolError, match=match):
+        net._open(conn, env)
+    assert conn.recv_seq == before  # a refused packet does not move the stream on
+
+
+def test_a_bad_signature_is_refused(a: Identity, b: Identity, net_b: Network) -> None:
+    env = sealed(a, b.node_id)
+    flipped = bytearray(env.signature)
+    flipped[0] ^= 0x01
+    assert_refused(net_b, inbound(a), copy(env, signature=bytes(flipped)), "bad signature")
+    for signature in (b"", env.signature[:63], env.signature + b"\x00"):
+        assert_refused(net_b, inbound(a), copy(env, signature=signature), "bad signature")
+    # The original is still fine.
+    assert net_b._open(inbound(a), env).sender == a.node_id
+
+
+def test_a_signature_by_someone_else_is_refused(
+    a: Identity, b: Identity, c: Identity, net_b: Network
+) -> None:
+    env = sealed(a, b.node_id)
+    # The right payload and A's key, but C's signature.
+    assert_refused(net_b, inbound(a), copy(env, signature=c.sign(env.payload)), "bad signature")
+
+
+def test_a_payload_changed_after_signing_is_refused(
+    a: Identity, b: Identity, net_b: Network
+) -> None:
+    env = sealed(a, b.node_id)
+    packet = peer_pb2.PeerPacket.FromString(env.payload)
+    packet.messages[0].bid.willing = False
+    assert_refused(
+        net_b, inbound(a), copy(env, payload=packet.SerializeToString()), "bad signature"
+    )
+    packet = peer_pb2.PeerPacket.FromString(env.payload)
+    packet.seq = 99  # a replayer moving the counter on
+    assert_refused(
+        net_b, inbound(a), copy(env, payload=packet.SerializeToString()), "bad signature"
+    )
+    assert_refused(net_b, inbound(a), copy(env, payload=env.payload + b"\x00"), "bad signature")
+
+
+def test_a_key_that_does_not_match_the_claimed_sender_is_refused(
+    a: Identity, b: Identity, c: Identity, net_b: Network
+) -> None:
+    # C signs, correctly, a packet that claims to come from A.
+    packet = peer_pb2.PeerPacket(sender=a.node_id, recipient=b.node_id, seq=1, messages=[bid()])
+    assert_refused(net_b, inbound(a), signed(c, packet), "claiming to be from")
+    assert_refused(net_b, Connection(outbound=False), signed(c, packet), "claiming to be from")
+    # A's own signature over the same packet is accepted.
+    assert net_b._open(inbound(a), signed(a, packet)).sender == a.node_id
+
+
+def test_a_malformed_public_key_is_refused(a: Identity, b: Identity, net_b: Network) -> None:
+    env = sealed(a, b.node_id)
+    for key in (b"", env.public_key[:31], env.public_key + b"\x00"):
+        assert_refused(net_b, inbound(a), copy(env, public_key=key), "bad public key")
+
+
+def test_a_packet_for_someone_else_is_refused(
+    a: Identity, b: Identity, c: Identity, net_b: Network
+) -> None:
+    env = sealed(a, c.node_id)
+    assert_refused(net_b, inbound(a), env, "meant for")
+    # Also on a stream whose peer is not known yet.
+    assert_refused(net_b, Connection(outbound=False), env, "meant for")
+
+
+def test_a_packet_to_nobody_on_an_established_stream_is_refused(
+    a: Identity, net_b: Network
+) -> None:
+    assert_refused(net_b, inbound(a), sealed(a, ""), "meant for")
+
+
+def test_a_replay_is_refused(a: Identity, b: Identity, net_b: Network) -> None:
+    conn = inbound(a)
+    env = sealed(a, b.node_id)
+    assert net_b._open(conn, env).seq == 1
+    assert_refused(net_b, conn, env, "replayed")
+    assert conn.recv_seq == 1
+
+
+@pytest.mark.parametrize("seq", [0, 6, 7])
+def test_a_seq_that_does_not_grow_is_refused(
+    a: Identity, b: Identity, net_b: Network, seq: int
+) -> None:
+    conn = inbound(a, recv_seq=7)
+    assert_refused(net_b, conn, sealed(a, b.node_id, seq=seq), "replayed")
+    # The next number is still welcome.
+    assert net_b._open(conn, sealed(a, b.node_id, seq=8)).seq == 8
+
+
+def test_a_packet_from_another_node_on_an_established_stream_is_refused(
+    a: Identity, b: Identity, c: Identity, net_b: Network
+) -> None:
+    # C's packet is correctly signed and addressed to B, but the stream is A's.
+    env = sealed(c, b.node_id)
+    assert_refused(net_b, inbound(a), env, "wrote on the stream of")
+    # The same envelope is fine on C's own stream.
+    assert net_b._open(inbound(c), env).sender == c.node_id
+
+
+# -- Hello and registration -----------------------------------------------------------------
+
+
+def test_the_first_message_must_be_hello(a: Identity, b: Identity) -> None:
+    for first in (sealed(a, ""), sealed(a, "", bid(), hello_msg(a))):
+        net = network(b)
+        with pytest.raises(PeerProtocolError, match="must be Hello"):
+            net._register(Connection(outbound=False), first)
+        assert net.connected() == []
+    empty = signed(a, peer_pb2.PeerPacket(sender=a.node_id, seq=1))
+    with pytest.raises(PeerProtocolError, match="must be Hello"):
+        network(b)._register(Connection(outbound=False), empty)
+
+
+def test_an_inbound_hello_registers_the_peer_and_answers(a: Identity, b: Identity) -> None:
+    net = network(b)
+    joined: list[str] = []
+    net.on_connect.append(joined.append)
+    conn = Connection(outbound=False)
+    extra = net._register(conn, sealed(a, "", hello_msg(a), bid("j-7")))
+    assert [m.bid.job_id for m in extra] == ["j-7"]  # what came with the Hello, for delivery
+    assert conn.node_id == a.node_id and conn.address == "127.0.0.1:1"
+    assert net.connected() == [a.node_id] and joined == [a.node_id]
+    # The answer is B's Hello, addressed to A and signed so that A accepts it.
+    reply = conn.queue.get_nowait()
+    packet = network(a)._open(Connection(outbound=True), reply)
+    assert packet.sender == b.node_id and packet.recipient == a.node_id
+    assert [m.hello.node_id for m in packet.messages] == [b.node_id]
+
+
+def test_a_hello_from_oneself_is_refused(b: Identity, net_b: Network) -> None:
+    with pytest.raises(PeerProtocolError, match="itself"):
+        net_b._register(Connection(outbound=False), sealed(b, "", hello_msg(b)))
+    assert net_b.connected() == []
+
+
+def test_handshake_then_messages_sent_together_share_one_packet(a: Identity, b: Identity) -> None:
+    """Both sides of a stream, wired by hand: Hello each way, then a burst of sends."""
+
+    async def main() -> Any:
+        net_a, net_b = network(a), network(b)
+        dialer, listener = Connection(outbound=True), Connection(outbound=False)
+        net_a._send_packet(dialer, "", [hello_msg(a)])  # as _dial_once opens
+        assert net_b._register(listener, dialer.queue.get_nowait()) == []
+        assert net_a._register(dialer, listener.queue.get_nowait()) == []
+        assert net_a.connected() == [b.node_id] and net_b.connected() == [a.node_id]
+
+        for n in range(3):
+            assert net_a.send(b.node_id, bid=peer_pb2.Bid(job_id=f"j-{n}"))
+        assert dialer.queue.empty()  # packed when the loop comes round, not on each send
+        env = await asyncio.wait_for(dialer.queue.get(), timeout=5.0)
+        assert dialer.queue.empty()
+        return net_b._open(listener, env)
+
+    packet = asyncio.run(main())
+    assert packet.sender == a.node_id and packet.recipient == b.node_id and packet.seq == 2
+    assert [m.bid.job_id for m in packet.messages] == ["j-0", "j-1", "j-2"]
+
+
+# -- sending to oneself ----------------------------------------------------------------------
+
+
+def test_send_to_itself_is_delivered_on_the_loop(a: Identity, b: Identity) -> None:
+    async def main() -> list[tuple[str, Any, bool]]:
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        got: list[tuple[str, Any, bool]] = []
+
+        def handler(sender: str, msg: Any) -> None:
+            on_loop = asyncio.get_running_loop() is loop
+            main_thread = threading.current_thread() is threading.main_thread()
+            got.append((sender, msg, on_loop and main_thread))
+            if msg.bid.job_id == "boom":
+                raise RuntimeError("a handler's failure is logged, not raised")
+            arrived.set()
+
+        net = Network(a, hello(a), handler)
+        assert net.send(a.node_id, bid=peer_pb2.Bid(job_id="boom"))
+        assert net.send(a.node_id, bid=peer_pb2.Bid(job_id="j-1", willing=True))
+        assert got == []  # not called from within send
+        await asyncio.wait_for(arrived.wait(), timeout=5.0)
+        # Another node, not connected: nothing is sent.
+        assert not net.send(b.node_id, bid=peer_pb2.Bid(job_id="j-1"))
+        assert net.is_connected(a.node_id) and not net.is_connected(b.node_id)
+        await net.close()
+        return got
+
+    got = asyncio.run(main())
+    assert [(sender, m.bid.job_id, ok) for sender, m, ok in got] == [
+        (a.node_id, "boom", True),
+        (a.node_id, "j-1", True),
+    ]
+    assert got[1][1].bid.willing
