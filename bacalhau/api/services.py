@@ -120,7 +120,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             cid_text, holders = ex.result_cid, [ex.node_id]
         root = await self.node.ensure_dag(cid_text, holders)
         yield client_pb2.ResultsChunk(root_cid=cid_text)
-        async for block in serve_blocks(self.node.blockstore, _Want([root])):
+        async for block in serve_blocks(self.node.blockstore, [root], recursive=True):
             yield client_pb2.ResultsChunk(cid=block.cid, data=block.data)
 
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -196,14 +196,10 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     async def GetBlocks(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for block in serve_blocks(self.node.blockstore, request):
+        async for block in serve_blocks(
+            self.node.blockstore, list(request.cids), recursive=request.recursive
+        ):
             yield block
-
-
-class _Want:
-    def __init__(self, cids: list[bytes]) -> None:
-        self.cids = cids
-        self.recursive = True
 
 
 def _result_execution(job: Any) -> Any:

@@ -34,6 +34,8 @@ from bacalhau.network import Network, fetch_blocks, missing, store_blocks
 
 log = logging.getLogger(__name__)
 E = ExecutionState
+_OFFER_TTL_S = 300.0
+_PRUNE_AT = 1024
 
 
 @dataclass
@@ -68,7 +70,8 @@ class Compute:
         self._modules.mkdir(parents=True, exist_ok=True)
         self.config = config
         self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="execution")
-        self._bids: dict[tuple[str, int], tuple[str, Any]] = {}  # offered, not yet decided
+        # offered and not yet decided: (job, shard) -> (requester, spec, when offered)
+        self._bids: dict[tuple[str, int], tuple[str, Any, float]] = {}
         self._cancels: dict[str, threading.Event] = {}  # accepted, not finished
         self._module_fetches: dict[str, asyncio.Future[Path]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,8 +111,11 @@ class Compute:
 
     def _on_announce(self, sender: str, a: Any) -> None:
         reason = self.decline_reason(a.spec)
+        now = self._loop.time()
         if not reason:
-            self._bids[(a.job_id, a.shard)] = (sender, a.spec)
+            self._bids[(a.job_id, a.shard)] = (sender, a.spec, now)
+        if len(self._bids) > _PRUNE_AT:  # offers a requester never answered (it went away)
+            self._bids = {k: v for k, v in self._bids.items() if now - v[2] < _OFFER_TTL_S}
         bid = peer_pb2.Bid(
             job_id=a.job_id, shard=a.shard, willing=not reason, reason=reason, queued=self.queued
         )
@@ -133,6 +139,9 @@ class Compute:
             requester_node_id=sender,
             spec=offered[1],
         )
+        if d.execution_id in self._cancels:
+            return
+        # Registered now, so a cancel that arrives before the record is written is not lost.
         self._cancels[d.execution_id] = threading.Event()
 
         def put(tx: Tx) -> None:
@@ -140,7 +149,12 @@ class Compute:
                 raise BacalhauError(f"execution {d.execution_id} already accepted")
             tx.put_local(record)
 
-        then(self._loop, self._store.submit(put), lambda _: self._spawn(self._run(record)))
+        then(
+            self._loop,
+            self._store.submit(put),
+            lambda _: self._spawn(self._run(record)),
+            "accepting a bid",
+        )
 
     def _on_result_decision(self, sender: str, d: Any) -> None:
         state = E.PUBLISHED if d.accepted else E.RESULT_REJECTED

@@ -25,9 +25,12 @@ def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[t
             yield cid, store.get(cid)
 
 
-async def serve_blocks(store: Blockstore, request: Any) -> AsyncIterator[Any]:
-    """Yield the requested blocks; walking and reading happen in a worker thread."""
-    it = _blocks(store, list(request.cids), request.recursive)
+async def serve_blocks(
+    store: Blockstore, cids: list[bytes], *, recursive: bool
+) -> AsyncIterator[Any]:
+    """Yield `peer_pb2.Block`s of `cids` (with `recursive`, of their DAGs, parents first);
+    walking and reading happen in a worker thread. Raises NotFound for a missing block."""
+    it = _blocks(store, cids, recursive)
 
     def next_batch() -> list[tuple[bytes, bytes]]:
         out, size = [], 0
