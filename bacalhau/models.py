@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.errors import BacalhauError
@@ -55,10 +55,7 @@ class JobState(StrEnum):
     @classmethod
     def of(cls, value: int) -> JobState:
         """The state of a protobuf value; ValueError for UNSPECIFIED or unknown values."""
-        name = pb.JobState.Name(value).removeprefix("JOB_STATE_")
-        if name not in cls.__members__:
-            raise ValueError(f"no job state {value}")
-        return cls[name]
+        return _of(cls, pb.JobState, "JOB_STATE_", value)
 
 
 class ExecutionState(StrEnum):
@@ -90,10 +87,17 @@ class ExecutionState(StrEnum):
     @classmethod
     def of(cls, value: int) -> ExecutionState:
         """The state of a protobuf value; ValueError for UNSPECIFIED or unknown values."""
-        name = pb.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_")
-        if name not in cls.__members__:
-            raise ValueError(f"no execution state {value}")
-        return cls[name]
+        return _of(cls, pb.ExecutionState, "EXECUTION_STATE_", value)
+
+
+S = TypeVar("S", JobState, ExecutionState)
+
+
+def _of(cls: type[S], pb_enum: Any, prefix: str, value: int) -> S:
+    name = pb_enum.Name(value).removeprefix(prefix)  # ValueError for an unknown number
+    if name not in cls.__members__:
+        raise ValueError(f"no {cls.__name__} for {value}")
+    return cls[name]
 
 
 _JOB_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from bacalhau.errors import BacalhauError
+from bacalhau.errors import BacalhauError, UsageError
 
 FORMATS = ("text", "json", "yaml")
 
@@ -25,6 +25,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def parse_kv(items: list[str], what: str) -> dict[str, str]:
+    """``["K=V", ...]`` -> ``{K: V}``; UsageError naming `what` for a malformed item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad {what} {item!r}", hint="write it as KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def print_version(prog: str) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
+from bacalhau.cli._common import parse_kv
 from bacalhau.cli._render import describe_text, dump, job_doc
 from bacalhau.client import Client
 from bacalhau.content import dag
@@ -74,22 +75,12 @@ def parse_output_volume(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _parse_kv(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"bad {what} {item!r}", hint="write it as KEY=VALUE")
-        out[key] = value
-    return out
-
-
 def wasm_run(args: argparse.Namespace) -> int:
     outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
     if len({n for n, _ in outputs}) != len(outputs):
         raise UsageError("output names must be unique")
-    env = _parse_kv(args.env, "environment variable")
-    selector = _parse_kv(args.labels, "label")
+    env = parse_kv(args.env, "environment variable")
+    selector = parse_kv(args.labels, "label")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
     module = args.module

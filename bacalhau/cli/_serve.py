@@ -8,18 +8,9 @@ import logging
 import signal
 import sys
 
+from bacalhau.cli._common import parse_kv
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.executor import EXECUTOR_NAMES
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"bad label {item!r}", hint="write it as KEY=VALUE")
-        out[key] = value
-    return out
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -43,7 +34,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         peers=list(args.peer),
         engines=engines,
-        labels=_labels(args.labels),
+        labels=parse_kv(args.labels, "label"),
         metrics_port=args.metrics_port,
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
