@@ -236,3 +236,22 @@ def test_bad_chunker(spec: str) -> None:
 
 def test_chunker_parse() -> None:
     assert parse_chunker("size-1024") == 1024
+
+
+@pytest.mark.parametrize("cid_version", [0, 1])
+def test_add_directory_matches_add_path(tmp_path: Path, cid_version: int) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "b.txt").write_bytes(b"bee\n")
+    (tree / "a.bin").write_bytes(pattern(300_000))
+    (tree / "sub" / "c").write_bytes(b"")
+    with Importer(ImportOptions(cid_version=cid_version)) as imp:
+        expected = imp.add_path(tree)
+        built = imp.add_directory(
+            {
+                "sub": imp.add_path(tree / "sub"),
+                "b.txt": imp.add_bytes(b"bee\n"),
+                "a.bin": imp.add_bytes(pattern(300_000)),
+            }
+        )
+    assert built == expected

@@ -13,18 +13,22 @@ TAIL_LINES, TAIL_CHARS = 10, 2000
 
 
 def publish_result(
-    store: Blockstore, folder: Path, stdout: bytes, stderr: bytes, exit_code: int
+    store: Blockstore, outputs: Path, stdout: bytes, stderr: bytes, exit_code: int
 ) -> str:
-    """Write stdout, stderr and exitCode into `folder` (which holds one folder per output),
-    add it all to `store` in one synced batch, pin it, and return the root CID.
+    """Add `stdout`, `stderr`, `exitCode` and each folder in `outputs` (one per output
+    volume) to `store` as one UnixFS folder, in one synced batch; pin it; return its CID.
 
-    Raises BlockstoreError or PathImportError if the folder cannot be read or stored.
+    Raises BlockstoreError or PathImportError if a folder cannot be read or stored.
     """
-    (folder / "stdout").write_bytes(stdout)
-    (folder / "stderr").write_bytes(stderr)
-    (folder / "exitCode").write_text(f"{exit_code}\n")
     with store.batch() as batch, Importer(ImportOptions(), batch, workers=1) as importer:
-        root = importer.add_path(folder)
+        entries = {
+            "stdout": importer.add_bytes(stdout),
+            "stderr": importer.add_bytes(stderr),
+            "exitCode": importer.add_bytes(f"{exit_code}\n".encode()),
+        }
+        for folder in outputs.iterdir():
+            entries[folder.name] = importer.add_path(folder)
+        root = importer.add_directory(entries)
         batch.pin(root.cid)
     return str(CID.from_bytes(root.cid))
 

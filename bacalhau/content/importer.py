@@ -146,6 +146,12 @@ class Importer:
         """Import one file given as bytes."""
         return self._add_stream(iter([data]))
 
+    def add_directory(self, entries: dict[str, Node]) -> Node:
+        """A directory of already imported entries (as `add_path` would build it)."""
+        links = sorted((os.fsencode(name), n.cid, n.tsize) for name, n in entries.items())
+        estimate = sum(len(name) + len(cid) for name, cid, _ in links)
+        return self._dir_node(links, estimate, "directory")
+
     # -- files ---------------------------------------------------------------------------
 
     def _add_entry(self, path: str, display: str, st: os.stat_result) -> Node:
@@ -282,6 +288,12 @@ class Importer:
             name = os.fsencode(entry.name)
             links.append((name, node.cid, node.tsize))
             estimate += len(name) + len(node.cid)
+        node = self._dir_node(links, estimate, path)
+        if self._on_entry is not None:
+            self._on_entry(display, node)
+        return node
+
+    def _dir_node(self, links: list[tuple[bytes, bytes, int]], estimate: int, path: str) -> Node:
         if estimate >= HAMT_THRESHOLD:
             raise PathImportError(
                 f"{path}: directory has too many entries ({len(links)}) for one block",
@@ -292,10 +304,7 @@ class Importer:
         cid = self._node_prefix + hashlib.sha256(block).digest()
         if self._sink is not None:
             self._sink.put(cid, block)
-        node = Node(cid, len(block) + sum(t for _, _, t in links), 0)
-        if self._on_entry is not None:
-            self._on_entry(display, node)
-        return node
+        return Node(cid, len(block) + sum(t for _, _, t in links), 0)
 
 
 def _chunks(fd: int, size: int, first: bytes) -> Iterator[Buffer]:
