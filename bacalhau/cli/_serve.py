@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 
 from bacalhau.cli._common import parse_kv
 from bacalhau.errors import BacalhauError, UsageError
@@ -39,9 +38,6 @@ def serve(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
     )
-    # The event loop hands work to threads (datastore writer, executions, blockstore) and back;
-    # with the default 5 ms GIL switch interval each hand-off can wait that long.
-    sys.setswitchinterval(0.0005)
     return asyncio.run(_run(Node(config)))
 
 
