@@ -5,7 +5,9 @@ Every gRPC failure becomes a `ClientError` with one line saying what went wrong 
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,12 +38,25 @@ def default_api() -> str:
     return os.environ.get("BACALHAU_API") or DEFAULT_API
 
 
+def default_client_id() -> str:
+    """``$BACALHAU_CLIENT_ID``, else ``user@host``: who submitted a job, for `list --client`."""
+    env = os.environ.get("BACALHAU_CLIENT_ID")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
 class Client:
     """Talks to one node. Methods raise ClientError."""
 
     def __init__(self, api: str | None = None, *, timeout: float = 30.0) -> None:
         self.api = api or default_api()
         self.timeout = timeout
+        self.client_id = default_client_id()
         self._channel = grpc.insecure_channel(self.api, options=_OPTIONS)
         self._stub = client_pb2_grpc.ClientServiceStub(self._channel)
 
@@ -91,7 +106,8 @@ class Client:
         return self._call(self._stub.NodeInfo, client_pb2.NodeInfoRequest())
 
     def submit(self, spec: Any) -> Any:
-        return self._call(self._stub.Submit, client_pb2.SubmitRequest(spec=spec))
+        req = client_pb2.SubmitRequest(spec=spec, client_id=self.client_id)
+        return self._call(self._stub.Submit, req)
 
     def get_job(self, job_id: str, *, wait: bool = False) -> Any:
         """GetJobResponse; with `wait`, once the job is completed, failed or cancelled."""
@@ -101,9 +117,20 @@ class Client:
         except grpc.RpcError as e:
             raise self._error(e) from None
 
-    def list_jobs(self, *, all: bool = False, limit: int = 0) -> list[Any]:
-        req = client_pb2.ListJobsRequest(all=all, limit=limit)
-        return list(self._call(self._stub.ListJobs, req).jobs)
+    def list_jobs(
+        self,
+        *,
+        all: bool = False,
+        limit: int = 0,
+        states: list[Any] | None = None,
+        client_id: str = "",
+        cursor: str = "",
+    ) -> Any:
+        """ListJobsResponse: a page of jobs (newest first) and the cursor of the next."""
+        req = client_pb2.ListJobsRequest(
+            all=all, limit=limit, states=states or [], client_id=client_id, cursor=cursor
+        )
+        return self._call(self._stub.ListJobs, req)
 
     def cancel(self, job_id: str, reason: str = "") -> Any:
         req = client_pb2.CancelRequest(job_id=job_id, reason=reason)

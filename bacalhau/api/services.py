@@ -16,6 +16,7 @@ from bacalhau.api.validate import validate_spec
 from bacalhau.content import Importer, ImportOptions, dag
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import NotFound
+from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
 from bacalhau.errors import UsageError
 from bacalhau.models import ExecutionState, JobState
 from bacalhau.network import serve_blocks
@@ -39,7 +40,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     @unary
     async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await asyncio.to_thread(validate_spec, request.spec, self.node.blockstore)
-        job = await self.node.requester.submit(request.spec)
+        job = await self.node.requester.submit(request.spec, request.client_id[:256])
         self.node.submitted.inc()
         return client_pb2.SubmitResponse(job_id=job.id, job=job)
 
@@ -52,8 +53,21 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @unary
     async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        jobs = self.node.store.list_jobs(active_only=not request.all, limit=request.limit)
-        return client_pb2.ListJobsResponse(jobs=jobs)
+        states = frozenset(request.states) or (frozenset() if request.all else ACTIVE_JOB_STATES)
+        try:
+            query = JobQuery(
+                states=states,
+                client_id=request.client_id,
+                labels=dict(request.labels),
+                oldest_first=request.oldest_first,
+                limit=request.limit,
+                cursor=request.cursor,
+            )
+            bytes.fromhex(request.cursor)
+        except ValueError:
+            raise UsageError(f"bad cursor {request.cursor!r}") from None
+        page = self.node.store.query_jobs(query)
+        return client_pb2.ListJobsResponse(jobs=page.jobs, next_cursor=page.next_cursor)
 
     @streaming
     async def WatchEvents(

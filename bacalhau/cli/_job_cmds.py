@@ -160,9 +160,12 @@ def parse_size(text: str) -> int:
 
 
 def list_jobs(args: argparse.Namespace) -> int:
+    if args.n < 0:
+        raise UsageError(f"-n must not be negative, not {args.n}")
     with _client(args) as c:
-        jobs = c.list_jobs(all=args.all, limit=args.n)
-    docs = [job_doc(j) for j in jobs]
+        states = [JobState(s).pb for s in args.state]
+        page = c.list_jobs(all=args.all, limit=args.n, states=states, client_id=args.client)
+    docs = [job_doc(j) for j in page.jobs]
     lines = []
     for d in docs:
         nodes = ",".join(

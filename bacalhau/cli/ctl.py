@@ -127,6 +127,14 @@ def _add_job_commands(sub: Any) -> None:
     ls = add("list", help="list jobs submitted to the node (active ones by default)")
     ls.add_argument("--all", action="store_true", help="include finished jobs")
     ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
+    ls.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=("pending", "running", "completed", "failed", "cancelled"),
+        help="only jobs in this state (repeatable)",
+    )
+    ls.add_argument("--client", default="", metavar="ID", help="only jobs submitted by ID")
 
     describe = add("describe", help="a job's state, executions and events")
     describe.add_argument("job", metavar="JOB")

@@ -1,9 +1,10 @@
-"""The datastore's interface: records, transactions, and the errors they raise."""
+"""The datastore's interface: records, transactions, queries, and the errors they raise."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
@@ -11,9 +12,16 @@ from bacalhau.errors import BacalhauError
 
 T = TypeVar("T")
 
+SCHEMA_VERSION = 1
+MAX_TEXT = 4096  # longest message, event detail or stderr tail kept in a record
+
 
 class DatastoreError(BacalhauError):
     """The datastore failed: a file could not be opened, written or synced."""
+
+
+class SchemaError(DatastoreError):
+    """The data directory is not ours, is corrupt, or is from a newer version."""
 
 
 class JobNotFound(DatastoreError):
@@ -24,6 +32,36 @@ class AmbiguousID(DatastoreError):
     """An ID prefix that matches more than one job."""
 
 
+class Conflict(DatastoreError):
+    """A write based on a stale read: someone else changed the record meanwhile."""
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs to list. Empty filters match everything."""
+
+    states: frozenset[int] = frozenset()  # protobuf JobState values
+    client_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # the job's annotations must include
+    oldest_first: bool = False
+    limit: int = 0  # 0: no limit
+    cursor: str = ""  # from JobPage.next_cursor
+
+    def matches(self, job: types_pb2.Job) -> bool:
+        if self.states and job.state not in self.states:
+            return False
+        if self.client_id and job.client_id != self.client_id:
+            return False
+        annotations = job.spec.annotations
+        return all(annotations.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass
+class JobPage:
+    jobs: list[types_pb2.Job]
+    next_cursor: str  # "" when there is no more
+
+
 class Tx(Protocol):
     """One write transaction's view: reads see earlier writes of the same transaction."""
 
@@ -32,11 +70,19 @@ class Tx(Protocol):
         ...
 
     def put_job(self, job: types_pb2.Job) -> None:
-        """Store `job` (new or changed) and bump its revision."""
+        """Store `job` (new, or changed since it was read) and bump its revision.
+
+        Raises Conflict if the stored revision is not the one `job` was read at (a new job
+        must have revision 0 and an unused ID), so no update is silently lost.
+        """
         ...
 
     def add_event(self, event: types_pb2.Event) -> types_pb2.Event:
         """Append `event` to its job's log, assigning `seq` (and the time if unset)."""
+        ...
+
+    def active_jobs(self) -> list[types_pb2.Job]:
+        """Jobs that are pending or running."""
         ...
 
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None: ...
@@ -47,16 +93,16 @@ class Tx(Protocol):
 class Datastore(Protocol):
     """Jobs, their events, and this node's own executions.
 
-    Writes run as functions of a `Tx` in a single writer thread; each runs in its own nested
-    transaction, so a function that raises leaves no trace, and several are committed (and
-    synced) together. Reads may run on any thread.
+    Writes are functions of a `Tx`, each run in its own (nested) transaction, so a function
+    that raises leaves no trace; several may be committed (and synced) together. Reads may run
+    on any thread.
     """
 
     def submit(self, fn: Callable[[Tx], T]) -> Future[T]:
-        """Run `fn` in a write transaction; the future resolves after the commit is durable.
+        """Run `fn` in a write transaction; the future resolves once the commit is durable.
 
         The future raises what `fn` raised (nothing was written), or DatastoreError if the
-        commit failed.
+        commit failed (nothing of that group was written).
         """
         ...
 
@@ -64,9 +110,15 @@ class Datastore(Protocol):
         """The job with this ID or unique ID prefix; raises JobNotFound or AmbiguousID."""
         ...
 
+    def query_jobs(self, query: JobQuery) -> JobPage:
+        """A page of jobs matching `query`, newest first unless `oldest_first`."""
+        ...
+
     def list_jobs(self, *, active_only: bool, limit: int) -> list[types_pb2.Job]:
         """Jobs, newest first; `limit` 0 means all."""
         ...
+
+    def count_jobs(self, query: JobQuery) -> int: ...
 
     def events(self, job_id: str, after_seq: int = 0) -> list[types_pb2.Event]: ...
 
@@ -77,7 +129,15 @@ class Datastore(Protocol):
     def count_jobs_by_state(self) -> dict[int, int]: ...
 
     def add_listener(self, fn: Callable[[Iterable[types_pb2.Event]], None]) -> None:
-        """Call `fn` (in the writer thread) with the events of each durable commit."""
+        """Call `fn` (in the writing thread) with the events of each durable commit."""
         ...
 
     def close(self) -> None: ...
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """`text`, cut to `limit` characters (keeping its end, where errors usually are)."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+ACTIVE_JOB_STATES = frozenset({types_pb2.JOB_STATE_PENDING, types_pb2.JOB_STATE_RUNNING})

@@ -1,16 +1,20 @@
 """The LMDB datastore: one environment, a single writer thread, group commit.
 
 Layout (named databases):
-  jobs        job_id -> Job
-  jobs_time   be64(create time ns) + job_id -> b""     (newest first listing)
-  job_states  be32(state) -> be64(count)               (metrics without a scan)
-  events      job_id + 0x00 + be64(seq) -> Event
-  local       execution_id -> LocalExecution           (executions this node runs)
+  meta         b"schema_version" -> be32
+  jobs         job_id -> Job
+  jobs_time    be64(create time ns) + job_id -> b""            (all jobs by time)
+  jobs_state   be32(state) + be64(create ns) + job_id -> b""   (by state, by time)
+  jobs_client  client_id + 0x00 + be64(create ns) + job_id     (by client, by time)
+  job_states   be32(state) -> be64(count)                      (counts without a scan)
+  events       job_id + 0x00 + be64(seq) -> Event              (append-only per job)
+  local        execution_id -> LocalExecution                  (executions this node runs)
 
 Writes queue up for the writer thread, which runs everything queued in one LMDB write
 transaction (each function in its own nested transaction, so a failing one leaves no trace),
 commits and syncs once, then resolves the futures. Under load many state changes share one
-fsync; alone, a change costs one synced commit.
+fsync; alone, a change costs one synced commit. When the map is full it is doubled and the
+group retried; the environment is opened with a large sparse map, so that is rare.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import queue
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +31,19 @@ from typing import Any, TypeVar
 import lmdb
 
 from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
-from bacalhau.datastore.base import AmbiguousID, DatastoreError, JobNotFound, Tx
+from bacalhau.datastore.base import (
+    ACTIVE_JOB_STATES,
+    SCHEMA_VERSION,
+    AmbiguousID,
+    Conflict,
+    DatastoreError,
+    JobNotFound,
+    JobPage,
+    JobQuery,
+    SchemaError,
+    Tx,
+    clip,
+)
 from bacalhau.models import now_ns
 
 T = TypeVar("T")
@@ -37,10 +53,28 @@ _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
 _MAX_GROUP = 256  # functions per group commit
 _STOP = object()
+_SCHEMA_KEY = b"schema_version"
+_DBS = (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client", b"job_states", b"events",
+        b"local")  # fmt: skip
+
+# Migrations: MIGRATIONS[v] takes a store at version v to v + 1 inside one write transaction.
+Migration = Callable[["LmdbDatastore", lmdb.Transaction], None]
 
 
 def _event_key(job_id: str, seq: int) -> bytes:
     return job_id.encode() + b"\x00" + _BE64.pack(seq)
+
+
+def _time_key(job: types_pb2.Job) -> bytes:
+    return _BE64.pack(job.create_time_unix_nano) + job.id.encode()
+
+
+def _state_prefix(state: int) -> bytes:
+    return _BE32.pack(state)
+
+
+def _client_prefix(client_id: str) -> bytes:
+    return client_id.encode() + b"\x00"
 
 
 class _Tx:
@@ -52,72 +86,153 @@ class _Tx:
         self.events: list[types_pb2.Event] = []
 
     def get_job(self, job_id: str) -> types_pb2.Job:
-        raw = self._txn.get(job_id.encode(), db=self._s._jobs)
+        raw = self._txn.get(job_id.encode(), db=self._s._db[b"jobs"]) if job_id else None
         if raw is None:
             raise JobNotFound(f"job {job_id} not found")
         return types_pb2.Job.FromString(bytes(raw))
 
     def put_job(self, job: types_pb2.Job) -> None:
+        db = self._s._db
         key = job.id.encode()
-        old_raw = self._txn.get(key, db=self._s._jobs)
-        if old_raw is None:
-            self._txn.put(_BE64.pack(job.create_time_unix_nano) + key, b"", db=self._s._jobs_time)
-        else:
-            self._count(types_pb2.Job.FromString(bytes(old_raw)).state, -1)
-        self._count(job.state, +1)
+        if not key:
+            raise DatastoreError("a job needs an ID")
+        old_raw = self._txn.get(key, db=db[b"jobs"])
+        old = None if old_raw is None else types_pb2.Job.FromString(bytes(old_raw))
+        stored_revision = old.revision if old is not None else 0
+        if job.revision != stored_revision or (old is None) != (job.revision == 0):
+            raise Conflict(
+                f"job {job.id} changed meanwhile (revision {stored_revision}, "
+                f"the update was based on {job.revision})"
+            )
+        tkey = _time_key(job)
+        if old is None:
+            self._txn.put(tkey, b"", db=db[b"jobs_time"])
+            if job.client_id:
+                self._txn.put(_client_prefix(job.client_id) + tkey, b"", db=db[b"jobs_client"])
+        if old is None or old.state != job.state:
+            if old is not None:
+                self._txn.delete(_state_prefix(old.state) + tkey, db=db[b"jobs_state"])
+                self._s._count(self._txn, old.state, -1)
+            self._txn.put(_state_prefix(job.state) + tkey, b"", db=db[b"jobs_state"])
+            self._s._count(self._txn, job.state, +1)
+        job.message = clip(job.message)
         job.revision += 1
-        self._txn.put(key, job.SerializeToString(), db=self._s._jobs)
-
-    def _count(self, state: int, delta: int) -> None:
-        key = _BE32.pack(state)
-        raw = self._txn.get(key, db=self._s._states)
-        n = (_BE64.unpack(raw)[0] if raw else 0) + delta
-        self._txn.put(key, _BE64.pack(max(n, 0)), db=self._s._states)
+        self._txn.put(key, job.SerializeToString(), db=db[b"jobs"])
 
     def add_event(self, event: types_pb2.Event) -> types_pb2.Event:
+        db = self._s._db[b"events"]
         prefix = event.job_id.encode() + b"\x00"
-        cur = self._txn.cursor(db=self._s._events)
+        cur = self._txn.cursor(db=db)
         seq = 1
         # The last event of this job sits just before the first key past its prefix.
         found = cur.prev() if cur.set_range(event.job_id.encode() + b"\x01") else cur.last()
         if found and bytes(cur.key()).startswith(prefix):
             seq = _BE64.unpack(cur.key()[len(prefix) :])[0] + 1
         event.seq = seq
+        event.detail = clip(event.detail)
         if not event.time_unix_nano:
             event.time_unix_nano = now_ns()
-        self._txn.put(_event_key(event.job_id, seq), event.SerializeToString(), db=self._s._events)
+        self._txn.put(_event_key(event.job_id, seq), event.SerializeToString(), db=db)
         self.events.append(event)
         return event
 
+    def active_jobs(self) -> list[types_pb2.Job]:
+        out = []
+        for state in sorted(ACTIVE_JOB_STATES):
+            for key in self._s._scan(self._txn, b"jobs_state", _state_prefix(state)):
+                out.append(self.get_job(key[12:].decode()))
+        return out
+
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
-        raw = self._txn.get(execution_id.encode(), db=self._s._local)
+        raw = self._txn.get(execution_id.encode(), db=self._s._db[b"local"])
         return None if raw is None else records_pb2.LocalExecution.FromString(bytes(raw))
 
     def put_local(self, record: records_pb2.LocalExecution) -> None:
-        self._txn.put(record.execution.id.encode(), record.SerializeToString(), db=self._s._local)
+        record.execution.message = clip(record.execution.message)
+        record.execution.stderr_tail = clip(record.execution.stderr_tail)
+        db = self._s._db[b"local"]
+        self._txn.put(record.execution.id.encode(), record.SerializeToString(), db=db)
 
 
 class LmdbDatastore:
-    """`Datastore` on an LMDB environment in `path` (a directory, created if missing)."""
+    """`Datastore` on an LMDB environment in `path` (a directory, created if missing).
+
+    Raises SchemaError if `path` holds something that is not a datastore of ours, a corrupt
+    one, or one written by a newer version; DatastoreError if it cannot be opened at all.
+    """
 
     def __init__(self, path: str | Path, *, map_size: int = 1 << 34, sync: bool = True) -> None:
         path = Path(path)
+        self.path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(str(path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync)
+            self._env = lmdb.open(
+                str(path), map_size=map_size, max_dbs=16, sync=sync, metasync=sync
+            )
+        except lmdb.InvalidError as e:
+            raise SchemaError(
+                f"{path} does not hold a readable datastore ({e})",
+                hint="is --data-dir right? restore it from a backup, or use an empty folder",
+            ) from e
         except (OSError, lmdb.Error) as e:
             raise DatastoreError(f"cannot open the datastore in {path}: {e}") from e
-        self._jobs = self._env.open_db(b"jobs")
-        self._jobs_time = self._env.open_db(b"jobs_time")
-        self._states = self._env.open_db(b"job_states")
-        self._events = self._env.open_db(b"events")
-        self._local = self._env.open_db(b"local")
+        self._lock = threading.Lock()  # held by readers and by map growth (set_mapsize)
+        try:
+            self._refuse_foreign()
+            self._db = {name: self._env.open_db(name) for name in _DBS}
+            self._check_schema()
+        except lmdb.Error as e:
+            self._env.close()
+            raise SchemaError(f"{path} holds a corrupt datastore ({e})") from e
+        except BaseException:
+            self._env.close()
+            raise
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._listeners: list[Callable[[Iterable[types_pb2.Event]], None]] = []
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="datastore-writer")
         self._writer.daemon = True
         self._writer.start()
+
+    def _check_schema(self) -> None:
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(_SCHEMA_KEY, db=self._db[b"meta"])
+            if raw is None:
+                version = 0 if txn.stat(self._db[b"jobs"])["entries"] else SCHEMA_VERSION
+            else:
+                if len(raw) != 4:
+                    raise SchemaError(f"{self.path}: the schema version record is corrupt")
+                version = _BE32.unpack(raw)[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} was written by a newer bacalhaud (schema {version}; "
+                    f"this one reads up to {SCHEMA_VERSION})",
+                    hint="upgrade bacalhaud, or use another --data-dir",
+                )
+            while version < SCHEMA_VERSION:
+                log.info("migrating the datastore from schema %d", version)
+                _MIGRATIONS[version](self, txn)
+                version += 1
+            txn.put(_SCHEMA_KEY, _BE32.pack(version), db=self._db[b"meta"])
+
+    def _refuse_foreign(self) -> None:
+        """Before writing anything: keys in the main database other than our database names
+        mean someone else's LMDB environment."""
+        with self._env.begin() as txn:
+            names = {bytes(k) for k, _ in txn.cursor()}
+        foreign = sorted(n.decode(errors="replace") for n in names - set(_DBS))
+        if foreign:
+            raise SchemaError(
+                f"{self.path} is an LMDB environment of something else (it holds {foreign[:3]})",
+                hint="point --data-dir at a bacalhau data directory or an empty folder",
+            )
+
+    def _count(self, txn: lmdb.Transaction, state: int, delta: int) -> None:
+        key = _BE32.pack(state)
+        db = self._db[b"job_states"]
+        raw = txn.get(key, db=db)
+        n = (_BE64.unpack(raw)[0] if raw else 0) + delta
+        txn.put(key, _BE64.pack(max(n, 0)), db=db)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -148,34 +263,28 @@ class LmdbDatastore:
                     stop = True
                     break
                 group.append(more)
+            group = [(fn, fut) for fn, fut in group if fut.set_running_or_notify_cancel()]
             self._commit_group(group)
             if stop:
                 return
 
     def _commit_group(self, group: list[tuple[Callable[[Tx], Any], Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], bool, Any]] = []
-        events: list[types_pb2.Event] = []
-        try:
-            with self._env.begin(write=True) as txn:
-                for fn, fut in group:
-                    if not fut.set_running_or_notify_cancel():
-                        continue
-                    child = self._env.begin(write=True, parent=txn)
-                    tx = _Tx(self, child)
-                    try:
-                        value = fn(tx)
-                    except BaseException as e:
-                        child.abort()
-                        outcomes.append((fut, False, e))
-                    else:
-                        child.commit()
-                        outcomes.append((fut, True, value))
-                        events.extend(tx.events)
-        except lmdb.Error as e:
-            err = DatastoreError(f"datastore commit failed: {e}")
-            for fut, _, _ in outcomes:
-                fut.set_exception(err)
-            return
+        while True:
+            try:
+                outcomes, events = self._run_group(group)
+                break
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as e:
+                err = DatastoreError(f"datastore commit failed: {e}")
+                if isinstance(e, lmdb.DiskError) or "No space" in str(e):
+                    err = DatastoreError(
+                        f"datastore commit failed: disk full ({e})",
+                        hint=f"free space on the disk holding {self.path}",
+                    )
+                for _, fut in group:
+                    fut.set_exception(err)
+                return
         for fut, ok, value in outcomes:
             if ok:
                 fut.set_result(value)
@@ -188,16 +297,49 @@ class LmdbDatastore:
                 except Exception:  # a listener's failure must not stop the writer
                     log.exception("datastore listener failed")
 
+    def _run_group(
+        self, group: list[tuple[Callable[[Tx], Any], Future[Any]]]
+    ) -> tuple[list[tuple[Future[Any], bool, Any]], list[types_pb2.Event]]:
+        outcomes: list[tuple[Future[Any], bool, Any]] = []
+        events: list[types_pb2.Event] = []
+        with self._env.begin(write=True) as txn:
+            for fn, fut in group:
+                child = self._env.begin(write=True, parent=txn)
+                tx = _Tx(self, child)
+                try:
+                    value = fn(tx)
+                except lmdb.MapFullError:
+                    child.abort()
+                    raise
+                except BaseException as e:
+                    child.abort()
+                    outcomes.append((fut, False, e))
+                else:
+                    child.commit()
+                    outcomes.append((fut, True, value))
+                    events.extend(tx.events)
+        return outcomes, events
+
+    def _grow(self) -> None:
+        with self._lock:
+            size = self._env.info()["map_size"] * 2
+            log.info("datastore map full: growing it to %d MiB", size >> 20)
+            self._env.set_mapsize(size)
+
     # -- reads --------------------------------------------------------------------------
+
+    def _read(self) -> Any:
+        return _ReadTxn(self)
 
     def get_job(self, job_id: str) -> types_pb2.Job:
         key = job_id.encode()
         raw = None
-        with self._env.begin(db=self._jobs) as txn:
+        with self._read() as txn:
+            db = self._db[b"jobs"]
             if key:
-                raw = txn.get(key)
+                raw = txn.get(key, db=db)
             if raw is None and key:
-                cur = txn.cursor()
+                cur = txn.cursor(db=db)
                 if cur.set_range(key) and cur.key().startswith(key):
                     raw = cur.value()
                     if cur.next() and cur.key().startswith(key):
@@ -205,56 +347,113 @@ class LmdbDatastore:
                             f"job ID prefix {job_id!r} matches more than one job",
                             hint="give more of the ID",
                         )
-        if raw is None:
-            raise JobNotFound(
-                f"job {job_id} not found on this node",
-                hint="'bacalhauctl list --all' shows the jobs it knows",
-            )
-        return types_pb2.Job.FromString(bytes(raw))
+            if raw is None:
+                raise JobNotFound(
+                    f"job {job_id} not found on this node",
+                    hint="'bacalhauctl list --all' shows the jobs it knows",
+                )
+            return types_pb2.Job.FromString(bytes(raw))
+
+    def _scan(
+        self,
+        txn: lmdb.Transaction,
+        index: bytes,
+        prefix: bytes,
+        *,
+        newest_first: bool = False,
+        after: bytes = b"",
+    ) -> Iterator[bytes]:
+        """Keys of `index` under `prefix`, in order, strictly past `prefix + after`."""
+        cur = txn.cursor(db=self._db[index])
+        if newest_first:
+            upper = prefix + after if after else _successor(prefix)
+            if not upper:
+                ok = cur.last()
+            elif cur.set_range(upper):
+                ok = cur.prev()  # the last key below `upper`
+            else:
+                ok = cur.last()  # every key is below `upper`
+            step = cur.prev
+        else:
+            start = prefix + after
+            ok = cur.set_range(start)
+            if ok and after and bytes(cur.key()) == start:
+                ok = cur.next()
+            step = cur.next
+        while ok:
+            key = bytes(cur.key())
+            if not key.startswith(prefix):
+                return
+            yield key
+            ok = step()
+
+    def query_jobs(self, query: JobQuery) -> JobPage:
+        index, prefix = b"jobs_time", b""
+        states = set(query.states)
+        if query.client_id:
+            index, prefix = b"jobs_client", _client_prefix(query.client_id)
+        elif len(states) == 1:
+            index, prefix = b"jobs_state", _state_prefix(next(iter(states)))
+        after = bytes.fromhex(query.cursor) if query.cursor else b""
+        jobs: list[types_pb2.Job] = []
+        last = b""
+        with self._read() as txn:
+            jobs_db = self._db[b"jobs"]
+            for key in self._scan(
+                txn, index, prefix, newest_first=not query.oldest_first, after=after
+            ):
+                tail = key[len(prefix) :]
+                raw = txn.get(tail[8:], db=jobs_db)
+                if raw is None:
+                    continue
+                job = types_pb2.Job.FromString(bytes(raw))
+                if not query.matches(job):
+                    continue
+                if query.limit and len(jobs) == query.limit:
+                    return JobPage(jobs, last.hex())
+                jobs.append(job)
+                last = tail
+        return JobPage(jobs, "")
 
     def list_jobs(self, *, active_only: bool, limit: int) -> list[types_pb2.Job]:
-        out: list[types_pb2.Job] = []
-        with self._env.begin() as txn:
-            cur = txn.cursor(db=self._jobs_time)
-            if not cur.last():
-                return out
-            while True:
-                raw = txn.get(cur.key()[8:], db=self._jobs)
-                if raw is not None:
-                    job = types_pb2.Job.FromString(bytes(raw))
-                    if not active_only or job.state in _ACTIVE_JOB_STATES:
-                        out.append(job)
-                        if limit and len(out) >= limit:
-                            break
-                if not cur.prev():
-                    break
-        return out
+        states = ACTIVE_JOB_STATES if active_only else frozenset()
+        return self.query_jobs(JobQuery(states=states, limit=limit)).jobs
+
+    def count_jobs(self, query: JobQuery) -> int:
+        if not (query.client_id or query.labels):
+            counts = self.count_jobs_by_state()
+            wanted = query.states or counts.keys()
+            return sum(counts.get(s, 0) for s in wanted)
+        return len(self.query_jobs(JobQuery(query.states, query.client_id, query.labels)).jobs)
 
     def events(self, job_id: str, after_seq: int = 0) -> list[types_pb2.Event]:
         prefix = job_id.encode() + b"\x00"
         out: list[types_pb2.Event] = []
-        with self._env.begin(db=self._events) as txn:
-            cur = txn.cursor()
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db[b"events"])
             if not cur.set_range(_event_key(job_id, after_seq + 1)):
                 return out
             for key, value in cur:
-                if not key.startswith(prefix):
+                if not bytes(key).startswith(prefix):
                     break
-                out.append(types_pb2.Event.FromString(value))
+                out.append(types_pb2.Event.FromString(bytes(value)))
         return out
 
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
-        with self._env.begin(db=self._local) as txn:
-            raw = txn.get(execution_id.encode())
-        return None if raw is None else records_pb2.LocalExecution.FromString(bytes(raw))
+        with self._read() as txn:
+            raw = txn.get(execution_id.encode(), db=self._db[b"local"])
+            return None if raw is None else records_pb2.LocalExecution.FromString(bytes(raw))
 
     def list_local(self) -> list[records_pb2.LocalExecution]:
-        with self._env.begin(db=self._local) as txn:
-            return [records_pb2.LocalExecution.FromString(v) for _, v in txn.cursor()]
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db[b"local"])
+            return [records_pb2.LocalExecution.FromString(bytes(v)) for _, v in cur]
 
     def count_jobs_by_state(self) -> dict[int, int]:
-        with self._env.begin(db=self._states) as txn:
-            return {_BE32.unpack(k)[0]: _BE64.unpack(v)[0] for k, v in txn.cursor()}
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db[b"job_states"])
+            counts = {_BE32.unpack(k)[0]: _BE64.unpack(v)[0] for k, v in cur}
+        return {s: n for s, n in counts.items() if n}
 
     def close(self) -> None:
         """Finish queued writes, then close the environment."""
@@ -266,4 +465,48 @@ class LmdbDatastore:
         self._env.close()
 
 
-_ACTIVE_JOB_STATES = frozenset({types_pb2.JOB_STATE_PENDING, types_pb2.JOB_STATE_RUNNING})
+class _ReadTxn:
+    """A read transaction taken under the store's lock (map growth needs none open)."""
+
+    def __init__(self, store: LmdbDatastore) -> None:
+        self._store = store
+
+    def __enter__(self) -> lmdb.Transaction:
+        self._store._lock.acquire()
+        try:
+            self._txn = self._store._env.begin()
+        except BaseException:
+            self._store._lock.release()
+            raise
+        return self._txn
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._txn.abort()
+        finally:
+            self._store._lock.release()
+
+
+def _successor(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix` (b"" if none)."""
+    p = bytearray(prefix)
+    while p:
+        if p[-1] < 0xFF:
+            p[-1] += 1
+            return bytes(p)
+        p.pop()
+    return b""
+
+
+def _migrate_0_to_1(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
+    """Schema 0 (no version record) had no state or client indexes: build them."""
+    db = store._db
+    for _, raw in txn.cursor(db=db[b"jobs"]):
+        job = types_pb2.Job.FromString(bytes(raw))
+        tkey = _time_key(job)
+        txn.put(_state_prefix(job.state) + tkey, b"", db=db[b"jobs_state"])
+        if job.client_id:
+            txn.put(_client_prefix(job.client_id) + tkey, b"", db=db[b"jobs_client"])
+
+
+_MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1}

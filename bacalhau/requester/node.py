@@ -94,12 +94,13 @@ class Requester:
 
     # -- client requests ----------------------------------------------------------------
 
-    async def submit(self, spec: Any) -> Any:
-        """Store a new job (pending) and announce it; return the stored job."""
+    async def submit(self, spec: Any, client_id: str = "") -> Any:
+        """Store a new job (pending) and announce it; return it once it is durable."""
         now = now_ns()
         job = pb.Job(
             id=new_id("j"),
             spec=spec,
+            client_id=client_id,
             state=JobState.PENDING.pb,
             requester_node_id=self._net.node_id,
             create_time_unix_nano=now,
@@ -366,8 +367,7 @@ class Requester:
         message = f"node {short(node_id)} disconnected"
 
         def write(tx: Tx) -> None:
-            for job in self._store.list_jobs(active_only=True, limit=0):
-                job = tx.get_job(job.id)
+            for job in tx.active_jobs():
                 changed = False
                 for ex in job.executions:
                     if ex.node_id == node_id and E.of(ex.state).is_active:
