@@ -37,6 +37,7 @@ def serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
+        node_lost_s=args.node_lost_timeout,
     )
     return asyncio.run(_run(Node(config)))
 

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="longest wait for bids before selecting (default 0.5 s)",
     )
+    serve.add_argument(
+        "--node-lost-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long a peer that dropped may take to come back before the executions it "
+        "was running are failed (default 10 s)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
     dev = sub.add_parser(

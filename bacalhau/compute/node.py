@@ -96,6 +96,8 @@ class Compute:
             self._on_result_decision(sender, msg.result_decision)
         elif kind == "cancel":
             self._on_cancel(msg.cancel)
+        elif kind == "sync":
+            self._on_sync(sender, msg.sync)
 
     def decline_reason(self, spec: Any) -> str:
         """Why this node will not run `spec`, or "" if it will."""
@@ -123,7 +125,17 @@ class Compute:
 
     def _on_bid_decision(self, sender: str, d: Any) -> None:
         offered = self._bids.pop((d.job_id, d.shard), None)
-        if offered is None or not d.accepted or offered[0] != sender:
+        if not d.accepted or d.execution_id in self._cancels:  # declined, or being run
+            return
+        known = self._store.get_local(d.execution_id)
+        if known is not None:  # a decision repeated after a restart: say where it stands
+            self._resume_or_report(sender, known)
+            return
+        if offered is not None and offered[0] == sender:
+            spec = offered[1]
+        elif d.HasField("spec"):  # the offer was forgotten (this node restarted)
+            spec = d.spec
+        else:
             return
         now = now_ns()
         record = records_pb2.LocalExecution(
@@ -137,10 +149,8 @@ class Compute:
                 update_time_unix_nano=now,
             ),
             requester_node_id=sender,
-            spec=offered[1],
+            spec=spec,
         )
-        if d.execution_id in self._cancels:
-            return
         # Registered now, so a cancel that arrives before the record is written is not lost.
         self._cancels[d.execution_id] = threading.Event()
 
@@ -163,7 +173,9 @@ class Compute:
             rec = tx.get_local(d.execution_id)
             if rec is None or rec.requester_node_id != sender:
                 raise BacalhauError(f"no execution {d.execution_id} from {sender}")
-            if d.accepted:
+            if E.of(rec.execution.state) == state:  # a repeated decision: report again
+                return rec
+            if d.accepted and E.of(rec.execution.state) == E.RESULT_PROPOSED:
                 set_execution_state(rec.execution, E.RESULT_ACCEPTED)
             set_execution_state(rec.execution, state, d.reason)
             tx.put_local(rec)
@@ -181,6 +193,49 @@ class Compute:
         if event is not None:
             event.set()
 
+    def _on_sync(self, sender: str, sync: Any) -> None:
+        """A requester asks where executions stand (it restarted, or we reconnected)."""
+        for ref in sync.executions:
+            rec = self._store.get_local(ref.execution_id)
+            if rec is not None and rec.requester_node_id == sender:
+                self._resume_or_report(sender, rec)
+                continue
+            update = peer_pb2.ExecutionUpdate(
+                job_id=ref.job_id,
+                execution_id=ref.execution_id,
+                state=E.FAILED.pb,
+                message=f"node {self._net.node_id[-8:]} has no record of this execution",
+            )
+            self._net.send(sender, execution_update=update)
+
+    def _resume_or_report(self, sender: str, rec: Any) -> None:
+        if rec.requester_node_id != sender:
+            return
+        state = E.of(rec.execution.state)
+        if state in (E.BID_ACCEPTED, E.RUNNING) and rec.execution.id not in self._cancels:
+            self._start(rec)  # it was cut short by a restart: run it again
+        elif state == E.RESULT_ACCEPTED:
+            self._on_result_decision(
+                sender,
+                peer_pb2.ResultDecision(
+                    job_id=rec.execution.job_id, execution_id=rec.execution.id, accepted=True
+                ),
+            )
+        else:
+            self._report(rec)
+
+    def _start(self, rec: Any) -> None:
+        self._cancels[rec.execution.id] = threading.Event()
+        self._spawn(self._run(rec))
+
+    async def recover(self) -> None:
+        """Run again what a restart cut short; finish publishing accepted results."""
+        for rec in await asyncio.to_thread(self._store.list_local):
+            state = E.of(rec.execution.state)
+            if state in (E.BID_ACCEPTED, E.RUNNING, E.RESULT_ACCEPTED):
+                log.info("resuming execution %s (%s)", rec.execution.id, state.value)
+                self._resume_or_report(rec.requester_node_id, rec)
+
     # -- running ------------------------------------------------------------------------
 
     async def _run(self, record: Any) -> None:
@@ -190,7 +245,10 @@ class Compute:
             if cancel.is_set():
                 await self._advance(record, E.CANCELLED, message="cancelled before it started")
                 return
-            await self._advance(record, E.RUNNING)
+            if E.of(ex.state) == E.BID_ACCEPTED:
+                await self._advance(record, E.RUNNING)
+            else:  # started before a restart: running again from the start
+                self._report(record)
             module = await self._module(record.spec.wasm.module_cid, record.requester_node_id)
             loop = asyncio.get_running_loop()
             result, cid = await loop.run_in_executor(

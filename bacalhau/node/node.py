@@ -46,6 +46,7 @@ class NodeConfig:
     metrics_port: int | None = None
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
+    node_lost_s: float = 10.0  # how long a disconnected node may take to come back
 
 
 class JobWatch:
@@ -115,7 +116,10 @@ class Node:
         )
         self.network = Network(self.identity, hello, self._dispatch)
         self.requester = Requester(
-            network=self.network, store=self.store, bid_window_s=cfg.bid_window_s
+            network=self.network,
+            store=self.store,
+            bid_window_s=cfg.bid_window_s,
+            node_lost_s=cfg.node_lost_s,
         )
         self.compute = Compute(
             network=self.network,
@@ -142,6 +146,8 @@ class Node:
         await self._server.start()
         for name in ("", *names[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.compute.recover()
+        await self.requester.recover()
         for peer in cfg.peers:
             self.network.dial(peer)
         _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")

@@ -19,6 +19,7 @@ from typing import Any
 from bacalhau._aio import then
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.datastore import Datastore, Tx
+from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
 from bacalhau.errors import BacalhauError
 from bacalhau.models import (
     ExecutionState,
@@ -80,11 +81,20 @@ def _find(job: Any, execution_id: str) -> Any:
 class Requester:
     """Accepts, announces, places and finishes jobs."""
 
-    def __init__(self, *, network: Network, store: Datastore, bid_window_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        network: Network,
+        store: Datastore,
+        bid_window_s: float = 0.5,
+        node_lost_s: float = 10.0,
+    ) -> None:
         self._net = network
         self._store = store
         self._bid_window_s = bid_window_s
+        self._node_lost_s = node_lost_s
         self._rounds: dict[tuple[str, int], _Round] = {}
+        self._lost: dict[str, asyncio.TimerHandle] = {}  # disconnected nodes, until given up
         network.on_connect.append(self._on_peer_connected)
         network.on_disconnect.append(self._on_peer_disconnected)
 
@@ -147,6 +157,61 @@ class Requester:
             msg = peer_pb2.CancelExecution(job_id=job_id, execution_id=execution_id, reason=reason)
             self._net.send(node_id, cancel=msg)
         return job
+
+    # -- restart ------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Take up the jobs that were in flight when this node stopped.
+
+        Bids that were never decided are dropped and the job is announced again; executions
+        placed on nodes are synced with each node as it connects (this one included).
+        """
+        reason = "the requester restarted before deciding"
+
+        def write(tx: Tx) -> list[Any]:
+            unplaced = []
+            for job in tx.active_jobs():
+                for ex in job.executions:
+                    if E.of(ex.state) == E.BID_PROPOSED:
+                        set_execution_state(ex, E.BID_REJECTED, reason)
+                        tx.add_event(event(job, "BidRejected", ex, reason))
+                if not any(E.of(ex.state).is_active or ex.state == E.PUBLISHED.pb
+                           for ex in job.executions):  # fmt: skip
+                    unplaced.append(job)
+                tx.put_job(job)
+            return unplaced
+
+        unplaced = await asyncio.wrap_future(self._store.submit(write))
+        for job in unplaced:
+            self._announce(job)
+        if unplaced:
+            log.info("recovered %d job(s) to place again", len(unplaced))
+        self.sync(self._net.node_id)
+
+    def sync(self, node_id: str) -> None:
+        """Bring `node_id` up to date on the executions this node waits on it for."""
+        refs = []
+        for job in self._store.query_jobs(JobQuery(states=ACTIVE_JOB_STATES)).jobs:
+            for ex in job.executions:
+                if ex.node_id != node_id:
+                    continue
+                state = E.of(ex.state)
+                if state == E.BID_ACCEPTED:  # the decision may not have arrived
+                    decision = peer_pb2.BidDecision(
+                        job_id=job.id,
+                        shard=ex.shard,
+                        execution_id=ex.id,
+                        accepted=True,
+                        spec=job.spec,
+                    )
+                    self._net.send(node_id, bid_decision=decision)
+                elif state == E.RESULT_ACCEPTED:  # nor this one
+                    rd = peer_pb2.ResultDecision(job_id=job.id, execution_id=ex.id, accepted=True)
+                    self._net.send(node_id, result_decision=rd)
+                elif state.is_active:
+                    refs.append(peer_pb2.ExecutionRef(job_id=job.id, execution_id=ex.id))
+        if refs:
+            self._net.send(node_id, sync=peer_pb2.SyncExecutions(executions=refs))
 
     # -- bidding ------------------------------------------------------------------------
 
@@ -266,6 +331,8 @@ class Requester:
                     accepted=accepted,
                     reason="" if accepted else "enough nodes were selected",
                 )
+                if accepted:
+                    d.spec.CopyFrom(rnd.spec)
                 self._net.send(node_id, bid_decision=d)
 
         then(self._loop, self._store.submit(write), send, "selecting bids")
@@ -295,12 +362,24 @@ class Requester:
             ex = _find(job, u.execution_id)
             if ex.node_id != sender:
                 raise BacalhauError(f"{sender} reported on another node's execution {ex.id}")
-            if E.of(ex.state).is_terminal:
-                # Cancelled here first: the node now confirms the program stopped. Anything
-                # else is a report that crossed a decision; keep it as an event.
-                stopped = E.of(ex.state) == E.CANCELLED and state == E.CANCELLED
-                kind = "ExecutionStopped" if stopped else "LateUpdate"
-                tx.add_event(event(job, kind, ex, f"{state.value}: {u.message}"))
+            current = E.of(ex.state)
+            if current == E.CANCELLED and state == E.CANCELLED:
+                # Cancelled here first: the node now confirms the program stopped.
+                tx.add_event(event(job, "ExecutionStopped", ex, f"{state.value}: {u.message}"))
+                return []
+            behind = state in _FLOW and current in _FLOW and _FLOW[state] < _FLOW[current]
+            if current == state or behind:
+                # A report repeated after a reconnect or restart; a proposal we already
+                # accepted gets its decision again.
+                if state == E.RESULT_PROPOSED and current == E.RESULT_ACCEPTED:
+                    decision = peer_pb2.ResultDecision(
+                        job_id=job.id, execution_id=ex.id, accepted=True
+                    )
+                    return [(sender, decision)]
+                return []
+            if current.is_terminal:
+                # A report that crossed a decision: keep it as an event.
+                tx.add_event(event(job, "LateUpdate", ex, f"{state.value}: {u.message}"))
                 return []
             if u.HasField("exit_code"):
                 ex.exit_code = u.exit_code
@@ -353,9 +432,13 @@ class Requester:
     # -- peers --------------------------------------------------------------------------
 
     def _on_peer_connected(self, node_id: str) -> None:
+        timer = self._lost.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
         for rnd in self._rounds.values():
             if node_id not in rnd.asked:
                 self._ask(rnd, node_id)
+        self.sync(node_id)
 
     def _on_peer_disconnected(self, node_id: str) -> None:
         for key, rnd in list(self._rounds.items()):
@@ -364,7 +447,15 @@ class Requester:
                 rnd.declines.append(f"{short(node_id)}: disconnected")
                 if rnd.answered >= rnd.asked:
                     self._select(key)
-        message = f"node {short(node_id)} disconnected"
+        if node_id not in self._lost:
+            self._lost[node_id] = self._loop.call_later(
+                self._node_lost_s, self._give_up_on, node_id
+            )
+
+    def _give_up_on(self, node_id: str) -> None:
+        """`node_id` stayed away too long: fail what it was running."""
+        self._lost.pop(node_id, None)
+        message = f"node {short(node_id)} disconnected and did not come back"
 
         def write(tx: Tx) -> None:
             for job in tx.active_jobs():
@@ -383,7 +474,20 @@ class Requester:
     def close(self) -> None:
         for key in list(self._rounds):
             self._close_round(key)
+        for timer in self._lost.values():
+            timer.cancel()
+        self._lost.clear()
 
+
+# Where each state sits on the way to a published result (reports never go backwards).
+_FLOW = {
+    E.BID_PROPOSED: 0,
+    E.BID_ACCEPTED: 1,
+    E.RUNNING: 2,
+    E.RESULT_PROPOSED: 3,
+    E.RESULT_ACCEPTED: 4,
+    E.PUBLISHED: 5,
+}
 
 _EVENT_OF = {
     E.RUNNING: "ExecutionRunning",

@@ -82,7 +82,7 @@ def test_peer_reconnects_after_restart(tmp_path: Path):
 
 def test_lost_node_fails_its_execution(tmp_path: Path):
     # a runs no wasm itself, so the job must go to b
-    a = start_node(tmp_path / "a", name="a", args=("--engines", "noop"))
+    a = start_node(tmp_path / "a", name="a", args=("--engines", "noop", "--node-lost-timeout", "1"))
     b = start_node(tmp_path / "b", name="b", peers=(a.address,))
     try:
         wait_connected([a, b])
@@ -99,7 +99,7 @@ def test_lost_node_fails_its_execution(tmp_path: Path):
         doc = wait_for(
             lambda: (d := ctl.json("describe", job_id))["state"] == "failed" and d, 30, "failure"
         )
-        assert "disconnected" in doc["message"]
+        assert "disconnected and did not come back" in doc["message"]
         (ex,) = doc["executions"]
         assert ex["node_id"] == b.node_id and ex["state"] == "failed"
     finally:
