@@ -1,11 +1,11 @@
-"""The LMDB datastore: group commit, rollback of failed writes, events, lookups, durability."""
+"""The datastore contract, run against every implementation (LMDB in a temporary directory, and
+memory): group commit, rollback of failed writes, revisions and conflicts, events, lookups,
+queries and paging, listeners. LMDB's own concerns (files, schema, crashes) are in
+test_datastore_lmdb.py.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -16,33 +16,62 @@ import pytest
 from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
 from bacalhau.datastore import (
     AmbiguousID,
+    Datastore,
     DatastoreError,
     JobNotFound,
     LmdbDatastore,
+    MemoryDatastore,
     Tx,
 )
+from bacalhau.datastore.base import MAX_TEXT, Conflict, JobQuery
 from bacalhau.models import ExecutionState, IllegalTransition, JobState, set_job_state
 from tests._wait import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0  # seconds any single write may take before the test fails
+KINDS = ("lmdb", "memory")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[LmdbDatastore]:
-    s = LmdbDatastore(tmp_path / "db")
+def open_store(kind: str, path: Path) -> Datastore:
+    """A fresh store of this kind (`path` is a directory it may use)."""
+    if kind == "lmdb":
+        return LmdbDatastore(path / "db")
+    assert kind == "memory", kind
+    return MemoryDatastore()
+
+
+@pytest.fixture(params=KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datastore]:
+    s = open_store(request.param, tmp_path)
     yield s
     s.close()
 
 
-def new_job(job_id: str, created: int, state: JobState = JobState.PENDING) -> types_pb2.Job:
-    return types_pb2.Job(
+def lmdb_bug(reason: str) -> pytest.MarkDecorator:
+    """Run the test on every store, expecting it to fail (strictly) on LMDB only."""
+    xfail = pytest.mark.xfail(strict=True, reason=reason)
+    return pytest.mark.parametrize(
+        "store", [pytest.param("lmdb", marks=xfail), "memory"], indirect=True
+    )
+
+
+def new_job(
+    job_id: str,
+    created: int,
+    state: JobState = JobState.PENDING,
+    *,
+    client_id: str = "",
+    labels: dict[str, str] | None = None,
+) -> types_pb2.Job:
+    job = types_pb2.Job(
         id=job_id,
         state=state.pb,
         create_time_unix_nano=created,
         update_time_unix_nano=created,
+        client_id=client_id,
         spec=types_pb2.JobSpec(engine="wasm"),
     )
+    job.spec.annotations.update(labels or {})
+    return job
 
 
 def event(job_id: str, type_: str = "Something") -> types_pb2.Event:
@@ -62,11 +91,11 @@ def put_locals(*records: records_pb2.LocalExecution) -> Callable[[Tx], None]:
     return fn
 
 
-def write(store: LmdbDatastore, fn: Callable[[Tx], object]) -> object:
+def write(store: Datastore, fn: Callable[[Tx], object]) -> object:
     return store.submit(fn).result(timeout=TIMEOUT)
 
 
-def create(store: LmdbDatastore, *jobs: types_pb2.Job) -> None:
+def create(store: Datastore, *jobs: types_pb2.Job) -> None:
     def fn(tx: Tx) -> None:
         for job in jobs:
             tx.put_job(job)
@@ -75,7 +104,7 @@ def create(store: LmdbDatastore, *jobs: types_pb2.Job) -> None:
     write(store, fn)
 
 
-def move(store: LmdbDatastore, job_id: str, state: JobState) -> types_pb2.Job:
+def move(store: Datastore, job_id: str, state: JobState) -> types_pb2.Job:
     def fn(tx: Tx) -> types_pb2.Job:
         job = tx.get_job(job_id)
         set_job_state(job, state)
@@ -95,10 +124,14 @@ def nonzero(counts: dict[int, int]) -> dict[int, int]:
     return {state: n for state, n in counts.items() if n}
 
 
+def ids(jobs: Iterable[types_pb2.Job]) -> list[str]:
+    return [job.id for job in jobs]
+
+
 # -- jobs ------------------------------------------------------------------------------------
 
 
-def test_create_and_get_a_job(store: LmdbDatastore) -> None:
+def test_create_and_get_a_job(store: Datastore) -> None:
     job = new_job("j-abc", created=1000)
     job.spec.wasm.module_cid = "bafy-module"
     create(store, job)
@@ -110,7 +143,7 @@ def test_create_and_get_a_job(store: LmdbDatastore) -> None:
     assert got.create_time_unix_nano == 1000
 
 
-def test_put_job_bumps_the_revision_each_time(store: LmdbDatastore) -> None:
+def test_put_job_bumps_the_revision_each_time(store: Datastore) -> None:
     create(store, new_job("j-1", created=1))
     assert move(store, "j-1", JobState.RUNNING).revision == 2
     assert store.get_job("j-1").revision == 2
@@ -119,11 +152,11 @@ def test_put_job_bumps_the_revision_each_time(store: LmdbDatastore) -> None:
     assert got.revision == 3 and JobState.of(got.state) is JobState.COMPLETED
 
 
-def test_submit_returns_the_functions_value(store: LmdbDatastore) -> None:
+def test_submit_returns_the_functions_value(store: Datastore) -> None:
     assert write(store, lambda tx: 42) == 42
 
 
-def test_reads_inside_a_transaction_see_its_own_writes(store: LmdbDatastore) -> None:
+def test_reads_inside_a_transaction_see_its_own_writes(store: Datastore) -> None:
     def fn(tx: Tx) -> tuple[int, int]:
         tx.put_job(new_job("j-1", created=1))
         first = tx.get_job("j-1").revision
@@ -134,13 +167,13 @@ def test_reads_inside_a_transaction_see_its_own_writes(store: LmdbDatastore) -> 
     assert write(store, fn) == (1, 2)
 
 
-def test_tx_get_job_of_an_unknown_job(store: LmdbDatastore) -> None:
+def test_tx_get_job_of_an_unknown_job(store: Datastore) -> None:
     fut = store.submit(lambda tx: tx.get_job("j-missing"))
     with pytest.raises(JobNotFound):
         fut.result(timeout=TIMEOUT)
 
 
-def test_get_job_by_unique_prefix(store: LmdbDatastore) -> None:
+def test_get_job_by_unique_prefix(store: Datastore) -> None:
     create(
         store,
         new_job("j-abc1", created=1),
@@ -164,7 +197,7 @@ def test_get_job_by_unique_prefix(store: LmdbDatastore) -> None:
             store.get_job(unknown)
 
 
-def test_not_found_on_an_empty_store(store: LmdbDatastore) -> None:
+def test_not_found_on_an_empty_store(store: Datastore) -> None:
     with pytest.raises(JobNotFound) as info:
         store.get_job("j-1")
     assert isinstance(info.value, DatastoreError)
@@ -174,13 +207,13 @@ def test_not_found_on_an_empty_store(store: LmdbDatastore) -> None:
     assert store.list_local() == []
 
 
-def test_get_job_of_an_empty_id_is_not_found(store: LmdbDatastore) -> None:
+def test_get_job_of_an_empty_id_is_not_found(store: Datastore) -> None:
     create(store, new_job("j-1", created=1))
     with pytest.raises(JobNotFound):
         store.get_job("")
 
 
-def test_list_jobs_newest_first(store: LmdbDatastore) -> None:
+def test_list_jobs_newest_first(store: Datastore) -> None:
     # Created out of order: the listing follows the create time, not the write order.
     create(store, new_job("j-b", created=200), new_job("j-a", created=300))
     create(store, new_job("j-c", created=100))
@@ -195,7 +228,7 @@ def test_list_jobs_newest_first(store: LmdbDatastore) -> None:
     assert ids == ["j-d", "j-a", "j-b", "j-c"]
 
 
-def test_list_jobs_active_only(store: LmdbDatastore) -> None:
+def test_list_jobs_active_only(store: Datastore) -> None:
     create(store, *(new_job(f"j-{i}", created=i) for i in range(1, 7)))
     move(store, "j-6", JobState.FAILED)
     move(store, "j-5", JobState.RUNNING)
@@ -210,7 +243,7 @@ def test_list_jobs_active_only(store: LmdbDatastore) -> None:
     assert all_ids == ["j-6", "j-5", "j-4", "j-3", "j-2", "j-1"]
 
 
-def test_count_jobs_by_state_follows_state_changes(store: LmdbDatastore) -> None:
+def test_count_jobs_by_state_follows_state_changes(store: Datastore) -> None:
     pending, running = JobState.PENDING.pb, JobState.RUNNING.pb
     completed, failed = JobState.COMPLETED.pb, JobState.FAILED.pb
     create(store, *(new_job(f"j-{i}", created=i) for i in range(3)))
@@ -233,7 +266,7 @@ class Boom(Exception):
 
 
 def test_a_failed_function_leaves_no_trace_while_its_group_commits(
-    store: LmdbDatastore,
+    store: Datastore,
 ) -> None:
     seen: list[list[types_pb2.Event]] = []
     store.add_listener(lambda events: seen.append(list(events)))
@@ -294,7 +327,7 @@ def test_a_failed_function_leaves_no_trace_while_its_group_commits(
     assert len(seen) < len(ok)
 
 
-def test_a_failed_state_change_rolls_back(store: LmdbDatastore) -> None:
+def test_a_failed_state_change_rolls_back(store: Datastore) -> None:
     create(store, new_job("j-1", created=1))
 
     def fn(tx: Tx) -> None:
@@ -315,7 +348,7 @@ def test_a_failed_state_change_rolls_back(store: LmdbDatastore) -> None:
     assert [(e.seq, e.type) for e in store.events("j-1")] == [(1, "JobCreated"), (2, "Next")]
 
 
-def test_an_illegal_transition_reaches_the_caller(store: LmdbDatastore) -> None:
+def test_an_illegal_transition_reaches_the_caller(store: Datastore) -> None:
     create(store, new_job("j-1", created=1))
     move(store, "j-1", JobState.CANCELLED)
     with pytest.raises(IllegalTransition):
@@ -326,7 +359,7 @@ def test_an_illegal_transition_reaches_the_caller(store: LmdbDatastore) -> None:
 # -- events ----------------------------------------------------------------------------------
 
 
-def test_events_are_numbered_per_job_in_order(store: LmdbDatastore) -> None:
+def test_events_are_numbered_per_job_in_order(store: Datastore) -> None:
     create(store, new_job("j-1", created=1))
 
     def two(tx: Tx) -> list[int]:
@@ -346,7 +379,7 @@ def test_events_are_numbered_per_job_in_order(store: LmdbDatastore) -> None:
     assert store.events("j-1", after_seq=100) == []
 
 
-def test_an_events_time_is_kept_when_given(store: LmdbDatastore) -> None:
+def test_an_events_time_is_kept_when_given(store: Datastore) -> None:
     given = types_pb2.Event(job_id="j-1", type="X", time_unix_nano=12345, detail="d")
     got = write(store, lambda tx: tx.add_event(given))
     assert isinstance(got, types_pb2.Event) and got.seq == 1
@@ -354,7 +387,7 @@ def test_an_events_time_is_kept_when_given(store: LmdbDatastore) -> None:
     assert stored.time_unix_nano == 12345 and stored.detail == "d" and stored.type == "X"
 
 
-def test_events_of_jobs_whose_ids_share_a_prefix_do_not_mix(store: LmdbDatastore) -> None:
+def test_events_of_jobs_whose_ids_share_a_prefix_do_not_mix(store: Datastore) -> None:
     ids = ["j-1", "j-10", "j-100", "j-0", "j-2"]
     # Interleave, with the longer IDs first so that the shorter ones start amid their events.
     order = ["j-10", "j-100", "j-10", "j-1", "j-100", "j-1", "j-0", "j-10", "j-1", "j-2"]
@@ -371,7 +404,7 @@ def test_events_of_jobs_whose_ids_share_a_prefix_do_not_mix(store: LmdbDatastore
     assert store.events("j-3") == []
 
 
-def test_listeners_hear_each_commit_after_it(store: LmdbDatastore) -> None:
+def test_listeners_hear_each_commit_after_it(store: Datastore) -> None:
     heard: list[tuple[list[tuple[str, int, str]], bool, bool]] = []
     done = threading.Event()
 
@@ -418,7 +451,7 @@ def test_listeners_hear_each_commit_after_it(store: LmdbDatastore) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_raising_listener_does_not_stop_later_writes(store: LmdbDatastore) -> None:
+def test_a_raising_listener_does_not_stop_later_writes(store: Datastore) -> None:
     calls: list[int] = []
 
     def listener(events: Iterable[types_pb2.Event]) -> None:
@@ -447,7 +480,7 @@ def local(
     )
 
 
-def test_local_executions(store: LmdbDatastore) -> None:
+def test_local_executions(store: Datastore) -> None:
     assert store.get_local("e-1") is None
     write(store, put_locals(local("e-1")))
     write(store, put_locals(local("e-2"), local("e-3")))
@@ -473,60 +506,410 @@ def test_local_executions(store: LmdbDatastore) -> None:
     assert len(store.list_local()) == 3
 
 
-# -- lifetime and durability -----------------------------------------------------------------
+# -- revisions and conflicts -----------------------------------------------------------------
 
 
-def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "db"
-    first = LmdbDatastore(path)
-    create(first, new_job("j-1", created=1), new_job("j-2", created=2))
-    move(first, "j-2", JobState.RUNNING)
-    write(first, lambda tx: tx.add_event(event("j-1", "More")))
-    write(first, lambda tx: tx.put_local(local("e-1")))
-    first.close()
+def test_a_stale_update_conflicts_and_the_first_update_survives(store: Datastore) -> None:
+    create(store, new_job("j-1", created=1))
+    first, second = store.get_job("j-1"), store.get_job("j-1")
+    first.spec.annotations["by"] = "first"
+    write(store, put_job(first))
+    assert first.revision == 2  # put_job bumps the caller's copy
 
-    second = LmdbDatastore(path)
+    second.spec.annotations["by"] = "second"
+
+    def stale(tx: Tx) -> None:
+        tx.add_event(event("j-1", "Stale"))
+        tx.put_job(second)
+
+    with pytest.raises(Conflict) as info:
+        write(store, stale)
+    assert isinstance(info.value, DatastoreError)
+    assert "j-1" in str(info.value) and "\n" not in str(info.value)
+    assert second.revision == 1
+    got = store.get_job("j-1")
+    assert got.revision == 2 and got.spec.annotations["by"] == "first"
+    assert [e.type for e in store.events("j-1")] == ["JobCreated"]
+
+    # Read again, the same change goes through.
+    fresh = store.get_job("j-1")
+    fresh.spec.annotations["by"] = "second"
+    write(store, put_job(fresh))
+    got = store.get_job("j-1")
+    assert got.revision == 3 and got.spec.annotations["by"] == "second"
+
+
+def test_a_stale_update_conflicts_within_one_group(store: Datastore) -> None:
+    create(store, new_job("j-1", created=1))
+    base = store.get_job("j-1")
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> None:
+        started.set()
+        assert gate.wait(TIMEOUT), "the test never opened the gate"
+
+    # Both updates are queued behind `hold`, so they share a commit.
+    held = store.submit(hold)
+    assert started.wait(TIMEOUT)
+    updates = []
+    for who in ("a", "b"):
+        job = types_pb2.Job()
+        job.CopyFrom(base)
+        job.spec.annotations["by"] = who
+        updates.append(store.submit(put_job(job)))
+    gate.set()
+    held.result(timeout=TIMEOUT)
+    assert updates[0].result(timeout=TIMEOUT) is None
+    assert isinstance(updates[1].exception(timeout=TIMEOUT), Conflict)
+    got = store.get_job("j-1")
+    assert got.revision == 2 and got.spec.annotations["by"] == "a"
+
+
+def test_creating_a_job_whose_id_exists_conflicts(store: Datastore) -> None:
+    create(store, new_job("j-1", created=1, labels={"v": "original"}))
+    with pytest.raises(Conflict):
+        write(store, put_job(new_job("j-1", created=99, labels={"v": "copy"})))
+    got = store.get_job("j-1")
+    assert got.revision == 1 and got.create_time_unix_nano == 1
+    assert got.spec.annotations["v"] == "original"
+
+    # Twice in one transaction: the second conflicts, and the function leaves no trace.
+    def twice(tx: Tx) -> None:
+        tx.put_job(new_job("j-2", created=2))
+        tx.put_job(new_job("j-2", created=2))
+
+    with pytest.raises(Conflict):
+        write(store, twice)
+    with pytest.raises(JobNotFound):
+        store.get_job("j-2")
+    assert store.count_jobs(JobQuery()) == 1
+
+
+def test_a_new_job_must_have_revision_zero(store: Datastore) -> None:
+    job = new_job("j-1", created=1)
+    job.revision = 3
+    with pytest.raises(Conflict):
+        write(store, put_job(job))
+    with pytest.raises(JobNotFound):
+        store.get_job("j-1")
+
+
+def test_a_job_needs_an_id(store: Datastore) -> None:
+    with pytest.raises(DatastoreError):
+        write(store, put_job(new_job("", created=1)))
+    assert store.count_jobs(JobQuery()) == 0
+
+
+def test_stored_records_are_not_the_callers_objects(store: Datastore) -> None:
+    job = new_job("j-1", created=1)
+    create(store, job)
+    job.state = JobState.FAILED.pb  # after the commit: not stored
+    got = store.get_job("j-1")
+    got.spec.annotations["x"] = "y"
+    assert JobState.of(store.get_job("j-1").state) is JobState.PENDING
+    assert "x" not in store.get_job("j-1").spec.annotations
+
+    # A job read and changed in a transaction but not put back is not stored.
+    before = store.get_job("j-1")
+
+    def changes_without_put(tx: Tx) -> None:
+        tx.get_job("j-1").spec.annotations["x"] = "y"
+
+    write(store, changes_without_put)
+    assert store.get_job("j-1") == before
+
+    record = local("e-1")
+    write(store, put_locals(record))
+    record.execution.message = "changed"
+    stored = store.get_local("e-1")
+    assert stored is not None and stored.execution.message == ""
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+STATES = [JobState.PENDING, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED]
+
+
+def populate(store: Datastore) -> list[types_pb2.Job]:
+    """12 jobs, three to a create time, written out of order; returns them as stored."""
+    jobs = [
+        new_job(
+            f"j-{i:02d}",
+            created=100 + i // 3,
+            state=STATES[i % 4],
+            client_id=("alice", "bob", "")[i % 3],
+            labels={"team": ("red", "blue")[i % 2], "tier": "gold" if i % 4 == 1 else "tin"},
+        )
+        for i in range(12)
+    ]
+    order = [7, 2, 11, 0, 5, 9, 1, 10, 3, 8, 6, 4]  # neither by time nor by ID
+    create(store, *(jobs[i] for i in order[:5]))
+    create(store, *(jobs[i] for i in order[5:]))
+    return jobs
+
+
+def expected(jobs: list[types_pb2.Job], keep: Callable[[types_pb2.Job], bool]) -> list[str]:
+    """IDs of the jobs kept, newest first: by create time, then by ID."""
+    kept = [j for j in jobs if keep(j)]
+    return [j.id for j in sorted(kept, key=lambda j: (j.create_time_unix_nano, j.id), reverse=True)]
+
+
+def test_query_filters(store: Datastore) -> None:
+    jobs = populate(store)
+    running, pending = JobState.RUNNING.pb, JobState.PENDING.pb
+    cases: list[tuple[JobQuery, Callable[[types_pb2.Job], bool]]] = [
+        (JobQuery(), lambda j: True),
+        (JobQuery(states=frozenset({running})), lambda j: j.state == running),
+        (JobQuery(states=frozenset({running, pending})), lambda j: j.state in (running, pending)),
+        (JobQuery(client_id="alice"), lambda j: j.client_id == "alice"),
+        (JobQuery(client_id="nobody"), lambda j: False),
+        (JobQuery(labels={"team": "red"}), lambda j: j.spec.annotations["team"] == "red"),
+        (
+            JobQuery(labels={"team": "blue", "tier": "gold"}),
+            lambda j: j.spec.annotations["team"] == "blue" and j.spec.annotations["tier"] == "gold",
+        ),
+        (JobQuery(labels={"team": "green"}), lambda j: False),
+        (JobQuery(labels={"owner": ""}), lambda j: False),  # a missing key is not an empty value
+        (
+            JobQuery(states=frozenset({running}), client_id="bob", labels={"tier": "gold"}),
+            lambda j: j.state == running and j.client_id == "bob",
+        ),
+        (
+            JobQuery(states=frozenset({pending, running}), client_id="alice"),
+            lambda j: j.state in (pending, running) and j.client_id == "alice",
+        ),
+    ]
+    for query, keep in cases:
+        want = expected(jobs, keep)
+        page = store.query_jobs(query)
+        assert ids(page.jobs) == want, query
+        assert page.next_cursor == ""
+        assert store.count_jobs(query) == len(want), query
+    # Spot checks, so that the expectations above are not just the filters restated.
+    assert ids(store.query_jobs(JobQuery(client_id="alice")).jobs) == [
+        "j-09", "j-06", "j-03", "j-00"
+    ]  # fmt: skip
+    assert ids(store.query_jobs(JobQuery(labels={"tier": "gold"})).jobs) == ["j-09", "j-05", "j-01"]
+
+
+def test_query_order_newest_or_oldest_first(store: Datastore) -> None:
+    populate(store)
+    newest = ids(store.query_jobs(JobQuery()).jobs)
+    # Equal create times are ordered by ID.
+    assert newest == [f"j-{i:02d}" for i in reversed(range(12))]
+    assert ids(store.query_jobs(JobQuery(oldest_first=True)).jobs) == newest[::-1]
+    assert ids(store.list_jobs(active_only=False, limit=0)) == newest
+    pending = JobQuery(states=frozenset({JobState.PENDING.pb}), oldest_first=True)
+    assert ids(store.query_jobs(pending).jobs) == ["j-00", "j-04", "j-08"]
+
+
+def test_paging_visits_every_job_once(store: Datastore) -> None:
+    jobs = populate(store)
+    queries = [
+        JobQuery(),
+        JobQuery(states=frozenset({JobState.RUNNING.pb})),
+        JobQuery(states=frozenset({JobState.PENDING.pb, JobState.COMPLETED.pb})),
+        JobQuery(client_id="bob"),
+        JobQuery(labels={"team": "red"}),
+        JobQuery(client_id="nobody"),
+    ]
+    for base in queries:
+        want = expected(jobs, base.matches)
+        for oldest_first in (False, True):
+            whole = want[::-1] if oldest_first else want
+            for limit in range(1, len(jobs) + 2):
+                pages = read_pages(store, base, oldest_first=oldest_first, limit=limit)
+                where = (base, oldest_first, limit)
+                assert [job_id for page in pages for job_id in page] == whole, where
+                assert len(pages) == max(1, -(-len(whole) // limit)), where
+                assert all(len(page) == limit for page in pages[:-1]), where
+
+
+def read_pages(
+    store: Datastore, base: JobQuery, *, oldest_first: bool, limit: int
+) -> list[list[str]]:
+    """Every page of `base`, following the cursors until the last page says there is no more."""
+    pages: list[list[str]] = []
+    cursor = ""
+    while True:
+        query = JobQuery(
+            base.states, base.client_id, base.labels, oldest_first, limit=limit, cursor=cursor
+        )
+        page = store.query_jobs(query)
+        pages.append(ids(page.jobs))
+        cursor = page.next_cursor
+        if not cursor:
+            return pages
+        assert len(pages) <= 100, "the cursor does not move on"
+
+
+def test_paging_while_jobs_are_added(store: Datastore) -> None:
+    populate(store)
+    seen: list[str] = []
+    page = store.query_jobs(JobQuery(limit=4))
+    seen += ids(page.jobs)
+    # New jobs land before, at and after the cursor's place.
+    assert page.jobs[-1].id == "j-08" and page.jobs[-1].create_time_unix_nano == 102
+    create(
+        store,
+        new_job("n-099", created=99),
+        new_job("a-102", created=102),  # the cursor's time, an ID before it: still to come
+        new_job("z-102", created=102),  # the cursor's time, an ID after it: already passed
+        new_job("n-200", created=200),
+    )
+    while page.next_cursor:
+        page = store.query_jobs(JobQuery(limit=4, cursor=page.next_cursor))
+        seen += ids(page.jobs)
+    assert [j for j in seen if j.startswith("j-")] == [f"j-{i:02d}" for i in reversed(range(12))]
+    assert len(seen) == len(set(seen))
+    assert {j for j in seen if not j.startswith("j-")} == {"n-099", "a-102"}
+
+
+def test_count_jobs(store: Datastore) -> None:
+    assert store.count_jobs(JobQuery()) == 0
+    populate(store)
+    assert store.count_jobs(JobQuery()) == 12
+    assert store.count_jobs(JobQuery(states=frozenset({JobState.RUNNING.pb}))) == 3
+    assert store.count_jobs(JobQuery(client_id="alice", labels={"team": "red"})) == 2
+    # Paging does not change the count.
+    assert store.count_jobs(JobQuery(limit=2, oldest_first=True)) == 12
+    move(store, "j-00", JobState.RUNNING)
+    assert store.count_jobs(JobQuery(states=frozenset({JobState.RUNNING.pb}))) == 4
+    assert store.count_jobs(JobQuery(states=frozenset({JobState.PENDING.pb}))) == 2
+
+
+def test_count_jobs_by_state_has_no_zero_entries(store: Datastore) -> None:
+    create(store, new_job("j-1", created=1), new_job("j-2", created=2))
+    assert store.count_jobs_by_state() == {JobState.PENDING.pb: 2}
+    move(store, "j-1", JobState.RUNNING)
+    move(store, "j-2", JobState.RUNNING)
+    assert store.count_jobs_by_state() == {JobState.RUNNING.pb: 2}
+    move(store, "j-1", JobState.COMPLETED)
+    assert store.count_jobs_by_state() == {JobState.RUNNING.pb: 1, JobState.COMPLETED.pb: 1}
+
+
+def active_ids(tx: Tx) -> list[str]:
+    return sorted(ids(tx.active_jobs()))
+
+
+def test_active_jobs(store: Datastore) -> None:
+    assert write(store, active_ids) == []
+    create(
+        store,
+        new_job("j-1", created=1),
+        new_job("j-2", created=2, state=JobState.RUNNING),
+        new_job("j-3", created=3, state=JobState.COMPLETED),
+        new_job("j-4", created=4, state=JobState.FAILED),
+        new_job("j-5", created=5, state=JobState.CANCELLED),
+    )
+    assert write(store, active_ids) == ["j-1", "j-2"]
+
+    # A transaction sees its own changes.
+    def changes(tx: Tx) -> list[str]:
+        tx.put_job(new_job("j-6", created=6))
+        job = tx.get_job("j-2")
+        set_job_state(job, JobState.COMPLETED)
+        tx.put_job(job)
+        job = tx.get_job("j-1")
+        set_job_state(job, JobState.RUNNING)
+        tx.put_job(job)
+        return ids(tx.active_jobs())
+
+    got = write(store, changes)
+    assert isinstance(got, list) and sorted(got) == ["j-1", "j-6"]
+
+    # ...and not those of a function that failed.
+    def fails(tx: Tx) -> None:
+        tx.put_job(new_job("j-7", created=7))
+        raise Boom
+
+    with pytest.raises(Boom):
+        write(store, fails)
+    assert write(store, active_ids) == ["j-1", "j-6"]
+
+
+def test_texts_are_clipped(store: Datastore) -> None:
+    long = "head" + "x" * MAX_TEXT + "tail"
+    clipped = "…" + long[-(MAX_TEXT - 1) :]
+    exact = "y" * MAX_TEXT
+
+    def fn(tx: Tx) -> None:
+        job = new_job("j-1", created=1)
+        job.message = long
+        tx.put_job(job)
+        job2 = new_job("j-2", created=2)
+        job2.message = exact
+        tx.put_job(job2)
+        tx.add_event(types_pb2.Event(job_id="j-1", type="Long", detail=long))
+        tx.add_event(types_pb2.Event(job_id="j-1", type="Exact", detail=exact))
+        record = local("e-1")
+        record.execution.message = long
+        record.execution.stderr_tail = long
+        tx.put_local(record)
+
+    write(store, fn)
+    assert store.get_job("j-1").message == clipped
+    assert len(clipped) == MAX_TEXT
+    assert store.get_job("j-2").message == exact
+    assert [e.detail for e in store.events("j-1")] == [clipped, exact]
+    record = store.get_local("e-1")
+    assert record is not None
+    assert record.execution.message == clipped and record.execution.stderr_tail == clipped
+
+    # An update clips too.
+    def update(tx: Tx) -> None:
+        job = tx.get_job("j-2")
+        set_job_state(job, JobState.FAILED, message=long)
+        tx.put_job(job)
+
+    write(store, update)
+    assert store.get_job("j-2").message == clipped
+
+
+@lmdb_bug(
+    "lmdbstore.py _Tx.put_job builds index keys from the new job and adds the time/client keys "
+    "only for a new job: an update that changes create_time_unix_nano or client_id leaves stale "
+    "index entries (active_jobs lists the job twice, the new client finds nothing)"
+)
+def test_an_update_that_changes_indexed_fields_keeps_listings_right(store: Datastore) -> None:
+    create(store, new_job("j-1", created=5, client_id="a"))
+
+    def fn(tx: Tx) -> None:
+        job = tx.get_job("j-1")
+        job.client_id = "b"
+        job.create_time_unix_nano = 7
+        set_job_state(job, JobState.RUNNING)
+        tx.put_job(job)
+
+    # Either refused (the fields are fixed at creation) or listed by the new values.
     try:
-        assert store_summary(second) == {
-            "jobs": [("j-2", 2, JobState.RUNNING.pb), ("j-1", 1, JobState.PENDING.pb)],
-            "events": {"j-1": [1, 2], "j-2": [1]},
-            "counts": {JobState.PENDING.pb: 1, JobState.RUNNING.pb: 1},
-            "local": ["e-1"],
-        }
-        # Sequence numbers and revisions carry on where they stopped.
-        assert write(second, lambda tx: tx.add_event(event("j-1", "Again")).seq) == 3
-        assert move(second, "j-2", JobState.COMPLETED).revision == 3
-    finally:
-        second.close()
+        write(store, fn)
+    except DatastoreError:
+        client, created = "a", 5
+    else:
+        client, created = "b", 7
+    job = store.get_job("j-1")
+    assert (job.client_id, job.create_time_unix_nano) == (client, created)
+    assert ids(store.query_jobs(JobQuery(client_id=client)).jobs) == ["j-1"]
+    assert store.query_jobs(JobQuery(client_id="b" if client == "a" else "a")).jobs == []
+    assert store.count_jobs(JobQuery(client_id=client)) == 1
+    assert write(store, lambda tx: ids(tx.active_jobs())) == ["j-1"]
+    state = JobQuery(states=frozenset({job.state}))
+    assert ids(store.query_jobs(state).jobs) == ["j-1"]
 
 
-def store_summary(store: LmdbDatastore) -> dict[str, object]:
-    jobs = store.list_jobs(active_only=False, limit=0)
-    return {
-        "jobs": [(j.id, j.revision, j.state) for j in jobs],
-        "events": {j.id: [e.seq for e in store.events(j.id)] for j in jobs},
-        "counts": nonzero(store.count_jobs_by_state()),
-        "local": [r.execution.id for r in store.list_local()],
-    }
+# -- lifetime --------------------------------------------------------------------------------
 
 
-def test_close_finishes_queued_writes(tmp_path: Path) -> None:
-    path = tmp_path / "db"
-    store = LmdbDatastore(path)
+def test_close_finishes_queued_writes(store: Datastore) -> None:
     futures: list[Future[None]] = [
         store.submit(put_job(new_job(f"j-{i:02d}", created=i + 1))) for i in range(50)
     ]
     store.close()
     assert all(f.done() and f.exception() is None for f in futures)
-    reopened = LmdbDatastore(path)
-    try:
-        assert len(reopened.list_jobs(active_only=False, limit=0)) == 50
-    finally:
-        reopened.close()
 
 
-def test_submit_after_close_fails(tmp_path: Path) -> None:
-    store = LmdbDatastore(tmp_path / "db")
+def test_submit_after_close_fails(store: Datastore) -> None:
     store.close()
     store.close()  # a second close is harmless
     ran: list[int] = []
@@ -534,73 +917,3 @@ def test_submit_after_close_fails(tmp_path: Path) -> None:
     with pytest.raises(DatastoreError, match="closed"):
         fut.result(timeout=TIMEOUT)
     assert ran == []
-
-
-def test_opening_an_unusable_path_is_a_datastore_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_bytes(b"not a directory")
-    with pytest.raises(DatastoreError):
-        LmdbDatastore(blocker / "db")
-
-
-CHILD = """
-import sys
-from bacalhau._pb.bacalhau.v1 import types_pb2
-from bacalhau.datastore import LmdbDatastore
-
-store = LmdbDatastore(sys.argv[1])
-i = 0
-while True:
-    futures = []
-    for _ in range(8):  # several in flight, so that some commits are groups
-        i += 1
-        job = types_pb2.Job(id=f"j-{i:06d}", state=1, create_time_unix_nano=i)
-        futures.append((job.id, store.submit(lambda tx, job=job: tx.put_job(job))))
-    for job_id, fut in futures:
-        fut.result()
-        print(job_id, flush=True)
-"""
-
-
-def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    path = tmp_path / "db"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    # A watchdog, so that a child that hangs fails the test instead of stalling it.
-    watchdog = threading.Timer(60.0, proc.kill)
-    watchdog.start()
-    printed: list[str] = []
-    try:
-        assert proc.stdout is not None
-        while len(printed) < 100:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            printed.append(line.decode().strip())
-        assert len(printed) >= 100, proc.stderr.read().decode() if proc.stderr else ""
-        proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    printed += rest.decode().split()
-
-    reopened = LmdbDatastore(path)
-    try:
-        for job_id in printed:
-            assert reopened.get_job(job_id).revision == 1
-        stored = {j.id for j in reopened.list_jobs(active_only=False, limit=0)}
-        assert set(printed) <= stored
-        # Nothing half-written: the counters match the jobs that are there.
-        assert nonzero(reopened.count_jobs_by_state()) == {JobState.PENDING.pb: len(stored)}
-    finally:
-        reopened.close()

@@ -30,11 +30,12 @@ from bacalhau.errors import BacalhauError
 from bacalhau.executor import Executor
 from bacalhau.executor.base import RunRequest, RunResult
 from bacalhau.models import ExecutionState, now_ns, pb, set_execution_state
-from bacalhau.network import Network, fetch_blocks, missing, store_blocks
+from bacalhau.network import Network, fetch_dag, rpc_error_line
 
 log = logging.getLogger(__name__)
 E = ExecutionState
 _OFFER_TTL_S = 300.0
+_FETCH_PATIENCE_S = 30.0
 _PRUNE_AT = 1024
 
 
@@ -272,7 +273,7 @@ class Compute:
             if not isinstance(e, BacalhauError):
                 log.exception("execution %s failed", ex.id)
             with contextlib.suppress(Exception):
-                await self._advance(record, E.FAILED, message=str(e) or type(e).__name__)
+                await self._advance(record, E.FAILED, message=rpc_error_line(e))
         finally:
             self._cancels.pop(ex.id, None)
 
@@ -316,12 +317,8 @@ class Compute:
 
     async def _fetch_module(self, cid_text: str, requester: str, path: Path) -> Path:
         root = bytes(CID.parse(cid_text))
-        if await asyncio.to_thread(missing, self._blocks, root):
-            channel = self._net.channel_to(requester)
-            if channel is None:
-                raise BacalhauError(f"cannot fetch module {cid_text}: requester is not connected")
-            blocks = await fetch_blocks(channel, [root], recursive=True)
-            await asyncio.to_thread(store_blocks, self._blocks, blocks, root)
+        # The requester may be restarting: give it the time a lost node gets to come back.
+        await fetch_dag(self._net, self._blocks, root, [requester], patience_s=_FETCH_PATIENCE_S)
 
         def write() -> Path:
             tmp = path.with_suffix(f".{threading.get_ident()}.tmp")

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bacalhau.network.blocks import fetch_blocks, missing, serve_blocks, store_blocks
+from bacalhau.network.blocks import (
+    fetch_blocks,
+    fetch_dag,
+    missing,
+    rpc_error_line,
+    serve_blocks,
+    store_blocks,
+)
 from bacalhau.network.peers import CHANNEL_OPTIONS, Network, PeerProtocolError
 
 __all__ = [
@@ -10,7 +17,9 @@ __all__ = [
     "Network",
     "PeerProtocolError",
     "fetch_blocks",
+    "fetch_dag",
     "missing",
+    "rpc_error_line",
     "serve_blocks",
     "store_blocks",
 ]

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import dag
+from bacalhau.content.cid import CID
 from bacalhau.content.dag import check_block
 from bacalhau.content.errors import ContentError, NotFound
+
+if TYPE_CHECKING:
+    from bacalhau.network.peers import Network
 
 _BATCH_BYTES = 4 << 20
 
@@ -74,6 +78,57 @@ def missing(store: Blockstore, root: bytes) -> bool:
     except (NotFound, ContentError):
         return True
     return False
+
+
+def rpc_error_line(e: BaseException) -> str:
+    """A gRPC or other error as one line."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        details = (e.details() or "").splitlines()
+        return f"{e.code().name.lower()}: {details[0] if details else 'no details'}"
+    lines = str(e).splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+async def fetch_dag(
+    net: Network,
+    store: Blockstore,
+    root: bytes,
+    holders: list[str],
+    *,
+    patience_s: float = 0.0,
+) -> None:
+    """Make the DAG under `root` local, asking `holders` first, then every connected peer.
+
+    Keeps trying (backing off) for `patience_s` seconds while no peer can send it, so a
+    holder that restarts or reconnects meanwhile still serves it. Raises NotFound with each
+    peer's answer once out of patience.
+    """
+    if not await asyncio.to_thread(missing, store, root):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    backoff = 0.1
+    while True:
+        errors = []
+        for node_id in dict.fromkeys([*holders, *net.connected()]):
+            channel = net.channel_to(node_id) if net.is_connected(node_id) else None
+            if channel is None or node_id == net.node_id:
+                errors.append(f"{node_id[-8:]}: not connected")
+                continue
+            try:
+                blocks = await fetch_blocks(channel, [root], recursive=True)
+            except (grpc.RpcError, ContentError) as e:
+                errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
+                continue
+            await asyncio.to_thread(store_blocks, store, blocks, root)
+            return
+        if loop.time() >= deadline:
+            raise NotFound(
+                f"{CID.from_bytes(root)} is not on this node and no peer could send it",
+                hint="; ".join(errors) or "no peer is connected",
+            )
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 2.0)
 
 
 def store_blocks(store: Blockstore, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:

@@ -19,13 +19,11 @@ from bacalhau.api import ClientServicer, PeerServicer
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute import Compute, ComputeConfig
 from bacalhau.content.cid import CID
-from bacalhau.content.errors import NotFound
 from bacalhau.datastore import LmdbDatastore
-from bacalhau.errors import BacalhauError
 from bacalhau.executor import get_executor
 from bacalhau.identity import Identity
 from bacalhau.models import JobState
-from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_blocks, missing, store_blocks
+from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_dag
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
 from bacalhau.requester import Requester
 from bacalhau.version import __version__
@@ -157,7 +155,7 @@ class Node:
         kind = msg.WhichOneof("body")
         if kind in ("bid", "execution_update"):
             self.requester.handle(sender, msg)
-        elif kind in ("announce", "bid_decision", "result_decision", "cancel"):
+        elif kind in ("announce", "bid_decision", "result_decision", "cancel", "sync"):
             self.compute.handle(sender, msg)
 
     def _start_metrics(self) -> None:
@@ -198,25 +196,8 @@ class Node:
     async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
         """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing."""
         root = bytes(CID.parse(cid_text))
-        if not await asyncio.to_thread(missing, self.blockstore, root):
-            return root
-        errors = []
-        for node_id in [*holders, *self.network.connected()]:
-            channel = self.network.channel_to(node_id)
-            if channel is None:
-                errors.append(f"{node_id[-8:]}: not connected")
-                continue
-            try:
-                blocks = await fetch_blocks(channel, [root], recursive=True)
-            except (grpc.RpcError, BacalhauError) as e:
-                errors.append(f"{node_id[-8:]}: {e}")
-                continue
-            await asyncio.to_thread(store_blocks, self.blockstore, blocks, root)
-            return root
-        raise NotFound(
-            f"{cid_text} is not on this node and no peer could send it",
-            hint="; ".join(errors) or "no peer is connected",
-        )
+        await fetch_dag(self.network, self.blockstore, root, holders)
+        return root
 
     async def wait_final(self, job_id: str) -> Any:
         """The job once it is completed, failed or cancelled."""

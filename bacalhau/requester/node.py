@@ -386,6 +386,10 @@ class Requester:
             ex.result_cid = u.result_cid or ex.result_cid
             ex.stderr_tail = u.stderr_tail or ex.stderr_tail
             outgoing: list[tuple[str, Any]] = []
+            if current == E.BID_ACCEPTED and state == E.RESULT_PROPOSED:
+                # The "running" report was lost (this node restarted meanwhile).
+                set_execution_state(ex, E.RUNNING)
+                tx.add_event(event(job, "ExecutionRunning", ex))
             if state == E.RESULT_PROPOSED:
                 set_execution_state(ex, E.RESULT_PROPOSED)
                 tx.add_event(event(job, "ResultProposed", ex, u.result_cid))

@@ -3,6 +3,7 @@
 ;;                  result.txt in the first preopened folder (fd 3: /outputs by default)
 ;;   echo fail      prints "failing as asked" to stderr and exits with code 3
 ;;   echo spin      loops forever (until timed out or cancelled)
+;;   echo slow ...  counts down from 50,000,000 first (a fraction of a second), then echoes
 ;; Build: python -c "import wasmtime,sys; sys.stdout.buffer.write(wasmtime.wat2wasm(open('echo.wat').read()))" > echo.wasm
 (module
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
@@ -42,7 +43,13 @@
             (call $write (i32.const 2) (i32.const 80) (i32.const 17))
             (call $proc_exit (i32.const 3))))
         (if (call $is (local.get $start) (i32.const 0x6e697073))  ;; "spin"
-          (then (loop $forever (br $forever))))))
+          (then (loop $forever (br $forever))))
+        (if (call $is (local.get $start) (i32.const 0x776f6c73))  ;; "slow"
+          (then
+            (local.set $i (i32.const 50000000))
+            (loop $count
+              (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+              (br_if $count (local.get $i)))))))
     ;; The arguments are NUL-terminated and contiguous: NULs become spaces, the last a newline.
     (local.set $i (local.get $start))
     (block $done

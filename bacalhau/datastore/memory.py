@@ -1,0 +1,267 @@
+"""An in-memory `Datastore` for unit tests: the LMDB store's semantics, nothing on disk.
+
+Like the LMDB store, writes queue up for one writer thread, which runs everything queued as a
+group: each function writes into its own layer of changes on top of the group's, so one that
+raises leaves no trace; the group's layer is applied under a lock, then the futures resolve and
+the listeners hear the group's events. Stored records are copies, never the caller's objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import struct
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
+from bacalhau.datastore.base import (
+    ACTIVE_JOB_STATES,
+    AmbiguousID,
+    Conflict,
+    DatastoreError,
+    JobNotFound,
+    JobPage,
+    JobQuery,
+    Tx,
+    clip,
+)
+from bacalhau.models import now_ns
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_BE64 = struct.Struct(">Q")
+_MAX_GROUP = 256  # functions per group, as in the LMDB store
+_STOP = object()
+
+
+def _order_key(job: types_pb2.Job) -> bytes:
+    """Where a job sorts, and its cursor: the LMDB store's time-index key."""
+    return _BE64.pack(job.create_time_unix_nano) + job.id.encode()
+
+
+@dataclass
+class _Layer:
+    """Records written by a function, a group, or (the bottom layer) everything committed."""
+
+    jobs: dict[str, types_pb2.Job] = field(default_factory=dict)
+    events: dict[str, list[types_pb2.Event]] = field(default_factory=dict)
+    local: dict[str, records_pb2.LocalExecution] = field(default_factory=dict)
+
+    def absorb(self, other: _Layer) -> None:
+        self.jobs.update(other.jobs)
+        for job_id, events in other.events.items():
+            self.events.setdefault(job_id, []).extend(events)
+        self.local.update(other.local)
+
+
+class _Tx:
+    """A `Tx` over a stack of layers; it writes only into the top one."""
+
+    def __init__(self, layers: list[_Layer]) -> None:
+        self._layers = layers
+        self.own = layers[-1]
+        self.events: list[types_pb2.Event] = []
+
+    def _find(self, job_id: str) -> types_pb2.Job | None:
+        for layer in reversed(self._layers):
+            if job_id in layer.jobs:
+                return layer.jobs[job_id]
+        return None
+
+    def get_job(self, job_id: str) -> types_pb2.Job:
+        job = self._find(job_id) if job_id else None
+        if job is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return copy.deepcopy(job)
+
+    def put_job(self, job: types_pb2.Job) -> None:
+        if not job.id:
+            raise DatastoreError("a job needs an ID")
+        old = self._find(job.id)
+        stored_revision = old.revision if old is not None else 0
+        if job.revision != stored_revision or (old is None) != (job.revision == 0):
+            raise Conflict(
+                f"job {job.id} changed meanwhile (revision {stored_revision}, "
+                f"the update was based on {job.revision})"
+            )
+        job.message = clip(job.message)
+        job.revision += 1
+        self.own.jobs[job.id] = copy.deepcopy(job)
+
+    def add_event(self, event: types_pb2.Event) -> types_pb2.Event:
+        event.seq = sum(len(layer.events.get(event.job_id, ())) for layer in self._layers) + 1
+        event.detail = clip(event.detail)
+        if not event.time_unix_nano:
+            event.time_unix_nano = now_ns()
+        self.own.events.setdefault(event.job_id, []).append(copy.deepcopy(event))
+        self.events.append(event)
+        return event
+
+    def active_jobs(self) -> list[types_pb2.Job]:
+        jobs: dict[str, types_pb2.Job] = {}
+        for layer in self._layers:
+            jobs.update(layer.jobs)
+        active = [job for job in jobs.values() if job.state in ACTIVE_JOB_STATES]
+        active.sort(key=lambda job: (job.state, _order_key(job)))  # the LMDB store's order
+        return [copy.deepcopy(job) for job in active]
+
+    def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
+        for layer in reversed(self._layers):
+            if execution_id in layer.local:
+                return copy.deepcopy(layer.local[execution_id])
+        return None
+
+    def put_local(self, record: records_pb2.LocalExecution) -> None:
+        record.execution.message = clip(record.execution.message)
+        record.execution.stderr_tail = clip(record.execution.stderr_tail)
+        self.own.local[record.execution.id] = copy.deepcopy(record)
+
+
+class MemoryDatastore:
+    """`Datastore` in memory, for tests; everything is lost when it is dropped."""
+
+    def __init__(self) -> None:
+        self._committed = _Layer()  # changed only by the writer thread, under the lock
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # so that nothing is queued behind _STOP
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._listeners: list[Callable[[Iterable[types_pb2.Event]], None]] = []
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="memory-datastore-writer")
+        self._writer.daemon = True
+        self._writer.start()
+
+    # -- writes -------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[Tx], T]) -> Future[T]:
+        fut: Future[T] = Future()
+        with self._submit_lock:
+            if self._closed:
+                fut.set_exception(DatastoreError("the datastore is closed"))
+            else:
+                self._queue.put((fn, fut))
+        return fut
+
+    def add_listener(self, fn: Callable[[Iterable[types_pb2.Event]], None]) -> None:
+        self._listeners.append(fn)
+
+    def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            group = [self._queue.get()]
+            while len(group) < _MAX_GROUP and group[-1] is not _STOP:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if group[-1] is _STOP:
+                stop = True
+                group.pop()
+            self._commit_group([(f, fut) for f, fut in group if fut.set_running_or_notify_cancel()])
+
+    def _commit_group(self, group: list[tuple[Callable[[Tx], Any], Future[Any]]]) -> None:
+        pending = _Layer()
+        outcomes: list[tuple[Future[Any], bool, Any]] = []
+        events: list[types_pb2.Event] = []
+        for fn, fut in group:
+            tx = _Tx([self._committed, pending, _Layer()])
+            try:
+                value = fn(tx)
+            except BaseException as e:  # as in the LMDB store: the future carries it
+                outcomes.append((fut, False, e))
+            else:
+                pending.absorb(tx.own)
+                outcomes.append((fut, True, value))
+                events.extend(tx.events)
+        with self._lock:
+            self._committed.absorb(pending)
+        for fut, ok, value in outcomes:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        if events:
+            for listener in self._listeners:
+                try:
+                    listener(events)
+                except Exception:  # a listener's failure must not stop the writer
+                    log.exception("datastore listener failed")
+
+    # -- reads (stored objects are never changed, only replaced, so copies may be taken
+    # outside the lock) ----------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> types_pb2.Job:
+        with self._lock:
+            job = self._committed.jobs.get(job_id) if job_id else None
+            if job is None and job_id:
+                matches = [k for k in self._committed.jobs if k.startswith(job_id)]
+                if len(matches) > 1:
+                    raise AmbiguousID(
+                        f"job ID prefix {job_id!r} matches more than one job",
+                        hint="give more of the ID",
+                    )
+                job = self._committed.jobs[matches[0]] if matches else None
+        if job is None:
+            raise JobNotFound(
+                f"job {job_id} not found on this node",
+                hint="'bacalhauctl list --all' shows the jobs it knows",
+            )
+        return copy.deepcopy(job)
+
+    def _matching(self, query: JobQuery) -> list[tuple[bytes, types_pb2.Job]]:
+        with self._lock:
+            jobs = list(self._committed.jobs.values())
+        return sorted(((_order_key(j), j) for j in jobs if query.matches(j)), key=lambda p: p[0])
+
+    def query_jobs(self, query: JobQuery) -> JobPage:
+        keyed = self._matching(query)
+        if not query.oldest_first:
+            keyed.reverse()
+        if query.cursor:
+            after = bytes.fromhex(query.cursor)
+            keyed = [(k, j) for k, j in keyed if (k > after if query.oldest_first else k < after)]
+        page = keyed[: query.limit] if query.limit else keyed
+        more = len(page) < len(keyed)
+        return JobPage([copy.deepcopy(j) for _, j in page], page[-1][0].hex() if more else "")
+
+    def list_jobs(self, *, active_only: bool, limit: int) -> list[types_pb2.Job]:
+        states = ACTIVE_JOB_STATES if active_only else frozenset()
+        return self.query_jobs(JobQuery(states=states, limit=limit)).jobs
+
+    def count_jobs(self, query: JobQuery) -> int:
+        return len(self._matching(query))
+
+    def events(self, job_id: str, after_seq: int = 0) -> list[types_pb2.Event]:
+        with self._lock:
+            events = list(self._committed.events.get(job_id, ()))
+        return [copy.deepcopy(e) for e in events if e.seq > after_seq]
+
+    def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
+        with self._lock:
+            record = self._committed.local.get(execution_id)
+        return None if record is None else copy.deepcopy(record)
+
+    def list_local(self) -> list[records_pb2.LocalExecution]:
+        with self._lock:
+            records = sorted(self._committed.local.items(), key=lambda kv: kv[0].encode())
+        return [copy.deepcopy(record) for _, record in records]
+
+    def count_jobs_by_state(self) -> dict[int, int]:
+        with self._lock:
+            return dict(Counter(job.state for job in self._committed.jobs.values()))
+
+    def close(self) -> None:
+        """Finish queued writes, then refuse new ones."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._writer.join()
