@@ -46,14 +46,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datastore]
     s.close()
 
 
-def lmdb_bug(reason: str) -> pytest.MarkDecorator:
-    """Run the test on every store, expecting it to fail (strictly) on LMDB only."""
-    xfail = pytest.mark.xfail(strict=True, reason=reason)
-    return pytest.mark.parametrize(
-        "store", [pytest.param("lmdb", marks=xfail), "memory"], indirect=True
-    )
-
-
 def new_job(
     job_id: str,
     created: int,
@@ -866,11 +858,6 @@ def test_texts_are_clipped(store: Datastore) -> None:
     assert store.get_job("j-2").message == clipped
 
 
-@lmdb_bug(
-    "lmdbstore.py _Tx.put_job builds index keys from the new job and adds the time/client keys "
-    "only for a new job: an update that changes create_time_unix_nano or client_id leaves stale "
-    "index entries (active_jobs lists the job twice, the new client finds nothing)"
-)
 def test_an_update_that_changes_indexed_fields_keeps_listings_right(store: Datastore) -> None:
     create(store, new_job("j-1", created=5, client_id="a"))
 

@@ -20,7 +20,7 @@ import pytest
 
 from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
 from bacalhau.datastore import DatastoreError, JobNotFound, LmdbDatastore, Tx
-from bacalhau.datastore.base import SCHEMA_VERSION, Conflict, JobQuery, SchemaError
+from bacalhau.datastore.base import SCHEMA_VERSION, JobQuery, SchemaError
 from bacalhau.models import JobState
 from tests.test_datastore import TIMEOUT, create, event, move, new_job, nonzero, put_job, write
 
@@ -104,12 +104,6 @@ def test_close_writes_queued_writes_to_disk(tmp_path: Path) -> None:
         reopened.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=lmdb.Error,
-    reason="lmdbstore.py _ReadTxn.__enter__ (self._store._env.begin()): reads on a closed store "
-    "raise lmdb.Error('Attempt to operate on closed/deleted/dropped object.'), not DatastoreError",
-)
 def test_reads_after_close_raise_a_datastore_error(tmp_path: Path) -> None:
     store = LmdbDatastore(tmp_path / "db")
     create(store, new_job("j-1", created=1))
@@ -153,13 +147,6 @@ def test_the_map_grows_when_full(tmp_path: Path) -> None:
         reopened.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Conflict,
-    reason="lmdbstore.py _commit_group (lines ~276-277): on MapFullError the whole group is run "
-    "again, but put_job has already bumped the revision of the caller's job (line ~119), so a "
-    "write of a job built before submit (as Requester.submit does) fails with Conflict",
-)
 def test_the_map_grows_under_writes_of_jobs_built_before_submit(tmp_path: Path) -> None:
     store = LmdbDatastore(tmp_path / "db", map_size=1 << 20)
     try:
@@ -208,11 +195,6 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     assert info.value.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lmdbstore.py __init__ line ~182 opens (creates) all named databases before "
-    "_check_schema refuses the newer schema, so the newer version's directory is written to",
-)
 def test_a_newer_schema_directory_is_left_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "db"
     write_newer_schema(path)
@@ -362,12 +344,6 @@ def fill(directory: Path, leave: int = 0) -> None:
         os.truncate(filler, max(filler.stat().st_size - leave, 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lmdbstore.py _commit_group (the 'No space' / lmdb.DiskError check): a write larger "
-    "than the free space is a short write, which LMDB reports as EIO ('mdb_txn_commit: "
-    "Input/output error', a plain lmdb.Error), so the user gets no 'disk full' message or hint",
-)
 def test_a_write_larger_than_the_free_space_says_disk_full(small_disk: Path) -> None:
     store = LmdbDatastore(small_disk / "db")
     try:
@@ -397,12 +373,6 @@ except DatastoreError as e:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lmdbstore.py __init__ (lmdb.open): in a new directory on a full disk LMDB maps its "
-    "fresh, sparse lock.mdb and touching it kills the process with SIGBUS ('Bus error') "
-    "instead of raising DatastoreError",
-)
 def test_opening_a_new_datastore_on_a_full_disk_is_a_datastore_error(small_disk: Path) -> None:
     fill(small_disk)
     # In a child process: what goes wrong here kills the process.

@@ -20,6 +20,7 @@ group retried; the environment is opened with a large sparse map, so that is rar
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import struct
 import threading
@@ -69,6 +70,15 @@ def _time_key(job: types_pb2.Job) -> bytes:
     return _BE64.pack(job.create_time_unix_nano) + job.id.encode()
 
 
+def _index_keys(job: types_pb2.Job) -> dict[bytes, bytes]:
+    """The index entries of `job`: index name -> key."""
+    tkey = _time_key(job)
+    keys = {b"jobs_time": tkey, b"jobs_state": _state_prefix(job.state) + tkey}
+    if job.client_id:
+        keys[b"jobs_client"] = _client_prefix(job.client_id) + tkey
+    return keys
+
+
 def _state_prefix(state: int) -> bytes:
     return _BE32.pack(state)
 
@@ -84,6 +94,7 @@ class _Tx:
         self._s = store
         self._txn = txn
         self.events: list[types_pb2.Event] = []
+        self.bumped: list[tuple[types_pb2.Job, int]] = []
 
     def get_job(self, job_id: str) -> types_pb2.Job:
         raw = self._txn.get(job_id.encode(), db=self._s._db[b"jobs"]) if job_id else None
@@ -104,18 +115,21 @@ class _Tx:
                 f"job {job.id} changed meanwhile (revision {stored_revision}, "
                 f"the update was based on {job.revision})"
             )
-        tkey = _time_key(job)
-        if old is None:
-            self._txn.put(tkey, b"", db=db[b"jobs_time"])
-            if job.client_id:
-                self._txn.put(_client_prefix(job.client_id) + tkey, b"", db=db[b"jobs_client"])
+        old_keys = _index_keys(old) if old is not None else {}
+        new_keys = _index_keys(job)
+        for index, ikey in old_keys.items():
+            if new_keys.get(index) != ikey:
+                self._txn.delete(ikey, db=db[index])
+        for index, ikey in new_keys.items():
+            if old_keys.get(index) != ikey:
+                self._txn.put(ikey, b"", db=db[index])
         if old is None or old.state != job.state:
             if old is not None:
-                self._txn.delete(_state_prefix(old.state) + tkey, db=db[b"jobs_state"])
                 self._s._count(self._txn, old.state, -1)
-            self._txn.put(_state_prefix(job.state) + tkey, b"", db=db[b"jobs_state"])
             self._s._count(self._txn, job.state, +1)
         job.message = clip(job.message)
+        # The caller's record takes the new revision; undone if the group must run again.
+        self.bumped.append((job, job.revision))
         job.revision += 1
         self._txn.put(key, job.SerializeToString(), db=db[b"jobs"])
 
@@ -166,6 +180,8 @@ class LmdbDatastore:
         self.path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
+            if not (path / "data.mdb").exists():
+                _check_room(path)  # LMDB dies of SIGBUS if it cannot grow fresh files
             self._env = lmdb.open(
                 str(path), map_size=map_size, max_dbs=16, sync=sync, metasync=sync
             )
@@ -179,6 +195,7 @@ class LmdbDatastore:
         self._lock = threading.Lock()  # held by readers and by map growth (set_mapsize)
         try:
             self._refuse_foreign()
+            self._refuse_newer()
             self._db = {name: self._env.open_db(name) for name in _DBS}
             self._check_schema()
         except lmdb.Error as e:
@@ -188,6 +205,7 @@ class LmdbDatastore:
             self._env.close()
             raise
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._submit_lock = threading.Lock()
         self._listeners: list[Callable[[Iterable[types_pb2.Event]], None]] = []
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="datastore-writer")
@@ -227,6 +245,21 @@ class LmdbDatastore:
                 hint="point --data-dir at a bacalhau data directory or an empty folder",
             )
 
+    def _refuse_newer(self) -> None:
+        """Before writing anything: a schema newer than ours is refused."""
+        with self._env.begin() as txn:
+            if txn.get(b"meta") is None:
+                return  # a new environment
+        meta = self._env.open_db(b"meta", create=False)
+        with self._env.begin(db=meta) as txn:
+            raw = txn.get(_SCHEMA_KEY)
+        if raw is not None and len(raw) == 4 and _BE32.unpack(raw)[0] > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} was written by a newer bacalhaud (schema {_BE32.unpack(raw)[0]}; "
+                f"this one reads up to {SCHEMA_VERSION})",
+                hint="upgrade bacalhaud, or use another --data-dir",
+            )
+
     def _count(self, txn: lmdb.Transaction, state: int, delta: int) -> None:
         key = _BE32.pack(state)
         db = self._db[b"job_states"]
@@ -238,10 +271,11 @@ class LmdbDatastore:
 
     def submit(self, fn: Callable[[Tx], T]) -> Future[T]:
         fut: Future[T] = Future()
-        if self._closed:
-            fut.set_exception(DatastoreError("the datastore is closed"))
-            return fut
-        self._queue.put((fn, fut))
+        with self._submit_lock:
+            if self._closed:
+                fut.set_exception(DatastoreError("the datastore is closed"))
+            else:
+                self._queue.put((fn, fut))
         return fut
 
     def add_listener(self, fn: Callable[[Iterable[types_pb2.Event]], None]) -> None:
@@ -277,11 +311,14 @@ class LmdbDatastore:
                 self._grow()
             except lmdb.Error as e:
                 err = DatastoreError(f"datastore commit failed: {e}")
-                if isinstance(e, lmdb.DiskError) or "No space" in str(e):
+                if isinstance(e, lmdb.DiskError) or any(
+                    m in str(e) for m in ("No space", "Input/output error")
+                ):
                     err = DatastoreError(
-                        f"datastore commit failed: disk full ({e})",
+                        f"datastore commit failed: disk full or failing ({e})",
                         hint=f"free space on the disk holding {self.path}",
                     )
+                err.__cause__ = e
                 for _, fut in group:
                     fut.set_exception(err)
                 return
@@ -302,22 +339,31 @@ class LmdbDatastore:
     ) -> tuple[list[tuple[Future[Any], bool, Any]], list[types_pb2.Event]]:
         outcomes: list[tuple[Future[Any], bool, Any]] = []
         events: list[types_pb2.Event] = []
-        with self._env.begin(write=True) as txn:
-            for fn, fut in group:
-                child = self._env.begin(write=True, parent=txn)
-                tx = _Tx(self, child)
-                try:
-                    value = fn(tx)
-                except lmdb.MapFullError:
-                    child.abort()
-                    raise
-                except BaseException as e:
-                    child.abort()
-                    outcomes.append((fut, False, e))
-                else:
-                    child.commit()
-                    outcomes.append((fut, True, value))
-                    events.extend(tx.events)
+        txs: list[_Tx] = []
+        try:
+            with self._env.begin(write=True) as txn:
+                for fn, fut in group:
+                    child = self._env.begin(write=True, parent=txn)
+                    tx = _Tx(self, child)
+                    txs.append(tx)
+                    try:
+                        value = fn(tx)
+                    except lmdb.MapFullError:
+                        child.abort()
+                        raise
+                    except BaseException as e:
+                        child.abort()
+                        outcomes.append((fut, False, e))
+                    else:
+                        child.commit()
+                        outcomes.append((fut, True, value))
+                        events.extend(tx.events)
+        except lmdb.Error:
+            # Nothing was written: the callers' records go back to the revisions they had.
+            for tx in reversed(txs):
+                for job, revision in reversed(tx.bumped):
+                    job.revision = revision
+            raise
         return outcomes, events
 
     def _grow(self) -> None:
@@ -457,12 +503,14 @@ class LmdbDatastore:
 
     def close(self) -> None:
         """Finish queued writes, then close the environment."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._writer.join()
-        self._env.close()
+        with self._lock:
+            self._env.close()
 
 
 class _ReadTxn:
@@ -474,7 +522,12 @@ class _ReadTxn:
     def __enter__(self) -> lmdb.Transaction:
         self._store._lock.acquire()
         try:
+            if self._store._closed:
+                raise DatastoreError("the datastore is closed")
             self._txn = self._store._env.begin()
+        except lmdb.Error as e:
+            self._store._lock.release()
+            raise DatastoreError(f"cannot read the datastore: {e}") from e
         except BaseException:
             self._store._lock.release()
             raise
@@ -485,6 +538,18 @@ class _ReadTxn:
             self._txn.abort()
         finally:
             self._store._lock.release()
+
+
+_MIN_FREE = 1 << 20
+
+
+def _check_room(path: Path) -> None:
+    st = os.statvfs(path)
+    if st.f_bavail * st.f_frsize < _MIN_FREE:
+        raise DatastoreError(
+            f"cannot create a datastore in {path}: disk full",
+            hint=f"free some space on the disk holding {path}",
+        )
 
 
 def _successor(prefix: bytes) -> bytes:
