@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.errors import BacalhauError
@@ -50,12 +50,15 @@ class JobState(StrEnum):
     @property
     def pb(self) -> Any:
         """The protobuf enum value."""
-        return pb.JobState.Value("JOB_STATE_" + self.name)
+        return _JOB_PB[self]
 
     @classmethod
     def of(cls, value: int) -> JobState:
         """The state of a protobuf value; ValueError for UNSPECIFIED or unknown values."""
-        return _of(cls, pb.JobState, "JOB_STATE_", value)
+        try:
+            return _JOB_OF[value]
+        except KeyError:
+            raise ValueError(f"no JobState for {value}") from None
 
 
 class ExecutionState(StrEnum):
@@ -82,23 +85,25 @@ class ExecutionState(StrEnum):
     @property
     def pb(self) -> Any:
         """The protobuf enum value."""
-        return pb.ExecutionState.Value("EXECUTION_STATE_" + self.name)
+        return _EXEC_PB[self]
 
     @classmethod
     def of(cls, value: int) -> ExecutionState:
         """The state of a protobuf value; ValueError for UNSPECIFIED or unknown values."""
-        return _of(cls, pb.ExecutionState, "EXECUTION_STATE_", value)
+        try:
+            return _EXEC_OF[value]
+        except KeyError:
+            raise ValueError(f"no ExecutionState for {value}") from None
 
 
-S = TypeVar("S", JobState, ExecutionState)
-
-
-def _of(cls: type[S], pb_enum: Any, prefix: str, value: int) -> S:
-    name = pb_enum.Name(value).removeprefix(prefix)  # ValueError for an unknown number
-    if name not in cls.__members__:
-        raise ValueError(f"no {cls.__name__} for {value}")
-    return cls[name]
-
+# Looked up on every state check: plain dicts, not protobuf's name lookups. (Separate per
+# enum: members of both compare equal to their string values, e.g. "running".)
+_JOB_PB: dict[JobState, Any] = {s: pb.JobState.Value("JOB_STATE_" + s.name) for s in JobState}
+_JOB_OF: dict[int, JobState] = {int(v): s for s, v in _JOB_PB.items()}
+_EXEC_PB: dict[ExecutionState, Any] = {
+    s: pb.ExecutionState.Value("EXECUTION_STATE_" + s.name) for s in ExecutionState
+}
+_EXEC_OF: dict[int, ExecutionState] = {int(v): s for s, v in _EXEC_PB.items()}
 
 _JOB_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 _JOB_NEXT: dict[JobState, frozenset[JobState]] = {

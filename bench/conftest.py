@@ -74,3 +74,38 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
         rate = BATCH / MEDIANS["jobs_batch"]
         tr.write_line(f"{'jobs/s':>22}: {rate:8.0f} ({BATCH} submitted at once, 3 nodes)")
+    if "ds_raw_commit" in MEDIANS:
+        from bench.test_bench_datastore import DEEP, INFLIGHT, N_JOBS, THREADS
+
+        raw = MEDIANS["ds_raw_commit"]
+        tr.write_line(
+            f"{'raw LMDB commit p50':>22}: {raw * 1e3:8.3f} ms "
+            f"({1 / raw:.0f} synced commits/s, baseline)"
+        )
+        for name, label in (
+            ("ds_tx_serial", "transition 1 at a time"),
+            ("ds_tx_threads", f"transitions, {THREADS} threads"),
+            ("ds_tx_inflight", f"{INFLIGHT} in flight at once"),
+        ):
+            if name in MEDIANS:
+                rate = 1 / MEDIANS[name]
+                group = MEDIANS.get(name + "_group", 0.0)
+                tr.write_line(
+                    f"{label:>22}: {rate:8.0f} synced transitions/s "
+                    f"({rate * raw:.2f}x raw commits/s; {MEDIANS[name] * 1e3:.3f} ms each; "
+                    f"{group:.1f} per commit)"
+                )
+        for name, label in (
+            ("ds_page_first", "page 1 (20 newest)"),
+            ("ds_page_deep", f"page past {DEEP}"),
+            ("ds_page_failed", "page, state=failed"),
+            ("ds_page_active", "page, active (no idx)"),
+            ("ds_describe", "describe (job+events)"),
+            ("ds_get_prefix", "get_job by ID prefix"),
+            ("ds_all_active", "all active, no limit"),
+        ):
+            if name in MEDIANS:
+                tr.write_line(
+                    f"{label:>22}: {MEDIANS[name] * 1e3:8.3f} ms p50, "
+                    f"{RESULTS[name] * 1e3:.3f} ms mean (of {N_JOBS} jobs)"
+                )

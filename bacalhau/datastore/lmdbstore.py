@@ -19,6 +19,7 @@ group retried; the environment is opened with a large sparse map, so that is rar
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue
@@ -95,27 +96,40 @@ class _Tx:
         self._txn = txn
         self.events: list[types_pb2.Event] = []
         self.bumped: list[tuple[types_pb2.Job, int]] = []
+        # What is stored of jobs read or written here: (revision, state, index keys), so that
+        # put_job need not read and decode the record again.
+        self._stored: dict[str, tuple[int, int, dict[bytes, bytes]]] = {}
 
     def get_job(self, job_id: str) -> types_pb2.Job:
         raw = self._txn.get(job_id.encode(), db=self._s._db[b"jobs"]) if job_id else None
         if raw is None:
             raise JobNotFound(f"job {job_id} not found")
-        return types_pb2.Job.FromString(bytes(raw))
+        job = types_pb2.Job.FromString(bytes(raw))
+        self._stored[job_id] = (job.revision, job.state, _index_keys(job))
+        return job
+
+    def _stored_of(self, job_id: str) -> tuple[int, int, dict[bytes, bytes]] | None:
+        known = self._stored.get(job_id)
+        if known is None:
+            raw = self._txn.get(job_id.encode(), db=self._s._db[b"jobs"])
+            if raw is not None:
+                old = types_pb2.Job.FromString(bytes(raw))
+                known = (old.revision, old.state, _index_keys(old))
+        return known
 
     def put_job(self, job: types_pb2.Job) -> None:
         db = self._s._db
         key = job.id.encode()
         if not key:
             raise DatastoreError("a job needs an ID")
-        old_raw = self._txn.get(key, db=db[b"jobs"])
-        old = None if old_raw is None else types_pb2.Job.FromString(bytes(old_raw))
-        stored_revision = old.revision if old is not None else 0
+        old = self._stored_of(job.id)
+        stored_revision = old[0] if old is not None else 0
         if job.revision != stored_revision or (old is None) != (job.revision == 0):
             raise Conflict(
                 f"job {job.id} changed meanwhile (revision {stored_revision}, "
                 f"the update was based on {job.revision})"
             )
-        old_keys = _index_keys(old) if old is not None else {}
+        old_keys = old[2] if old is not None else {}
         new_keys = _index_keys(job)
         for index, ikey in old_keys.items():
             if new_keys.get(index) != ikey:
@@ -123,15 +137,16 @@ class _Tx:
         for index, ikey in new_keys.items():
             if old_keys.get(index) != ikey:
                 self._txn.put(ikey, b"", db=db[index])
-        if old is None or old.state != job.state:
+        if old is None or old[1] != job.state:
             if old is not None:
-                self._s._count(self._txn, old.state, -1)
+                self._s._count(self._txn, old[1], -1)
             self._s._count(self._txn, job.state, +1)
         job.message = clip(job.message)
         # The caller's record takes the new revision; undone if the group must run again.
         self.bumped.append((job, job.revision))
         job.revision += 1
         self._txn.put(key, job.SerializeToString(), db=db[b"jobs"])
+        self._stored[job.id] = (job.revision, job.state, new_keys)
 
     def add_event(self, event: types_pb2.Event) -> types_pb2.Event:
         db = self._s._db[b"events"]
@@ -434,21 +449,13 @@ class LmdbDatastore:
             ok = step()
 
     def query_jobs(self, query: JobQuery) -> JobPage:
-        index, prefix = b"jobs_time", b""
-        states = set(query.states)
-        if query.client_id:
-            index, prefix = b"jobs_client", _client_prefix(query.client_id)
-        elif len(states) == 1:
-            index, prefix = b"jobs_state", _state_prefix(next(iter(states)))
+        newest_first = not query.oldest_first
         after = bytes.fromhex(query.cursor) if query.cursor else b""
         jobs: list[types_pb2.Job] = []
         last = b""
         with self._read() as txn:
             jobs_db = self._db[b"jobs"]
-            for key in self._scan(
-                txn, index, prefix, newest_first=not query.oldest_first, after=after
-            ):
-                tail = key[len(prefix) :]
+            for tail in self._candidates(txn, query, newest_first, after):
                 raw = txn.get(tail[8:], db=jobs_db)
                 if raw is None:
                     continue
@@ -460,6 +467,22 @@ class LmdbDatastore:
                 jobs.append(job)
                 last = tail
         return JobPage(jobs, "")
+
+    def _candidates(
+        self, txn: lmdb.Transaction, query: JobQuery, newest_first: bool, after: bytes
+    ) -> Iterator[bytes]:
+        """be64(create time) + job ID of the jobs an index says may match, in order."""
+
+        def tails(index: bytes, prefix: bytes) -> Iterator[bytes]:
+            for key in self._scan(txn, index, prefix, newest_first=newest_first, after=after):
+                yield key[len(prefix) :]
+
+        if query.client_id:
+            return tails(b"jobs_client", _client_prefix(query.client_id))
+        if query.states:  # one index range per state, merged by time
+            ranges = [tails(b"jobs_state", _state_prefix(s)) for s in sorted(query.states)]
+            return heapq.merge(*ranges, reverse=newest_first)
+        return tails(b"jobs_time", b"")
 
     def list_jobs(self, *, active_only: bool, limit: int) -> list[types_pb2.Job]:
         states = ACTIVE_JOB_STATES if active_only else frozenset()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import grpc
+import lmdb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bacalhau.datastore.base import SCHEMA_VERSION
 from tests._wait import wait_for
 from tests.integration.conftest import ECHO_WASM, Ctl, start_node, wait_connected
 
@@ -105,3 +109,38 @@ def test_lost_node_fails_its_execution(tmp_path: Path):
     finally:
         a.stop()
         b.stop()
+
+
+def _serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "bacalhau.cli.daemon", "serve", "--data-dir", str(data_dir),
+           "--port", "0"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_bad_data_dirs_are_refused_at_start_with_one_line(tmp_path: Path):
+    foreign = tmp_path / "foreign"
+    (foreign / "datastore").mkdir(parents=True)
+    env = lmdb.open(str(foreign / "datastore"))
+    with env.begin(write=True) as txn:
+        txn.put(b"hello", b"world")
+    env.close()
+    newer = tmp_path / "newer"
+    (newer / "datastore").mkdir(parents=True)
+    env = lmdb.open(str(newer / "datastore"), max_dbs=4)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True, db=meta) as txn:
+        txn.put(b"schema_version", (SCHEMA_VERSION + 1).to_bytes(4, "big"))
+    env.close()
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "datastore").mkdir(parents=True)
+    (corrupt / "datastore" / "data.mdb").write_bytes(b"\x17" * 20000)
+    for data_dir, words in (
+        (foreign, "something else"),
+        (newer, "newer bacalhaud"),
+        (corrupt, "datastore"),
+    ):
+        proc = _serve_once(data_dir)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
