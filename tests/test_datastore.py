@@ -904,3 +904,26 @@ def test_submit_after_close_fails(store: Datastore) -> None:
     with pytest.raises(DatastoreError, match="closed"):
         fut.result(timeout=TIMEOUT)
     assert ran == []
+
+
+def test_peer_table(store: Datastore) -> None:
+    assert store.list_peers() == []
+    rec = records_pb2.PeerRecord(node_id="12D3KooWb", addresses=["127.0.0.1:2"], alive=True)
+    rec.engines.append("wasm")
+    write(store, lambda tx: tx.put_peer(rec))
+
+    def mark_down(tx: Tx) -> None:
+        found = tx.get_peer("12D3KooWb")
+        assert found is not None and found.alive
+        found.alive = False
+        tx.put_peer(found)
+        tx.put_peer(records_pb2.PeerRecord(node_id="12D3KooWa"))
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        write(store, mark_down)
+    assert [p.node_id for p in store.list_peers()] == ["12D3KooWb"]
+    assert store.list_peers()[0].alive
+    write(store, lambda tx: tx.put_peer(records_pb2.PeerRecord(node_id="12D3KooWa")))
+    assert [p.node_id for p in store.list_peers()] == ["12D3KooWa", "12D3KooWb"]
+    assert write(store, lambda tx: tx.get_peer("nobody")) is None

@@ -11,11 +11,13 @@ import pytest
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.identity import Identity
 from bacalhau.network import Network, PeerProtocolError
-from bacalhau.network.peers import Connection
+from bacalhau.network.peers import API_VERSION, MAX_PACKET, Connection
 
 
 def hello(identity: Identity) -> Any:
-    return peer_pb2.Hello(node_id=identity.node_id, version="test", address="127.0.0.1:1")
+    return peer_pb2.Hello(
+        node_id=identity.node_id, version="test", address="127.0.0.1:1", api_version=API_VERSION
+    )
 
 
 def network(identity: Identity, handler: Any = None) -> Network:
@@ -313,3 +315,37 @@ def test_send_to_itself_is_delivered_on_the_loop(a: Identity, b: Identity) -> No
         (a.node_id, "j-1", True),
     ]
     assert got[1][1].bid.willing
+
+
+def test_oversized_malformed_and_forged_packets_name_their_reason(
+    a: Identity, b: Identity, net_b: Network
+) -> None:
+    big = peer_pb2.PeerMessage(
+        announce=peer_pb2.JobAnnouncement(job_id="j" * (MAX_PACKET + 1), shard=1)
+    )
+    cases = {
+        "oversized": sealed(a, b.node_id, big),
+        "malformed": signed(a, peer_pb2.PeerPacket()).__class__(
+            payload=b"\xff\xff\xff",
+            public_key=a.public_key_bytes,
+            signature=a.sign(b"\xff\xff\xff"),
+        ),
+        "forged": copy(sealed(a, b.node_id), signature=bytes(64)),
+        "replayed": sealed(a, b.node_id, seq=1),
+    }
+    for reason, env in cases.items():
+        conn = inbound(a, recv_seq=3)
+        with pytest.raises(PeerProtocolError) as err:
+            net_b._open(conn, env)
+        assert err.value.reason == reason, reason
+        assert conn.recv_seq == 3
+
+
+def test_a_peer_with_another_api_version_is_refused_with_a_reason(a: Identity, b: Identity) -> None:
+    other = hello(a)
+    other.api_version = "v9"
+    env = sealed(a, "", peer_pb2.PeerMessage(hello=other))
+    net = network(b)
+    with pytest.raises(PeerProtocolError, match="speaks API v9; this node speaks v1") as err:
+        net._register(Connection(outbound=False), env)
+    assert err.value.reason == "version" and net.connected() == []

@@ -183,8 +183,19 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         node = self.node
         peers = [
-            client_pb2.PeerInfo(node_id=nid, address=addr, connected=up, last_seen_unix_nano=seen)
-            for nid, addr, up, seen in node.network.peer_infos()
+            client_pb2.PeerInfo(
+                node_id=rec.node_id,
+                address=rec.addresses[0] if rec.addresses else "",
+                addresses=rec.addresses,
+                connected=alive,
+                alive=alive,
+                last_seen_unix_nano=seen,
+                engines=rec.engines,
+                resources=rec.resources,
+                labels=rec.labels,
+                version=rec.version,
+            )
+            for rec, alive, seen in node.peers.infos()
         ]
         return client_pb2.NodeInfoResponse(
             node_id=node.node_id,

@@ -10,7 +10,7 @@ from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
 from bacalhau.cli._common import parse_kv
-from bacalhau.cli._render import describe_text, dump, job_doc
+from bacalhau.cli._render import describe_text, dump, job_doc, time_text
 from bacalhau.client import Client
 from bacalhau.content import dag
 from bacalhau.content.cid import CID
@@ -50,10 +50,23 @@ def node_id(args: argparse.Namespace) -> int:
 def peers(args: argparse.Namespace) -> int:
     with _client(args) as c:
         info = c.node_info()
-    docs = [{"id": p.node_id, "address": p.address, "connected": p.connected} for p in info.peers]
+    docs = [
+        {
+            "id": p.node_id,
+            "addresses": list(p.addresses) or ([p.address] if p.address else []),
+            "alive": p.alive,
+            "engines": list(p.engines),
+            "resources": {"cpu": p.resources.cpu, "memory_bytes": p.resources.memory_bytes},
+            "labels": dict(p.labels),
+            "version": p.version or None,
+            "last_seen": time_text(p.last_seen_unix_nano),
+        }
+        for p in info.peers
+    ]
     text = "".join(
-        f"{p['id']}  {p['address']}  {'connected' if p['connected'] else 'disconnected'}\n"
-        for p in docs
+        f"{d['id']}  {','.join(d['addresses'])}  {'alive' if d['alive'] else 'not alive'}  "
+        f"{','.join(d['engines']) or '-'}  last seen {d['last_seen']}\n"
+        for d in docs
     )
     _print(docs, args, text)
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 from bacalhau.models import ExecutionState, JobState
 
 
-def _time(ns: int) -> str | None:
+def time_text(ns: int) -> str | None:
     if not ns:
         return None
     t = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
@@ -26,15 +26,15 @@ def execution_doc(ex: Any) -> dict[str, Any]:
         "result_cid": ex.result_cid or None,
         "stderr_tail": ex.stderr_tail or None,
         "message": ex.message or None,
-        "created_at": _time(ex.create_time_unix_nano),
-        "updated_at": _time(ex.update_time_unix_nano),
+        "created_at": time_text(ex.create_time_unix_nano),
+        "updated_at": time_text(ex.update_time_unix_nano),
     }
 
 
 def event_doc(ev: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "seq": ev.seq,
-        "time": _time(ev.time_unix_nano),
+        "time": time_text(ev.time_unix_nano),
         "type": ev.type,
         "job_state": JobState.of(ev.job_state).value if ev.job_state else None,
         "node_id": ev.node_id or None,
@@ -68,8 +68,8 @@ def job_doc(job: Any, events: list[Any] | None = None) -> dict[str, Any]:
         "state": JobState.of(job.state).value,
         "message": job.message or None,
         "requester_node_id": job.requester_node_id,
-        "created_at": _time(job.create_time_unix_nano),
-        "updated_at": _time(job.update_time_unix_nano),
+        "created_at": time_text(job.create_time_unix_nano),
+        "updated_at": time_text(job.update_time_unix_nano),
         "spec": spec_doc(job.spec),
         "executions": [execution_doc(ex) for ex in job.executions],
     }

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 E = ExecutionState
 _OFFER_TTL_S = 300.0
 _FETCH_PATIENCE_S = 30.0
+_CLOSE_GRACE_S = 5.0
 _PRUNE_AT = 1024
 
 
@@ -384,9 +385,17 @@ class Compute:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stop running executions and wait for them to record it."""
+        """Stop running executions and wait (a few seconds) for them to record it.
+
+        What is still waiting then (say, for a module from a requester that went away) is
+        cancelled; its record stays as it was and a restart takes it up again.
+        """
         for event in self._cancels.values():
             event.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._module_fetches.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         self._pool.shutdown(wait=True)

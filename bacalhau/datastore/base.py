@@ -12,7 +12,7 @@ from bacalhau.errors import BacalhauError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the peer table
 MAX_TEXT = 4096  # longest message, event detail or stderr tail kept in a record
 
 
@@ -89,6 +89,10 @@ class Tx(Protocol):
 
     def put_local(self, record: records_pb2.LocalExecution) -> None: ...
 
+    def get_peer(self, node_id: str) -> records_pb2.PeerRecord | None: ...
+
+    def put_peer(self, record: records_pb2.PeerRecord) -> None: ...
+
 
 class Datastore(Protocol):
     """Jobs, their events, and this node's own executions.
@@ -125,6 +129,10 @@ class Datastore(Protocol):
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None: ...
 
     def list_local(self) -> list[records_pb2.LocalExecution]: ...
+
+    def list_peers(self) -> list[records_pb2.PeerRecord]:
+        """The peer table, by node ID."""
+        ...
 
     def count_jobs_by_state(self) -> dict[int, int]: ...
 

@@ -9,6 +9,7 @@ Layout (named databases):
   job_states   be32(state) -> be64(count)                      (counts without a scan)
   events       job_id + 0x00 + be64(seq) -> Event              (append-only per job)
   local        execution_id -> LocalExecution                  (executions this node runs)
+  peers        node_id -> PeerRecord                           (the peer table)
 
 Writes queue up for the writer thread, which runs everything queued in one LMDB write
 transaction (each function in its own nested transaction, so a failing one leaves no trace),
@@ -57,7 +58,7 @@ _MAX_GROUP = 256  # functions per group commit
 _STOP = object()
 _SCHEMA_KEY = b"schema_version"
 _DBS = (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client", b"job_states", b"events",
-        b"local")  # fmt: skip
+        b"local", b"peers")  # fmt: skip
 
 # Migrations: MIGRATIONS[v] takes a store at version v to v + 1 inside one write transaction.
 Migration = Callable[["LmdbDatastore", lmdb.Transaction], None]
@@ -181,6 +182,14 @@ class _Tx:
         record.execution.stderr_tail = clip(record.execution.stderr_tail)
         db = self._s._db[b"local"]
         self._txn.put(record.execution.id.encode(), record.SerializeToString(), db=db)
+
+    def get_peer(self, node_id: str) -> records_pb2.PeerRecord | None:
+        raw = self._txn.get(node_id.encode(), db=self._s._db[b"peers"]) if node_id else None
+        return None if raw is None else records_pb2.PeerRecord.FromString(bytes(raw))
+
+    def put_peer(self, record: records_pb2.PeerRecord) -> None:
+        db = self._s._db[b"peers"]
+        self._txn.put(record.node_id.encode(), record.SerializeToString(), db=db)
 
 
 class LmdbDatastore:
@@ -518,6 +527,11 @@ class LmdbDatastore:
             cur = txn.cursor(db=self._db[b"local"])
             return [records_pb2.LocalExecution.FromString(bytes(v)) for _, v in cur]
 
+    def list_peers(self) -> list[records_pb2.PeerRecord]:
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db[b"peers"])
+            return [records_pb2.PeerRecord.FromString(bytes(v)) for _, v in cur]
+
     def count_jobs_by_state(self) -> dict[int, int]:
         with self._read() as txn:
             cur = txn.cursor(db=self._db[b"job_states"])
@@ -597,4 +611,8 @@ def _migrate_0_to_1(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
             txn.put(_client_prefix(job.client_id) + tkey, b"", db=db[b"jobs_client"])
 
 
-_MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1}
+def _migrate_1_to_2(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
+    """Schema 2 adds the `peers` database, which opening the environment created empty."""
+
+
+_MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}

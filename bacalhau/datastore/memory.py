@@ -53,12 +53,14 @@ class _Layer:
     jobs: dict[str, types_pb2.Job] = field(default_factory=dict)
     events: dict[str, list[types_pb2.Event]] = field(default_factory=dict)
     local: dict[str, records_pb2.LocalExecution] = field(default_factory=dict)
+    peers: dict[str, records_pb2.PeerRecord] = field(default_factory=dict)
 
     def absorb(self, other: _Layer) -> None:
         self.jobs.update(other.jobs)
         for job_id, events in other.events.items():
             self.events.setdefault(job_id, []).extend(events)
         self.local.update(other.local)
+        self.peers.update(other.peers)
 
 
 class _Tx:
@@ -122,6 +124,15 @@ class _Tx:
         record.execution.message = clip(record.execution.message)
         record.execution.stderr_tail = clip(record.execution.stderr_tail)
         self.own.local[record.execution.id] = copy.deepcopy(record)
+
+    def get_peer(self, node_id: str) -> records_pb2.PeerRecord | None:
+        for layer in reversed(self._layers):
+            if node_id in layer.peers:
+                return copy.deepcopy(layer.peers[node_id])
+        return None
+
+    def put_peer(self, record: records_pb2.PeerRecord) -> None:
+        self.own.peers[record.node_id] = copy.deepcopy(record)
 
 
 class MemoryDatastore:
@@ -251,6 +262,11 @@ class MemoryDatastore:
     def list_local(self) -> list[records_pb2.LocalExecution]:
         with self._lock:
             records = sorted(self._committed.local.items(), key=lambda kv: kv[0].encode())
+        return [copy.deepcopy(record) for _, record in records]
+
+    def list_peers(self) -> list[records_pb2.PeerRecord]:
+        with self._lock:
+            records = sorted(self._committed.peers.items(), key=lambda kv: kv[0].encode())
         return [copy.deepcopy(record) for _, record in records]
 
     def count_jobs_by_state(self) -> dict[int, int]:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.identity import Identity, node_id_from_public_key, verify
@@ -46,11 +48,24 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 _HELLO_TIMEOUT_S = 10.0
+API_VERSION = "v1"
+MAX_PACKET = 4 << 20  # bytes of one signed packet; blocks travel by GetBlocks, not here
+HEARTBEAT_S = 1.0  # every stream carries something at least this often
+DEAD_AFTER_S = 3.5  # a stream silent this long is closed: the peer is not alive
+_DISCOVERED_PATIENCE_S = 60.0  # how long to keep dialling an address heard from a peer
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 2.0
 
 
 class PeerProtocolError(Exception):
-    """A peer sent something that breaks the protocol; its stream is closed."""
+    """A peer sent something that breaks the protocol; its stream is closed.
+
+    `reason` is one word for metrics: forged, malformed, oversized, replayed, misaddressed,
+    version, protocol.
+    """
+
+    def __init__(self, message: str, reason: str = "protocol") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -65,9 +80,13 @@ class Connection:
     pending: list[Any] = field(default_factory=list)  # messages for the next packet
     sent_seq: int = 0
     recv_seq: int = 0
+    last_recv: float = 0.0  # time.monotonic() of the last packet received
+    call: Any = None  # the client call of an outbound stream, to cancel it
 
     def close(self) -> None:
         self.queue.put_nowait(None)
+        if self.call is not None:
+            self.call.cancel()
 
 
 class Network:
@@ -85,6 +104,9 @@ class Network:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_connect: list[Callable[[str], None]] = []
         self.on_disconnect: list[Callable[[str], None]] = []
+        self.on_reject: list[Callable[[str], None]] = []  # reason of each refused packet
+        self.queued: Callable[[], int] = lambda: 0  # what heartbeats report
+        self._dialing: set[str] = set()  # addresses with a dial loop running
         self._closing = False
 
     # -- sending ------------------------------------------------------------------------
@@ -128,6 +150,12 @@ class Network:
         )
 
     def _deliver(self, sender: str, msg: Any) -> None:
+        kind = msg.WhichOneof("body")
+        if kind == "heartbeat":
+            return
+        if kind == "peer_list":
+            self.on_peer_list(msg.peer_list)
+            return
         try:
             self._handler(sender, msg)
         except Exception:
@@ -137,23 +165,33 @@ class Network:
 
     def _open(self, conn: Connection, env: Any) -> Any:
         """Check one envelope from `conn`; return its PeerPacket or raise PeerProtocolError."""
+        if len(env.payload) > MAX_PACKET:
+            raise PeerProtocolError(f"a packet of {len(env.payload)} bytes", "oversized")
         try:
             sender = node_id_from_public_key(env.public_key)
         except Exception as e:
-            raise PeerProtocolError(f"bad public key: {e}") from e
+            raise PeerProtocolError(f"bad public key: {e}", "forged") from e
         if not verify(env.public_key, env.payload, env.signature):
-            raise PeerProtocolError(f"bad signature on a packet from {sender}")
-        packet = peer_pb2.PeerPacket.FromString(env.payload)
+            raise PeerProtocolError(f"bad signature on a packet from {sender}", "forged")
+        try:
+            packet = peer_pb2.PeerPacket.FromString(env.payload)
+        except DecodeError as e:
+            raise PeerProtocolError(f"{sender} sent an unreadable packet", "malformed") from e
         if packet.sender != sender:
-            raise PeerProtocolError(f"{sender} sent a packet claiming to be from {packet.sender}")
+            raise PeerProtocolError(
+                f"{sender} sent a packet claiming to be from {packet.sender}", "forged"
+            )
         # A dialer does not know whom it reached until the answer: its Hello is addressed to "".
         if packet.recipient != self.node_id and (conn.node_id or packet.recipient):
-            raise PeerProtocolError(f"{sender} sent a packet meant for {packet.recipient}")
+            raise PeerProtocolError(
+                f"{sender} sent a packet meant for {packet.recipient}", "misaddressed"
+            )
         if conn.node_id and sender != conn.node_id:
-            raise PeerProtocolError(f"{sender} wrote on the stream of {conn.node_id}")
+            raise PeerProtocolError(f"{sender} wrote on the stream of {conn.node_id}", "forged")
         if packet.seq <= conn.recv_seq:
-            raise PeerProtocolError(f"{sender} replayed packet {packet.seq}")
+            raise PeerProtocolError(f"{sender} replayed packet {packet.seq}", "replayed")
         conn.recv_seq = packet.seq
+        conn.last_recv = time.monotonic()
         return packet
 
     def _register(self, conn: Connection, hello_env: Any) -> list[Any]:
@@ -163,8 +201,15 @@ class Network:
             raise PeerProtocolError("the first message on a peer stream must be Hello")
         if packet.sender == self.node_id:
             raise PeerProtocolError("connected to itself")
+        hello = packet.messages[0].hello
+        if hello.api_version != API_VERSION:
+            raise PeerProtocolError(
+                f"peer {packet.sender} (bacalhaud {hello.version or '?'}) speaks API "
+                f"{hello.api_version or 'unknown'}; this node speaks {API_VERSION}",
+                "version",
+            )
         conn.node_id = packet.sender
-        conn.hello = packet.messages[0].hello
+        conn.hello = hello
         conn.address = conn.hello.address or conn.address
         self._addresses[conn.node_id] = conn.address
         self._last_seen[conn.node_id] = now_ns()
@@ -175,6 +220,7 @@ class Network:
         self._conns.setdefault(conn.node_id, []).append(conn)
         log.info("peer %s connected (%s)", conn.node_id, conn.address)
         if first:
+            self._exchange(conn.node_id)
             for cb in self.on_connect:
                 cb(conn.node_id)
         return list(packet.messages[1:])
@@ -191,9 +237,17 @@ class Network:
                 for cb in self.on_disconnect:
                     cb(conn.node_id)
 
+    def refused(self, e: PeerProtocolError) -> None:
+        for cb in self.on_reject:
+            cb(e.reason)
+
     async def _read(self, conn: Connection, stream: AsyncIterator[Any]) -> None:
         async for env in stream:
-            packet = self._open(conn, env)
+            try:
+                packet = self._open(conn, env)
+            except PeerProtocolError as e:
+                self.refused(e)
+                raise
             self._last_seen[conn.node_id] = now_ns()
             for msg in packet.messages:
                 self._deliver(conn.node_id, msg)
@@ -204,8 +258,12 @@ class Network:
         try:
             first = await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S)
             extra = self._register(conn, first)
-        except (PeerProtocolError, TimeoutError, StopAsyncIteration) as e:
+        except PeerProtocolError as e:
+            self.refused(e)
             log.warning("refused a peer stream: %s", e)
+            return
+        except (TimeoutError, StopAsyncIteration) as e:
+            log.warning("refused a peer stream: %s", e or "no Hello")
             return
         for msg in extra:
             self._deliver(conn.node_id, msg)
@@ -231,24 +289,54 @@ class Network:
 
     def dial(self, address: str) -> None:
         """Keep a stream open to `address`, reconnecting with backoff while this node runs."""
-        self._spawn(self._dial_forever(address))
+        if address not in self._dialing:
+            self._dialing.add(address)
+            self._spawn(self._dial_forever(address, None))
 
-    async def _dial_forever(self, address: str) -> None:
+    def discover(self, node_id: str, address: str) -> None:
+        """Dial a node heard of from a peer (or remembered), unless already connected.
+
+        Of two nodes that hear of each other, only the one with the smaller ID dials, so each
+        pair shares one stream. Gives up on an address that stays unreachable for a minute.
+        """
+        if (
+            node_id == self.node_id
+            or node_id in self._conns
+            or address in self._dialing
+            or self.node_id > node_id
+        ):
+            return
+        self._dialing.add(address)
+        self._spawn(self._dial_forever(address, node_id))
+
+    async def _dial_forever(self, address: str, expect: str | None) -> None:
+        loop = asyncio.get_running_loop()
         backoff = _BACKOFF_MIN_S
-        while not self._closing:
-            started = asyncio.get_running_loop().time()
-            try:
-                await self._dial_once(address)
-            except PeerProtocolError as e:
-                log.warning("peer %s: %s", address, e)
-            except grpc.RpcError as e:
-                log.debug("peer %s: %s", address, e.code() if hasattr(e, "code") else e)
-            if self._closing:
-                return
-            if asyncio.get_running_loop().time() - started > 5.0:
-                backoff = _BACKOFF_MIN_S  # it was up for a while: a fresh failure
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+        last_up = loop.time()
+        try:
+            while not self._closing:
+                if expect is not None:
+                    if expect in self._conns:  # reached by another stream meanwhile
+                        return
+                    if loop.time() - last_up > _DISCOVERED_PATIENCE_S:
+                        log.info("giving up on %s (%s): unreachable", expect, address)
+                        return
+                started = loop.time()
+                try:
+                    await self._dial_once(address)
+                    last_up = loop.time()
+                except PeerProtocolError as e:
+                    log.warning("peer %s: %s", address, e)
+                except grpc.RpcError as e:
+                    log.debug("peer %s: %s", address, e.code() if hasattr(e, "code") else e)
+                if self._closing:
+                    return
+                if loop.time() - started > 5.0:
+                    backoff = _BACKOFF_MIN_S  # it was up for a while: a fresh failure
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+        finally:
+            self._dialing.discard(address)
 
     async def _dial_once(self, address: str) -> None:
         conn = Connection(outbound=True, address=address)
@@ -262,6 +350,7 @@ class Network:
                 yield env
 
         call = stub.Connect(outgoing())
+        conn.call = call
         try:
             first = await asyncio.wait_for(call.read(), _HELLO_TIMEOUT_S)
             if first is grpc.aio.EOF:
@@ -270,11 +359,15 @@ class Network:
                 self._deliver(conn.node_id, msg)
             try:
                 await self._read(conn, _reads(call))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    raise
+                # The call was cancelled here (the peer stopped answering): dial again.
             finally:
                 self._unregister(conn)
         finally:
             conn.close()
-            call.cancel()
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """A shared channel to `address`."""
@@ -288,20 +381,61 @@ class Network:
         address = self._addresses.get(node_id)
         return None if address is None else self.channel(address)
 
+    # -- liveness and peer exchange -----------------------------------------------------
+
+    def start(self) -> None:
+        """Start the heartbeat loop (call once, on the event loop)."""
+        self._spawn(self._heartbeats())
+
+    async def _heartbeats(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(HEARTBEAT_S)
+            now = time.monotonic()
+            for node_id, conns in list(self._conns.items()):
+                for conn in list(conns):
+                    if now - conn.last_recv > DEAD_AFTER_S:
+                        log.warning("peer %s stopped answering: closing its stream", node_id)
+                        self._unregister(conn)
+                        conn.close()
+                if node_id in self._conns:
+                    self.send(node_id, heartbeat=peer_pb2.Heartbeat(queued=self.queued()))
+
+    def _exchange(self, new: str) -> None:
+        """Tell a newly connected peer whom we know, and the others about it."""
+        known = [
+            peer_pb2.PeerAddress(node_id=nid, address=self._addresses.get(nid, ""))
+            for nid in self._conns
+            if nid != new and self._addresses.get(nid)
+        ]
+        if known:
+            self.send(new, peer_list=peer_pb2.PeerList(peers=known))
+        entry = peer_pb2.PeerList(
+            peers=[peer_pb2.PeerAddress(node_id=new, address=self._addresses.get(new, ""))]
+        )
+        for nid in self._conns:
+            if nid != new:
+                self.send(nid, peer_list=entry)
+
+    def on_peer_list(self, peers: Any) -> None:
+        for p in peers.peers:
+            if p.node_id and p.address:
+                self.discover(p.node_id, p.address)
+
     # -- state --------------------------------------------------------------------------
+
+    def hello_of(self, node_id: str) -> Any:
+        """The Hello a connected peer sent, or None."""
+        conns = self._conns.get(node_id)
+        return conns[0].hello if conns else None
+
+    def last_seen(self, node_id: str) -> int:
+        return self._last_seen.get(node_id, 0)
 
     def connected(self) -> list[str]:
         return sorted(self._conns)
 
     def is_connected(self, node_id: str) -> bool:
         return node_id == self.node_id or node_id in self._conns
-
-    def peer_infos(self) -> list[tuple[str, str, bool, int]]:
-        """(node ID, address, connected, last seen ns) of every peer seen."""
-        return [
-            (nid, addr, nid in self._conns, self._last_seen.get(nid, 0))
-            for nid, addr in sorted(self._addresses.items())
-        ]
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -14,7 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
+from bacalhau._pb.bacalhau.v1 import (
+    client_pb2,
+    client_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+    types_pb2,
+)
 from bacalhau.api import ClientServicer, PeerServicer
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute import Compute, ComputeConfig
@@ -24,6 +31,8 @@ from bacalhau.executor import get_executor
 from bacalhau.identity import Identity
 from bacalhau.models import JobState
 from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_dag
+from bacalhau.network.peers import API_VERSION
+from bacalhau.node.peer_table import PeerTable
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
 from bacalhau.requester import Requester
 from bacalhau.version import __version__
@@ -111,8 +120,11 @@ class Node:
             address=self.address,
             engines=sorted(executors),
             labels=cfg.labels,
+            api_version=API_VERSION,
+            resources=_resources(),
         )
         self.network = Network(self.identity, hello, self._dispatch)
+        self.peers = PeerTable(self.store, self.network)
         self.requester = Requester(
             network=self.network,
             store=self.store,
@@ -140,12 +152,15 @@ class Node:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, self._server)
+        self.network.queued = lambda: self.compute.queued
         self._start_metrics()
         await self._server.start()
         for name in ("", *names[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.compute.recover()
         await self.requester.recover()
+        self.network.start()
+        await self.peers.start()
         for peer in cfg.peers:
             self.network.dial(peer)
         _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")
@@ -187,6 +202,13 @@ class Node:
         self.submitted = Counter(
             "bacalhau_jobs_submitted_total", "Jobs submitted to this node.", registry=registry
         )
+        rejected = Counter(
+            "bacalhau_peer_packets_rejected_total",
+            "Peer packets refused (forged, malformed, oversized, replayed, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.network.on_reject.append(lambda reason: rejected.labels(reason=reason).inc())
         if self.config.metrics_port is None:
             return
         self._metrics_server, self.metrics_port = start_http_server(
@@ -225,6 +247,14 @@ class Node:
             self._metrics_server.server_close()
         self.store.close()
         self.blockstore.close()
+
+
+def _resources() -> Any:
+    """What this machine has: cores and memory (GPUs and disk come with capacity planning)."""
+    memory = 0
+    with contextlib.suppress(ValueError, OSError):
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return types_pb2.Resources(cpu=float(os.cpu_count() or 1), memory_bytes=memory)
 
 
 def _host_for_bind(host: str) -> str:

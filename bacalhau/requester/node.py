@@ -457,23 +457,40 @@ class Requester:
             )
 
     def _give_up_on(self, node_id: str) -> None:
-        """`node_id` stayed away too long: fail what it was running."""
+        """`node_id` stayed away too long: fail what it was running and place it again."""
         self._lost.pop(node_id, None)
         message = f"node {short(node_id)} disconnected and did not come back"
 
-        def write(tx: Tx) -> None:
+        def write(tx: Tx) -> list[Any]:
+            again = []
             for job in tx.active_jobs():
-                changed = False
-                for ex in job.executions:
-                    if ex.node_id == node_id and E.of(ex.state).is_active:
-                        set_execution_state(ex, E.FAILED, message)
-                        tx.add_event(event(job, "ExecutionFailed", ex, message))
-                        changed = True
-                if changed:
+                lost = [
+                    ex
+                    for ex in job.executions
+                    if ex.node_id == node_id and E.of(ex.state).is_active
+                ]
+                if not lost:
+                    continue
+                for ex in lost:
+                    set_execution_state(ex, E.FAILED, message)
+                    tx.add_event(event(job, "ExecutionFailed", ex, message))
+                states = [E.of(ex.state) for ex in job.executions]
+                placed = any(s.is_active or s == E.PUBLISHED for s in states)
+                tries = sum(ex.message.endswith(_LOST) for ex in job.executions)
+                if not placed and tries <= MAX_REPLACEMENTS:
+                    detail = f"{message}: asking the other nodes (attempt {tries + 1})"
+                    tx.add_event(event(job, "JobRequeued", detail=detail, node_id=node_id))
+                    again.append(job)
+                else:
                     self._settle(tx, job)
-                    tx.put_job(job)
+                tx.put_job(job)
+            return again
 
-        then(self._loop, self._store.submit(write), what="failing a lost node's executions")
+        def replace(jobs: list[Any]) -> None:
+            for job in jobs:
+                self._announce(job)
+
+        then(self._loop, self._store.submit(write), replace, "handing back a lost node's work")
 
     def close(self) -> None:
         for key in list(self._rounds):
@@ -482,6 +499,9 @@ class Requester:
             timer.cancel()
         self._lost.clear()
 
+
+_LOST = "did not come back"
+MAX_REPLACEMENTS = 3  # placements of a job after the first, when nodes are lost
 
 # Where each state sits on the way to a published result (reports never go backwards).
 _FLOW = {

@@ -4,6 +4,7 @@
 ;;   echo fail      prints "failing as asked" to stderr and exits with code 3
 ;;   echo spin      loops forever (until timed out or cancelled)
 ;;   echo slow ...  counts down from 50,000,000 first (a fraction of a second), then echoes
+;;   echo long ...  counts down from 1,000,000,000 first (seconds), then echoes
 ;; Build: python -c "import wasmtime,sys; sys.stdout.buffer.write(wasmtime.wat2wasm(open('echo.wat').read()))" > echo.wasm
 (module
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
@@ -45,8 +46,11 @@
         (if (call $is (local.get $start) (i32.const 0x6e697073))  ;; "spin"
           (then (loop $forever (br $forever))))
         (if (call $is (local.get $start) (i32.const 0x776f6c73))  ;; "slow"
+          (then (local.set $i (i32.const 50000000))))
+        (if (call $is (local.get $start) (i32.const 0x676e6f6c))  ;; "long"
+          (then (local.set $i (i32.const 1000000000))))
+        (if (local.get $i)
           (then
-            (local.set $i (i32.const 50000000))
             (loop $count
               (local.set $i (i32.sub (local.get $i) (i32.const 1)))
               (br_if $count (local.get $i)))))))

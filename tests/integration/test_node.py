@@ -84,8 +84,13 @@ def test_peer_reconnects_after_restart(tmp_path: Path):
         b.stop()
 
 
-def test_lost_node_fails_its_execution(tmp_path: Path):
-    # a runs no wasm itself, so the job must go to b
+def _running_on(ctl: Ctl, job_id: str) -> str:
+    doc = ctl.json("describe", job_id)
+    return next((e["node_id"] for e in doc["executions"] if e["state"] == "running"), "")
+
+
+def test_lost_node_fails_its_execution_when_no_other_can_run_it(tmp_path: Path):
+    # a runs no wasm itself, so the job must go to b, and nowhere once b is gone
     a = start_node(tmp_path / "a", name="a", args=("--engines", "noop", "--node-lost-timeout", "1"))
     b = start_node(tmp_path / "b", name="b", peers=(a.address,))
     try:
@@ -93,22 +98,54 @@ def test_lost_node_fails_its_execution(tmp_path: Path):
         ctl = Ctl(a.address, tmp_path)
         res = ctl("wasm", "run", "--no-wait", str(ECHO_WASM), "spin")
         job_id = res.stdout.split()[0]
-
-        def running() -> bool:
-            doc = ctl.json("describe", job_id)
-            return any(e["state"] == "running" for e in doc["executions"])
-
-        wait_for(running, 30, "the job to run on b")
+        wait_for(lambda: _running_on(ctl, job_id), 30, "the job to run on b")
         b.stop(signal.SIGKILL)
         doc = wait_for(
             lambda: (d := ctl.json("describe", job_id))["state"] == "failed" and d, 30, "failure"
         )
-        assert "disconnected and did not come back" in doc["message"]
+        assert "no node can run this job" in doc["message"]
+        assert "engine 'wasm' is not enabled" in doc["message"]
         (ex,) = doc["executions"]
         assert ex["node_id"] == b.node_id and ex["state"] == "failed"
+        assert "disconnected and did not come back" in ex["message"]
+        assert "JobRequeued" in [e["type"] for e in doc["events"]]
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_lost_nodes_execution_is_run_elsewhere(tmp_path: Path):
+    a = start_node(tmp_path / "a", name="a", args=("--engines", "noop", "--node-lost-timeout", "1"))
+    b = start_node(tmp_path / "b", name="b", peers=(a.address,))
+    c = start_node(tmp_path / "c", name="c", peers=(a.address,))
+    nodes = {b.node_id: b, c.node_id: c}
+    try:
+        wait_connected([a, b, c])
+        ctl = Ctl(a.address, tmp_path)
+        res = ctl("wasm", "run", "--no-wait", str(ECHO_WASM), "long", "job")
+        job_id = res.stdout.split()[0]
+        first = wait_for(lambda: _running_on(ctl, job_id), 30, "the job to start")
+        nodes.pop(first).stop(signal.SIGKILL)
+        (other,) = nodes.values()
+
+        # a notices within seconds that the node stopped answering
+        def lost() -> bool:
+            peers = {p["id"]: p for p in ctl.json("peers")}
+            return not peers[first]["alive"]
+
+        wait_for(lost, 15, "the killed node to be shown not alive")
+        doc = wait_for(
+            lambda: (d := ctl.json("describe", job_id))["state"] == "completed" and d,
+            60,
+            "the job to complete elsewhere",
+        )
+        published = [e for e in doc["executions"] if e["state"] == "published"]
+        assert [e["node_id"] for e in published] == [other.node_id]
+        assert ctl("logs", job_id).stdout == "long job\n"
+    finally:
+        a.stop()
+        b.stop()
+        c.stop()
 
 
 def _serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
