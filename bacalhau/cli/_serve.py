@@ -38,6 +38,7 @@ def serve(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
         node_lost_s=args.node_lost_timeout,
+        mdns=args.mdns,
     )
     return asyncio.run(_run(Node(config)))
 

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a node to connect to (repeatable); reconnects if it goes away",
     )
+    serve.add_argument(
+        "--mdns",
+        action="store_true",
+        help="find and be found by nodes on the LAN (mDNS on the interface of --host; off by "
+        "default)",
+    )
     serve.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics")
     serve.add_argument("--labels", action="append", default=[], metavar="K=V")
     serve.add_argument(

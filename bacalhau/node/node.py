@@ -54,6 +54,7 @@ class NodeConfig:
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
+    mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
 
 
 class JobWatch:
@@ -99,6 +100,7 @@ class Node:
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
+        self._mdns: Any = None
         self.metrics_port: int | None = None
 
     async def start(self) -> None:
@@ -161,6 +163,13 @@ class Node:
         await self.requester.recover()
         self.network.start()
         await self.peers.start()
+        if cfg.mdns:
+            from bacalhau.network.mdns import MdnsDiscovery
+
+            self._mdns = MdnsDiscovery(
+                self.node_id, cfg.host, port, API_VERSION, on_found=self.network.discover
+            )
+            await self._mdns.start()
         for peer in cfg.peers:
             self.network.dial(peer)
         _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")
@@ -239,6 +248,8 @@ class Node:
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
+        if self._mdns is not None:
+            await self._mdns.stop()
         self.requester.close()
         await self.compute.close()
         await self.network.close()
