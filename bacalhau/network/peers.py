@@ -50,8 +50,8 @@ CHANNEL_OPTIONS = [
 _HELLO_TIMEOUT_S = 10.0
 API_VERSION = "v1"
 MAX_PACKET = 4 << 20  # bytes of one signed packet; blocks travel by GetBlocks, not here
-HEARTBEAT_S = 2.5  # every stream carries something at least this often
-DEAD_AFTER_S = 8.0  # a stream silent this long is closed: the peer is not alive
+HEARTBEAT_S = 4.0  # every stream carries something at least this often
+DEAD_AFTER_S = 12.0  # a stream silent this long is closed: the peer is not alive
 _DISCOVERED_PATIENCE_S = 60.0  # how long to keep dialling an address heard from a peer
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 2.0
 

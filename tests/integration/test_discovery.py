@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
+from bacalhau.identity import Identity
+from bacalhau.network.peers import API_VERSION, MAX_PACKET
+from tests._wait import wait_for
 from tests.integration.conftest import start_node, wait_connected
 from tests.integration.test_mdns import NETNS_SETUP, ROOT, _can_unshare
 
@@ -110,5 +118,71 @@ def test_mdns_is_off_unless_asked(tmp_path: Path) -> None:
         sockets = subprocess.run(["ss", "-uanp"], capture_output=True, text=True, timeout=10).stdout
         mine = [line for line in sockets.splitlines() if f"pid={node.proc.pid}," in line]
         assert not [line for line in mine if ":5353" in line], mine
+    finally:
+        node.stop()
+
+
+def _envelope(ident: Identity, packet: Any) -> Any:
+    payload = packet.SerializeToString()
+    return peer_pb2.Envelope(
+        payload=payload, public_key=ident.public_key_bytes, signature=ident.sign(payload)
+    )
+
+
+def _hello_packet(ident: Identity, seq: int) -> Any:
+    hello = peer_pb2.Hello(
+        node_id=ident.node_id, version="test", address="127.0.0.1:9", api_version=API_VERSION
+    )
+    return peer_pb2.PeerPacket(
+        sender=ident.node_id, seq=seq, messages=[peer_pb2.PeerMessage(hello=hello)]
+    )
+
+
+def test_bad_packets_are_refused_counted_and_the_node_keeps_serving(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "n", name="n", args=("--metrics-port", "0"))
+    try:
+        me, other = Identity.generate(), Identity.generate()
+        good = _envelope(me, _hello_packet(me, 1))
+        forged = peer_pb2.Envelope()
+        forged.CopyFrom(good)
+        forged.public_key = other.public_key_bytes  # signed by me, claims to be the other
+        malformed = peer_pb2.Envelope(
+            payload=b"\xff\x01", public_key=me.public_key_bytes, signature=me.sign(b"\xff\x01")
+        )
+        replay = peer_pb2.PeerPacket(
+            sender=me.node_id,
+            recipient=node.node_id,
+            seq=1,
+            messages=[peer_pb2.PeerMessage(heartbeat=peer_pb2.Heartbeat())],
+        )
+        oversized = _envelope(me, peer_pb2.PeerPacket(sender=me.node_id, seq=1))
+        oversized.payload += b"\x00" * (MAX_PACKET + 1)
+        streams = {
+            "forged": [forged],
+            "malformed": [malformed],
+            "oversized": [oversized],
+            # a packet whose sequence number does not grow on the stream
+            "replayed": [good, _envelope(me, replay)],
+        }
+        with grpc.insecure_channel(node.address, options=[
+            ("grpc.max_send_message_length", 16 << 20)
+        ]) as ch:  # fmt: skip
+            stub = peer_pb2_grpc.PeerServiceStub(ch)
+            for envelopes in streams.values():
+                # The node answers a good Hello with its own, then closes the stream on the bad.
+                list(stub.Connect(iter(envelopes), timeout=10))
+        port = int(wait_for(lambda: re.search(r"metrics on http://[^:]+:(\d+)", node.log), 10)[1])
+
+        def counted() -> dict[str, float]:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            found = re.findall(
+                r'bacalhau_peer_packets_rejected_total\{reason="(\w+)"\} (\d+)', text.decode()
+            )
+            return {reason: float(n) for reason, n in found}
+
+        got = wait_for(lambda: len(counted()) >= 4 and counted(), 10, "the refusals counted")
+        assert got == {reason: 1.0 for reason in streams}
+        assert node.info().node_id  # still serving
+        assert node.proc.poll() is None
     finally:
         node.stop()
