@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 RESULTS: dict[str, float] = {}  # name -> mean seconds
 MEDIANS: dict[str, float] = {}  # name -> median seconds
+NOTES: dict[str, float] = {}  # name -> a figure that is not a time (see the `note` fixture)
 BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "512"))
 SMALL_FILES = 20_000
 
@@ -45,6 +46,12 @@ def record() -> Iterator[object]:
         MEDIANS[name] = benchmark.stats.stats.median  # type: ignore[attr-defined]
 
     yield save
+
+
+@pytest.fixture
+def note() -> Callable[[str, float], None]:
+    """Keep a figure (a count, a ratio) for the summary."""
+    return NOTES.__setitem__
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -109,3 +116,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"{label:>22}: {MEDIANS[name] * 1e3:8.3f} ms p50, "
                     f"{RESULTS[name] * 1e3:.3f} ms mean (of {N_JOBS} jobs)"
                 )
+    converged = [(n, MEDIANS[f"converge_{n}"]) for n in (5, 10, 20) if f"converge_{n}" in MEDIANS]
+    if converged:
+        for n, seconds in converged:
+            per_job = NOTES.get(f"messages_per_job_{n}")
+            extra = (
+                f"; {per_job:.1f} peer messages per job ({per_job / n:.2f} x N)" if per_job else ""
+            )
+            tr.write_line(
+                f"{f'{n} nodes':>22}: converged {seconds:.2f} s after the last start{extra}"
+            )

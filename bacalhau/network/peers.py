@@ -107,6 +107,8 @@ class Network:
         self.on_reject: list[Callable[[str], None]] = []  # reason of each refused packet
         self.queued: Callable[[], int] = lambda: 0  # what heartbeats report
         self._dialing: set[str] = set()  # addresses with a dial loop running
+        self.messages_sent = 0  # to other nodes (heartbeats and peer lists included)
+        self.packets_sent = 0
         self._closing = False
 
     # -- sending ------------------------------------------------------------------------
@@ -121,6 +123,7 @@ class Network:
         if not conns:
             return False
         conn = conns[0]
+        self.messages_sent += 1
         if not conn.pending:
             asyncio.get_running_loop().call_soon(self._flush, conn)
         conn.pending.append(msg)
@@ -132,6 +135,7 @@ class Network:
             self._send_packet(conn, conn.node_id, messages)
 
     def _send_packet(self, conn: Connection, recipient: str, messages: list[Any]) -> None:
+        self.packets_sent += 1
         conn.sent_seq += 1
         packet = peer_pb2.PeerPacket(
             sender=self.node_id,

@@ -218,6 +218,16 @@ class Node:
             registry=registry,
         )
         self.network.on_reject.append(lambda reason: rejected.labels(reason=reason).inc())
+        Gauge(
+            "bacalhau_peer_messages_sent",
+            "Messages and signed packets sent to other nodes since start.",
+            ["kind"],
+            registry=registry,
+            callback=lambda: {
+                ("messages",): float(self.network.messages_sent),
+                ("packets",): float(self.network.packets_sent),
+            },
+        )
         if self.config.metrics_port is None:
             return
         self._metrics_server, self.metrics_port = start_http_server(
