@@ -94,6 +94,8 @@ def wasm_run(args: argparse.Namespace) -> int:
         raise UsageError("output names must be unique")
     env = parse_kv(args.env, "environment variable")
     selector = parse_kv(args.labels, "label")
+    if args.cpu < 0 or args.gpu < 0:
+        raise UsageError("--cpu and --gpu must not be negative")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
     module = args.module
@@ -120,6 +122,8 @@ def wasm_run(args: argparse.Namespace) -> int:
         )
         if args.memory:
             spec.resources.memory_bytes = parse_size(args.memory)
+        spec.resources.cpu = args.cpu
+        spec.resources.gpu = args.gpu
         job_id = c.submit(spec).job_id
         print(job_id, flush=True)
         if not args.wait or args.id_only:

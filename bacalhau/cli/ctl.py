@@ -109,6 +109,8 @@ def _add_job_commands(sub: Any) -> None:
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")
     run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 64Mi")
+    run.add_argument("--cpu", type=float, default=0, metavar="N", help="cores the job needs")
+    run.add_argument("--gpu", type=int, default=0, metavar="N", help="GPUs the job needs")
     run.add_argument(
         "--concurrency", type=int, default=1, metavar="N", help="nodes that run it (default 1)"
     )

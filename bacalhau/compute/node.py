@@ -45,6 +45,8 @@ class ComputeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     max_parallel: int = 4
     max_queue: int = 256
+    total_cpu: float = 0.0  # 0: unknown, not checked
+    total_memory_bytes: int = 0
     default_timeout_s: float = 600.0
     memory_limit_bytes: int = 256 << 20
     stdout_limit_bytes: int = 1 << 20
@@ -109,6 +111,16 @@ class Compute:
         for key, value in spec.node_selector.items():
             if self.config.labels.get(key) != value:
                 return f"label {key}={value} does not match"
+        cfg, wants = self.config, spec.resources
+        if cfg.total_cpu and wants.cpu > cfg.total_cpu:
+            return f"needs {wants.cpu:g} cpu, this node has {cfg.total_cpu:g}"
+        if cfg.total_memory_bytes and wants.memory_bytes > cfg.total_memory_bytes:
+            return (
+                f"needs {wants.memory_bytes / 2**20:.0f} MiB of memory, this node has "
+                f"{cfg.total_memory_bytes / 2**20:.0f} MiB"
+            )
+        if wants.gpu:
+            return f"needs {wants.gpu} GPU, this node has none"
         if self.queued >= self.config.max_queue:
             return f"queue full ({self.queued} executions)"
         return ""

@@ -140,7 +140,10 @@ class Node:
             executors=executors,
             scratch_dir=cfg.data_dir / "scratch",
             config=ComputeConfig(
-                labels=dict(cfg.labels), max_parallel=cfg.max_parallel or os.cpu_count() or 1
+                labels=dict(cfg.labels),
+                max_parallel=cfg.max_parallel or os.cpu_count() or 1,
+                total_cpu=hello.resources.cpu,
+                total_memory_bytes=hello.resources.memory_bytes,
             ),
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self), self._server)
