@@ -23,10 +23,9 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import queue
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
+from bacalhau.datastore._writer import Group, GroupWriter, Outcomes
 from bacalhau.datastore.base import (
     ACTIVE_JOB_STATES,
     SCHEMA_VERSION,
@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
-_MAX_GROUP = 256  # functions per group commit
-_STOP = object()
 _SCHEMA_KEY = b"schema_version"
 _DBS = (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client", b"job_states", b"events",
         b"local", b"peers")  # fmt: skip
@@ -192,7 +190,7 @@ class _Tx:
         self._txn.put(record.node_id.encode(), record.SerializeToString(), db=db)
 
 
-class LmdbDatastore:
+class LmdbDatastore(GroupWriter):
     """`Datastore` on an LMDB environment in `path` (a directory, created if missing).
 
     Raises SchemaError if `path` holds something that is not a datastore of ours, a corrupt
@@ -228,13 +226,7 @@ class LmdbDatastore:
         except BaseException:
             self._env.close()
             raise
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._submit_lock = threading.Lock()
-        self._listeners: list[Callable[[Iterable[types_pb2.Event]], None]] = []
-        self._closed = False
-        self._writer = threading.Thread(target=self._write_loop, name="datastore-writer")
-        self._writer.daemon = True
-        self._writer.start()
+        self._start_writer("datastore-writer")
 
     def _check_schema(self) -> None:
         with self._env.begin(write=True) as txn:
@@ -293,44 +285,10 @@ class LmdbDatastore:
 
     # -- writes -------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[[Tx], T]) -> Future[T]:
-        fut: Future[T] = Future()
-        with self._submit_lock:
-            if self._closed:
-                fut.set_exception(DatastoreError("the datastore is closed"))
-            else:
-                self._queue.put((fn, fut))
-        return fut
-
-    def add_listener(self, fn: Callable[[Iterable[types_pb2.Event]], None]) -> None:
-        self._listeners.append(fn)
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            group = [item]
-            stop = False
-            while len(group) < _MAX_GROUP:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                group.append(more)
-            group = [(fn, fut) for fn, fut in group if fut.set_running_or_notify_cancel()]
-            self._commit_group(group)
-            if stop:
-                return
-
-    def _commit_group(self, group: list[tuple[Callable[[Tx], Any], Future[Any]]]) -> None:
+    def _run_group(self, group: Group) -> tuple[Outcomes, list[types_pb2.Event]]:
         while True:
             try:
-                outcomes, events = self._run_group(group)
-                break
+                return self._try_group(group)
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as e:
@@ -342,23 +300,9 @@ class LmdbDatastore:
                         f"datastore commit failed: disk full or failing ({e})",
                         hint=f"free space on the disk holding {self.path}",
                     )
-                err.__cause__ = e
-                for _, fut in group:
-                    fut.set_exception(err)
-                return
-        for fut, ok, value in outcomes:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-        if events:
-            for listener in self._listeners:
-                try:
-                    listener(events)
-                except Exception:  # a listener's failure must not stop the writer
-                    log.exception("datastore listener failed")
+                raise err from e
 
-    def _run_group(
+    def _try_group(
         self, group: list[tuple[Callable[[Tx], Any], Future[Any]]]
     ) -> tuple[list[tuple[Future[Any], bool, Any]], list[types_pb2.Event]]:
         outcomes: list[tuple[Future[Any], bool, Any]] = []
@@ -540,14 +484,9 @@ class LmdbDatastore:
 
     def close(self) -> None:
         """Finish queued writes, then close the environment."""
-        with self._submit_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        self._writer.join()
-        with self._lock:
-            self._env.close()
+        if self._stop_writer():
+            with self._lock:
+                self._env.close()
 
 
 class _ReadTxn:

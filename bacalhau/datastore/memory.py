@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import queue
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from bacalhau._pb.bacalhau.v1 import records_pb2, types_pb2
+from bacalhau.datastore._writer import Group, GroupWriter, Outcomes
 from bacalhau.datastore.base import (
     ACTIVE_JOB_STATES,
     AmbiguousID,
@@ -28,7 +26,6 @@ from bacalhau.datastore.base import (
     JobNotFound,
     JobPage,
     JobQuery,
-    Tx,
     clip,
 )
 from bacalhau.models import now_ns
@@ -37,8 +34,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _BE64 = struct.Struct(">Q")
-_MAX_GROUP = 256  # functions per group, as in the LMDB store
-_STOP = object()
 
 
 def _order_key(job: types_pb2.Job) -> bytes:
@@ -135,51 +130,19 @@ class _Tx:
         self.own.peers[record.node_id] = copy.deepcopy(record)
 
 
-class MemoryDatastore:
+class MemoryDatastore(GroupWriter):
     """`Datastore` in memory, for tests; everything is lost when it is dropped."""
 
     def __init__(self) -> None:
         self._committed = _Layer()  # changed only by the writer thread, under the lock
         self._lock = threading.Lock()
-        self._submit_lock = threading.Lock()  # so that nothing is queued behind _STOP
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._listeners: list[Callable[[Iterable[types_pb2.Event]], None]] = []
-        self._closed = False
-        self._writer = threading.Thread(target=self._write_loop, name="memory-datastore-writer")
-        self._writer.daemon = True
-        self._writer.start()
+        self._start_writer("memory-datastore-writer")
 
     # -- writes -------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[[Tx], T]) -> Future[T]:
-        fut: Future[T] = Future()
-        with self._submit_lock:
-            if self._closed:
-                fut.set_exception(DatastoreError("the datastore is closed"))
-            else:
-                self._queue.put((fn, fut))
-        return fut
-
-    def add_listener(self, fn: Callable[[Iterable[types_pb2.Event]], None]) -> None:
-        self._listeners.append(fn)
-
-    def _write_loop(self) -> None:
-        stop = False
-        while not stop:
-            group = [self._queue.get()]
-            while len(group) < _MAX_GROUP and group[-1] is not _STOP:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if group[-1] is _STOP:
-                stop = True
-                group.pop()
-            self._commit_group([(f, fut) for f, fut in group if fut.set_running_or_notify_cancel()])
-
-    def _commit_group(self, group: list[tuple[Callable[[Tx], Any], Future[Any]]]) -> None:
+    def _run_group(self, group: Group) -> tuple[Outcomes, list[types_pb2.Event]]:
         pending = _Layer()
-        outcomes: list[tuple[Future[Any], bool, Any]] = []
+        outcomes: Outcomes = []
         events: list[types_pb2.Event] = []
         for fn, fut in group:
             tx = _Tx([self._committed, pending, _Layer()])
@@ -193,17 +156,7 @@ class MemoryDatastore:
                 events.extend(tx.events)
         with self._lock:
             self._committed.absorb(pending)
-        for fut, ok, value in outcomes:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-        if events:
-            for listener in self._listeners:
-                try:
-                    listener(events)
-                except Exception:  # a listener's failure must not stop the writer
-                    log.exception("datastore listener failed")
+        return outcomes, events
 
     # -- reads (stored objects are never changed, only replaced, so copies may be taken
     # outside the lock) ----------------------------------------------------------------
@@ -275,9 +228,4 @@ class MemoryDatastore:
 
     def close(self) -> None:
         """Finish queued writes, then refuse new ones."""
-        with self._submit_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        self._writer.join()
+        self._stop_writer()
