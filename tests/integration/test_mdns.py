@@ -46,12 +46,14 @@ IDS = [Identity.generate().node_id for _ in range(4)]
 calls = []  # [observer (4: node 0 restarted), node_id, address, on_loop_thread, seconds]
 T0 = time.monotonic()
 MAIN = threading.get_ident()
+found = None  # an asyncio.Event, set whenever on_found is called
 
 
 def node(i, port, observer):
     def on_found(node_id, address):
         ok = threading.get_ident() == MAIN
         calls.append([observer, node_id, address, ok, round(time.monotonic() - T0, 3)])
+        found.set()
     return MdnsDiscovery(IDS[i], "127.0.0.1", port, "v1", on_found)
 
 
@@ -60,15 +62,20 @@ def latest(i):
 
 
 async def wait(cond, timeout=8.0):
+    # Until cond() holds, waking on each discovery; False at the deadline.
     deadline = time.monotonic() + timeout
     while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
+        found.clear()
+        try:
+            await asyncio.wait_for(found.wait(), max(deadline - time.monotonic(), 0))
+        except asyncio.TimeoutError:
+            return cond()
     return True
 
 
 async def main():
+    global found
+    found = asyncio.Event()
     loop_errors = []
     asyncio.get_running_loop().set_exception_handler(
         lambda loop, ctx: loop_errors.append(str(ctx.get("exception") or ctx["message"])))
