@@ -39,6 +39,7 @@ def serve(args: argparse.Namespace) -> int:
         bid_window_s=args.bid_window,
         node_lost_s=args.node_lost_timeout,
         mdns=args.mdns,
+        advertise=args.advertise,
     )
     return asyncio.run(_run(Node(config)))
 

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a node to connect to (repeatable); reconnects if it goes away",
     )
     serve.add_argument(
+        "--advertise",
+        default="",
+        metavar="HOST:PORT",
+        help="the address peers should dial (default: the one served on), e.g. behind NAT",
+    )
+    serve.add_argument(
         "--mdns",
         action="store_true",
         help="find and be found by nodes on the LAN (mDNS on the interface of --host; off by "

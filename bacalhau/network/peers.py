@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.identity import Identity, node_id_from_public_key, verify
 from bacalhau.models import now_ns
+from bacalhau.network.gossip import GossipRouter
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ class Network:
         self.on_disconnect: list[Callable[[str], None]] = []
         self.on_reject: list[Callable[[str], None]] = []  # reason of each refused packet
         self.queued: Callable[[], int] = lambda: 0  # what heartbeats report
+        self.exchange = True  # dial the nodes peers tell us about
         self._dialing: set[str] = set()  # addresses with a dial loop running
         self.messages_sent = 0  # to other nodes (heartbeats and peer lists included)
+        self.gossip = GossipRouter(self)
         self.packets_sent = 0
         self._closing = False
 
@@ -120,14 +123,18 @@ class Network:
             asyncio.get_running_loop().call_soon(self._deliver, node_id, msg)
             return True
         conns = self._conns.get(node_id)
-        if not conns:
-            return False
+        if not conns:  # no stream to it: through the peers that have one
+            return self.gossip.unicast(node_id, msg)
         conn = conns[0]
         self.messages_sent += 1
         if not conn.pending:
             asyncio.get_running_loop().call_soon(self._flush, conn)
         conn.pending.append(msg)
         return True
+
+    def broadcast(self, **body: Any) -> bool:
+        """Gossip one message to the nodes this one has no stream to; False if none."""
+        return self.gossip.broadcast(peer_pb2.PeerMessage(**body))
 
     def _flush(self, conn: Connection) -> None:
         if conn.pending:
@@ -158,8 +165,16 @@ class Network:
         if kind == "heartbeat":
             return
         if kind == "peer_list":
+            self.gossip.heard(sender, [p.node_id for p in msg.peer_list.peers])
             self.on_peer_list(msg.peer_list)
             return
+        if kind == "gossip":
+            self.gossip.receive(sender, msg.gossip)
+            return
+        self.deliver(sender, msg)
+
+    def deliver(self, sender: str, msg: Any) -> None:
+        """Hand a checked message from `sender` to this node's roles."""
         try:
             self._handler(sender, msg)
         except Exception:
@@ -236,6 +251,7 @@ class Network:
         conns.remove(conn)
         if not conns:
             del self._conns[conn.node_id]
+            self.gossip.forget(conn.node_id)
             log.info("peer %s disconnected", conn.node_id)
             if not self._closing:
                 for cb in self.on_disconnect:
@@ -422,10 +438,16 @@ class Network:
 
     def on_peer_list(self, peers: Any) -> None:
         for p in peers.peers:
-            if p.node_id and p.address:
-                self.discover(p.node_id, p.address)
+            if p.node_id and p.address and p.node_id != self.node_id:
+                self._addresses.setdefault(p.node_id, p.address)
+                if self.exchange:
+                    self.discover(p.node_id, p.address)
 
     # -- state --------------------------------------------------------------------------
+
+    def addresses(self) -> dict[str, str]:
+        """Every node this one has an address for: peers, and nodes peers told it about."""
+        return dict(self._addresses)
 
     def hello_of(self, node_id: str) -> Any:
         """The Hello a connected peer sent, or None."""

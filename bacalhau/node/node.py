@@ -54,6 +54,7 @@ class NodeConfig:
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
+    advertise: str = ""  # the address peers should dial, if not the one served on
     mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
 
 
@@ -119,7 +120,7 @@ class Node:
         hello = peer_pb2.Hello(
             node_id=self.node_id,
             version=__version__,
-            address=self.address,
+            address=cfg.advertise or self.address,
             engines=sorted(executors),
             labels=cfg.labels,
             api_version=API_VERSION,

@@ -75,8 +75,14 @@ class PeerTable:
     def infos(self) -> list[Any]:
         """The table with live values: (record, alive, last seen ns)."""
         out = []
+        recorded = set()
         for rec in self._store.list_peers():
+            recorded.add(rec.node_id)
             alive = self._net.is_connected(rec.node_id)
             seen = self._net.last_seen(rec.node_id) if alive else rec.last_seen_unix_nano
             out.append((rec, alive, max(seen, rec.last_seen_unix_nano)))
+        # Nodes only heard of from peers (no stream to them yet, or ever): not alive here.
+        for node_id, address in self._net.addresses().items():
+            if node_id not in recorded and node_id != self._net.node_id:
+                out.append((records_pb2.PeerRecord(node_id=node_id, addresses=[address]), False, 0))
         return out

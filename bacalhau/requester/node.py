@@ -52,6 +52,7 @@ class _Round:
     willing: list[tuple[str, int]] = field(default_factory=list)  # (node ID, queue length)
     declines: list[str] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
 
 
 def short(node_id: str) -> str:
@@ -221,6 +222,8 @@ class Requester:
         self._rounds[key] = rnd
         for node_id in [self._net.node_id, *self._net.connected()]:
             self._ask(rnd, node_id)
+        announce = peer_pb2.JobAnnouncement(job_id=rnd.job_id, shard=rnd.shard, spec=rnd.spec)
+        rnd.gossiped = self._net.broadcast(announce=announce)
         rnd.timer = self._loop.call_later(self._bid_window_s, self._window_closed, key)
 
     def _ask(self, rnd: _Round, node_id: str) -> None:
@@ -238,6 +241,8 @@ class Requester:
     def _on_bid(self, sender: str, bid: Any) -> None:
         key = (bid.job_id, bid.shard)
         rnd = self._rounds.get(key)
+        if rnd is not None and rnd.gossiped and sender not in rnd.asked:
+            rnd.asked.add(sender)  # a node reached through gossip
         if rnd is None or sender not in rnd.asked or sender in rnd.answered:
             if bid.willing:  # too late: free the bidder's offer
                 decision = peer_pb2.BidDecision(
@@ -270,7 +275,7 @@ class Requester:
             tx.add_event(event(job, "BidReceived", ex, f"queue length {bid.queued}"))
 
         then(self._loop, self._store.submit(record), what="recording a bid")
-        if rnd.answered >= rnd.asked:
+        if rnd.answered >= rnd.asked and not rnd.gossiped:
             self._select(key)
 
     def _window_closed(self, key: tuple[str, int]) -> None:

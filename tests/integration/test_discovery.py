@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -17,10 +18,11 @@ import grpc
 import pytest
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
+from bacalhau.client import Client
 from bacalhau.identity import Identity
 from bacalhau.network.peers import API_VERSION, MAX_PACKET
 from tests._wait import wait_for
-from tests.integration.conftest import start_node, wait_connected
+from tests.integration.conftest import ECHO_WASM, Ctl, start_node, wait_connected
 from tests.integration.test_mdns import NETNS_SETUP, ROOT, _can_unshare
 
 
@@ -186,3 +188,45 @@ def test_bad_packets_are_refused_counted_and_the_node_keeps_serving(tmp_path: Pa
         assert node.proc.poll() is None
     finally:
         node.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_job_reaches_a_node_without_a_stream_to_the_requester_through_gossip(
+    tmp_path: Path,
+) -> None:
+    # a and c advertise an address nobody listens on, so they cannot dial each other: the only
+    # way between them is through b (b dialled a, c dialled b, by their real addresses).
+    a = start_node(tmp_path / "a", name="a", args=("--advertise", f"127.0.0.1:{_closed_port()}"))
+    b = start_node(tmp_path / "b", name="b", peers=(a.address,))
+    c = start_node(
+        tmp_path / "c",
+        name="c",
+        peers=(b.address,),
+        args=("--advertise", f"127.0.0.1:{_closed_port()}", "--labels", "name=c"),
+    )
+    nodes = [a, b, c]
+    try:
+        wait_connected([a, b])
+        wait_connected([b, c])
+        # a hears of c from b (peer exchange), but has no stream to it
+        wait_for(lambda: c.node_id in {p.node_id for p in a.info().peers}, 20, "a to hear of c")
+        assert not [p for p in a.info().peers if p.node_id == c.node_id and p.alive]
+        for node in (a, c):  # the module is where it is needed (block exchange needs a stream)
+            with Client(node.address) as cl:
+                cid = cl.add_file(ECHO_WASM).cid
+        ctl = Ctl(a.address, tmp_path)
+        res = ctl("wasm", "run", "--labels", "name=c", cid, "via", "gossip")
+        assert res.returncode == 0, res.stderr
+        doc = ctl.json("describe", res.stdout.split()[0])
+        (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
+        assert ex["node_id"] == c.node_id
+        # c's stdout, straight from c
+        assert Ctl(c.address, tmp_path)("--output", "json", "id").returncode == 0
+    finally:
+        for node in nodes:
+            node.stop()
