@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -349,3 +350,49 @@ def test_a_peer_with_another_api_version_is_refused_with_a_reason(a: Identity, b
     with pytest.raises(PeerProtocolError, match="speaks API v9; this node speaks v1") as err:
         net._register(Connection(outbound=False), env)
     assert err.value.reason == "version" and net.connected() == []
+
+
+def gossip_of(signer: Identity, recipient: str, *messages: Any, **packet_fields: Any) -> Any:
+    fields: dict[str, Any] = {"time_unix_nano": time.time_ns(), "message_id": "m-1"}
+    fields.update(packet_fields)
+    packet = peer_pb2.PeerPacket(
+        sender=signer.node_id, recipient=recipient, messages=list(messages or [bid()]), **fields
+    )
+    return peer_pb2.Gossip(envelope=signed(signer, packet).SerializeToString(), hops=2)
+
+
+def test_gossip_is_checked_delivered_once_and_refused_when_bad(a: Identity, b: Identity) -> None:
+    got: list[tuple[str, str]] = []
+    refused: list[str] = []
+    net = network(b, lambda sender, msg: got.append((sender, msg.WhichOneof("body"))))
+    net.on_reject.append(refused.append)
+    relay = "12D3KooWRelay"
+    # for b, and for everyone: delivered as coming from the origin (a), not the relay
+    net.gossip.receive(relay, gossip_of(a, b.node_id))
+    net.gossip.receive(relay, gossip_of(a, "*", message_id="m-2"))
+    assert got == [(a.node_id, "bid"), (a.node_id, "bid")]
+    # a repeat of a message ID is dropped; a packet for someone else is not delivered here
+    net.gossip.receive(relay, gossip_of(a, b.node_id))
+    net.gossip.receive(relay, gossip_of(a, "12D3KooWSomeoneElse", message_id="m-3"))
+    # only the job protocol travels as gossip
+    net.gossip.receive(relay, gossip_of(a, b.node_id, hello_msg(a), message_id="m-4"))
+    assert len(got) == 2 and refused == []
+
+    forged = gossip_of(a, b.node_id, message_id="m-5")
+    env = peer_pb2.Envelope.FromString(forged.envelope)
+    env.signature = bytes(64)
+    forged.envelope = env.SerializeToString()
+    net.gossip.receive(relay, forged)
+    stale = gossip_of(a, b.node_id, message_id="m-6", time_unix_nano=time.time_ns() - 10**12)
+    net.gossip.receive(relay, stale)
+    net.gossip.receive(relay, peer_pb2.Gossip(envelope=b"\xff\x00", hops=1))
+    assert refused == ["forged", "replayed", "malformed"] and len(got) == 2
+
+
+def test_gossip_goes_only_towards_nodes_the_origin_cannot_reach(a: Identity, b: Identity) -> None:
+    net = network(b)
+    assert not net.gossip.unreached()
+    net.gossip.heard("12D3KooWPeer", ["12D3KooWFar", b.node_id])
+    assert net.gossip.unreached() == {"12D3KooWFar"}
+    net.gossip.forget("12D3KooWPeer")
+    assert not net.gossip.unreached()
