@@ -250,7 +250,12 @@ def test_an_inbound_hello_registers_the_peer_and_answers(a: Identity, b: Identit
     reply = conn.queue.get_nowait()
     packet = network(a)._open(Connection(outbound=True), reply)
     assert packet.sender == b.node_id and packet.recipient == a.node_id
-    assert [m.hello.node_id for m in packet.messages] == [b.node_id]
+    assert [m.WhichOneof("body") for m in packet.messages] == ["hello", "heartbeat"]
+    assert packet.messages[0].hello.node_id == b.node_id
+    # a status that comes with a Hello is kept, not handed on
+    net_a = network(a)
+    assert net_a._register(Connection(outbound=True), reply) == []
+    assert net_a.status_of(b.node_id) is not None
 
 
 def test_a_hello_from_oneself_is_refused(b: Identity, net_b: Network) -> None:

@@ -194,8 +194,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
                 resources=rec.resources,
                 labels=rec.labels,
                 version=rec.version,
+                free=status.free if status is not None else None,
+                queued=status.queued if status is not None else 0,
             )
-            for rec, alive, seen in node.peers.infos()
+            for rec, alive, seen, status in node.peers.infos()
         ]
         return client_pb2.NodeInfoResponse(
             node_id=node.node_id,

@@ -56,7 +56,11 @@ def peers(args: argparse.Namespace) -> int:
             "addresses": list(p.addresses) or ([p.address] if p.address else []),
             "alive": p.alive,
             "engines": list(p.engines),
-            "resources": {"cpu": p.resources.cpu, "memory_bytes": p.resources.memory_bytes},
+            "resources": {
+                **_resources_doc(p.resources),
+                "free": _resources_doc(p.free) if p.HasField("free") else None,
+            },
+            "queued": p.queued,
             "labels": dict(p.labels),
             "version": p.version or None,
             "last_seen": time_text(p.last_seen_unix_nano),
@@ -70,6 +74,10 @@ def peers(args: argparse.Namespace) -> int:
     )
     _print(docs, args, text)
     return 0
+
+
+def _resources_doc(r: Any) -> dict[str, Any]:
+    return {"cpu": r.cpu, "memory_bytes": r.memory_bytes, "disk_bytes": r.disk_bytes, "gpu": r.gpu}
 
 
 def parse_output_volume(text: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -77,6 +78,7 @@ class Compute:
         # offered and not yet decided: (job, shard) -> (requester, spec, when offered)
         self._bids: dict[tuple[str, int], tuple[str, Any, float]] = {}
         self._cancels: dict[str, threading.Event] = {}  # accepted, not finished
+        self._specs: dict[str, Any] = {}  # their specs, for what they take
         self._module_fetches: dict[str, asyncio.Future[Path]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -87,6 +89,24 @@ class Compute:
     @property
     def queued(self) -> int:
         return len(self._cancels)
+
+    def status(self) -> Any:
+        """What heartbeats say of this node: queue length and resources not taken."""
+        cfg = self.config
+        taken_cpu = sum(max(spec.resources.cpu, 1.0) for spec in self._specs.values())
+        taken_memory = sum(
+            spec.resources.memory_bytes or cfg.memory_limit_bytes for spec in self._specs.values()
+        )
+        disk = 0
+        with contextlib.suppress(OSError):
+            st = os.statvfs(self._scratch)
+            disk = st.f_bavail * st.f_frsize
+        free = pb.Resources(
+            cpu=max(cfg.total_cpu - taken_cpu, 0.0),
+            memory_bytes=max(cfg.total_memory_bytes - taken_memory, 0),
+            disk_bytes=disk,
+        )
+        return peer_pb2.Heartbeat(queued=self.queued, free=free)
 
     # -- messages from requesters --------------------------------------------------------
 
@@ -167,6 +187,7 @@ class Compute:
         )
         # Registered now, so a cancel that arrives before the record is written is not lost.
         self._cancels[d.execution_id] = threading.Event()
+        self._specs[d.execution_id] = spec
 
         def put(tx: Tx) -> None:
             if tx.get_local(d.execution_id) is not None:
@@ -240,6 +261,7 @@ class Compute:
 
     def _start(self, rec: Any) -> None:
         self._cancels[rec.execution.id] = threading.Event()
+        self._specs[rec.execution.id] = rec.spec
         self._spawn(self._run(rec))
 
     async def recover(self) -> None:
@@ -289,6 +311,7 @@ class Compute:
                 await self._advance(record, E.FAILED, message=rpc_error_line(e))
         finally:
             self._cancels.pop(ex.id, None)
+            self._specs.pop(ex.id, None)
 
     def _execute(self, record: Any, module: Path, cancel: threading.Event) -> tuple[RunResult, str]:
         """Run the execution and publish its result; blocking (a pool thread)."""

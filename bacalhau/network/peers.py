@@ -106,7 +106,8 @@ class Network:
         self.on_connect: list[Callable[[str], None]] = []
         self.on_disconnect: list[Callable[[str], None]] = []
         self.on_reject: list[Callable[[str], None]] = []  # reason of each refused packet
-        self.queued: Callable[[], int] = lambda: 0  # what heartbeats report
+        self.status: Callable[[], Any] = peer_pb2.Heartbeat  # what heartbeats report
+        self._status: dict[str, Any] = {}  # peer -> its last Heartbeat
         self.exchange = True  # dial the nodes peers tell us about
         self._dialing: set[str] = set()  # addresses with a dial loop running
         self.messages_sent = 0  # to other nodes (heartbeats and peer lists included)
@@ -163,6 +164,7 @@ class Network:
     def _deliver(self, sender: str, msg: Any) -> None:
         kind = msg.WhichOneof("body")
         if kind == "heartbeat":
+            self._status[sender] = msg.heartbeat
             return
         if kind == "peer_list":
             self.gossip.heard(sender, [p.node_id for p in msg.peer_list.peers])
@@ -232,9 +234,10 @@ class Network:
         conn.address = conn.hello.address or conn.address
         self._addresses[conn.node_id] = conn.address
         self._last_seen[conn.node_id] = now_ns()
-        if not conn.outbound:  # answer with our Hello before anything else goes out
+        if not conn.outbound:  # answer with our Hello (and status) before anything else
             hello = peer_pb2.PeerMessage(hello=self._hello)
-            self._send_packet(conn, conn.node_id, [hello])
+            status = peer_pb2.PeerMessage(heartbeat=self.status())
+            self._send_packet(conn, conn.node_id, [hello, status])
         first = conn.node_id not in self._conns
         self._conns.setdefault(conn.node_id, []).append(conn)
         log.info("peer %s connected (%s)", conn.node_id, conn.address)
@@ -242,7 +245,13 @@ class Network:
             self._exchange(conn.node_id)
             for cb in self.on_connect:
                 cb(conn.node_id)
-        return list(packet.messages[1:])
+        extra = []
+        for msg in packet.messages[1:]:  # a status that came with the Hello is kept here
+            if msg.WhichOneof("body") == "heartbeat":
+                self._status[conn.node_id] = msg.heartbeat
+            else:
+                extra.append(msg)
+        return extra
 
     def _unregister(self, conn: Connection) -> None:
         conns = self._conns.get(conn.node_id)
@@ -363,7 +372,11 @@ class Network:
         channel = self.channel(address)
         stub = peer_pb2_grpc.PeerServiceStub(channel)
         # We do not know who answers until its Hello arrives; our Hello is addressed to "".
-        self._send_packet(conn, "", [peer_pb2.PeerMessage(hello=self._hello)])
+        opening = [
+            peer_pb2.PeerMessage(hello=self._hello),
+            peer_pb2.PeerMessage(heartbeat=self.status()),  # the dialled side learns it at once
+        ]
+        self._send_packet(conn, "", opening)
 
         async def outgoing() -> AsyncIterator[Any]:
             while (env := await conn.queue.get()) is not None:
@@ -418,7 +431,7 @@ class Network:
                         self._unregister(conn)
                         conn.close()
                 if node_id in self._conns:
-                    self.send(node_id, heartbeat=peer_pb2.Heartbeat(queued=self.queued()))
+                    self.send(node_id, heartbeat=self.status())
 
     def _exchange(self, new: str) -> None:
         """Tell a newly connected peer whom we know, and the others about it."""
@@ -448,6 +461,10 @@ class Network:
     def addresses(self) -> dict[str, str]:
         """Every node this one has an address for: peers, and nodes peers told it about."""
         return dict(self._addresses)
+
+    def status_of(self, node_id: str) -> Any:
+        """The last Heartbeat of a connected peer, or None."""
+        return self._status.get(node_id) if node_id in self._conns else None
 
     def hello_of(self, node_id: str) -> Any:
         """The Hello a connected peer sent, or None."""

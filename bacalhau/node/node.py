@@ -124,7 +124,7 @@ class Node:
             engines=sorted(executors),
             labels=cfg.labels,
             api_version=API_VERSION,
-            resources=_resources(),
+            resources=_resources(cfg.data_dir),
         )
         self.network = Network(self.identity, hello, self._dispatch)
         self.peers = PeerTable(self.store, self.network)
@@ -158,7 +158,7 @@ class Node:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, self._server)
-        self.network.queued = lambda: self.compute.queued
+        self.network.status = self.compute.status
         self._start_metrics()
         await self._server.start()
         for name in ("", *names[:2]):
@@ -274,12 +274,15 @@ class Node:
         self.blockstore.close()
 
 
-def _resources() -> Any:
-    """What this machine has: cores and memory (GPUs and disk come with capacity planning)."""
-    memory = 0
+def _resources(data_dir: Path) -> Any:
+    """What this machine has: cores, memory, and the disk of the data dir (GPUs: not yet)."""
+    memory = disk = 0
     with contextlib.suppress(ValueError, OSError):
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return types_pb2.Resources(cpu=float(os.cpu_count() or 1), memory_bytes=memory)
+    with contextlib.suppress(OSError):
+        st = os.statvfs(data_dir)
+        disk = st.f_blocks * st.f_frsize
+    return types_pb2.Resources(cpu=float(os.cpu_count() or 1), memory_bytes=memory, disk_bytes=disk)
 
 
 def _host_for_bind(host: str) -> str:

@@ -73,16 +73,18 @@ class PeerTable:
         then(asyncio.get_running_loop(), self._store.submit(write), what="recording a peer")
 
     def infos(self) -> list[Any]:
-        """The table with live values: (record, alive, last seen ns)."""
+        """The table with live values: (record, alive, last seen ns, last Heartbeat or None)."""
         out = []
         recorded = set()
         for rec in self._store.list_peers():
             recorded.add(rec.node_id)
             alive = self._net.is_connected(rec.node_id)
             seen = self._net.last_seen(rec.node_id) if alive else rec.last_seen_unix_nano
-            out.append((rec, alive, max(seen, rec.last_seen_unix_nano)))
+            status = self._net.status_of(rec.node_id)
+            out.append((rec, alive, max(seen, rec.last_seen_unix_nano), status))
         # Nodes only heard of from peers (no stream to them yet, or ever): not alive here.
         for node_id, address in self._net.addresses().items():
             if node_id not in recorded and node_id != self._net.node_id:
-                out.append((records_pb2.PeerRecord(node_id=node_id, addresses=[address]), False, 0))
+                rec = records_pb2.PeerRecord(node_id=node_id, addresses=[address])
+                out.append((rec, False, 0, None))
         return out

@@ -41,6 +41,11 @@ def test_a_bootstrap_chain_connects_through_peer_exchange(tmp_path: Path) -> Non
                 rec = peers[other.node_id]
                 assert rec.alive and other.address in rec.addresses
                 assert list(rec.engines) == ["wasm"] and rec.resources.cpu >= 1
+        doc = {p["id"]: p for p in Ctl(a.address, tmp_path).json("peers")}[d.node_id]
+        assert doc["alive"] and doc["addresses"] == [d.address] and doc["engines"] == ["wasm"]
+        assert doc["resources"]["cpu"] >= 1 and doc["resources"]["disk_bytes"] > 0
+        assert doc["resources"]["free"]["cpu"] == doc["resources"]["cpu"]  # nothing running
+        assert doc["queued"] == 0 and doc["last_seen"]
     finally:
         for node in nodes:
             node.stop()
