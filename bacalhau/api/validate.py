@@ -25,8 +25,17 @@ def validate_spec(spec: Any, store: Blockstore) -> None:
         )
     if spec.engine == "wasm":
         _check_module(spec.wasm.module_cid, store)
-    if spec.inputs:
-        raise UsageError("job inputs are not supported by this node yet")
+    mounts: set[str] = set()
+    for inp in spec.inputs:
+        if inp.source != "ipfs":
+            raise UsageError(
+                f"{inp.source or 'unnamed'} inputs are not supported yet",
+                hint="give inputs by CID (bacalhauctl uploads local files for you)",
+            )
+        CID.parse(inp.cid)
+        if not inp.mount_path.startswith("/") or inp.mount_path in mounts:
+            raise UsageError(f"input mount path {inp.mount_path!r} must be absolute and used once")
+        mounts.add(inp.mount_path)
     names: set[str] = set()
     for out in spec.outputs:
         if not OUTPUT_NAME.match(out.name) or out.name in RESERVED_NAMES:

@@ -118,11 +118,21 @@ def wasm_run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{module} is neither a file nor a CID", hint="give a .wasm file or a module's CID"
             ) from None
+    inputs = [_parse_input(text) for text in args.inputs]
     with _client(args) as c:
         module_cid = c.add_file(path).cid if upload else module
+        specs = [
+            types_pb2.InputSpec(
+                source="ipfs",
+                cid=c.add_file(src).cid if isinstance(src, Path) else src,
+                mount_path=mount,
+            )
+            for src, mount in inputs
+        ]
         spec = types_pb2.JobSpec(
             engine="wasm",
             wasm=types_pb2.WasmSpec(module_cid=module_cid, args=args.args, env=env),
+            inputs=specs,
             outputs=[types_pb2.OutputSpec(name=n, path=p) for n, p in outputs],
             deal=types_pb2.Deal(concurrency=args.concurrency),
             timeout_seconds=args.timeout or 0,
@@ -151,6 +161,28 @@ def wasm_run(args: argparse.Namespace) -> int:
     if args.output == "text":
         print(f"completed; 'bacalhauctl get {job.id}' downloads the result", file=sys.stderr)
     return 0
+
+
+def _parse_input(text: str) -> tuple[Path | str, str]:
+    """`SRC:/path` -> (local file to upload, or CID; mount path). Raises UsageError."""
+    src, sep, mount = text.rpartition(":")
+    if not sep or not src or not mount.startswith("/"):
+        raise UsageError(
+            f"bad input {text!r}", hint="write it as CID:/path or ./file:/path, e.g. QmX...:/inputs"
+        )
+    local = Path(src)
+    if local.is_dir():
+        raise UsageError(
+            f"{src} is a folder: uploading folders is not supported yet",
+            hint="add it to the node by CID and pass the CID",
+        )
+    if local.is_file():
+        return local, mount
+    try:
+        CID.parse(src)
+    except BacalhauError:
+        raise UsageError(f"input {src} is neither a file nor a CID") from None
+    return src, mount
 
 
 def _check_wasm_file(path: Path) -> None:

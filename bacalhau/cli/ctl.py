@@ -106,6 +106,15 @@ def _add_job_commands(sub: Any) -> None:
         metavar="NAME:/path",
         help="a folder the job writes; it becomes NAME in the result (default: outputs:/outputs)",
     )
+    run.add_argument(
+        "-v",
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="SRC:/path",
+        help="mount an input read-only: SRC is a CID, or a local file (uploaded)",
+    )
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")
     run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 64Mi")

@@ -73,6 +73,8 @@ class Compute:
         self._scratch = scratch_dir
         self._modules = scratch_dir / "modules"
         self._modules.mkdir(parents=True, exist_ok=True)
+        self._inputs = scratch_dir / "inputs"
+        self._inputs.mkdir(parents=True, exist_ok=True)
         self.config = config
         self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="execution")
         # offered and not yet decided: (job, shard) -> (requester, spec, when offered)
@@ -286,9 +288,13 @@ class Compute:
             else:  # started before a restart: running again from the start
                 self._report(record)
             module = await self._module(record.spec.wasm.module_cid, record.requester_node_id)
+            inputs = [
+                (await self._input(i.cid, record.requester_node_id), i.mount_path)
+                for i in record.spec.inputs
+            ]
             loop = asyncio.get_running_loop()
             result, cid = await loop.run_in_executor(
-                self._pool, self._execute, record, module, cancel
+                self._pool, self._execute, record, module, inputs, cancel
             )
             if result.error == "cancelled":
                 await self._advance(record, E.CANCELLED, message="cancelled while running")
@@ -313,7 +319,13 @@ class Compute:
             self._cancels.pop(ex.id, None)
             self._specs.pop(ex.id, None)
 
-    def _execute(self, record: Any, module: Path, cancel: threading.Event) -> tuple[RunResult, str]:
+    def _execute(
+        self,
+        record: Any,
+        module: Path,
+        inputs: list[tuple[Path, str]],
+        cancel: threading.Event,
+    ) -> tuple[RunResult, str]:
         """Run the execution and publish its result; blocking (a pool thread)."""
         spec = record.spec
         executor = self._executors[spec.engine]
@@ -323,6 +335,7 @@ class Compute:
                 module=module,
                 args=list(spec.wasm.args),
                 env=dict(spec.wasm.env),
+                inputs=inputs,
                 outputs=[(o.name, o.path) for o in spec.outputs],
                 timeout_s=spec.timeout_seconds or self.config.default_timeout_s,
                 memory_limit_bytes=spec.resources.memory_bytes or self.config.memory_limit_bytes,
@@ -340,27 +353,34 @@ class Compute:
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _module(self, cid_text: str, requester: str) -> Path:
-        """The module's bytes as a file, fetched from the requester once (single flight)."""
-        path = self._modules / f"{cid_text}.wasm"
+        """The module's bytes as a file, fetched once (single flight)."""
+        return await self._local_copy(cid_text, requester, self._modules / f"{cid_text}.wasm")
+
+    async def _input(self, cid_text: str, requester: str) -> Path:
+        """An input's file or folder, fetched and written out once (single flight)."""
+        return await self._local_copy(cid_text, requester, self._inputs / cid_text)
+
+    async def _local_copy(self, cid_text: str, requester: str, path: Path) -> Path:
         if path.exists():
             return path
-        fut = self._module_fetches.get(cid_text)
+        key = str(path)
+        fut = self._module_fetches.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._fetch_module(cid_text, requester, path))
-            self._module_fetches[cid_text] = fut
-            fut.add_done_callback(lambda _: self._module_fetches.pop(cid_text, None))
+            fut = asyncio.ensure_future(self._fetch_to(cid_text, requester, path))
+            self._module_fetches[key] = fut
+            fut.add_done_callback(lambda _: self._module_fetches.pop(key, None))
         return await asyncio.shield(fut)
 
-    async def _fetch_module(self, cid_text: str, requester: str, path: Path) -> Path:
+    async def _fetch_to(self, cid_text: str, requester: str, path: Path) -> Path:
+        """Fetch the DAG (from the requester first), then write it out at `path` atomically."""
         root = bytes(CID.parse(cid_text))
         # The requester may be restarting: give it the time a lost node gets to come back.
         await fetch_dag(self._net, self._blocks, root, [requester], patience_s=_FETCH_PATIENCE_S)
 
         def write() -> Path:
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-            with open(tmp, "wb") as f:
-                for chunk in dag.cat(self._blocks.get, root):
-                    f.write(chunk)
+            tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            dag.export(self._blocks.get, root, tmp)
             tmp.replace(path)
             return path
 

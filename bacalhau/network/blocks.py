@@ -110,19 +110,26 @@ async def fetch_dag(
     backoff = 0.1
     while True:
         errors = []
+        # Waiting only helps while a holder is away; if they all answered "not here", stop.
+        holders_answered = True
         for node_id in dict.fromkeys([*holders, *net.connected()]):
             channel = net.channel_to(node_id) if net.is_connected(node_id) else None
             if channel is None or node_id == net.node_id:
                 errors.append(f"{node_id[-8:]}: not connected")
+                holders_answered = holders_answered and node_id not in holders
                 continue
             try:
                 blocks = await fetch_blocks(channel, [root], recursive=True)
+            except NotFound as e:
+                errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
+                continue
             except (grpc.RpcError, ContentError) as e:
                 errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
+                holders_answered = holders_answered and node_id not in holders
                 continue
             await asyncio.to_thread(store_blocks, store, blocks, root)
             return
-        if loop.time() >= deadline:
+        if loop.time() >= deadline or holders_answered:
             raise NotFound(
                 f"{CID.from_bytes(root)} is not on this node and no peer could send it",
                 hint="; ".join(errors) or "no peer is connected",

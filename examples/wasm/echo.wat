@@ -5,6 +5,8 @@
 ;;   echo spin      loops forever (until timed out or cancelled)
 ;;   echo slow ...  counts down from 50,000,000 first (a fraction of a second), then echoes
 ;;   echo long ...  counts down from 1,000,000,000 first (seconds), then echoes
+;;   echo cat NAME  prints (up to 4 KiB of) the file NAME in the first preopened folder (fd 3:
+;;                  the first input, when the job has inputs); exit code 2 if it cannot
 ;; Build: python -c "import wasmtime,sys; sys.stdout.buffer.write(wasmtime.wat2wasm(open('echo.wat').read()))" > echo.wasm
 (module
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
@@ -13,11 +15,13 @@
   (import "wasi_snapshot_preview1" "path_open"
     (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   ;; 0: argc, 4: argv buffer size, 8: iovec, 16: bytes written, 20: opened fd,
   ;; 64: file name, 80: failure message, 1024: argv pointers, 4096: argv buffer
   (data (i32.const 64) "result.txt")
   (data (i32.const 80) "failing as asked\n")
+  (data (i32.const 100) "cannot open the file\n")
 
   (func $write (param $fd i32) (param $ptr i32) (param $len i32)
     (i32.store (i32.const 8) (local.get $ptr))
@@ -29,6 +33,27 @@
     (i32.and
       (i32.eq (i32.load (local.get $p)) (local.get $w))
       (i32.eqz (i32.load8_u offset=4 (local.get $p)))))
+
+  ;; Print the file named by the NUL-terminated string at $name, relative to fd 3; exit.
+  (func $cat (param $name i32)
+    (local $end i32)
+    (local.set $end (local.get $name))
+    (block $found
+      (loop $scan
+        (br_if $found (i32.eqz (i32.load8_u (local.get $end))))
+        (local.set $end (i32.add (local.get $end) (i32.const 1)))
+        (br $scan)))
+    (if (call $path_open (i32.const 3) (i32.const 0) (local.get $name)
+          (i32.sub (local.get $end) (local.get $name)) (i32.const 0) (i64.const 2) (i64.const 0)
+          (i32.const 0) (i32.const 20))
+      (then
+        (call $write (i32.const 2) (i32.const 100) (i32.const 21))
+        (call $proc_exit (i32.const 2))))
+    (i32.store (i32.const 8) (i32.const 8192))
+    (i32.store (i32.const 12) (i32.const 4096))
+    (drop (call $fd_read (i32.load (i32.const 20)) (i32.const 8) (i32.const 1) (i32.const 16)))
+    (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 16)))
+    (call $proc_exit (i32.const 0)))
 
   (func (export "_start")
     (local $start i32) (local $end i32) (local $i i32)
@@ -47,6 +72,8 @@
           (then (loop $forever (br $forever))))
         (if (call $is (local.get $start) (i32.const 0x776f6c73))  ;; "slow"
           (then (local.set $i (i32.const 50000000))))
+        (if (i32.eq (i32.load (local.get $start)) (i32.const 0x00746163))  ;; "cat"
+          (then (call $cat (i32.load (i32.const 1032)))))
         (if (call $is (local.get $start) (i32.const 0x676e6f6c))  ;; "long"
           (then (local.set $i (i32.const 1000000000))))
         (if (local.get $i)

@@ -159,3 +159,45 @@ def test_only_nodes_with_the_resources_bid(ctl: Ctl):
     assert "needs 1 GPU, this node has none" in res.one_line_error()
     res, _ = run_job(ctl, "--cpu", "1", "--memory", "16Mi", str(ECHO_WASM), "fits")
     assert res.returncode == 0, res.stderr
+
+
+def test_inputs_by_cid_and_local_file_are_mounted_read_only(
+    cluster: Cluster, ctl: Ctl, tmp_path: Path
+):
+    data = tmp_path / "data.txt"
+    data.write_bytes(b"input held by node-0\n")
+    with Client(cluster[0].address) as c:
+        cid = c.add_file(data).cid
+    # by CID: the input is on node-0 only; node-2 fetches it by block exchange
+    res, job_id = run_job(
+        ctl, "--labels", "name=node-2", "-v", f"{cid}:/inputs/data.txt", str(ECHO_WASM),
+        "cat", "data.txt",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == "input held by node-0\n"
+    # a local file is uploaded first
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"from the laptop\n")
+    res, job_id = run_job(ctl, "-v", f"{local}:/in/local.txt", str(ECHO_WASM), "cat", "local.txt")
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == "from the laptop\n"
+    # read-only: the module's own output file goes to fd 3, the input folder, and fails
+    res, job_id = run_job(ctl, "-v", f"{cid}:/inputs/data.txt", str(ECHO_WASM), "write")
+    assert res.returncode == 0
+    out = tmp_path / "ro"
+    assert ctl("get", job_id, "--output-dir", str(out)).returncode == 0
+    assert not (out / "outputs" / "result.txt").exists()
+    assert sorted(p.name for p in (out / "outputs").iterdir()) == []
+
+
+def test_bad_inputs_fail_with_one_line(ctl: Ctl, tmp_path: Path):
+    assert (
+        "neither a file nor a CID"
+        in ctl("wasm", "run", "-v", "nonsense:/in", str(ECHO_WASM)).one_line_error()
+    )
+    assert "bad input" in ctl("wasm", "run", "-v", "no-colon", str(ECHO_WASM)).one_line_error()
+    assert "folder" in ctl("wasm", "run", "-v", f"{tmp_path}:/in", str(ECHO_WASM)).one_line_error()
+    # a CID nobody holds: the execution fails naming it
+    missing = "QmNLei78zWmzUdbeRB3CiUfAizWUrbeeZh5K1rhAQKCh51"
+    res, job_id = run_job(ctl, "-v", f"{missing}:/in/x", str(ECHO_WASM))
+    assert missing in res.one_line_error() or missing in ctl("describe", job_id).stdout
