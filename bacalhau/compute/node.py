@@ -81,7 +81,7 @@ class Compute:
         self._bids: dict[tuple[str, int], tuple[str, Any, float]] = {}
         self._cancels: dict[str, threading.Event] = {}  # accepted, not finished
         self._specs: dict[str, Any] = {}  # their specs, for what they take
-        self._module_fetches: dict[str, asyncio.Future[Path]] = {}
+        self._fetches: dict[str, asyncio.Future[Path]] = {}  # modules and inputs being copied
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -364,11 +364,11 @@ class Compute:
         if path.exists():
             return path
         key = str(path)
-        fut = self._module_fetches.get(key)
+        fut = self._fetches.get(key)
         if fut is None:
             fut = asyncio.ensure_future(self._fetch_to(cid_text, requester, path))
-            self._module_fetches[key] = fut
-            fut.add_done_callback(lambda _: self._module_fetches.pop(key, None))
+            self._fetches[key] = fut
+            fut.add_done_callback(lambda _: self._fetches.pop(key, None))
         return await asyncio.shield(fut)
 
     async def _fetch_to(self, cid_text: str, requester: str, path: Path) -> Path:
@@ -447,7 +447,7 @@ class Compute:
         """
         for event in self._cancels.values():
             event.set()
-        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._module_fetches.values()]
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._fetches.values()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)
             for task in pending:
