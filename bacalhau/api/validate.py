@@ -25,6 +25,20 @@ def validate_spec(spec: Any, store: Blockstore) -> None:
         )
     if spec.engine == "wasm":
         _check_module(spec.wasm.module_cid, store)
+    elif spec.engine == "docker":
+        if not spec.docker.image:
+            raise UsageError(
+                "a docker job needs an image", hint="e.g. bacalhauctl docker run IMAGE"
+            )
+        if spec.docker.working_dir and not spec.docker.working_dir.startswith("/"):
+            raise UsageError(f"working dir {spec.docker.working_dir!r} must be absolute")
+    elif spec.engine == "python":
+        if bool(spec.python.program) == bool(spec.python.code):
+            raise UsageError("a python job needs a program file or inline code, not both")
+        if spec.python.program and not spec.python.context_cid:
+            raise UsageError(f"program {spec.python.program!r} needs a context folder (by CID)")
+        if spec.python.context_cid:
+            CID.parse(spec.python.context_cid)
     mounts: set[str] = set()
     for inp in spec.inputs:
         if inp.source != "ipfs":

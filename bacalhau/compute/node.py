@@ -23,20 +23,19 @@ from typing import Any
 from bacalhau._aio import then
 from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
 from bacalhau.blockstore import Blockstore
+from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.results import publish_result, tail
-from bacalhau.content import dag
 from bacalhau.content.cid import CID
 from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import BacalhauError
 from bacalhau.executor import Executor
 from bacalhau.executor.base import RunRequest, RunResult
 from bacalhau.models import ExecutionState, now_ns, pb, set_execution_state
-from bacalhau.network import Network, fetch_dag, rpc_error_line
+from bacalhau.network import Network, rpc_error_line
 
 log = logging.getLogger(__name__)
 E = ExecutionState
 _OFFER_TTL_S = 300.0
-_FETCH_PATIENCE_S = 30.0
 _CLOSE_GRACE_S = 5.0
 _PRUNE_AT = 1024
 
@@ -71,17 +70,13 @@ class Compute:
         self._blocks = blockstore
         self._executors = executors
         self._scratch = scratch_dir
-        self._modules = scratch_dir / "modules"
-        self._modules.mkdir(parents=True, exist_ok=True)
-        self._inputs = scratch_dir / "inputs"
-        self._inputs.mkdir(parents=True, exist_ok=True)
+        self.inputs = InputCache(network, blockstore, scratch_dir / "inputs")
         self.config = config
         self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="execution")
         # offered and not yet decided: (job, shard) -> (requester, spec, when offered)
         self._bids: dict[tuple[str, int], tuple[str, Any, float]] = {}
         self._cancels: dict[str, threading.Event] = {}  # accepted, not finished
         self._specs: dict[str, Any] = {}  # their specs, for what they take
-        self._fetches: dict[str, asyncio.Future[Path]] = {}  # modules and inputs being copied
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -287,15 +282,16 @@ class Compute:
                 await self._advance(record, E.RUNNING)
             else:  # started before a restart: running again from the start
                 self._report(record)
-            module = await self._module(record.spec.wasm.module_cid, record.requester_node_id)
-            inputs = [
-                (await self._input(i.cid, record.requester_node_id), i.mount_path)
-                for i in record.spec.inputs
-            ]
-            loop = asyncio.get_running_loop()
-            result, cid = await loop.run_in_executor(
-                self._pool, self._execute, record, module, inputs, cancel
-            )
+            held: list[Path] = []
+            try:
+                request = await self._request(record, held)
+                loop = asyncio.get_running_loop()
+                result, cid = await loop.run_in_executor(
+                    self._pool, self._execute, record, request, cancel
+                )
+            finally:
+                for path in held:
+                    self.inputs.release(path)
             if result.error == "cancelled":
                 await self._advance(record, E.CANCELLED, message="cancelled while running")
             elif result.ok:
@@ -319,30 +315,63 @@ class Compute:
             self._cancels.pop(ex.id, None)
             self._specs.pop(ex.id, None)
 
-    def _execute(
-        self,
-        record: Any,
-        module: Path,
-        inputs: list[tuple[Path, str]],
-        cancel: threading.Event,
-    ) -> tuple[RunResult, str]:
-        """Run the execution and publish its result; blocking (a pool thread)."""
-        spec = record.spec
-        executor = self._executors[spec.engine]
-        workdir = Path(tempfile.mkdtemp(prefix="exec-", dir=self._scratch))
-        try:
-            req = RunRequest(
-                module=module,
+    async def _request(self, record: Any, held: list[Path]) -> dict[str, Any]:
+        """What the executor is given for `record`, its data fetched (held until released)."""
+        spec, requester = record.spec, record.requester_node_id
+
+        async def local(cid_text: str) -> Path:
+            path = await self.inputs.acquire(cid_text, requester)
+            held.append(path)
+            return path
+
+        cfg = self.config
+        req: dict[str, Any] = {
+            "inputs": [(await local(i.cid), i.mount_path) for i in spec.inputs],
+            "outputs": [(o.name, o.path) for o in spec.outputs],
+            "timeout_s": spec.timeout_seconds or cfg.default_timeout_s,
+            "memory_limit_bytes": spec.resources.memory_bytes or cfg.memory_limit_bytes,
+            "stdout_limit_bytes": cfg.stdout_limit_bytes,
+            "cpu": spec.resources.cpu,
+        }
+        if spec.engine == "wasm":
+            req.update(
+                module=await local(spec.wasm.module_cid),
                 args=list(spec.wasm.args),
                 env=dict(spec.wasm.env),
-                inputs=inputs,
-                outputs=[(o.name, o.path) for o in spec.outputs],
-                timeout_s=spec.timeout_seconds or self.config.default_timeout_s,
-                memory_limit_bytes=spec.resources.memory_bytes or self.config.memory_limit_bytes,
-                stdout_limit_bytes=self.config.stdout_limit_bytes,
-                workdir=workdir,
             )
-            result = executor.run(req, cancel)
+        elif spec.engine == "docker":
+            d = spec.docker
+            req.update(
+                image=d.image,
+                entrypoint=list(d.entrypoint),
+                args=list(d.args),
+                env=dict(d.env),
+                working_dir=d.working_dir,
+                labels={
+                    "bacalhau.job": record.execution.job_id,
+                    "bacalhau.execution": record.execution.id,
+                },
+            )
+        elif spec.engine == "python":
+            p = spec.python
+            req.update(
+                context=await local(p.context_cid) if p.context_cid else None,
+                program=p.program,
+                code=p.code,
+                deterministic=p.deterministic,
+                args=list(p.args),
+                env=dict(p.env),
+            )
+        return req
+
+    def _execute(
+        self, record: Any, request: dict[str, Any], cancel: threading.Event
+    ) -> tuple[RunResult, str]:
+        """Run the execution and publish its result; blocking (a pool thread)."""
+        executor = self._executors[record.spec.engine]
+        workdir = Path(tempfile.mkdtemp(prefix="exec-", dir=self._scratch))
+        try:
+            result = executor.run(RunRequest(workdir=workdir, **request), cancel)
             if result.error == "cancelled":
                 return result, ""
             cid = publish_result(
@@ -351,40 +380,6 @@ class Compute:
             return result, cid
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-
-    async def _module(self, cid_text: str, requester: str) -> Path:
-        """The module's bytes as a file, fetched once (single flight)."""
-        return await self._local_copy(cid_text, requester, self._modules / f"{cid_text}.wasm")
-
-    async def _input(self, cid_text: str, requester: str) -> Path:
-        """An input's file or folder, fetched and written out once (single flight)."""
-        return await self._local_copy(cid_text, requester, self._inputs / cid_text)
-
-    async def _local_copy(self, cid_text: str, requester: str, path: Path) -> Path:
-        if path.exists():
-            return path
-        key = str(path)
-        fut = self._fetches.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._fetch_to(cid_text, requester, path))
-            self._fetches[key] = fut
-            fut.add_done_callback(lambda _: self._fetches.pop(key, None))
-        return await asyncio.shield(fut)
-
-    async def _fetch_to(self, cid_text: str, requester: str, path: Path) -> Path:
-        """Fetch the DAG (from the requester first), then write it out at `path` atomically."""
-        root = bytes(CID.parse(cid_text))
-        # The requester may be restarting: give it the time a lost node gets to come back.
-        await fetch_dag(self._net, self._blocks, root, [requester], patience_s=_FETCH_PATIENCE_S)
-
-        def write() -> Path:
-            tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            dag.export(self._blocks.get, root, tmp)
-            tmp.replace(path)
-            return path
-
-        return await asyncio.to_thread(write)
 
     async def _unpin(self, cid_text: str) -> None:
         if cid_text:
@@ -447,7 +442,7 @@ class Compute:
         """
         for event in self._cancels.values():
             event.set()
-        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._fetches.values()]
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self.inputs.pending]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)
             for task in pending:

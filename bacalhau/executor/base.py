@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,18 +33,25 @@ def _scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="bacalhau-exec-"))
 
 
+LogSink = Callable[[int, bytes], None]  # (1 stdout | 2 stderr, bytes) as the program writes
+
+
 @dataclass(frozen=True)
 class RunRequest:
-    """One run of a WebAssembly (WASI preview 1) module.
+    """One run of a job's program: a WASI module, a container or a Python program.
 
     `inputs` are (host_path, guest_path) pairs mounted read-only; `outputs` are
-    (name, guest_path) pairs, each mounted writable onto `workdir/outputs/<name>`. In the
+    (name, guest_path) pairs, each mounted writable onto `workdir/outputs/<name>`. In a wasm
     guest, preopened directories get file descriptors from 3 upwards: the inputs first, then
     the outputs, each in the order given. `stdout_limit_bytes` caps what `RunResult` keeps
     of stdout and, separately, of stderr. `fuel` of None means no instruction budget.
+
+    Engine-specific parts: `module` (wasm); `image`, `entrypoint`, `working_dir`, `cpu`,
+    `gpu_devices`, `labels` (docker); `context`, `program`, `code`, `deterministic` (python).
+    `on_log`, when given, receives output as it is written (engines that can stream).
     """
 
-    module: Path
+    module: Path | None = None
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     inputs: list[tuple[Path, str]] = field(default_factory=list)
@@ -53,6 +61,19 @@ class RunRequest:
     fuel: int | None = None
     stdout_limit_bytes: int = MIB
     workdir: Path = field(default_factory=_scratch_dir)
+    # docker
+    image: str = ""
+    entrypoint: list[str] = field(default_factory=list)
+    working_dir: str = ""
+    cpu: float = 0.0  # cores; 0: no limit
+    gpu_devices: list[str] = field(default_factory=list)  # GPU indexes allocated to this run
+    labels: dict[str, str] = field(default_factory=dict)
+    # python
+    context: Path | None = None  # the program's folder (read-only in the guest)
+    program: str = ""  # a file in `context` to run
+    code: str = ""  # or inline code
+    deterministic: bool = False
+    on_log: LogSink | None = None
 
     def validate(self) -> None:
         """Raise ExecutorError if the request cannot be run as given."""

@@ -117,6 +117,8 @@ class WasmExecutor:
         return bytes(module.serialize())
 
     def _load(self, engine: wasmtime.Engine, req: RunRequest) -> wasmtime.Module:
+        if req.module is None:
+            raise ExecutorError("a wasm run needs a module")
         try:
             wasm = req.module.read_bytes()
         except OSError as e:
@@ -135,7 +137,7 @@ class WasmExecutor:
 
     def _wasi(self, req: RunRequest, outputs_dir: Path) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
-        wasi.argv = [req.module.name, *req.args]
+        wasi.argv = [req.module.name if req.module else "main", *req.args]
         wasi.env = list(req.env.items())
         wasi.stdout_file = str(req.workdir / "stdout")
         wasi.stderr_file = str(req.workdir / "stderr")
