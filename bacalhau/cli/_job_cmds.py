@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +98,6 @@ def parse_output_volume(text: str) -> tuple[str, str]:
 
 
 def wasm_run(args: argparse.Namespace) -> int:
-    outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
-    if len({n for n, _ in outputs}) != len(outputs):
-        raise UsageError("output names must be unique")
-    env = parse_kv(args.env, "environment variable")
-    selector = parse_kv(args.labels, "label")
-    if args.cpu < 0 or args.gpu < 0:
-        raise UsageError("--cpu and --gpu must not be negative")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
     module = args.module
     path = Path(module)
     upload = path.exists() or module.endswith(".wasm")
@@ -118,30 +110,49 @@ def wasm_run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{module} is neither a file nor a CID", hint="give a .wasm file or a module's CID"
             ) from None
+
+    def build(c: Client, spec: Any, env: dict[str, str]) -> None:
+        module_cid = c.add_file(path).cid if upload else module
+        spec.engine = "wasm"
+        spec.wasm.CopyFrom(types_pb2.WasmSpec(module_cid=module_cid, args=args.args, env=env))
+
+    return run_job(args, build)
+
+
+def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, str]], None]) -> int:
+    """Submit a job from the shared run flags; `build(client, spec, env)` adds the engine's part.
+
+    Checks the flags before anything is uploaded; then prints the job ID and, with --wait,
+    follows the job and fails unless it completed.
+    """
+    outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
+    if len({n for n, _ in outputs}) != len(outputs):
+        raise UsageError("output names must be unique")
+    env = parse_kv(args.env, "environment variable")
+    selector = parse_kv(args.labels, "label")
+    if args.cpu < 0 or args.gpu < 0:
+        raise UsageError("--cpu and --gpu must not be negative")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
+    memory = parse_size(args.memory) if args.memory else 0
     inputs = [_parse_input(text) for text in args.inputs]
     with _client(args) as c:
-        module_cid = c.add_file(path).cid if upload else module
-        specs = [
-            types_pb2.InputSpec(
-                source="ipfs",
-                cid=c.add_file(src).cid if isinstance(src, Path) else src,
-                mount_path=mount,
-            )
-            for src, mount in inputs
-        ]
         spec = types_pb2.JobSpec(
-            engine="wasm",
-            wasm=types_pb2.WasmSpec(module_cid=module_cid, args=args.args, env=env),
-            inputs=specs,
+            inputs=[
+                types_pb2.InputSpec(
+                    source="ipfs",
+                    cid=c.add_file(src).cid if isinstance(src, Path) else src,
+                    mount_path=mount,
+                )
+                for src, mount in inputs
+            ],
             outputs=[types_pb2.OutputSpec(name=n, path=p) for n, p in outputs],
             deal=types_pb2.Deal(concurrency=args.concurrency),
             timeout_seconds=args.timeout or 0,
             node_selector=selector,
+            resources=types_pb2.Resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory),
         )
-        if args.memory:
-            spec.resources.memory_bytes = parse_size(args.memory)
-        spec.resources.cpu = args.cpu
-        spec.resources.gpu = args.gpu
+        build(c, spec, env)
         job_id = c.submit(spec).job_id
         print(job_id, flush=True)
         if not args.wait or args.id_only:

@@ -85,11 +85,12 @@ def _add_job_commands(sub: Any) -> None:
     add("id", help="print the node's ID")
     add("peers", help="list the node's peers")
 
+    flags = _run_flags(common)
     wasm = sub.add_parser("wasm", help="WebAssembly jobs")
     wasm_sub = wasm.add_subparsers(dest="wasm_command", metavar="COMMAND", required=True)
     run = wasm_sub.add_parser(
         "run",
-        parents=[common],
+        parents=[flags],
         help="run a WASI module on the network",
         description="Upload MODULE.wasm (or use a module already stored, by CID) and run it on "
         "a node the network selects. Prints the job ID first; with --wait (the default) "
@@ -97,6 +98,34 @@ def _add_job_commands(sub: Any) -> None:
     )
     run.add_argument("module", metavar="MODULE.wasm|CID")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="module arguments")
+
+    ls = add("list", help="list jobs submitted to the node (active ones by default)")
+    ls.add_argument("--all", action="store_true", help="include finished jobs")
+    ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
+    ls.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=("pending", "running", "completed", "failed", "cancelled"),
+        help="only jobs in this state (repeatable)",
+    )
+    ls.add_argument("--client", default="", metavar="ID", help="only jobs submitted by ID")
+
+    describe = add("describe", help="a job's state, executions and events")
+    describe.add_argument("job", metavar="JOB")
+    logs = add("logs", help="a job's stdout and stderr")
+    logs.add_argument("job", metavar="JOB")
+    logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
+    get = add("get", help="download a job's result (stdout, stderr, exitCode, output folders)")
+    get.add_argument("job", metavar="JOB")
+    get.add_argument("--output-dir", type=Path, help="default: ./JOB_ID")
+    cancel = add("cancel", help="cancel a job")
+    cancel.add_argument("job", metavar="JOB")
+
+
+def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags every `... run` command shares (inputs, outputs, limits, placement)."""
+    run = argparse.ArgumentParser(add_help=False, parents=[common])
     run.add_argument(
         "-o",
         "--output-volume",
@@ -134,29 +163,7 @@ def _add_job_commands(sub: Any) -> None:
     run.add_argument("--id-only", action="store_true", help="print the job ID and return")
     run.add_argument("--download", action="store_true", help="download the result when done")
     run.add_argument("--output-dir", type=Path, help="where --download writes")
-
-    ls = add("list", help="list jobs submitted to the node (active ones by default)")
-    ls.add_argument("--all", action="store_true", help="include finished jobs")
-    ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
-    ls.add_argument(
-        "--state",
-        action="append",
-        default=[],
-        choices=("pending", "running", "completed", "failed", "cancelled"),
-        help="only jobs in this state (repeatable)",
-    )
-    ls.add_argument("--client", default="", metavar="ID", help="only jobs submitted by ID")
-
-    describe = add("describe", help="a job's state, executions and events")
-    describe.add_argument("job", metavar="JOB")
-    logs = add("logs", help="a job's stdout and stderr")
-    logs.add_argument("job", metavar="JOB")
-    logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
-    get = add("get", help="download a job's result (stdout, stderr, exitCode, output folders)")
-    get.add_argument("job", metavar="JOB")
-    get.add_argument("--output-dir", type=Path, help="default: ./JOB_ID")
-    cancel = add("cancel", help="cancel a job")
-    cancel.add_argument("job", metavar="JOB")
+    return run
 
 
 _JOB_COMMANDS = {
