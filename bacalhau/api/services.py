@@ -94,21 +94,69 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     @streaming
     async def Logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         job = self.node.store.get_job(request.job_id)
+        sent: dict[Any, int] = {stream: 0 for _, stream in _LOG_FILES}  # bytes sent live
+        live_id = ""
         if request.follow:
-            job = await self.node.wait_final(job.id)
+            async for chunk in self._follow(job.id, sent):
+                live_id = chunk.execution_id
+                yield chunk
+            job = self.node.store.get_job(job.id)
         ex = _result_execution(job)
-        if ex is None:
+        if ex is None or (live_id and ex.id != live_id):
             return
         root = await self.node.ensure_dag(ex.result_cid, [ex.node_id])
         for name, stream in _LOG_FILES:
             cid = _child(self.node, root, name)
             if cid is None:
                 continue
+            skip = sent[stream]
             for chunk in dag.cat(self.node.blockstore.get, cid):
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
                 for i in range(0, len(chunk), _LOG_CHUNK):
                     yield client_pb2.LogChunk(
                         stream=stream, data=chunk[i : i + _LOG_CHUNK], execution_id=ex.id
                     )
+
+    async def _follow(self, job_id: str, sent: dict[Any, int]) -> AsyncIterator[Any]:
+        """What the job's first execution writes, as it writes it, until the job is final."""
+        logs = self.node.requester.logs
+        live = None
+        try:
+            while True:
+                waiter = self.node.watch.waiter(job_id)
+                changed: asyncio.Future[Any] | None = None
+                try:
+                    final = JobState.of(self.node.store.get_job(job_id).state).is_terminal
+                    event = None if final else logs.changed(job_id)
+                    if event is not None:
+                        event.clear()
+                    live = live or logs.first(job_id)
+                    if live is not None:
+                        for (_, stream), buf in zip(
+                            _LOG_FILES, live[1].streams.values(), strict=True
+                        ):
+                            data = bytes(buf[sent[stream] :])
+                            sent[stream] += len(data)
+                            for i in range(0, len(data), _LOG_CHUNK):
+                                yield client_pb2.LogChunk(
+                                    stream=stream,
+                                    data=data[i : i + _LOG_CHUNK],
+                                    execution_id=live[0],
+                                )
+                    if event is None:
+                        return
+                    changed = asyncio.ensure_future(event.wait())
+                    await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if changed is not None:
+                        changed.cancel()
+                    self.node.watch.forget(job_id, waiter)
+        finally:
+            if JobState.of(self.node.store.get_job(job_id).state).is_terminal:
+                logs.drop({job_id})
 
     @unary
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

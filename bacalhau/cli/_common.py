@@ -61,3 +61,19 @@ def run(prog: str, func: Callable[[], int]) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower().removesuffix("b")
+    num = t.rstrip("kmgi")
+    unit = t[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1
+    if unit not in _UNITS or value <= 0:
+        raise UsageError(f"bad size {text!r}", hint="write it like 64Mi, 512MB or 1Gi")
+    return int(value * _UNITS[unit])

@@ -62,6 +62,8 @@ def devstack(args: argparse.Namespace) -> int:
                 "0",
                 "--engines",
                 args.engines,
+                "--docker-pull",
+                args.docker_pull,
                 "--log-level",
                 args.log_level,
                 "--labels",

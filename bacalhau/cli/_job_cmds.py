@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
-from bacalhau.cli._common import parse_kv
+from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.cli._render import describe_text, dump, job_doc, time_text
 from bacalhau.client import Client
 from bacalhau.content import dag
@@ -119,6 +119,28 @@ def wasm_run(args: argparse.Namespace) -> int:
     return run_job(args, build)
 
 
+def docker_run(args: argparse.Namespace) -> int:
+    command = list(args.args)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.workdir and not args.workdir.startswith("/"):
+        raise UsageError(f"--workdir {args.workdir!r} must be an absolute path")
+
+    def build(c: Client, spec: Any, env: dict[str, str]) -> None:
+        spec.engine = "docker"
+        spec.docker.CopyFrom(
+            types_pb2.DockerSpec(
+                image=args.image,
+                entrypoint=[args.entrypoint] if args.entrypoint else [],
+                args=command,
+                env=env,
+                working_dir=args.workdir,
+            )
+        )
+
+    return run_job(args, build)
+
+
 def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, str]], None]) -> int:
     """Submit a job from the shared run flags; `build(client, spec, env)` adds the engine's part.
 
@@ -209,22 +231,6 @@ def _check_wasm_file(path: Path) -> None:
             f"{path} is not a WebAssembly module (no \\0asm header)",
             hint="give a .wasm file built for WASI",
         )
-
-
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().lower().removesuffix("b")
-    num = t.rstrip("kmgi")
-    unit = t[len(num) :]
-    try:
-        value = float(num)
-    except ValueError:
-        value = -1
-    if unit not in _UNITS or value <= 0:
-        raise UsageError(f"bad size {text!r}", hint="write it like 64Mi, 512MB or 1Gi")
-    return int(value * _UNITS[unit])
 
 
 def list_jobs(args: argparse.Namespace) -> int:

@@ -7,13 +7,26 @@ import asyncio
 import logging
 import signal
 
-from bacalhau.cli._common import parse_kv
+from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.executor import EXECUTOR_NAMES
 
 
 def serve(args: argparse.Namespace) -> int:
+    from bacalhau.compute.capacity import Limits, Resources
     from bacalhau.node import Node, NodeConfig
+
+    def resources(scope: str) -> Resources:
+        cpu, gpu = getattr(args, f"limit_{scope}_cpu"), getattr(args, f"limit_{scope}_gpu")
+        if cpu < 0 or gpu < 0:
+            raise UsageError(f"--limit-{scope}-cpu and --limit-{scope}-gpu must not be negative")
+        memory, disk = (getattr(args, f"limit_{scope}_{k}") for k in ("memory", "disk"))
+        return Resources(
+            cpu=cpu,
+            memory_bytes=parse_size(memory) if memory else 0,
+            disk_bytes=parse_size(disk) if disk else 0,
+            gpu=gpu,
+        )
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     for engine in engines:
@@ -40,6 +53,8 @@ def serve(args: argparse.Namespace) -> int:
         node_lost_s=args.node_lost_timeout,
         mdns=args.mdns,
         advertise=args.advertise,
+        limits=Limits(total=resources("total"), job=resources("job")),
+        docker_pull=args.docker_pull,
     )
     return asyncio.run(_run(Node(config)))
 

@@ -99,6 +99,24 @@ def _add_job_commands(sub: Any) -> None:
     run.add_argument("module", metavar="MODULE.wasm|CID")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="module arguments")
 
+    docker = sub.add_parser("docker", help="container jobs")
+    docker_sub = docker.add_subparsers(dest="docker_command", metavar="COMMAND", required=True)
+    drun = docker_sub.add_parser(
+        "run",
+        parents=[flags],
+        help="run a container on the network",
+        description="Run IMAGE (with CMD, if given) on a node whose Docker engine has it. The "
+        "container has no network, inputs are read-only, output folders come back in the "
+        "result. Prints the job ID first; with --wait (the default) follows the job and exits "
+        "0 only if it completed.",
+    )
+    drun.add_argument(
+        "--entrypoint", metavar="CMD", help="override the image's entrypoint (one program)"
+    )
+    drun.add_argument("-w", "--workdir", default="", metavar="/DIR", help="working directory")
+    drun.add_argument("image", metavar="IMAGE")
+    drun.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD", help="command and args")
+
     ls = add("list", help="list jobs submitted to the node (active ones by default)")
     ls.add_argument("--all", action="store_true", help="include finished jobs")
     ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
@@ -170,6 +188,7 @@ _JOB_COMMANDS = {
     "id": "node_id",
     "peers": "peers",
     "wasm": "wasm_run",
+    "docker": "docker_run",
     "list": "list_jobs",
     "describe": "describe",
     "logs": "logs",
@@ -189,8 +208,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in _JOB_COMMANDS:
         from bacalhau.cli import _job_cmds
 
-        if args.command == "wasm":
-            return _job_cmds.wasm_run(args)
         return int(getattr(_job_cmds, _JOB_COMMANDS[args.command])(args))
 
     from bacalhau.cli import _content_cmds

@@ -56,8 +56,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--engines",
         default="wasm",
-        help="comma-separated engines this node runs jobs with (default: wasm; also noop)",
+        help="comma-separated engines this node runs jobs with (default: wasm; also docker, noop)",
     )
+    serve.add_argument(
+        "--docker-pull",
+        choices=("never", "missing"),
+        default="missing",
+        help="whether the docker engine may pull images it lacks (default: missing); with "
+        "never, the node bids only on jobs whose image its engine already has",
+    )
+    for scope, what in (("total", "lends to all jobs at once"), ("job", "gives one job")):
+        serve.add_argument(
+            f"--limit-{scope}-cpu",
+            type=float,
+            default=0,
+            metavar="N",
+            help=f"cores this node {what} (default: "
+            + ("what it has)" if scope == "total" else "no limit)"),
+        )
+        serve.add_argument(
+            f"--limit-{scope}-memory",
+            default="",
+            metavar="SIZE",
+            help=f"memory this node {what}, e.g. 8Gi",
+        )
+        serve.add_argument(
+            f"--limit-{scope}-disk",
+            default="",
+            metavar="SIZE",
+            help=f"disk this node {what}",
+        )
+        serve.add_argument(
+            f"--limit-{scope}-gpu",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"GPUs this node {what}",
+        )
     serve.add_argument(
         "--max-parallel",
         type=int,
@@ -94,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="parent of the nodes' data dirs (default: a temp dir)"
     )
     dev.add_argument("--engines", default="wasm")
+    dev.add_argument(
+        "--docker-pull",
+        choices=("never", "missing"),
+        default="never",
+        help="the nodes' image pull policy (default: never, so no registry is asked)",
+    )
     dev.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"))
     return parser
 

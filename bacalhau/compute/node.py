@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 from bacalhau._aio import then
 from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
 from bacalhau.blockstore import Blockstore
+from bacalhau.compute.capacity import Allocation, Allocator, Limits, detect
 from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.results import publish_result, tail
 from bacalhau.content.cid import CID
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 E = ExecutionState
 _OFFER_TTL_S = 300.0
 _CLOSE_GRACE_S = 5.0
+_ALLOCATE_POLL_S = 0.5  # how often a job waiting for resources looks at its cancel event
 _PRUNE_AT = 1024
 
 
@@ -45,8 +48,7 @@ class ComputeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     max_parallel: int = 4
     max_queue: int = 256
-    total_cpu: float = 0.0  # 0: unknown, not checked
-    total_memory_bytes: int = 0
+    allocator: Allocator | None = None  # None: the machine's detected resources, no limits
     default_timeout_s: float = 600.0
     memory_limit_bytes: int = 256 << 20
     stdout_limit_bytes: int = 1 << 20
@@ -72,6 +74,8 @@ class Compute:
         self._scratch = scratch_dir
         self.inputs = InputCache(network, blockstore, scratch_dir / "inputs")
         self.config = config
+        self.allocator = config.allocator or Allocator(detect(scratch_dir), Limits())
+        self._released = asyncio.Event()  # set whenever resources are given back
         self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="execution")
         # offered and not yet decided: (job, shard) -> (requester, spec, when offered)
         self._bids: dict[tuple[str, int], tuple[str, Any, float]] = {}
@@ -88,22 +92,26 @@ class Compute:
         return len(self._cancels)
 
     def status(self) -> Any:
-        """What heartbeats say of this node: queue length and resources not taken."""
-        cfg = self.config
-        taken_cpu = sum(max(spec.resources.cpu, 1.0) for spec in self._specs.values())
-        taken_memory = sum(
-            spec.resources.memory_bytes or cfg.memory_limit_bytes for spec in self._specs.values()
-        )
-        disk = 0
+        """What heartbeats say of this node: queue length and resources not lent."""
+        free = self.allocator.free()
         with contextlib.suppress(OSError):
             st = os.statvfs(self._scratch)
-            disk = st.f_bavail * st.f_frsize
-        free = pb.Resources(
-            cpu=max(cfg.total_cpu - taken_cpu, 0.0),
-            memory_bytes=max(cfg.total_memory_bytes - taken_memory, 0),
-            disk_bytes=disk,
+            free = dataclasses.replace(free, disk_bytes=st.f_bavail * st.f_frsize)
+        return peer_pb2.Heartbeat(
+            queued=self.queued,
+            free=pb.Resources(
+                cpu=free.cpu,
+                memory_bytes=free.memory_bytes,
+                disk_bytes=free.disk_bytes,
+                gpu=free.gpu,
+            ),
         )
-        return peer_pb2.Heartbeat(queued=self.queued, free=free)
+
+    def _needs(self, spec: Any) -> Any:
+        r = spec.resources
+        return self.allocator.needs(
+            r.cpu, r.memory_bytes or self.config.memory_limit_bytes, r.disk_bytes, r.gpu
+        )
 
     # -- messages from requesters --------------------------------------------------------
 
@@ -128,16 +136,14 @@ class Compute:
         for key, value in spec.node_selector.items():
             if self.config.labels.get(key) != value:
                 return f"label {key}={value} does not match"
-        cfg, wants = self.config, spec.resources
-        if cfg.total_cpu and wants.cpu > cfg.total_cpu:
-            return f"needs {wants.cpu:g} cpu, this node has {cfg.total_cpu:g}"
-        if cfg.total_memory_bytes and wants.memory_bytes > cfg.total_memory_bytes:
-            return (
-                f"needs {wants.memory_bytes / 2**20:.0f} MiB of memory, this node has "
-                f"{cfg.total_memory_bytes / 2**20:.0f} MiB"
-            )
-        if wants.gpu:
-            return f"needs {wants.gpu} GPU, this node has none"
+        reason = self.allocator.reason(self._needs(spec))
+        if reason:
+            return reason
+        if spec.engine == "docker":
+            executor = self._executors["docker"]
+            reason = getattr(executor, "can_run", lambda _: "")(spec.docker.image)
+            if reason:
+                return reason
         if self.queued >= self.config.max_queue:
             return f"queue full ({self.queued} executions)"
         return ""
@@ -283,13 +289,22 @@ class Compute:
             else:  # started before a restart: running again from the start
                 self._report(record)
             held: list[Path] = []
+            allocation: Allocation | None = None
             try:
                 request = await self._request(record, held)
+                allocation = await self._allocate(record.spec, cancel)
+                if allocation is None:
+                    await self._advance(record, E.CANCELLED, message="cancelled before it started")
+                    return
+                request["gpu_devices"] = [str(i) for i in allocation.gpu_indexes]
                 loop = asyncio.get_running_loop()
                 result, cid = await loop.run_in_executor(
                     self._pool, self._execute, record, request, cancel
                 )
             finally:
+                if allocation is not None:
+                    self.allocator.release(allocation)
+                    self._released.set()
                 for path in held:
                     self.inputs.release(path)
             if result.error == "cancelled":
@@ -315,6 +330,17 @@ class Compute:
             self._cancels.pop(ex.id, None)
             self._specs.pop(ex.id, None)
 
+    async def _allocate(self, spec: Any, cancel: threading.Event) -> Allocation | None:
+        """Wait until what the job needs is free and take it; None if cancelled meanwhile."""
+        wants = self._needs(spec)
+        while (allocation := self.allocator.allocate(wants)) is None:
+            if cancel.is_set():
+                return None
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), _ALLOCATE_POLL_S)
+        return allocation
+
     async def _request(self, record: Any, held: list[Path]) -> dict[str, Any]:
         """What the executor is given for `record`, its data fetched (held until released)."""
         spec, requester = record.spec, record.requester_node_id
@@ -325,7 +351,11 @@ class Compute:
             return path
 
         cfg = self.config
+        ex = record.execution
         req: dict[str, Any] = {
+            "on_log": _LogForwarder(
+                self._loop, self._net, requester, ex.job_id, ex.id, cfg.stdout_limit_bytes
+            ),
             "inputs": [(await local(i.cid), i.mount_path) for i in spec.inputs],
             "outputs": [(o.name, o.path) for o in spec.outputs],
             "timeout_s": spec.timeout_seconds or cfg.default_timeout_s,
@@ -347,10 +377,7 @@ class Compute:
                 args=list(d.args),
                 env=dict(d.env),
                 working_dir=d.working_dir,
-                labels={
-                    "bacalhau.job": record.execution.job_id,
-                    "bacalhau.execution": record.execution.id,
-                },
+                labels={"bacalhau.job": ex.job_id, "bacalhau.execution": ex.id},
             )
         elif spec.engine == "python":
             p = spec.python
@@ -449,3 +476,50 @@ class Compute:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self._pool.shutdown(wait=True)
+        for executor in self._executors.values():
+            close = getattr(executor, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+
+
+class _LogForwarder:
+    """Sends a running program's output to its requester (from the executor's threads)."""
+
+    CHUNK = 64 << 10
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        net: Network,
+        requester: str,
+        job_id: str,
+        execution_id: str,
+        cap: int,
+    ) -> None:
+        self._loop = loop
+        self._net = net
+        self._requester = requester
+        self._job_id = job_id
+        self._execution_id = execution_id
+        self._cap = cap
+        self._sent = {1: 0, 2: 0}
+
+    def __call__(self, stream: int, data: bytes) -> None:
+        offset = self._sent.get(stream)
+        if offset is None or offset >= self._cap:
+            return
+        data = data[: self._cap - offset]
+        self._sent[stream] = offset + len(data)
+        for i in range(0, len(data), self.CHUNK):
+            msg = peer_pb2.ExecutionLog(
+                job_id=self._job_id,
+                execution_id=self._execution_id,
+                stream=stream,
+                offset=offset + i,
+                data=data[i : i + self.CHUNK],
+            )
+            with contextlib.suppress(RuntimeError):  # the loop closed: the node is stopping
+                self._loop.call_soon_threadsafe(self._send, msg)
+
+    def _send(self, msg: Any) -> None:
+        self._net.send(self._requester, log=msg)

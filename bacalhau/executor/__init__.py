@@ -1,7 +1,7 @@
 """Executors: the layer that runs a job's code next to its data.
 
-`get_executor(name)` returns the shared instance of a named executor ("noop" or "wasm").
-The wasm executor needs the optional `wasmtime` package and is imported only when asked for.
+`get_executor(name)` returns the shared instance of a named executor ("docker", "noop" or
+"wasm"). The wasm and docker executors are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "get_executor",
 ]
 
-EXECUTOR_NAMES = ("noop", "wasm")
+EXECUTOR_NAMES = ("docker", "noop", "wasm")
 
 _lock = threading.Lock()
 _instances: dict[str, Executor] = {}
@@ -50,6 +50,10 @@ def _make(name: str) -> Executor:
                 "the wasm executor is not installed", hint="pip install 'wasmtime>=48'"
             ) from e
         return WasmExecutor()
+    if name == "docker":
+        from bacalhau.executor.docker import DockerExecutor
+
+        return DockerExecutor()
     raise ExecutorError(
         f"unknown executor {name!r}", hint=f"use one of {', '.join(EXECUTOR_NAMES)}"
     )

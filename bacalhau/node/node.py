@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -25,9 +24,10 @@ from bacalhau._pb.bacalhau.v1 import (
 from bacalhau.api import ClientServicer, PeerServicer
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute import Compute, ComputeConfig
+from bacalhau.compute.capacity import Allocator, Limits, detect
 from bacalhau.content.cid import CID
 from bacalhau.datastore import LmdbDatastore
-from bacalhau.executor import get_executor
+from bacalhau.executor import Executor, get_executor
 from bacalhau.identity import Identity
 from bacalhau.models import JobState
 from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_dag
@@ -56,6 +56,9 @@ class NodeConfig:
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
     advertise: str = ""  # the address peers should dial, if not the one served on
     mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
+    limits: Limits = field(default_factory=Limits)  # --limit-total-* and --limit-job-*
+    docker_pull: str = "missing"  # never | missing
+    nvidia_smi: str | None = None  # the nvidia-smi to ask for GPUs (default: on PATH)
 
 
 class JobWatch:
@@ -104,6 +107,14 @@ class Node:
         self._mdns: Any = None
         self.metrics_port: int | None = None
 
+    def _executor(self, name: str) -> Executor:
+        """The executor for `name`; docker's is this node's own (pull policy, labels)."""
+        if name == "docker":
+            from bacalhau.executor.docker import DockerExecutor
+
+            return DockerExecutor(pull=self.config.docker_pull, node_id=self.node_id)
+        return get_executor(name)
+
     async def start(self) -> None:
         """Open the stores, bind the gRPC port, start dialing peers."""
         cfg = self.config
@@ -112,8 +123,15 @@ class Node:
         self.blockstore = Blockstore(cfg.data_dir / "blocks")
         self.watch = JobWatch(loop)
         self.store.add_listener(self.watch.committed)
-        executors = {name: get_executor(name) for name in cfg.engines}
+        executors = {name: self._executor(name) for name in cfg.engines}
         executors = {n: e for n, e in executors.items() if e.is_installed()}
+        for executor in executors.values():
+            cleanup = getattr(executor, "cleanup", None)
+            if cleanup is not None and (n := await asyncio.to_thread(cleanup)):
+                log.info("removed %d containers left by an earlier run", n)
+        machine = await asyncio.to_thread(detect, cfg.data_dir, cfg.nvidia_smi)
+        allocator = Allocator(machine, cfg.limits)
+        total = allocator.total
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         port = self._server.add_insecure_port(f"{_host_for_bind(cfg.host)}:{cfg.port}")
         self.address = f"{_host_for_bind(cfg.host)}:{port}"
@@ -124,7 +142,12 @@ class Node:
             engines=sorted(executors),
             labels=cfg.labels,
             api_version=API_VERSION,
-            resources=_resources(cfg.data_dir),
+            resources=types_pb2.Resources(
+                cpu=total.cpu,
+                memory_bytes=total.memory_bytes,
+                disk_bytes=total.disk_bytes,
+                gpu=total.gpu,
+            ),
         )
         self.network = Network(self.identity, hello, self._dispatch)
         self.peers = PeerTable(self.store, self.network)
@@ -143,8 +166,7 @@ class Node:
             config=ComputeConfig(
                 labels=dict(cfg.labels),
                 max_parallel=cfg.max_parallel or os.cpu_count() or 1,
-                total_cpu=hello.resources.cpu,
-                total_memory_bytes=hello.resources.memory_bytes,
+                allocator=allocator,
             ),
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self), self._server)
@@ -181,7 +203,7 @@ class Node:
 
     def _dispatch(self, sender: str, msg: Any) -> None:
         kind = msg.WhichOneof("body")
-        if kind in ("bid", "execution_update"):
+        if kind in ("bid", "execution_update", "log"):
             self.requester.handle(sender, msg)
         elif kind in ("announce", "bid_decision", "result_decision", "cancel", "sync"):
             self.compute.handle(sender, msg)
@@ -272,17 +294,6 @@ class Node:
             self._metrics_server.server_close()
         self.store.close()
         self.blockstore.close()
-
-
-def _resources(data_dir: Path) -> Any:
-    """What this machine has: cores, memory, and the disk of the data dir (GPUs: not yet)."""
-    memory = disk = 0
-    with contextlib.suppress(ValueError, OSError):
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    with contextlib.suppress(OSError):
-        st = os.statvfs(data_dir)
-        disk = st.f_blocks * st.f_frsize
-    return types_pb2.Resources(cpu=float(os.cpu_count() or 1), memory_bytes=memory, disk_bytes=disk)
 
 
 def _host_for_bind(host: str) -> str:

@@ -31,6 +31,7 @@ from bacalhau.models import (
     set_job_state,
 )
 from bacalhau.network import Network
+from bacalhau.requester.logs import LiveLogs
 
 log = logging.getLogger(__name__)
 E = ExecutionState
@@ -79,6 +80,9 @@ def _find(job: Any, execution_id: str) -> Any:
     raise BacalhauError(f"job {job.id} has no execution {execution_id}")
 
 
+_FINAL_JOB_STATES = frozenset(s.pb for s in JobState if s.is_terminal)
+
+
 class Requester:
     """Accepts, announces, places and finishes jobs."""
 
@@ -98,6 +102,15 @@ class Requester:
         self._lost: dict[str, asyncio.TimerHandle] = {}  # disconnected nodes, until given up
         network.on_connect.append(self._on_peer_connected)
         network.on_disconnect.append(self._on_peer_disconnected)
+        self.logs = LiveLogs()
+        loop = asyncio.get_running_loop()
+
+        def committed(events: Any) -> None:  # the datastore's writer thread
+            final = {ev.job_id for ev in events if ev.job_state in _FINAL_JOB_STATES}
+            if final and not loop.is_closed():
+                loop.call_soon_threadsafe(self.logs.drop, final)
+
+        store.add_listener(committed)
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -237,6 +250,18 @@ class Requester:
             self._on_bid(sender, msg.bid)
         elif kind == "execution_update":
             self._on_update(sender, msg.execution_update)
+        elif kind == "log":
+            self._on_log(sender, msg.log)
+
+    def _on_log(self, sender: str, log: Any) -> None:
+        try:
+            job = self._store.get_job(log.job_id)
+        except BacalhauError:
+            return
+        if JobState.of(job.state).is_terminal:
+            return
+        if any(ex.id == log.execution_id and ex.node_id == sender for ex in job.executions):
+            self.logs.add(job.id, log.execution_id, log.stream, log.offset, log.data)
 
     def _on_bid(self, sender: str, bid: Any) -> None:
         key = (bid.job_id, bid.shard)
