@@ -55,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         limits=Limits(total=resources("total"), job=resources("job")),
         docker_pull=args.docker_pull,
+        nvidia_smi=args.nvidia_smi,
     )
     return asyncio.run(_run(Node(config)))
 

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="whether the docker engine may pull images it lacks (default: missing); with "
         "never, the node bids only on jobs whose image its engine already has",
     )
+    serve.add_argument(
+        "--nvidia-smi",
+        metavar="PATH",
+        help="the nvidia-smi that reports this node's GPUs (default: the one on PATH, if any)",
+    )
     for scope, what in (("total", "lends to all jobs at once"), ("job", "gives one job")):
         serve.add_argument(
             f"--limit-{scope}-cpu",
