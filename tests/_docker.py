@@ -35,4 +35,4 @@ def docker_client() -> Any:
 
 def containers_labelled(client: Any, key: str, value: str) -> list[Any]:
     """Containers, running or not, whose label `key` is `value`."""
-    return list(client.containers.list(all=True, filters={"label": f"{key}={value}"}))
+    return list(client.containers.list(all=True, sparse=True, filters={"label": f"{key}={value}"}))

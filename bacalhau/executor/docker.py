@@ -136,7 +136,7 @@ class DockerExecutor:
         removed = 0
         try:
             stale = self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"}
+                all=True, sparse=True, filters={"label": f"{LABEL_NODE}={self.node_id}"}
             )
         except Exception as e:
             log.warning("cannot list old containers: %s", _reason(e))
