@@ -126,3 +126,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             tr.write_line(
                 f"{f'{n} nodes':>22}: converged {seconds:.2f} s after the last start{extra}"
             )
+    if "docker_job" in MEDIANS:
+        job = MEDIANS["docker_job"]
+        for name, label in (("docker_bare_cli", "docker CLI"), ("docker_bare_sdk", "docker SDK")):
+            if name in MEDIANS:
+                bare = MEDIANS[name]
+                tr.write_line(f"{'bare ' + label + ' p50':>22}: {bare * 1e3:8.1f} ms (baseline)")
+        bare = min(MEDIANS.get(n, float("inf")) for n in ("docker_bare_cli", "docker_bare_sdk"))
+        ratio = f" ({job / bare:.2f}x the faster bare run)" if bare != float("inf") else ""
+        tr.write_line(f"{'container job p50':>22}: {job * 1e3:8.1f} ms submit-to-completed{ratio}")
