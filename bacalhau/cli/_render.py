@@ -55,7 +55,23 @@ def spec_doc(spec: Any) -> dict[str, Any]:
             "args": list(spec.wasm.args),
             "env": dict(spec.wasm.env),
         }
+    elif spec.engine == "docker":
+        d = spec.docker
+        doc["docker"] = {
+            "image": d.image,
+            "entrypoint": list(d.entrypoint),
+            "args": list(d.args),
+            "env": dict(d.env),
+            "working_dir": d.working_dir or None,
+        }
     doc["outputs"] = [{"name": o.name, "path": o.path} for o in spec.outputs]
+    r = spec.resources
+    doc["resources"] = {
+        "cpu": r.cpu or None,
+        "memory_bytes": r.memory_bytes or None,
+        "disk_bytes": r.disk_bytes or None,
+        "gpu": r.gpu or None,
+    }
     doc["timeout_seconds"] = spec.timeout_seconds or None
     doc["concurrency"] = spec.deal.concurrency or 1
     doc["node_selector"] = dict(spec.node_selector)
@@ -97,7 +113,8 @@ def describe_text(doc: dict[str, Any]) -> str:
     lines += [
         f"Requester:  {doc['requester_node_id']}",
         f"Created:    {doc['created_at']}",
-        f"Engine:     {doc['spec']['engine']}",
+        f"Engine:     {doc['spec']['engine']}"
+        + (f"  {doc['spec']['docker']['image']}" if "docker" in doc["spec"] else ""),
         "Executions:",
     ]
     for ex in doc["executions"]:
