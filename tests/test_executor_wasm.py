@@ -359,4 +359,4 @@ def test_registry() -> None:
     assert isinstance(wasm, WasmExecutor) and isinstance(wasm, Executor) and wasm.is_installed()
     assert get_executor("wasm") is wasm
     with pytest.raises(ExecutorError, match="unknown executor"):
-        get_executor("docker")
+        get_executor("lambda")
