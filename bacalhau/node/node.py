@@ -112,8 +112,11 @@ class Node:
         self.blockstore = Blockstore(cfg.data_dir / "blocks")
         self.watch = JobWatch(loop)
         self.store.add_listener(self.watch.committed)
-        executors = {name: get_executor(name) for name in cfg.engines}
+        cache = cfg.data_dir / "cache"
+        executors = {name: get_executor(name, cache_dir=cache) for name in cfg.engines}
         executors = {n: e for n, e in executors.items() if e.is_installed()}
+        for executor in executors.values():  # compile ahead (python: once per data dir)
+            _warm_up(executor)
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         port = self._server.add_insecure_port(f"{_host_for_bind(cfg.host)}:{cfg.port}")
         self.address = f"{_host_for_bind(cfg.host)}:{port}"
@@ -272,6 +275,19 @@ class Node:
             self._metrics_server.server_close()
         self.store.close()
         self.blockstore.close()
+
+
+def _warm_up(executor: Any) -> None:
+    """Run an executor's `prepare` (if it has one) in a thread; failures are logged."""
+    prepare = getattr(executor, "prepare", None)
+    if prepare is None:
+        return
+
+    def done(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("preparing the %s engine failed: %s", executor.name, fut.exception())
+
+    asyncio.ensure_future(asyncio.to_thread(prepare)).add_done_callback(done)
 
 
 def _resources(data_dir: Path) -> Any:
