@@ -55,6 +55,15 @@ def spec_doc(spec: Any) -> dict[str, Any]:
             "args": list(spec.wasm.args),
             "env": dict(spec.wasm.env),
         }
+    elif spec.engine == "python":
+        doc["python"] = {
+            "program": spec.python.program or None,
+            "code": spec.python.code or None,
+            "context_cid": spec.python.context_cid or None,
+            "deterministic": spec.python.deterministic,
+            "args": list(spec.python.args),
+            "env": dict(spec.python.env),
+        }
     doc["outputs"] = [{"name": o.name, "path": o.path} for o in spec.outputs]
     doc["timeout_seconds"] = spec.timeout_seconds or None
     doc["concurrency"] = spec.deal.concurrency or 1
