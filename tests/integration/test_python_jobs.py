@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from bacalhau.client import Client
+from bacalhau.client import Client, ClientError
 from bacalhau.content import Importer
+from bacalhau.content.car import write_car
 from bacalhau.content.cid import CID
 from tests._python import compiled_cache, seed_node
 from tests.integration.conftest import Cluster, Ctl
@@ -190,3 +192,30 @@ def test_bad_command_lines_are_refused_before_submitting(ctl: Ctl, tmp_path: Pat
         res = ctl("run", "python", *args)
         assert message in res.one_line_error(), (args, res.stderr)
         assert res.stdout == ""  # nothing was submitted
+
+
+def test_folder_upload_is_checked_by_the_node(cluster: Cluster, tmp_path: Path):
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.py").write_text("A = 1\n")
+    (folder / "sub" / "b.txt").write_text("b\n")
+    blocks: dict[bytes, bytes] = {}
+
+    class Sink:
+        def put(self, cid: bytes, *parts: Any) -> None:
+            blocks[cid] = b"".join(parts)
+
+    with Importer(sink=Sink()) as imp:
+        root = imp.add_path(folder).cid
+    with Client(cluster[1].address) as c:
+        # The DAG without one of its blocks is refused, and so is a corrupt archive ...
+        others = [(cid, block) for cid, block in blocks.items() if cid != root]
+        partial = io.BytesIO()
+        write_car(partial, [CID.from_bytes(root)], [(root, blocks[root]), *others[1:]])
+        partial.seek(0)
+        with pytest.raises(ClientError, match="lacks blocks of the DAG"):
+            c.add_stream(partial, "partial.car", car=True)
+        with pytest.raises(ClientError, match="CAR"):
+            c.add_stream(io.BytesIO(b"\x05hello"), "junk.car", car=True)
+        # ... and the whole folder is taken, with the CID `add` gives it.
+        assert c.add_directory(folder).cid == str(CID.from_bytes(root))
