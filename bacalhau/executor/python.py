@@ -196,13 +196,14 @@ class PythonExecutor:
         except (OSError, wasmtime.WasmtimeError) as e:
             raise ExecutorError(f"cannot mount the job's folders: {_one_line(e)}") from e
         store = wasmtime.Store(engine)
+        stop = threading.Event()
+        clocks = _wasi_shims.Clocks(deterministic=req.deterministic, stop=stop)
         store.set_wasi(wasi)
         store.set_limits(memory_size=req.memory_limit_bytes)
         store.set_epoch_deadline(1)
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
-        stop = threading.Event()
-        _wasi_shims.define(linker, _wasi_shims.Clocks(deterministic=req.deterministic, stop=stop))
+        _wasi_shims.define(linker, clocks)
 
         done = threading.Event()
         stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
@@ -237,6 +238,8 @@ class PythonExecutor:
         exit_code, error = 0, None
         try:
             instance = linker.instantiate(store, module)
+            memory = instance.exports(store)["memory"]
+            clocks.memory = memory if isinstance(memory, wasmtime.Memory) else None
             start = instance.exports(store)["_start"]
             assert isinstance(start, wasmtime.Func)
             start(store)
