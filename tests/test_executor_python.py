@@ -28,7 +28,7 @@ Runner = Callable[..., RunResult]
 # os.urandom, secrets), hash and set order, and directory listings of an input and of /tmp.
 DETERMINISTIC = textwrap.dedent(
     """
-    import os, random, secrets, sys, time, uuid, datetime, glob, pathlib
+    import os, random, secrets, shutil, sys, time, uuid, datetime, glob, pathlib
     t0 = time.time()
     time.sleep(0.5)
     print("time", t0, time.time() - t0, time.monotonic(), datetime.datetime.now())
@@ -37,7 +37,11 @@ DETERMINISTIC = textwrap.dedent(
     print("inputs", os.listdir("/inputs"), sorted(glob.glob("/inputs/*")) == glob.glob("/inputs/*"))
     for name in "zyxwv":
         open(f"/tmp/{name}", "w").close()
+    shutil.copy(os.path.join("/inputs", sorted(os.listdir("/inputs"))[0]), "/tmp/copy")
     print("tmp", os.listdir("/tmp"), [p.name for p in pathlib.Path("/tmp").iterdir()])
+    entry = next(e for e in os.scandir("/inputs") if e.is_file())
+    print("mtimes", os.stat("/inputs").st_mtime, os.path.getmtime("/tmp/z"),
+          entry.stat().st_mtime_ns, os.fstat(0).st_ctime, pathlib.Path("/tmp/copy").stat().st_atime)
     print("walk", [(d, f) for d, _, f in os.walk("/inputs")])
     print("argv", sys.argv, sorted(os.environ))
     with open("/outputs/result.txt", "w") as f:
@@ -106,14 +110,19 @@ def test_deterministic_runs_are_byte_identical(run: Runner, tmp_path: Path):
         out = (first.outputs_dir / "outputs" / "result.txt").read_bytes()
         assert (other.outputs_dir / "outputs" / "result.txt").read_bytes() == out
     assert b"'e.txt', 'i.txt', 'o.txt', 'p.txt', 'q.txt'" in first.stdout  # sorted
-    assert b"tmp ['v', 'w', 'x', 'y', 'z'] ['v', 'w', 'x', 'y', 'z']" in first.stdout
+    tmp = b"['copy', 'v', 'w', 'x', 'y', 'z']"
+    assert b"tmp " + tmp + b" " + tmp in first.stdout
+    epoch = b"946684800.0"
+    assert (
+        b"mtimes " + b" ".join([epoch, epoch, b"946684800000000000", epoch, epoch]) in first.stdout
+    )
 
 
 def test_without_deterministic_clocks_and_randomness_are_real(run: Runner, tmp_path: Path):
     inputs = make_inputs(tmp_path / "in", "abc")
     first, second = (run(code=DETERMINISTIC, inputs=[(inputs, "/inputs")]) for _ in range(2))
     assert first.ok and second.ok, first.stderr + second.stderr
-    assert b"time 946684800" not in first.stdout
+    assert b"time 946684800" not in first.stdout and b"mtimes 946684800" not in first.stdout
     random_line = [line for line in first.stdout.splitlines() if line.startswith(b"random")]
     assert random_line[0] not in second.stdout.splitlines()
 

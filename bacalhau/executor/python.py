@@ -14,9 +14,10 @@ cache. What the guest sees:
   from the host.
 
 Deterministic runs (`RunRequest.deterministic`) also get `PYTHONHASHSEED=0`, the virtual
-clocks, seeded randomness and instant sleeps of `_wasi_shims`, and directory listings
+clocks, seeded randomness and instant sleeps of `_wasi_shims`, directory listings
 (`os.listdir`, `os.scandir` and so `glob`, `os.walk`, `pathlib`) sorted by name, since the
-order a host file system returns differs between nodes. See docs/python.md for exactly what is
+order a host file system returns differs between nodes, and file times (`os.stat`, `lstat`,
+`fstat`, `DirEntry.stat`) that read as the fixed epoch. See docs/python.md for exactly what is
 and is not deterministic. Every run's sleeps are bounded by its timeout and by cancel.
 """
 
@@ -58,20 +59,79 @@ _TAIL_BYTES = 8192
 
 # Imported by `site` at start-up in deterministic runs (from GUEST_BOOT, first on PYTHONPATH).
 SITECUSTOMIZE = '''\
-"""Deterministic runs: directory listings in name order, whatever the host file system does."""
+"""Deterministic runs: what the host file system would make differ between nodes.
+
+Directory listings come in name order; file times read as the fixed epoch.
+"""
 import os as _os
 
+_EPOCH = 946684800  # 2000-01-01T00:00:00Z
 _listdir, _scandir = _os.listdir, _os.scandir
+_stat, _lstat, _fstat = _os.stat, _os.lstat, _os.fstat
+
+
+def _pinned(st):
+    cls, (fields, extra) = st.__reduce__()
+    fields = (*fields[:7], _EPOCH, _EPOCH, _EPOCH)
+    for name in ("st_atime", "st_mtime", "st_ctime"):
+        extra[name] = float(_EPOCH)
+        extra[name + "_ns"] = _EPOCH * 1_000_000_000
+    return cls(fields, extra)
+
+
+def stat(path, *, dir_fd=None, follow_symlinks=True):
+    return _pinned(_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks))
+
+
+def lstat(path, *, dir_fd=None):
+    return _pinned(_lstat(path, dir_fd=dir_fd))
+
+
+def fstat(fd):
+    return _pinned(_fstat(fd))
 
 
 def listdir(path="."):
     return sorted(_listdir(path))
 
 
+class DirEntry:
+    """An os.DirEntry whose stat() has the fixed file times."""
+
+    __slots__ = ("_entry", "name", "path")
+
+    def __init__(self, entry):
+        self._entry, self.name, self.path = entry, entry.name, entry.path
+
+    def __fspath__(self):
+        return self.path
+
+    def __repr__(self):
+        return f"<DirEntry {self.name!r}>"
+
+    def inode(self):
+        return self._entry.inode()
+
+    def is_dir(self, *, follow_symlinks=True):
+        return self._entry.is_dir(follow_symlinks=follow_symlinks)
+
+    def is_file(self, *, follow_symlinks=True):
+        return self._entry.is_file(follow_symlinks=follow_symlinks)
+
+    def is_symlink(self):
+        return self._entry.is_symlink()
+
+    def is_junction(self):
+        return False
+
+    def stat(self, *, follow_symlinks=True):
+        return _pinned(self._entry.stat(follow_symlinks=follow_symlinks))
+
+
 class _SortedScandir:
     def __init__(self, it):
         with it:
-            self._entries = sorted(it, key=lambda e: e.name)
+            self._entries = sorted((DirEntry(e) for e in it), key=lambda e: e.name)
         self._it = iter(self._entries)
 
     def __iter__(self):
@@ -94,7 +154,10 @@ def scandir(path="."):
     return _SortedScandir(_scandir(path))
 
 
-listdir.__doc__, scandir.__doc__ = _listdir.__doc__, _scandir.__doc__
+for _f, _orig in ((stat, _stat), (lstat, _lstat), (fstat, _fstat), (listdir, _listdir),
+                  (scandir, _scandir)):
+    _f.__doc__ = _orig.__doc__
+_os.stat, _os.lstat, _os.fstat = stat, lstat, fstat
 _os.listdir, _os.scandir = listdir, scandir
 '''
 
