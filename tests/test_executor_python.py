@@ -19,6 +19,7 @@ from bacalhau.executor._python_interp import (
     cache_name,
     default_path,
 )
+from bacalhau.executor.python import SITECUSTOMIZE_PYC
 from tests._python import compiled_cache
 from tests._wait import wait_for
 
@@ -306,3 +307,10 @@ def test_compiled_interpreter_is_cached_by_wasmtime_version_and_settings(
     fresh = CompiledInterpreter(cache_dir=cache)  # another process would start like this
     fresh.prepare()
     assert cached.stat().st_mtime_ns == before  # loaded, not compiled again
+
+
+def test_deterministic_start_up_code_is_precompiled(executor: PythonExecutor, run: Runner):
+    boot = executor._boot_dir()
+    assert (boot / SITECUSTOMIZE_PYC).is_file()  # bytecode made by the guest itself
+    res = run(code="import sitecustomize; print(sitecustomize.__cached__)", deterministic=True)
+    assert res.ok and res.stdout == f"/.bacalhau/{SITECUSTOMIZE_PYC}\n".encode(), res.stderr

@@ -37,7 +37,12 @@ from pathlib import Path, PurePosixPath
 import wasmtime
 
 from bacalhau.executor import _wasi_shims
-from bacalhau.executor._python_interp import CompiledInterpreter, InterpreterError, engine_config
+from bacalhau.executor._python_interp import (
+    CompiledInterpreter,
+    InterpreterError,
+    cache_name,
+    engine_config,
+)
 from bacalhau.executor.base import (
     ExecutorError,
     RunRequest,
@@ -160,6 +165,15 @@ for _f, _orig in ((stat, _stat), (lstat, _lstat), (fstat, _fstat), (listdir, _li
 _os.stat, _os.lstat, _os.fstat = stat, lstat, fstat
 _os.listdir, _os.scandir = listdir, scandir
 '''
+
+SITECUSTOMIZE_PYC = "__pycache__/sitecustomize.cpython-312.pyc"
+# Unchecked: the folder's name carries the source's hash, so the bytecode cannot go stale.
+COMPILE_SITECUSTOMIZE = (
+    "import py_compile\n"
+    f"py_compile.compile('{GUEST_BOOT}/sitecustomize.py', "
+    f"cfile='{GUEST_BOOT}/{SITECUSTOMIZE_PYC}', doraise=True, "
+    "invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n"
+)
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: .*)?$")
 _COMPILE_ERRORS = ("SyntaxError", "IndentationError", "TabError")
@@ -413,23 +427,66 @@ class PythonExecutor:
         return wasi
 
     def _boot_dir(self) -> Path:
-        """A read-only folder holding SITECUSTOMIZE, written once (by content hash)."""
+        """A read-only folder holding SITECUSTOMIZE and its bytecode, made once.
+
+        The bytecode is compiled by the guest interpreter itself (it saves each run some
+        15 ms of compiling); without it the source still works, only slower.
+        """
         with self._lock:
             if self._boot is not None:
                 return self._boot
-            digest = hashlib.sha256(SITECUSTOMIZE.encode()).hexdigest()[:12]
+            key = f"{SITECUSTOMIZE}\n{cache_name()}".encode()
+            digest = hashlib.sha256(key).hexdigest()[:12]
             if self._cache_dir is not None:
                 boot = self._cache_dir / f"python-guest-{digest}"
             else:
-                boot = Path(tempfile.mkdtemp(prefix="bacalhau-python-guest-"))
-            target = boot / "sitecustomize.py"
-            if not target.is_file() or target.read_text() != SITECUSTOMIZE:
-                boot.mkdir(parents=True, exist_ok=True)
-                tmp = boot / f".sitecustomize.{os.getpid()}.{threading.get_ident()}.tmp"
-                tmp.write_text(SITECUSTOMIZE)
-                tmp.replace(target)
+                boot = Path(tempfile.mkdtemp(prefix="bacalhau-python-guest-")) / "guest"
+            if not (boot / SITECUSTOMIZE_PYC).is_file():
+                self._make_boot_dir(boot)
             self._boot = boot
             return boot
+
+    def _make_boot_dir(self, boot: Path) -> None:
+        """Write SITECUSTOMIZE into a staging folder, compile it there, move it to `boot`."""
+        stage = boot.with_name(f".{boot.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        try:
+            (stage / "sitecustomize.py").write_text(SITECUSTOMIZE)
+            try:
+                self._compile_in_guest(stage)
+            except (wasmtime.WasmtimeError, wasmtime.Trap, ExecutorError, OSError) as e:
+                log.warning("cannot precompile the deterministic start-up code: %s", e)
+            try:
+                stage.rename(boot)
+            except OSError:  # made meanwhile by another process; or an old one: replace it
+                if not (boot / SITECUSTOMIZE_PYC).is_file():
+                    shutil.rmtree(boot, ignore_errors=True)
+                    stage.rename(boot)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def _compile_in_guest(self, folder: Path) -> None:
+        engine = wasmtime.Engine(engine_config())
+        module = self.interpreter.load(engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ["python", "-c", COMPILE_SITECUSTOMIZE]
+        wasi.stderr_file = str(folder / "stderr")
+        wasi.preopen_dir(str(folder), GUEST_BOOT, True)
+        store = wasmtime.Store(engine)
+        store.set_wasi(wasi)
+        store.set_epoch_deadline(1)  # nothing increments the epoch: no time limit
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        start = linker.instantiate(store, module).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        try:
+            start(store)
+        except wasmtime.ExitTrap as e:
+            if e.code != 0:
+                raise ExecutorError(_tail(folder / "stderr").strip()[-300:]) from None
+        finally:
+            (folder / "stderr").unlink(missing_ok=True)
 
 
 def _diagnose(exit_code: int, tail: str, req: RunRequest) -> str | None:
