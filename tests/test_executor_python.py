@@ -243,7 +243,8 @@ def test_exception_and_exit_code(run: Runner):
 
 def test_output_limit(tmp_path: Path, executor: PythonExecutor):
     small = PythonExecutor(executor.interpreter.cache_file.parent, max_disk_bytes=1 << 20)  # type: ignore[union-attr]
-    code = "f = open('/tmp/big', 'wb')\nwhile True:\n    f.write(bytes(1 << 16)); f.flush()"
+    # 2 MiB, then wait (a real sleep) for the watchdog's next look at what was written
+    code = "import time\nopen('/tmp/big', 'wb').write(bytes(2 << 20))\ntime.sleep(60)"
     res = small.run(RunRequest(workdir=tmp_path, code=code, timeout_s=30))
     assert res.exit_code == -1 and res.error is not None
     assert res.error.startswith("output limit exceeded: the program wrote more than 1 MiB")
