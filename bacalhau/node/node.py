@@ -115,8 +115,8 @@ class Node:
         cache = cfg.data_dir / "cache"
         executors = {name: get_executor(name, cache_dir=cache) for name in cfg.engines}
         executors = {n: e for n, e in executors.items() if e.is_installed()}
-        for executor in executors.values():  # compile ahead (python: once per data dir)
-            _warm_up(executor)
+        # compile ahead (python: once per data dir); kept, so the tasks are not collected
+        self._warm_ups = [t for t in map(_warm_up, executors.values()) if t is not None]
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         port = self._server.add_insecure_port(f"{_host_for_bind(cfg.host)}:{cfg.port}")
         self.address = f"{_host_for_bind(cfg.host)}:{port}"
@@ -277,17 +277,19 @@ class Node:
         self.blockstore.close()
 
 
-def _warm_up(executor: Any) -> None:
+def _warm_up(executor: Any) -> asyncio.Task[Any] | None:
     """Run an executor's `prepare` (if it has one) in a thread; failures are logged."""
     prepare = getattr(executor, "prepare", None)
     if prepare is None:
-        return
+        return None
 
     def done(fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.warning("preparing the %s engine failed: %s", executor.name, fut.exception())
 
-    asyncio.ensure_future(asyncio.to_thread(prepare)).add_done_callback(done)
+    task = asyncio.ensure_future(asyncio.to_thread(prepare))
+    task.add_done_callback(done)
+    return task
 
 
 def _resources(data_dir: Path) -> Any:
