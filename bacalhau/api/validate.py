@@ -70,7 +70,7 @@ def validate_spec(spec: Any, store: Blockstore) -> None:
 
 
 def _check_python_paths(spec: Any) -> None:
-    from bacalhau.executor.python import check_mount_paths, check_program
+    from bacalhau.executor._python_paths import check_mount_paths, check_program
 
     try:
         if spec.python.program:

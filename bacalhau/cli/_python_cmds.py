@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bacalhau.errors import UsageError
+from bacalhau.errors import BacalhauError, UsageError
 
 if TYPE_CHECKING:
     from bacalhau.client import Client
@@ -76,6 +76,7 @@ def run_python(args: argparse.Namespace) -> int:
             "give a program FILE or -c CODE",
             hint="e.g. bacalhauctl run python main.py, or bacalhauctl run python -c 'print(1)'",
         )
+    _check_mounts(args)
     context: Path | None = args.context_path
     if context is not None:
         if not context.is_dir():
@@ -122,6 +123,18 @@ def run_python(args: argparse.Namespace) -> int:
         )
 
     return run_job(args, build)
+
+
+def _check_mounts(args: argparse.Namespace) -> None:
+    """Refuse -v/-o paths the guest reserves, before anything is uploaded."""
+    from bacalhau.executor._python_paths import check_mount_paths
+
+    paths = [text.rpartition(":")[2] for text in args.inputs]
+    paths += [text.partition(":")[2] for text in args.output_volumes]
+    try:
+        check_mount_paths([p for p in paths if p.startswith("/")])
+    except BacalhauError as e:
+        raise UsageError(e.message, hint=e.hint) from None
 
 
 def _upload_alone(c: Client, program: Path) -> str:

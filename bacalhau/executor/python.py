@@ -43,6 +43,13 @@ from bacalhau.executor._python_interp import (
     cache_name,
     engine_config,
 )
+from bacalhau.executor._python_paths import (
+    GUEST_APP,
+    GUEST_BOOT,
+    GUEST_TMP,
+    check_mount_paths,
+    check_program,
+)
 from bacalhau.executor.base import (
     ExecutorError,
     RunRequest,
@@ -53,10 +60,6 @@ from bacalhau.executor.wasm import NOT_EXITED, _one_line, _read_capped
 
 log = logging.getLogger(__name__)
 
-GUEST_APP = "/app"
-GUEST_TMP = "/tmp"
-GUEST_BOOT = "/.bacalhau"
-RESERVED_PATHS = (GUEST_APP, GUEST_TMP, GUEST_BOOT)
 DEFAULT_MAX_DISK = 1 << 30
 _POLL_S = 0.05  # how often the watchdog looks at cancel
 _DISK_POLL_S = 0.25  # and at what the run has written
@@ -177,30 +180,6 @@ COMPILE_SITECUSTOMIZE = (
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: .*)?$")
 _COMPILE_ERRORS = ("SyntaxError", "IndentationError", "TabError")
-
-
-def check_mount_paths(paths: list[str]) -> None:
-    """Raise ExecutorError if a mount path is one the Python guest reserves (or under one)."""
-    for path in paths:
-        p = PurePosixPath(path)
-        for reserved in RESERVED_PATHS:
-            r = PurePosixPath(reserved)
-            if p == r or r in p.parents or p in r.parents:
-                raise ExecutorError(
-                    f"mount path {path} clashes with {reserved}, which Python jobs reserve",
-                    hint="mount inputs and outputs elsewhere, e.g. /inputs and /outputs",
-                )
-
-
-def check_program(program: str) -> PurePosixPath:
-    """`program` as a relative path inside the context; raises ExecutorError if it is not."""
-    p = PurePosixPath(program)
-    if not program or p.is_absolute() or ".." in p.parts:
-        raise ExecutorError(
-            f"program {program!r} must be a relative path inside the context folder",
-            hint="e.g. main.py or src/main.py",
-        )
-    return p
 
 
 class PythonExecutor:
