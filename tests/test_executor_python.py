@@ -315,3 +315,29 @@ def test_deterministic_start_up_code_is_precompiled(executor: PythonExecutor, ru
     assert (boot / SITECUSTOMIZE_PYC).is_file()  # bytecode made by the guest itself
     res = run(code="import sitecustomize; print(sitecustomize.__cached__)", deterministic=True)
     assert res.ok and res.stdout == f"/.bacalhau/{SITECUSTOMIZE_PYC}\n".encode(), res.stderr
+
+
+def test_output_is_passed_on_as_it_is_written(executor: PythonExecutor, tmp_path: Path):
+    chunks: list[tuple[int, bytes]] = []
+    cancel = threading.Event()
+    box: list[RunResult] = []
+    code = (
+        "import sys, time\n"
+        "print('first', flush=True)\n"
+        "print('oops', file=sys.stderr, flush=True)\n"
+        "time.sleep(600)"
+    )
+    req = RunRequest(
+        workdir=tmp_path, code=code, on_log=lambda s, d: chunks.append((s, d)), timeout_s=60
+    )
+    worker = threading.Thread(target=lambda: box.append(executor.run(req, cancel)))
+    worker.start()
+    try:
+        # The program is still running (asleep) when its output arrives.
+        wait_for(lambda: (1, b"first\n") in chunks and (2, b"oops\n") in chunks, 30, "output")
+        assert not box
+    finally:
+        cancel.set()
+        worker.join(30)
+    assert box and box[0].error == "cancelled"
+    assert b"".join(d for s, d in chunks if s == 1) == box[0].stdout == b"first\n"

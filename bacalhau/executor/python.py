@@ -13,6 +13,9 @@ cache. What the guest sees:
   environment (sorted by name), plus `PYTHONDONTWRITEBYTECODE=1` and `PYTHONPATH`; nothing
   from the host.
 
+Output goes to files in the workdir; `RunRequest.on_log`, when given, gets it as it is written
+(looked at 20 times a second), up to the stdout limit.
+
 Deterministic runs (`RunRequest.deterministic`) also get `PYTHONHASHSEED=0`, the virtual
 clocks, seeded randomness and instant sleeps of `_wasi_shims`, directory listings
 (`os.listdir`, `os.scandir` and so `glob`, `os.walk`, `pathlib`) sorted by name, since the
@@ -264,11 +267,14 @@ class PythonExecutor:
         done = threading.Event()
         stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
         written = [req.workdir / "stdout", req.workdir / "stderr", outputs_dir, tmp]
+        tail = _Tail(req) if req.on_log is not None else None
 
         def watchdog() -> None:
             deadline = time.monotonic() + req.timeout_s
             next_disk_check = time.monotonic() + _DISK_POLL_S
             while True:
+                if tail is not None:
+                    tail.pump()
                 now = time.monotonic()
                 if cancel is not None and cancel.is_set():
                     stopped.append("cancelled")
@@ -320,6 +326,8 @@ class PythonExecutor:
         finally:
             done.set()
             watcher.join()
+            if tail is not None:
+                tail.pump()
         if stopped and error is None:  # stopped as it exited: still the watchdog's cause
             exit_code, error = NOT_EXITED, stopped[0]
         trapped = error is not None and error.startswith("trap")
@@ -466,6 +474,38 @@ class PythonExecutor:
                 raise ExecutorError(_tail(folder / "stderr").strip()[-300:]) from None
         finally:
             (folder / "stderr").unlink(missing_ok=True)
+
+
+class _Tail:
+    """Hands what the guest writes to stdout and stderr to `on_log`, up to the output cap.
+
+    Called from the watchdog while the guest runs, then once more after it stopped.
+    """
+
+    def __init__(self, req: RunRequest) -> None:
+        assert req.on_log is not None
+        self._sink = req.on_log
+        self._cap = req.stdout_limit_bytes
+        self._files = {1: req.workdir / "stdout", 2: req.workdir / "stderr"}
+        self._sent = {1: 0, 2: 0}
+
+    def pump(self) -> None:
+        for stream, path in self._files.items():
+            offset = self._sent[stream]
+            if offset >= self._cap:
+                continue
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read(self._cap - offset)
+            except OSError:
+                continue
+            if data:
+                self._sent[stream] = offset + len(data)
+                try:
+                    self._sink(stream, data)
+                except Exception:  # a failing sink must not stop the run's watchdog
+                    log.exception("passing on a python run's output failed")
 
 
 def _diagnose(exit_code: int, tail: str, req: RunRequest) -> str | None:
