@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from bacalhau._pb.bacalhau.v1 import types_pb2
 from bacalhau.client import Client, ClientError
 from bacalhau.content import Importer
 from bacalhau.content.car import write_car
@@ -39,6 +41,7 @@ PROGRAM = textwrap.dedent(
         f.write(summary(words, listing) + f" {random.getrandbits(32)} {time.time()}\\n")
     """
 )
+EMPTY_DIR = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"  # the empty UnixFS folder
 STATS = "def summary(words, names):\n    return f'{len(words)} words, {len(names)} files'\n"
 
 
@@ -219,3 +222,26 @@ def test_folder_upload_is_checked_by_the_node(cluster: Cluster, tmp_path: Path):
             c.add_stream(io.BytesIO(b"\x05hello"), "junk.car", car=True)
         # ... and the whole folder is taken, with the CID `add` gives it.
         assert c.add_directory(folder).cid == str(CID.from_bytes(root))
+
+
+def test_node_refuses_python_specs_that_cannot_run(cluster: Cluster):
+    def spec(**python: Any) -> Any:
+        return types_pb2.JobSpec(
+            engine="python",
+            python=types_pb2.PythonSpec(**python),
+            outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+        )
+
+    cases = [
+        (spec(code="1", program="main.py"), "not both"),
+        (spec(program="main.py"), "needs a context folder"),
+        (spec(program="../main.py", context_cid=EMPTY_DIR), "relative path inside the context"),
+    ]
+    bad_mount = spec(code="1")
+    bad_mount.outputs.add(name="scratch", path="/tmp/scratch")
+    cases.append((bad_mount, "clashes with /tmp, which Python jobs reserve"))
+    with Client(cluster[0].address) as c:
+        for job, message in cases:
+            with pytest.raises(ClientError, match=message) as info:
+                c.submit(job)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
