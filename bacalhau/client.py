@@ -6,6 +6,7 @@ Every gRPC failure becomes a `ClientError` with one line saying what went wrong 
 from __future__ import annotations
 
 import getpass
+import io
 import os
 import socket
 from collections.abc import Iterator
@@ -162,10 +163,35 @@ class Client:
             raise BacalhauError(f"cannot read {path}: {e.strerror}") from None
         return self.add_stream(f, path.name)
 
-    def add_stream(self, f: BinaryIO, name: str) -> Any:
+    def add_directory(self, path: Path) -> Any:
+        """Upload a folder: imported here as `bacalhauctl add` does, sent as a CAR v1 archive.
+
+        Returns AddDataResponse (the folder's CID). Raises BacalhauError if the folder
+        cannot be read, and ClientError if the node refuses it.
+        """
+        from bacalhau.content import Importer, car
+        from bacalhau.content.cid import CID
+
+        blocks: dict[bytes, bytes] = {}
+
+        class Sink:
+            def put(self, cid: bytes, *parts: Any) -> None:
+                blocks[cid] = b"".join(parts)
+
+        with Importer(sink=Sink(), workers=1) as importer:
+            root = importer.add_path(path).cid
+        buf = io.BytesIO()
+        car.write_car(buf, [CID.from_bytes(root)], blocks.items())
+        buf.seek(0)
+        return self.add_stream(buf, path.name, car=True)
+
+    def add_stream(self, f: BinaryIO, name: str, *, car: bool = False) -> Any:
+        """Upload a stream (a file's bytes, or with `car` a CAR v1 archive); AddDataResponse."""
+
         def requests() -> Iterator[Any]:
             with f:
-                yield client_pb2.AddDataRequest(header=client_pb2.AddDataHeader(name=name))
+                header = client_pb2.AddDataHeader(name=name, car=car)
+                yield client_pb2.AddDataRequest(header=header)
                 while chunk := f.read(UPLOAD_CHUNK):
                     yield client_pb2.AddDataRequest(chunk=chunk)
 

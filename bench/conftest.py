@@ -55,7 +55,7 @@ def note() -> Callable[[str, float], None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not RESULTS:
+    if not RESULTS and not NOTES:
         return
     tr = terminalreporter
     tr.section("bacalhau: throughput and ratios (same run)")
@@ -116,6 +116,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"{label:>22}: {MEDIANS[name] * 1e3:8.3f} ms p50, "
                     f"{RESULTS[name] * 1e3:.3f} ms mean (of {N_JOBS} jobs)"
                 )
+    _python_summary(tr)
     converged = [(n, MEDIANS[f"converge_{n}"]) for n in (5, 10, 20) if f"converge_{n}" in MEDIANS]
     if converged:
         for n, seconds in converged:
@@ -135,3 +136,44 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         bare = min(MEDIANS.get(n, float("inf")) for n in ("docker_bare_cli", "docker_bare_sdk"))
         ratio = f" ({job / bare:.2f}x the faster bare run)" if bare != float("inf") else ""
         tr.write_line(f"{'container job p50':>22}: {job * 1e3:8.1f} ms submit-to-completed{ratio}")
+
+
+def _python_summary(tr: pytest.TerminalReporter) -> None:
+    """The python engine (bench/test_bench_python.py)."""
+    compile_s, cold = MEDIANS.get("py_compile_baseline"), MEDIANS.get("py_cold")
+    if compile_s and cold:
+        tr.write_line(
+            f"{'python cold start':>22}: {cold:8.2f} s (hash, compile, cache, hello world) = "
+            f"{cold / compile_s:.2f}x a bare compile ({compile_s:.2f} s)"
+        )
+    if "py_hash_check" in MEDIANS:
+        t = MEDIANS["py_hash_check"]
+        tr.write_line(
+            f"{'python hash check':>22}: {t * 1e3:8.1f} ms (26 MB read + sha256, once per "
+            f"process: {26.27 / t:.0f} MB/s)"
+        )
+    plain = NOTES.get("py_warm_plain")
+    for name, label in (("py_warm_det", "deterministic"), ("py_warm_real", "real clocks")):
+        if plain and name in NOTES:
+            warm = NOTES[name]
+            tr.write_line(
+                f"{'python warm, ' + label:>22}: {warm * 1e3:8.1f} ms hello world p50 = "
+                f"{warm / plain:.2f}x plain wasmtime WASI ({plain * 1e3:.1f} ms), interleaved"
+            )
+    cpu_plain, cpu_det = NOTES.get("py_cpu_plain"), NOTES.get("py_cpu_det")
+    if cpu_plain and cpu_det:
+        tr.write_line(
+            f"{'python CPU-bound':>22}: {cpu_det:8.3f} s deterministic vs {cpu_plain:.3f} s "
+            f"plain wasmtime WASI: shims cost {(cpu_det / cpu_plain - 1) * 100:+.1f}%"
+        )
+    if "py_clock_call_us_det" in NOTES:
+        tr.write_line(
+            f"{'python clock read':>22}: {NOTES['py_clock_call_us_det']:8.2f} us deterministic, "
+            f"{NOTES.get('py_clock_call_us_plain', 0):.2f} us plain"
+        )
+    wasm_job, py_job = MEDIANS.get("py_job_wasm"), MEDIANS.get("py_job_python")
+    if wasm_job and py_job:
+        tr.write_line(
+            f"{'python job p50':>22}: {py_job * 1e3:8.1f} ms submit-to-completed (1 node) = "
+            f"{py_job / wasm_job:.2f}x a trivial wasm job ({wasm_job * 1e3:.1f} ms)"
+        )

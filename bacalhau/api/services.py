@@ -13,9 +13,9 @@ import grpc
 from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2_grpc
 from bacalhau.api.errors import streaming, unary
 from bacalhau.api.validate import validate_spec
-from bacalhau.content import Importer, ImportOptions, dag
+from bacalhau.content import Importer, ImportOptions, car, dag
 from bacalhau.content.cid import CID
-from bacalhau.content.errors import NotFound
+from bacalhau.content.errors import ContentError, NotFound
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
 from bacalhau.errors import UsageError
 from bacalhau.models import ExecutionState, JobState
@@ -188,7 +188,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await self._add_data(request_iterator)
-        except UsageError as exc:
+        except (UsageError, ContentError) as exc:  # ContentError: a corrupt CAR
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OSError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the upload: {exc}")
@@ -211,6 +211,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
                         size += len(item.chunk)
             if header is None:
                 raise UsageError("AddData received nothing")
+            if header.car:
+                cid = await asyncio.to_thread(self._add_car, name)
+                return client_pb2.AddDataResponse(cid=str(CID.from_bytes(cid)), size=size)
             options = ImportOptions(
                 cid_version=header.cid_version, raw_leaves=header.raw_leaves or None
             )
@@ -226,6 +229,29 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         finally:
             os.unlink(name)
         return client_pb2.AddDataResponse(cid=str(CID.from_bytes(cid)), size=size)
+
+    def _add_car(self, path: str) -> bytes:
+        """Store the blocks of the CAR at `path`; pin its root once its DAG is all there."""
+        store = self.node.blockstore
+        with open(path, "rb") as f:
+            roots, sections = car.read_car(f)
+            if len(roots) != 1:
+                raise UsageError(f"an uploaded CAR must have one root, not {len(roots)}")
+            with store.batch() as batch:
+                for block_cid, block in sections:
+                    batch.put(block_cid, block)
+        root = bytes(roots[0])
+        try:
+            for _ in dag.walk(store.get, root):
+                pass
+        except NotFound:
+            raise UsageError(
+                f"the uploaded CAR lacks blocks of the DAG under {roots[0]}",
+                hint="export the whole DAG (bacalhauctl car export CID)",
+            ) from None
+        with store.batch() as batch:
+            batch.pin(root)
+        return root
 
     @unary
     async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -10,7 +10,7 @@ from bacalhau.content import dag
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import NotFound
 from bacalhau.errors import UsageError
-from bacalhau.executor.base import OUTPUT_NAME
+from bacalhau.executor.base import OUTPUT_NAME, ExecutorError
 from bacalhau.executor.wasm import WASM_MAGIC
 
 ENGINES = ("wasm", "docker", "python", "noop")
@@ -39,6 +39,7 @@ def validate_spec(spec: Any, store: Blockstore) -> None:
             raise UsageError(f"program {spec.python.program!r} needs a context folder (by CID)")
         if spec.python.context_cid:
             CID.parse(spec.python.context_cid)
+        _check_python_paths(spec)
     mounts: set[str] = set()
     for inp in spec.inputs:
         if inp.source != "ipfs":
@@ -66,6 +67,17 @@ def validate_spec(spec: Any, store: Blockstore) -> None:
         raise UsageError(f"concurrency {spec.deal.concurrency} is above {MAX_CONCURRENCY}")
     if spec.timeout_seconds < 0:
         raise UsageError(f"timeout must not be negative, not {spec.timeout_seconds:g}")
+
+
+def _check_python_paths(spec: Any) -> None:
+    from bacalhau.executor._python_paths import check_mount_paths, check_program
+
+    try:
+        if spec.python.program:
+            check_program(spec.python.program)
+        check_mount_paths([i.mount_path for i in spec.inputs] + [o.path for o in spec.outputs])
+    except ExecutorError as e:
+        raise UsageError(e.message, hint=e.hint) from None
 
 
 def _check_module(cid_text: str, store: Blockstore) -> None:

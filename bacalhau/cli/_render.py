@@ -64,6 +64,15 @@ def spec_doc(spec: Any) -> dict[str, Any]:
             "env": dict(d.env),
             "working_dir": d.working_dir or None,
         }
+    elif spec.engine == "python":
+        doc["python"] = {
+            "program": spec.python.program or None,
+            "code": spec.python.code or None,
+            "context_cid": spec.python.context_cid or None,
+            "deterministic": spec.python.deterministic,
+            "args": list(spec.python.args),
+            "env": dict(spec.python.env),
+        }
     doc["outputs"] = [{"name": o.name, "path": o.path} for o in spec.outputs]
     r = spec.resources
     doc["resources"] = {

@@ -117,6 +117,12 @@ def _add_job_commands(sub: Any) -> None:
     drun.add_argument("image", metavar="IMAGE")
     drun.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD", help="command and args")
 
+    from bacalhau.cli import _python_cmds  # light: its heavy imports wait for the command
+
+    run_cmd = sub.add_parser("run", help="run a job with an engine: python")
+    engines = run_cmd.add_subparsers(dest="run_command", metavar="ENGINE", required=True)
+    _python_cmds.add_parser(engines, flags)
+
     ls = add("list", help="list jobs submitted to the node (active ones by default)")
     ls.add_argument("--all", action="store_true", help="include finished jobs")
     ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
@@ -205,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "version":
         return print_version(PROG)
+    if args.command == "run":
+        from bacalhau.cli import _python_cmds
+
+        return _python_cmds.run_python(args)
     if args.command in _JOB_COMMANDS:
         from bacalhau.cli import _job_cmds
 

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--engines",
         default="wasm",
-        help="comma-separated engines this node runs jobs with (default: wasm; also docker, noop)",
+        help="comma-separated engines this node runs jobs with (default: wasm; also docker; "
+        "python: CPython 3.12 for WASI, compiled into DATA_DIR/cache on first start; and noop)",
     )
     serve.add_argument(
         "--docker-pull",

@@ -113,7 +113,7 @@ class Node:
             from bacalhau.executor.docker import DockerExecutor
 
             return DockerExecutor(pull=self.config.docker_pull, node_id=self.node_id)
-        return get_executor(name)
+        return get_executor(name, cache_dir=self.config.data_dir / "cache")
 
     async def start(self) -> None:
         """Open the stores, bind the gRPC port, start dialing peers."""
@@ -125,6 +125,8 @@ class Node:
         self.store.add_listener(self.watch.committed)
         executors = {name: self._executor(name) for name in cfg.engines}
         executors = {n: e for n, e in executors.items() if e.is_installed()}
+        # compile ahead (python: once per data dir); kept, so the tasks are not collected
+        self._warm_ups = [t for t in map(_warm_up, executors.values()) if t is not None]
         for executor in executors.values():
             cleanup = getattr(executor, "cleanup", None)
             if cleanup is not None and (n := await asyncio.to_thread(cleanup)):
@@ -294,6 +296,21 @@ class Node:
             self._metrics_server.server_close()
         self.store.close()
         self.blockstore.close()
+
+
+def _warm_up(executor: Any) -> asyncio.Task[Any] | None:
+    """Run an executor's `prepare` (if it has one) in a thread; failures are logged."""
+    prepare = getattr(executor, "prepare", None)
+    if prepare is None:
+        return None
+
+    def done(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("preparing the %s engine failed: %s", executor.name, fut.exception())
+
+    task = asyncio.ensure_future(asyncio.to_thread(prepare))
+    task.add_done_callback(done)
+    return task
 
 
 def _host_for_bind(host: str) -> str:

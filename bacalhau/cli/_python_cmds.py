@@ -1,0 +1,159 @@
+"""bacalhauctl run python: a Python program (file or inline code) run by CPython for WASI.
+
+The parser part is imported when bacalhauctl builds its parser, so the heavy modules (gRPC,
+the client) are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bacalhau.errors import BacalhauError, UsageError
+
+if TYPE_CHECKING:
+    from bacalhau.client import Client
+
+MAX_CONTEXT_BYTES = 10 << 20
+
+
+def add_parser(sub: Any, flags: argparse.ArgumentParser) -> None:
+    """Register `run python` (with the shared run flags) under the `run` command."""
+    py = sub.add_parser(
+        "python",
+        parents=[flags],
+        help="run a Python program (CPython 3.12 for WASI) on the network",
+        description="Run FILE, or -c CODE, with CPython 3.12 compiled to WebAssembly (WASI) "
+        "on a node with the python engine. The context folder (--context-path; by default "
+        "just FILE) is uploaded (at most 10 MiB) and seen read-only at /app, which is on "
+        "sys.path: the program imports its own modules and pure-Python packages shipped in "
+        "it. /tmp is an empty scratch folder. With --deterministic, clocks, randomness, "
+        "sleeps, hash order and directory listings are the same on every node, so the same "
+        "program on the same inputs gives the same result CID. Prints the job ID first; with "
+        "--wait (the default) follows the job and exits 0 only if it completed. Options go "
+        "before FILE; everything after it is the program's arguments (sys.argv[1:]).",
+    )
+    py.add_argument("-c", dest="code", metavar="CODE", help="run CODE instead of a FILE")
+    py.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="fixed clocks, seeded randomness, instant sleeps, sorted listings (docs/python.md)",
+    )
+    py.add_argument(
+        "--context-path",
+        type=Path,
+        metavar="DIR",
+        help="folder to upload with the program (FILE must be inside it); seen at /app",
+    )
+    py.add_argument("program", nargs="?", metavar="FILE", help="the program (a .py file)")
+    py.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="program arguments")
+
+
+def run_python(args: argparse.Namespace) -> int:
+    """Check the command line, upload the context, submit; see `run_job` for the rest.
+
+    Raises UsageError for a missing program, a context that is not a folder or is too large,
+    or a program outside its context.
+    """
+    from bacalhau._pb.bacalhau.v1 import types_pb2
+    from bacalhau.cli._job_cmds import run_job
+
+    extra = list(args.args)
+    code: str = args.code or ""
+    program_arg: str | None = args.program
+    if args.code is not None:
+        if not code.strip():
+            raise UsageError("-c needs some code", hint="e.g. -c 'print(1)'")
+        if program_arg is not None:  # with -c, every positional is an argument
+            extra.insert(0, program_arg)
+            program_arg = None
+    elif program_arg is None:
+        raise UsageError(
+            "give a program FILE or -c CODE",
+            hint="e.g. bacalhauctl run python main.py, or bacalhauctl run python -c 'print(1)'",
+        )
+    _check_mounts(args)
+    context: Path | None = args.context_path
+    if context is not None:
+        if not context.is_dir():
+            raise UsageError(f"--context-path {context} is not a folder")
+        _check_size(context)
+    program = ""
+    single: Path | None = None  # a program file uploaded alone as the context
+    if program_arg is not None:
+        path = Path(program_arg)
+        if context is not None:
+            if not path.is_absolute() and not path.exists():
+                path = context / path  # FILE may be given relative to the context
+            if not path.is_file():
+                raise UsageError(f"{program_arg}: no such file")
+            try:
+                program = path.resolve().relative_to(context.resolve()).as_posix()
+            except ValueError:
+                raise UsageError(
+                    f"{program_arg} is not inside the context folder {context}",
+                    hint="put the program in the --context-path folder",
+                ) from None
+        else:
+            if not path.is_file():
+                raise UsageError(f"{program_arg}: no such file")
+            _check_size(path)
+            program, single = path.name, path
+
+    def build(c: Client, spec: Any, env: dict[str, str]) -> None:
+        context_cid = ""
+        if context is not None:
+            context_cid = c.add_directory(context).cid
+        elif single is not None:
+            context_cid = _upload_alone(c, single)
+        spec.engine = "python"
+        spec.python.CopyFrom(
+            types_pb2.PythonSpec(
+                program=program,
+                code=code,
+                context_cid=context_cid,
+                deterministic=args.deterministic,
+                args=extra,
+                env=env,
+            )
+        )
+
+    return run_job(args, build)
+
+
+def _check_mounts(args: argparse.Namespace) -> None:
+    """Refuse -v/-o paths the guest reserves, before anything is uploaded."""
+    from bacalhau.executor._python_paths import check_mount_paths
+
+    paths = [text.rpartition(":")[2] for text in args.inputs]
+    paths += [text.partition(":")[2] for text in args.output_volumes]
+    try:
+        check_mount_paths([p for p in paths if p.startswith("/")])
+    except BacalhauError as e:
+        raise UsageError(e.message, hint=e.hint) from None
+
+
+def _upload_alone(c: Client, program: Path) -> str:
+    """Upload a folder holding only `program`; its CID."""
+    with tempfile.TemporaryDirectory(prefix="bacalhau-context-") as tmp:
+        staged = Path(tmp) / "context"
+        staged.mkdir()
+        shutil.copyfile(program, staged / program.name)
+        return str(c.add_directory(staged).cid)
+
+
+def _check_size(path: Path) -> None:
+    total = path.stat().st_size if path.is_file() else 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            total += os.lstat(os.path.join(root, name)).st_size
+    if total > MAX_CONTEXT_BYTES:
+        raise UsageError(
+            f"{path} holds {total / 2**20:.1f} MiB, more than the "
+            f"{MAX_CONTEXT_BYTES >> 20} MiB a context may",
+            hint="pass data as inputs (-v CID:/path) instead of shipping it in the context",
+        )

@@ -1,0 +1,247 @@
+"""Python jobs across real nodes: `bacalhauctl run python` against `bacalhaud --engines python`."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bacalhau._pb.bacalhau.v1 import types_pb2
+from bacalhau.client import Client, ClientError
+from bacalhau.content import Importer
+from bacalhau.content.car import write_car
+from bacalhau.content.cid import CID
+from tests._python import compiled_cache, seed_node
+from tests.integration.conftest import Cluster, Ctl
+
+# Clocks, sleeps, randomness, uuid, set order and file listings: everything that would make
+# two nodes disagree unless the engine pins it down. It also tries to change its inputs.
+PROGRAM = textwrap.dedent(
+    """
+    import os, random, sys, time, uuid
+    from stats import summary
+
+    t0 = time.time()
+    time.sleep(0.25)
+    words = open("/inputs/words.txt").read().split()
+    listing = os.listdir("/inputs/folder")
+    print("at", t0, "slept", round(time.time() - t0, 3), "random", random.random(), uuid.uuid4())
+    print("set", list(set(words)), "listing", listing, "args", sys.argv[1:])
+    try:
+        open("/inputs/words.txt", "w").write("changed")
+        print("input changed")
+    except OSError as e:
+        print("input is read-only:", type(e).__name__)
+    with open("/outputs/summary.txt", "w") as f:
+        f.write(summary(words, listing) + f" {random.getrandbits(32)} {time.time()}\\n")
+    """
+)
+EMPTY_DIR = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"  # the empty UnixFS folder
+STATS = "def summary(words, names):\n    return f'{len(words)} words, {len(names)} files'\n"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("python-cluster")
+    cache = compiled_cache(tmp_path_factory)
+    for i in range(2):
+        seed_node(root / f"node-{i}", cache)
+    c = Cluster(root, 2, args=("--engines", "python"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def ctl(cluster: Cluster, tmp_path: Path) -> Ctl:
+    return Ctl(cluster[0].address, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def inputs(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """CIDs (held by node-0) of a text file and of a folder of files."""
+    root = tmp_path_factory.mktemp("inputs")
+    words = root / "words.txt"
+    words.write_text("the quick brown fox jumps over the lazy dog " * 3)
+    folder = root / "folder"
+    folder.mkdir()
+    for name in ("zeta", "alpha", "mu", "beta", "omega", "kappa"):
+        (folder / f"{name}.dat").write_bytes(name.encode() * 10)
+    with Client(cluster[0].address) as c:
+        return c.add_file(words).cid, c.add_directory(folder).cid
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "main.py").write_text(PROGRAM)
+    (ctx / "stats.py").write_text(STATS)
+    return ctx
+
+
+def submit(ctl: Ctl, *args: str) -> tuple[Any, str]:
+    res = ctl("run", "python", *args, timeout=120)
+    return res, (res.stdout.splitlines()[0] if res.stdout else "")
+
+
+def result_cids(ctl: Ctl, job_id: str) -> list[str]:
+    doc = ctl.json("describe", job_id)
+    assert doc["state"] == "completed", doc
+    return [ex["result_cid"] for ex in doc["executions"] if ex["state"] == "published"]
+
+
+def test_deterministic_job_gives_one_cid_on_two_nodes_and_again_later(
+    cluster: Cluster, ctl: Ctl, context: Path, inputs: tuple[str, str], tmp_path: Path
+):
+    words, folder = inputs
+    args = ("--deterministic", "--concurrency", "2", "-v", f"{words}:/inputs/words.txt",
+            "-v", f"{folder}:/inputs/folder", "--context-path", str(context),
+            str(context / "main.py"), "one", "two")  # fmt: skip
+    res, job_id = submit(ctl, *args)
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job_id)
+    nodes = {ex["node_id"] for ex in doc["executions"] if ex["state"] == "published"}
+    assert nodes == {cluster[0].node_id, cluster[1].node_id}  # really ran on both
+    first = result_cids(ctl, job_id)
+    assert len(first) == 2 and first[0] == first[1]
+
+    again, again_id = submit(ctl, *args)  # a later submission: the same CID again
+    assert again.returncode == 0, again.stderr
+    assert set(result_cids(ctl, again_id)) == {first[0]}
+
+    out = tmp_path / "result"
+    got = ctl("get", job_id, "--output-dir", str(out))
+    assert got.returncode == 0, got.stderr
+    stdout = (out / "stdout").read_text()
+    assert stdout.startswith("at 946684800.0") and "slept 0.25 " in stdout
+    listing = "['alpha.dat', 'beta.dat', 'kappa.dat', 'mu.dat', 'omega.dat', 'zeta.dat']"
+    assert f"listing {listing} args ['one', 'two']" in stdout
+    assert "input is read-only: " in stdout and "input changed" not in stdout
+    assert (out / "outputs" / "summary.txt").read_text().startswith("27 words, 6 files ")
+    assert (out / "exitCode").read_text() == "0\n" and (out / "stderr").read_bytes() == b""
+    with Importer() as imp:  # what came back is what both nodes proposed
+        assert str(CID.from_bytes(imp.add_path(out).cid)) == first[0]
+
+
+def test_without_deterministic_the_two_nodes_disagree(
+    ctl: Ctl, context: Path, inputs: tuple[str, str]
+):
+    words, folder = inputs
+    res, job_id = submit(ctl, "--concurrency", "2", "-v", f"{words}:/inputs/words.txt",
+                         "-v", f"{folder}:/inputs/folder", "--context-path", str(context),
+                         str(context / "main.py"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    cids = result_cids(ctl, job_id)
+    assert len(cids) == 2 and cids[0] != cids[1]
+
+
+def test_program_file_alone_and_inline_code(ctl: Ctl, tmp_path: Path):
+    prog = tmp_path / "hello.py"
+    prog.write_text("import os, sys\nprint('hello', sys.argv[1:], os.listdir('/app'))\n")
+    res, job_id = submit(ctl, "--deterministic", str(prog), "a")
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == "hello ['a'] ['hello.py']\n"
+    res, job_id = submit(ctl, "-c", "import sys; print(sum(map(int, sys.argv[1:])))", "1", "2")
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == "3\n"
+    doc = ctl.json("describe", job_id)
+    assert doc["spec"]["python"]["code"].startswith("import sys")
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("--deterministic", "--timeout", "1", "-c", "while True: pass"), "timed out after 1 s"),
+        # a real sleep (deterministic ones return at once) is cut short too
+        (("--timeout", "1", "-c", "import time; time.sleep(600)"), "timed out after 1 s"),
+        (("--memory", "64Mi", "-c", "x = bytearray(1 << 30)"),
+         "out of memory: the program needs more than its 64 MiB memory limit"),
+        (("-c", "print('unclosed'"), "Python exception: SyntaxError: '(' was never closed"),
+        (("-c", "{}['key']"), "Python exception: KeyError: 'key'"),
+        (("-c", "import sys; sys.exit(7)"), "exit code 7"),
+    ],
+)  # fmt: skip
+def test_failures_name_their_cause(ctl: Ctl, args: tuple[str, ...], reason: str):
+    res, job_id = submit(ctl, *args)
+    line = res.one_line_error()
+    assert f"job {job_id} failed" in line and reason in line, res.stderr
+    doc = ctl.json("describe", job_id)
+    assert doc["state"] == "failed" and reason in doc["message"]
+
+
+def test_bad_command_lines_are_refused_before_submitting(ctl: Ctl, tmp_path: Path):
+    prog = tmp_path / "p.py"
+    prog.write_text("print(1)\n")
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "main.py").write_text("print(1)\n")
+    (big / "data.bin").write_bytes(bytes(11 << 20))
+    other = tmp_path / "other"
+    other.mkdir()
+    cases = [
+        ((), "give a program FILE or -c CODE"),
+        (("missing.py",), "missing.py: no such file"),
+        (("--context-path", str(big), str(big / "main.py")), "more than the 10 MiB"),
+        (("--context-path", str(other), str(prog)), "is not inside the context folder"),
+        (("--context-path", str(prog), str(prog)), "is not a folder"),
+        (("-o", "out:/tmp/out", str(prog)), "clashes with /tmp, which Python jobs reserve"),
+    ]
+    for args, message in cases:
+        res = ctl("run", "python", *args)
+        assert message in res.one_line_error(), (args, res.stderr)
+        assert res.stdout == ""  # nothing was submitted
+
+
+def test_folder_upload_is_checked_by_the_node(cluster: Cluster, tmp_path: Path):
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.py").write_text("A = 1\n")
+    (folder / "sub" / "b.txt").write_text("b\n")
+    blocks: dict[bytes, bytes] = {}
+
+    class Sink:
+        def put(self, cid: bytes, *parts: Any) -> None:
+            blocks[cid] = b"".join(parts)
+
+    with Importer(sink=Sink()) as imp:
+        root = imp.add_path(folder).cid
+    with Client(cluster[1].address) as c:
+        # The DAG without one of its blocks is refused, and so is a corrupt archive ...
+        others = [(cid, block) for cid, block in blocks.items() if cid != root]
+        partial = io.BytesIO()
+        write_car(partial, [CID.from_bytes(root)], [(root, blocks[root]), *others[1:]])
+        partial.seek(0)
+        with pytest.raises(ClientError, match="lacks blocks of the DAG"):
+            c.add_stream(partial, "partial.car", car=True)
+        with pytest.raises(ClientError, match="CAR"):
+            c.add_stream(io.BytesIO(b"\x05hello"), "junk.car", car=True)
+        # ... and the whole folder is taken, with the CID `add` gives it.
+        assert c.add_directory(folder).cid == str(CID.from_bytes(root))
+
+
+def test_node_refuses_python_specs_that_cannot_run(cluster: Cluster):
+    def spec(**python: Any) -> Any:
+        return types_pb2.JobSpec(
+            engine="python",
+            python=types_pb2.PythonSpec(**python),
+            outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+        )
+
+    cases = [
+        (spec(code="1", program="main.py"), "not both"),
+        (spec(program="main.py"), "needs a context folder"),
+        (spec(program="../main.py", context_cid=EMPTY_DIR), "relative path inside the context"),
+    ]
+    bad_mount = spec(code="1")
+    bad_mount.outputs.add(name="scratch", path="/tmp/scratch")
+    cases.append((bad_mount, "clashes with /tmp, which Python jobs reserve"))
+    with Client(cluster[0].address) as c:
+        for job, message in cases:
+            with pytest.raises(ClientError, match=message) as info:
+                c.submit(job)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
