@@ -40,8 +40,21 @@ def serve(args: argparse.Namespace) -> int:
         node_lost_s=args.node_lost_timeout,
         mdns=args.mdns,
         advertise=args.advertise,
+        input_cache_bytes=_size(args.input_cache_size, "--input-cache-size"),
+        url_max_bytes=_size(args.url_max_size, "--url-max-size"),
     )
     return asyncio.run(_run(Node(config)))
+
+
+def _size(text: str, flag: str) -> int:
+    from bacalhau.cli._job_cmds import parse_size
+
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e.message}", hint=e.hint) from None
 
 
 async def _run(node: object) -> int:

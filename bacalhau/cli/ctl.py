@@ -142,7 +142,27 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SRC:/path",
-        help="mount an input read-only: SRC is a CID, or a local file (uploaded)",
+        help="mount an input read-only: SRC is a CID, or a local file or folder (uploaded)",
+    )
+    run.add_argument(
+        "-u",
+        "--input-url",
+        dest="urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an http(s) URL the node downloads, mounted read-only at /inputs/<file name> "
+        "(a repeated name gets _1, _2, ... before its extension, in the order given)",
+    )
+    run.add_argument(
+        "-U",
+        "--input-urls",
+        dest="url_lists",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a file of URLs (one per line; '#' comments), each as with -u; - reads stdin",
     )
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")

@@ -1,69 +1,331 @@
 """The node's input cache: the files and folders jobs read, written out once per node.
 
-Jobs name their inputs (and wasm modules, and Python contexts) by CID. The first job that
-needs a CID fetches its DAG (from the requester first, then any peer) and writes it out under
-`root/<cid>` atomically (temp + rename); jobs needing the same CID meanwhile wait on that one
-fetch (single flight). `acquire` returns the local path; `release` says a job is done with it.
+Jobs name their inputs (and wasm modules, and Python contexts) by CID, or by URL. The first
+job that needs a CID fetches its DAG (from the requester first, then any peer) and writes it
+out under `root/<cid>` atomically (temp + rename); jobs needing the same CID meanwhile wait
+on that one fetch (single flight). URLs are downloaded by the node (bounded parallelism, one
+download per URL at a time), added to the blockstore, and the files of the URLs that share a
+mount folder become one UnixFS folder, which is then an input by CID like any other.
+
+`acquire` returns the local path and counts a reference; `release` drops it. Entries no job
+holds are evicted, least recently used first, once the cache is over its size cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import logging
+import os
 import shutil
 import threading
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bacalhau.blockstore import Blockstore
-from bacalhau.content import dag
+from bacalhau.content import Importer, dag
 from bacalhau.content.cid import CID
+from bacalhau.content.importer import Node as ImportedNode
+from bacalhau.data import UrlFetcher
+from bacalhau.errors import BacalhauError
 from bacalhau.network import Network, fetch_dag
+from bacalhau.network.blocks import Tally
+
+log = logging.getLogger(__name__)
 
 FETCH_PATIENCE_S = 30.0
+URL_PARALLEL = 8  # downloads at once per node
+
+
+@dataclass
+class _Entry:
+    cid: str
+    path: Path
+    size: int
+    refs: int = 0
+    used: int = 0  # tick of the last acquire or release (LRU order)
+
+
+@dataclass(frozen=True)
+class UrlInput:
+    """A URL input as resolved on this node: its file's CID and where it is mounted."""
+
+    url: str
+    cid: str
+    mount_path: str
+    size: int
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, n: float = 1) -> None:
+        self.value += n
 
 
 class InputCache:
-    """CID -> local file or folder, fetched once per node."""
+    """CID -> local file or folder, fetched once per node, reference counted, LRU-evicted.
 
-    def __init__(self, network: Network, blocks: Blockstore, root: Path) -> None:
+    `max_bytes` caps what entries no job holds may take (0: no cap); `received` counts bytes
+    fetched from peers, `hits` and `misses` count acquires (a hit: the CID was written out
+    already, or a fetch of it was in flight; a miss: this acquire started the fetch).
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        blocks: Blockstore,
+        root: Path,
+        *,
+        max_bytes: int = 0,
+        fetcher: UrlFetcher | None = None,
+        received: Tally | None = None,
+        hits: Tally | None = None,
+        misses: Tally | None = None,
+    ) -> None:
         self._net = network
         self._blocks = blocks
         self._root = root
+        self.max_bytes = max_bytes
+        self.fetcher = fetcher or UrlFetcher()
+        self._received = received
+        self._hits: Tally = hits or _Count()
+        self._misses: Tally = misses or _Count()
+        self._fetches: dict[str, asyncio.Future[_Entry]] = {}
+        self._downloads: dict[str, asyncio.Future[tuple[ImportedNode, int]]] = {}
+        self._url_slots: asyncio.Semaphore | None = None
+        self._entries: dict[str, _Entry] = {}
+        self._by_path: dict[Path, str] = {}
+        self._tick = itertools.count(1)
+        self._evicting: set[asyncio.Future[None]] = set()
         root.mkdir(parents=True, exist_ok=True)
-        self._fetches: dict[str, asyncio.Future[Path]] = {}
+        self._tmp = root / ".tmp"
+        shutil.rmtree(self._tmp, ignore_errors=True)  # half-written leftovers of a crash
+        self._tmp.mkdir()
+        for path in root.iterdir():
+            if path.name.startswith("."):
+                continue
+            entry = _Entry(path.name, path, _size(path), used=next(self._tick))
+            self._entries[path.name] = entry
+            self._by_path[path] = path.name
 
     @property
     def pending(self) -> list[asyncio.Future[Any]]:
         """Fetches in flight (for shutdown)."""
-        return list(self._fetches.values())
+        return [*self._fetches.values(), *self._downloads.values(), *self._evicting]
+
+    @property
+    def size(self) -> int:
+        """Bytes the cache's entries take."""
+        return sum(e.size for e in self._entries.values())
+
+    def holds(self, cid_text: str) -> bool:
+        """True if the CID is written out here (a job using it would not fetch it)."""
+        return cid_text in self._entries
+
+    def local_share(self, cids: list[str]) -> tuple[int, int]:
+        """(bytes, count) of these inputs this node holds already: written out in the cache,
+        or whole in the blockstore (checked by the root block, sized from the root's links).
+        Cheap: one LMDB read per CID; bad CIDs count as not held."""
+        size = count = 0
+        for text in cids:
+            entry = self._entries.get(text)
+            if entry is not None:
+                size += entry.size
+                count += 1
+                continue
+            try:
+                root = bytes(CID.parse(text))
+                if not self._blocks.has(root):
+                    continue
+                node = dag.decode(root, self._blocks.get(root))
+            except BacalhauError:
+                continue
+            size += node.filesize or sum(link.tsize for link in node.links)
+            count += 1
+        return size, count
+
+    def refs(self, cid_text: str) -> int:
+        """How many acquires of the CID are not released yet."""
+        entry = self._entries.get(cid_text)
+        return entry.refs if entry is not None else 0
 
     async def acquire(self, cid_text: str, requester: str) -> Path:
-        """The CID's content as a local path; fetched from `requester` or peers if needed."""
+        """The CID's content as a local path, held until `release(path)`.
+
+        Fetched from `requester` or peers if needed. Raises NotFound (naming the CID) when
+        no peer can send it, CorruptData if a peer sends bad blocks, InvalidCID.
+        """
         cid_text = str(CID.parse(cid_text))
-        path = self._root / cid_text
-        if path.exists():
-            return path
-        fut = self._fetches.get(cid_text)
-        if fut is None:
-            fut = asyncio.ensure_future(self._fetch_to(cid_text, requester, path))
-            self._fetches[cid_text] = fut
-            fut.add_done_callback(lambda _: self._fetches.pop(cid_text, None))
-        return await asyncio.shield(fut)
+        entry = self._entries.get(cid_text)
+        if entry is None:
+            fut = self._fetches.get(cid_text)
+            if fut is None:
+                self._misses.inc()
+                fut = asyncio.ensure_future(self._fetch_to(cid_text, requester))
+                self._fetches[cid_text] = fut
+                fut.add_done_callback(lambda _: self._fetches.pop(cid_text, None))
+            else:
+                self._hits.inc()
+            entry = await asyncio.shield(fut)
+        else:
+            self._hits.inc()
+        entry.refs += 1
+        entry.used = next(self._tick)
+        return entry.path
 
     def release(self, path: Path) -> None:
-        """A job is done with `path`."""
+        """A job is done with `path` (from `acquire`); it may be evicted once no job holds it."""
+        cid_text = self._by_path.get(path)
+        entry = self._entries.get(cid_text) if cid_text is not None else None
+        if entry is None or entry.refs == 0:
+            return
+        entry.refs -= 1
+        entry.used = next(self._tick)
+        self._evict()
 
-    async def _fetch_to(self, cid_text: str, requester: str, path: Path) -> Path:
-        """Fetch the DAG (from the requester first), then write it out at `path` atomically."""
+    async def acquire_urls(
+        self, urls: list[tuple[str, str]]
+    ) -> list[tuple[Path, str, list[UrlInput]]]:
+        """Download URL inputs, given as (url, mount path); returns one folder per mount
+        folder: (local path, held until released; guest folder; what each URL resolved to).
+
+        Raises UrlError (naming the URL) if any download fails; nothing half-written stays.
+        """
+        results = await asyncio.gather(*(self._download(url) for url, _ in urls))
+        groups: dict[str, dict[str, tuple[str, ImportedNode, int]]] = {}
+        for (url, mount), (node, size) in zip(urls, results, strict=True):
+            guest = PurePosixPath(mount)
+            groups.setdefault(str(guest.parent), {})[guest.name] = (url, node, size)
+        out = []
+        for folder, files in groups.items():
+
+            def build(files: dict[str, tuple[str, ImportedNode, int]] = files) -> bytes:
+                with self._blocks.batch() as batch:
+                    with Importer(sink=batch, workers=1) as imp:
+                        root = imp.add_directory({name: f[1] for name, f in files.items()})
+                    batch.pin(root.cid)
+                return root.cid
+
+            root = await asyncio.to_thread(build)
+            path = await self.acquire(str(CID.from_bytes(root)), self._net.node_id)
+            resolved = [
+                UrlInput(url, str(CID.from_bytes(node.cid)), f"{folder.rstrip('/')}/{name}", size)
+                for name, (url, node, size) in files.items()
+            ]
+            out.append((path, folder, resolved))
+        return out
+
+    async def _download(self, url: str) -> tuple[ImportedNode, int]:
+        """One URL into the blockstore (one download at a time per URL on this node)."""
+        fut = self._downloads.get(url)
+        if fut is None:
+            fut = asyncio.ensure_future(self._download_once(url))
+            self._downloads[url] = fut
+            fut.add_done_callback(lambda _: self._downloads.pop(url, None))
+        return await asyncio.shield(fut)
+
+    async def _download_once(self, url: str) -> tuple[ImportedNode, int]:
+        if self._url_slots is None:
+            self._url_slots = asyncio.Semaphore(URL_PARALLEL)
+        async with self._url_slots:
+
+            def fetch() -> tuple[ImportedNode, int]:
+                tmp = self._tmp / f"url-{threading.get_ident()}-{next(self._tick)}"
+                try:
+                    size = self.fetcher.fetch(url, tmp)
+                    with self._blocks.batch() as batch:
+                        with Importer(sink=batch, workers=1) as imp:
+                            node = imp.add_path(tmp)
+                        batch.pin(node.cid)
+                    return node, size
+                finally:
+                    tmp.unlink(missing_ok=True)
+
+            return await asyncio.to_thread(fetch)
+
+    async def _fetch_to(self, cid_text: str, requester: str) -> _Entry:
+        """Fetch the DAG (from the requester first), then write it out atomically."""
         root = bytes(CID.parse(cid_text))
         # The requester may be restarting: give it the time a lost node gets to come back.
-        await fetch_dag(self._net, self._blocks, root, [requester], patience_s=FETCH_PATIENCE_S)
+        await fetch_dag(
+            self._net,
+            self._blocks,
+            root,
+            [requester],
+            patience_s=FETCH_PATIENCE_S,
+            received=self._received,
+        )
+        path = self._root / cid_text
 
-        def write() -> Path:
-            tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        def write() -> int:
+            tmp = self._tmp / f"{cid_text}.{threading.get_ident()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            dag.export(self._blocks.get, root, tmp)
-            tmp.replace(path)
-            return path
+            try:
+                dag.export(self._blocks.get, root, tmp)
+                size = _size(tmp)
+                tmp.replace(path)
+            except BaseException:
+                _remove(tmp)
+                raise
+            return size
 
-        return await asyncio.to_thread(write)
+        size = await asyncio.to_thread(write)
+        entry = _Entry(cid_text, path, size, used=next(self._tick))
+        self._entries[cid_text] = entry
+        self._by_path[path] = cid_text
+        self._evict(keep=(cid_text,))
+        return entry
+
+    def _evict(self, keep: Iterable[str] = ()) -> None:
+        """Remove unheld entries, least recently used first, until under the cap."""
+        if not self.max_bytes:
+            return
+        total = self.size
+        if total <= self.max_bytes:
+            return
+        kept = set(keep)
+        for entry in sorted(self._entries.values(), key=lambda e: e.used):
+            if total <= self.max_bytes:
+                break
+            if entry.refs or entry.cid in kept:
+                continue
+            del self._entries[entry.cid]
+            self._by_path.pop(entry.path, None)
+            total -= entry.size
+            # Renamed away at once (so a new acquire fetches afresh), deleted in a thread.
+            doomed = self._tmp / f"evicted-{entry.cid}-{next(self._tick)}"
+            try:
+                entry.path.replace(doomed)
+            except OSError as e:
+                log.warning("cannot evict %s: %s", entry.path, e)
+                continue
+            log.info("evicted %s (%d bytes) from the input cache", entry.cid, entry.size)
+            fut = asyncio.ensure_future(asyncio.to_thread(_remove, doomed))
+            self._evicting.add(fut)
+            fut.add_done_callback(self._evicting.discard)
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of the files under a folder."""
+    if not path.is_dir():
+        with contextlib.suppress(OSError):
+            return path.lstat().st_size
+        return 0
+    total = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import dag
-from bacalhau.content.cid import CID
+from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
 from bacalhau.content.errors import ContentError, NotFound
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from bacalhau.network.peers import Network
 
 _BATCH_BYTES = 4 << 20
+WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
 
 
 def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[tuple[bytes, bytes]]:
@@ -30,15 +31,23 @@ def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[t
 
 
 async def serve_blocks(
-    store: Blockstore, cids: list[bytes], *, recursive: bool
+    store: Blockstore,
+    cids: list[bytes],
+    *,
+    recursive: bool,
+    sent: Tally | None = None,
+    skip: frozenset[bytes] = frozenset(),
 ) -> AsyncIterator[Any]:
     """Yield `peer_pb2.Block`s of `cids` (with `recursive`, of their DAGs, parents first);
-    walking and reading happen in a worker thread. Raises NotFound for a missing block."""
+    walking and reading happen in a worker thread; blocks in `skip` are walked, not sent.
+    Raises NotFound for a missing block."""
     it = _blocks(store, cids, recursive)
 
     def next_batch() -> list[tuple[bytes, bytes]]:
         out, size = [], 0
         for cid, data in it:
+            if cid in skip:
+                continue
             out.append((cid, data))
             size += len(data)
             if size >= _BATCH_BYTES:
@@ -46,14 +55,23 @@ async def serve_blocks(
         return out
 
     while batch := await asyncio.to_thread(next_batch):
+        if sent is not None:
+            sent.inc(sum(len(d) for _, d in batch))
         for cid, data in batch:
             yield peer_pb2.Block(cid=cid, data=data)
 
 
 async def fetch_blocks(
-    channel: grpc.aio.Channel, cids: list[bytes], *, recursive: bool, timeout: float = 60.0
+    channel: grpc.aio.Channel,
+    cids: list[bytes],
+    *,
+    recursive: bool,
+    timeout: float = 60.0,
+    verify: bool = True,
 ) -> list[tuple[bytes, bytes]]:
-    """Blocks from a peer, each verified. Raises CorruptData, NotFound, or grpc.RpcError."""
+    """Blocks from a peer, each verified (unless the caller does it: `verify=False`).
+
+    Raises CorruptData, NotFound, or grpc.RpcError."""
     stub = peer_pb2_grpc.PeerServiceStub(channel)
     out: list[tuple[bytes, bytes]] = []
     call = stub.GetBlocks(
@@ -61,7 +79,8 @@ async def fetch_blocks(
     )
     try:
         async for block in call:
-            check_block(block.cid, block.data)
+            if verify:
+                check_block(block.cid, block.data)
             out.append((block.cid, block.data))
     except grpc.aio.AioRpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
@@ -89,6 +108,12 @@ def rpc_error_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+class Tally(Protocol):
+    """Something that counts (a Prometheus counter): bytes sent or received."""
+
+    def inc(self, n: float = 1) -> None: ...
+
+
 async def fetch_dag(
     net: Network,
     store: Blockstore,
@@ -96,12 +121,19 @@ async def fetch_dag(
     holders: list[str],
     *,
     patience_s: float = 0.0,
+    received: Tally | None = None,
 ) -> None:
-    """Make the DAG under `root` local, asking `holders` first, then every connected peer.
+    """Make the DAG under `root` local, from `holders` and every connected peer.
 
-    Keeps trying (backing off) for `patience_s` seconds while no peer can send it, so a
-    holder that restarts or reconnects meanwhile still serves it. Raises NotFound with each
-    peer's answer once out of patience.
+    Every candidate is asked for the root block at once; those that have it become sources.
+    The DAG is then fetched level by level: the blocks of a level that are not stored yet
+    form a want-list, cut into batches that the sources serve in parallel (a batch a source
+    fails is handed to another). Each batch is verified block by block against its CID and
+    stored (synced) as soon as it arrives, so an interrupted fetch resumes where it stopped.
+
+    Keeps trying (backing off) for `patience_s` seconds while no peer has the root, so a
+    holder that restarts or reconnects meanwhile still serves it; stops at once when every
+    holder answered "not here". Raises NotFound naming the CID (with each peer's answer).
     """
     if not await asyncio.to_thread(missing, store, root):
         return
@@ -109,26 +141,16 @@ async def fetch_dag(
     deadline = loop.time() + patience_s
     backoff = 0.1
     while True:
-        errors = []
-        # Waiting only helps while a holder is away; if they all answered "not here", stop.
-        holders_answered = True
-        for node_id in dict.fromkeys([*holders, *net.connected()]):
-            channel = net.channel_to(node_id) if net.is_connected(node_id) else None
-            if channel is None or node_id == net.node_id:
-                errors.append(f"{node_id[-8:]}: not connected")
-                holders_answered = holders_answered and node_id not in holders
-                continue
+        sources, errors, holders_answered = await _find_sources(net, root, holders, received)
+        if sources:
             try:
-                blocks = await fetch_blocks(channel, [root], recursive=True)
+                await _fetch_levels(store, root, sources, received, errors)
+                return
             except NotFound as e:
-                errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
-                continue
-            except (grpc.RpcError, ContentError) as e:
-                errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
-                holders_answered = holders_answered and node_id not in holders
-                continue
-            await asyncio.to_thread(store_blocks, store, blocks, root)
-            return
+                if loop.time() >= deadline:
+                    raise
+                errors.append(str(e))
+                holders_answered = False
         if loop.time() >= deadline or holders_answered:
             raise NotFound(
                 f"{CID.from_bytes(root)} is not on this node and no peer could send it",
@@ -136,6 +158,169 @@ async def fetch_dag(
             )
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 2.0)
+
+
+async def _find_sources(
+    net: Network, root: bytes, holders: list[str], received: Tally | None
+) -> tuple[list[tuple[str, grpc.aio.Channel]], list[str], bool]:
+    """Ask every candidate for the root block at once: (sources, errors, holders answered)."""
+    errors: list[str] = []
+    # Waiting only helps while a holder is away; if they all answered "not here", stop.
+    holders_answered = True
+    asked: list[tuple[str, grpc.aio.Channel]] = []
+    for node_id in dict.fromkeys([*holders, *net.connected()]):
+        channel = net.channel_to(node_id) if net.is_connected(node_id) else None
+        if channel is None or node_id == net.node_id:
+            errors.append(f"{node_id[-8:]}: not connected")
+            holders_answered = holders_answered and node_id not in holders
+            continue
+        asked.append((node_id, channel))
+    answers = await asyncio.gather(
+        *(fetch_blocks(ch, [root], recursive=False, timeout=10.0) for _, ch in asked),
+        return_exceptions=True,
+    )
+    sources = []
+    for (node_id, channel), answer in zip(asked, answers, strict=True):
+        if isinstance(answer, NotFound):
+            errors.append(f"{node_id[-8:]}: {rpc_error_line(answer)}")
+        elif isinstance(answer, (grpc.RpcError, ContentError)):
+            errors.append(f"{node_id[-8:]}: {rpc_error_line(answer)}")
+            holders_answered = holders_answered and node_id not in holders
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            if received is not None:
+                received.inc(sum(len(d) for _, d in answer))
+            sources.append((node_id, channel))
+    return sources, errors, holders_answered
+
+
+def _links(cid: bytes, data: bytes) -> list[bytes]:
+    if CID.from_bytes(cid).codec == RAW:
+        return []
+    return [link.cid for link in dag.decode(cid, data).links]
+
+
+def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split a level into (blocks to fetch, links of the blocks already stored)."""
+    need, below = [], []
+    for cid in level:
+        if CID.from_bytes(cid).codec == RAW:
+            if not store.has(cid):
+                need.append(cid)
+        elif store.has(cid):
+            below.extend(_links(cid, store.get(cid)))
+        else:
+            need.append(cid)
+    return need, below
+
+
+def _verify_and_store(store: Blockstore, blocks: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Check, then store, one batch (a synced write); returns the links under its blocks."""
+    below = []
+    for cid, data in blocks:
+        check_block(cid, data)
+        below.extend(_links(cid, data))
+    store_blocks(store, blocks, None)
+    return below
+
+
+async def _fetch_levels(
+    store: Blockstore,
+    root: bytes,
+    sources: list[tuple[str, grpc.aio.Channel]],
+    received: Tally | None,
+    errors: list[str],
+) -> None:
+    level = [root]
+    while level:
+        need, below = await asyncio.to_thread(_plan, store, list(dict.fromkeys(level)))
+        if need:
+            below += await _fetch_spread(store, need, sources, received, errors)
+        level = below
+    await asyncio.to_thread(store.pin, root)
+
+
+async def _fetch_spread(
+    store: Blockstore,
+    need: list[bytes],
+    sources: list[tuple[str, grpc.aio.Channel]],
+    received: Tally | None,
+    errors: list[str],
+) -> list[bytes]:
+    """Fetch `need` from `sources` in parallel, WANT_BATCH CIDs per request; a batch a
+    source fails goes back to the queue for the others. Returns the links below."""
+    queue: list[list[bytes]] = [need[i : i + WANT_BATCH] for i in range(0, len(need), WANT_BATCH)]
+    below: list[bytes] = []
+    inflight = 0
+    wakeup = asyncio.Event()
+
+    async def settle(
+        node_id: str, batch: list[bytes], storing: asyncio.Future[list[bytes]]
+    ) -> bool:
+        try:
+            below.extend(await storing)
+            return True
+        except ContentError as e:  # a corrupt block: the batch goes to another source
+            queue.append(batch)
+            errors.append(f"{node_id[-8:]}: {e}")
+            return False
+
+    async def worker(node_id: str, channel: grpc.aio.Channel) -> None:
+        nonlocal inflight
+        storing: tuple[list[bytes], asyncio.Future[list[bytes]]] | None = None
+        try:
+            while True:
+                if not queue:
+                    if storing is not None:
+                        ok = await settle(node_id, *storing)
+                        storing = None
+                        if not ok:
+                            return
+                        continue
+                    if inflight == 0:
+                        return
+                    wakeup.clear()
+                    await wakeup.wait()
+                    continue
+                batch = queue.pop()
+                inflight += 1
+                try:
+                    blocks = await fetch_blocks(channel, batch, recursive=False, verify=False)
+                except (grpc.RpcError, ContentError) as e:
+                    queue.append(batch)
+                    errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
+                    return
+                finally:
+                    inflight -= 1
+                    wakeup.set()
+                if received is not None:
+                    received.inc(sum(len(d) for _, d in blocks))
+                # One batch is hashed and synced in a thread while the next one arrives.
+                if storing is not None and not await settle(node_id, *storing):
+                    storing = None
+                    queue.append(batch)
+                    return
+                fut = asyncio.ensure_future(asyncio.to_thread(_verify_and_store, store, blocks))
+                storing = (batch, fut)
+        finally:
+            if storing is not None:
+                await settle(node_id, *storing)
+            wakeup.set()
+
+    tasks = [asyncio.ensure_future(worker(n, ch)) for n, ch in sources]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+    if queue:
+        first = CID.from_bytes(queue[0][0])
+        raise NotFound(
+            f"block {first} of the DAG is on none of the peers that have its root",
+            hint="; ".join(errors[-3:]),
+        )
+    return below
 
 
 def store_blocks(store: Blockstore, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:

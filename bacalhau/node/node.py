@@ -25,7 +25,9 @@ from bacalhau._pb.bacalhau.v1 import (
 from bacalhau.api import ClientServicer, PeerServicer
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute import Compute, ComputeConfig
+from bacalhau.compute.inputs import InputCache
 from bacalhau.content.cid import CID
+from bacalhau.data import DEFAULT_MAX_BYTES, UrlFetcher
 from bacalhau.datastore import LmdbDatastore
 from bacalhau.executor import get_executor
 from bacalhau.identity import Identity
@@ -56,6 +58,8 @@ class NodeConfig:
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
     advertise: str = ""  # the address peers should dial, if not the one served on
     mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
+    input_cache_bytes: int = 0  # cap on cached inputs no job holds (0: no cap)
+    url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
 
 
 class JobWatch:
@@ -134,18 +138,43 @@ class Node:
             bid_window_s=cfg.bid_window_s,
             node_lost_s=cfg.node_lost_s,
         )
+        self.block_bytes_received = Counter(
+            "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
+        )
+        self.block_bytes_sent = Counter(
+            "bacalhau_block_bytes_sent_total", "Block bytes served to peers and clients."
+        )
+        self.input_cache_hits = Counter(
+            "bacalhau_input_cache_hits_total",
+            "Input acquires served from the cache (or joining a fetch in flight).",
+        )
+        self.input_cache_misses = Counter(
+            "bacalhau_input_cache_misses_total", "Input acquires that started a fetch."
+        )
+        scratch = cfg.data_dir / "scratch"
+        inputs = InputCache(
+            self.network,
+            self.blockstore,
+            scratch / "inputs",
+            max_bytes=cfg.input_cache_bytes,
+            fetcher=UrlFetcher(max_bytes=cfg.url_max_bytes or 1 << 62),
+            received=self.block_bytes_received,
+            hits=self.input_cache_hits,
+            misses=self.input_cache_misses,
+        )
         self.compute = Compute(
             network=self.network,
             store=self.store,
             blockstore=self.blockstore,
             executors=executors,
-            scratch_dir=cfg.data_dir / "scratch",
+            scratch_dir=scratch,
             config=ComputeConfig(
                 labels=dict(cfg.labels),
                 max_parallel=cfg.max_parallel or os.cpu_count() or 1,
                 total_cpu=hello.resources.cpu,
                 total_memory_bytes=hello.resources.memory_bytes,
             ),
+            inputs=inputs,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self), self._server)
         peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(self), self._server)
@@ -221,6 +250,19 @@ class Node:
             ["reason"],
             registry=registry,
         )
+        for counter in (
+            self.block_bytes_received,
+            self.block_bytes_sent,
+            self.input_cache_hits,
+            self.input_cache_misses,
+        ):
+            registry.register(counter)
+        Gauge(
+            "bacalhau_input_cache_bytes",
+            "Bytes of inputs written out in the input cache.",
+            registry=registry,
+            callback=lambda: {(): float(self.compute.inputs.size)},
+        )
         self.network.on_reject.append(lambda reason: rejected.labels(reason=reason).inc())
         Gauge(
             "bacalhau_peer_messages_sent",
@@ -241,7 +283,9 @@ class Node:
     async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
         """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing."""
         root = bytes(CID.parse(cid_text))
-        await fetch_dag(self.network, self.blockstore, root, holders)
+        await fetch_dag(
+            self.network, self.blockstore, root, holders, received=self.block_bytes_received
+        )
         return root
 
     async def wait_final(self, job_id: str) -> Any:
