@@ -476,3 +476,33 @@ def test_interrupted_get_resumes(net: Cluster, big_result: tuple[str, str], tmp_
     again = Ctl(net[0].address, tmp_path)
     first = again("get", job_id, "--output-dir", str(dest))
     assert "exists and is not an empty folder" in first.one_line_error()
+
+
+def test_folder_upload_refuses_unsafe_paths(net: Cluster, tmp_path: Path):
+    import grpc
+
+    from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc
+
+    def upload(path: str) -> Any:
+        reqs = [
+            client_pb2.AddDataRequest(header=client_pb2.AddDataHeader(name="f", folder=True)),
+            client_pb2.AddDataRequest(entry=client_pb2.AddDataEntry(path=path)),
+            client_pb2.AddDataRequest(chunk=b"escaped"),
+        ]
+        with grpc.insecure_channel(net[0].address) as ch:
+            return client_pb2_grpc.ClientServiceStub(ch).AddData(iter(reqs), timeout=10)
+
+    for bad in ("../escape", "a/../../escape", "/etc/x", "a//b", "."):
+        with pytest.raises(grpc.RpcError) as err:
+            upload(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unsafe path" in (err.value.details() or "")
+    assert not (net[0].data_dir / "tmp" / "escape").exists()
+    assert list((net[0].data_dir / "tmp").iterdir()) == []
+    assert upload("ok/file.txt").cid
+    # a symlink in a folder is refused by the client before anything is sent
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "link").symlink_to("/etc/hostname")
+    ctl = Ctl(net[0].address, tmp_path)
+    line = ctl("wasm", "run", "-v", f"{tmp_path / 'f'}:/in", str(ECHO_WASM)).one_line_error()
+    assert "not a regular file or folder" in line

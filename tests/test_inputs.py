@@ -1,0 +1,258 @@
+"""The input cache (single flight, reference counts, LRU eviction under a cap) and URL
+downloads (limits, retries, redirects, names) against a real web server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau.blockstore import Blockstore
+from bacalhau.compute.inputs import InputCache
+from bacalhau.content import Importer, dag
+from bacalhau.content.cid import CID
+from bacalhau.data import UrlError, UrlFetcher, file_name, mount_paths, parse_url_list
+from bacalhau.errors import UsageError
+from bacalhau.identity import Identity
+from bacalhau.network import Network
+
+MIB = 1 << 20
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, n: float = 1) -> None:
+        self.value += n
+
+
+@pytest.fixture
+def blocks(tmp_path: Path) -> Iterator[Blockstore]:
+    store = Blockstore(tmp_path / "blocks")
+    yield store
+    store.close()
+
+
+def make_cache(tmp_path: Path, blocks: Blockstore, **kw: object) -> InputCache:
+    ident = Identity.load_or_create(tmp_path)
+    net = Network(ident, peer_pb2.Hello(node_id=ident.node_id), lambda s, m: None)
+    return InputCache(net, blocks, tmp_path / "inputs", **kw)  # type: ignore[arg-type]
+
+
+def add(blocks: Blockstore, data: bytes) -> str:
+    with blocks.batch() as batch, Importer(sink=batch, workers=1) as imp:
+        cid = imp.add_bytes(data).cid
+    return str(CID.from_bytes(cid))
+
+
+def test_concurrent_acquires_write_out_once_and_count_references(
+    tmp_path: Path, blocks: Blockstore
+):
+    hits, misses = Tally(), Tally()
+    cache = make_cache(tmp_path, blocks, hits=hits, misses=misses)
+    cid = add(blocks, b"x" * 1000)
+
+    async def main() -> list[Path]:
+        return list(await asyncio.gather(*(cache.acquire(cid, "") for _ in range(4))))
+
+    paths = asyncio.run(main())
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == b"x" * 1000
+    assert (misses.value, hits.value) == (1, 3)
+    assert cache.refs(cid) == 4
+    for p in paths:
+        cache.release(p)
+    assert cache.refs(cid) == 0
+    cache.release(paths[0])  # one release too many changes nothing
+    assert cache.refs(cid) == 0 and cache.holds(cid)
+
+
+def test_lru_eviction_under_the_cap_never_evicts_what_is_held(tmp_path: Path, blocks: Blockstore):
+    cache = make_cache(tmp_path, blocks, max_bytes=int(2.5 * MIB))
+    a, b, c, d = (add(blocks, bytes([i]) * MIB) for i in range(4))
+
+    async def main() -> None:
+        pa = await cache.acquire(a, "")  # held throughout
+        pb = await cache.acquire(b, "")
+        cache.release(pb)
+        pc = await cache.acquire(c, "")  # 3 MiB: b (unheld, oldest) goes, a stays
+        assert not cache.holds(b) and cache.holds(a) and cache.holds(c)
+        assert pa.read_bytes() == bytes([0]) * MIB
+        cache.release(pc)
+        pd = await cache.acquire(d, "")  # c goes: a is still held
+        assert not cache.holds(c) and cache.holds(a) and cache.holds(d)
+        pd2 = await cache.acquire(b, "")  # fetched again (from the blockstore) after eviction
+        assert pd2.read_bytes() == bytes([1]) * MIB
+        # over the cap while everything is held: nothing in use is removed
+        assert cache.holds(a) and cache.holds(d) and cache.holds(b)
+        assert cache.size == 3 * MIB
+        for p in (pa, pd, pd2):
+            cache.release(p)
+        assert cache.size <= 2.5 * MIB
+        await asyncio.gather(*cache.pending)
+
+    asyncio.run(main())
+    assert sorted(p.name for p in (tmp_path / "inputs" / ".tmp").iterdir()) == []
+
+
+def test_a_restarted_cache_knows_its_entries_and_drops_half_written_ones(
+    tmp_path: Path, blocks: Blockstore
+):
+    cache = make_cache(tmp_path, blocks)
+    cid = add(blocks, b"kept")
+    asyncio.run(cache.acquire(cid, ""))
+    (tmp_path / "inputs" / ".tmp" / "half-written").write_bytes(b"partial")
+    again = make_cache(tmp_path, blocks)
+    assert again.holds(cid) and again.size == 4
+    assert list((tmp_path / "inputs" / ".tmp").iterdir()) == []
+
+
+def test_local_share_counts_inputs_held(tmp_path: Path, blocks: Blockstore):
+    cache = make_cache(tmp_path, blocks)
+    cid = add(blocks, b"y" * 5000)
+    elsewhere = "bafkreibjfez3ryeimujynshf4b7v6gupmpogapn52lfsvgxs56rjdnthc4"
+    assert cache.local_share([cid, elsewhere, "not a cid"]) == (5000, 1)
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+class Web:
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        web = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                n = web.hits[self.path] = web.hits.get(self.path, 0) + 1
+                if self.path == "/ok":
+                    self._send(200, b"fine\n")
+                elif self.path == "/big-header":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(10 * MIB))
+                    self.end_headers()
+                elif self.path == "/short":  # says 100 bytes, sends 10, closes
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    self.wfile.write(b"0123456789")
+                elif self.path == "/to-ftp":
+                    self.send_response(301)
+                    self.send_header("Location", "ftp://127.0.0.1/x")
+                    self.end_headers()
+                elif self.path == "/busy":
+                    self._send(429 if n < 3 else 200, b"done\n")
+                elif self.path == "/endless":
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(b"z" * 65536)
+                    except OSError:
+                        return
+                else:
+                    self._send(int(self.path.strip("/")), b"")
+
+            def _send(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[Web]:
+    w = Web()
+    yield w
+    w.server.shutdown()
+    w.server.server_close()
+
+
+@pytest.fixture
+def fetcher() -> UrlFetcher:
+    return UrlFetcher(max_bytes=MIB, backoff_s=0.01, timeout_s=5)
+
+
+def test_download_and_retry(web: Web, fetcher: UrlFetcher, tmp_path: Path):
+    assert fetcher.fetch(web.base + "/ok", tmp_path / "ok") == 5
+    assert (tmp_path / "ok").read_bytes() == b"fine\n"
+    assert fetcher.fetch(web.base + "/busy", tmp_path / "busy") == 5  # two 429s, then 200
+    assert web.hits["/busy"] == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "why", "tries"),
+    [
+        ("/404", "HTTP 404", 1),
+        ("/503", "HTTP 503", 4),
+        ("/endless", "larger than the limit of 1048576 bytes", 1),
+        ("/big-header", "it says it has 10485760 bytes", 1),
+        ("/short", "got 10 of 100 bytes", 4),
+        ("/to-ftp", "not http(s)", 1),
+    ],
+)
+def test_download_failures(
+    web: Web, fetcher: UrlFetcher, tmp_path: Path, path: str, why: str, tries: int
+):
+    before = web.hits.get(path, 0)
+    with pytest.raises(UrlError) as err:
+        fetcher.fetch(web.base + path, tmp_path / "dest")
+    assert why in str(err.value) and web.base + path in str(err.value)
+    assert web.hits[path] - before == tries
+    assert not (tmp_path / "dest").exists()
+
+
+def test_connection_refused_is_retried_then_reported(tmp_path: Path):
+    f = UrlFetcher(retries=2, backoff_s=0.01, timeout_s=2)
+    with pytest.raises(UrlError, match="cannot connect"):
+        f.fetch("http://127.0.0.1:1/x", tmp_path / "x")
+
+
+def test_url_inputs_in_cache_single_flight_and_folder(web: Web, tmp_path: Path, blocks: Blockstore):
+    cache = make_cache(tmp_path, blocks, fetcher=UrlFetcher(backoff_s=0.01))
+    before = web.hits.get("/ok", 0)
+    urls = [(web.base + "/ok", "/inputs/ok"), (web.base + "/ok", "/inputs/ok_1")]
+
+    async def main() -> list[tuple[Path, str, list[object]]]:
+        a, b = await asyncio.gather(cache.acquire_urls(urls), cache.acquire_urls(urls))
+        return [*a, *b]  # type: ignore[list-item]
+
+    (path, folder, resolved), (path2, _, _) = asyncio.run(main())
+    assert web.hits["/ok"] - before == 1  # one download for the same URL at the same time
+    assert path == path2 and folder == "/inputs"
+    assert sorted(p.name for p in path.iterdir()) == ["ok", "ok_1"]
+    assert (path / "ok_1").read_bytes() == b"fine\n"
+    # the folder and the file are in the blockstore, by CID
+    (first, _) = resolved
+    assert b"".join(dag.cat(blocks.get, bytes(CID.parse(first.cid)))) == b"fine\n"  # type: ignore[attr-defined]
+
+
+def test_url_names_and_lists():
+    assert file_name("http://127.0.0.1/a/b/data%20set.csv?x=1") == "data set.csv"
+    assert file_name("http://127.0.0.1/") == "127.0.0.1"
+    assert file_name("http://127.0.0.1/..") == "127.0.0.1"
+    urls = ["http://h/x.csv", "http://k/x.csv", "http://h/y", "http://j/x.csv", "http://h/y"]
+    assert mount_paths(urls, taken={"/inputs/y"}) == [
+        "/inputs/x.csv", "/inputs/x_1.csv", "/inputs/y_1", "/inputs/x_2.csv", "/inputs/y_2",
+    ]  # fmt: skip
+    assert parse_url_list("# c\n\nhttp://127.0.0.1/a\n https://h/b \n", "f") == [
+        "http://127.0.0.1/a",
+        "https://h/b",
+    ]
+    with pytest.raises(UsageError, match="f, line 2: bad URL"):
+        parse_url_list("http://h/a\nfile:///etc/passwd\n", "f")
+    with pytest.raises(UsageError, match="has no URLs"):
+        parse_url_list("\n# only a comment\n", "f")
