@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,14 +21,18 @@ if TYPE_CHECKING:
 
 _BATCH_BYTES = 4 << 20
 WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
+COMMIT_BYTES = 32 << 20  # verified blocks stored (synced) together
 
 
 def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[tuple[bytes, bytes]]:
+    # Read without hashing: the receiver checks every block against its CID anyway, and a
+    # block that is corrupt on disk is refused there (and fetched from another peer).
+    get = functools.partial(store.get, verify=False)
     for cid in cids:
         if recursive:
-            yield from dag.walk(store.get, cid)
+            yield from dag.walk(get, cid)
         else:
-            yield cid, store.get(cid)
+            yield cid, get(cid)
 
 
 async def serve_blocks(
@@ -215,14 +220,37 @@ def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[byte
     return need, below
 
 
-def _verify_and_store(store: Blockstore, blocks: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Check, then store, one batch (a synced write); returns the links under its blocks."""
+def _verify(blocks: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Check each block against its CID (CorruptData if one does not match); returns the
+    links under them. Runs in a worker thread: hashlib releases the GIL."""
     below = []
     for cid, data in blocks:
         check_block(cid, data)
         below.extend(_links(cid, data))
-    store_blocks(store, blocks, None)
     return below
+
+
+class _Sink:
+    """Verified blocks, stored in groups of about COMMIT_BYTES, one synced batch each (a
+    batch holds the blockstore's write lock: it is opened only when a group is ready)."""
+
+    def __init__(self, store: Blockstore) -> None:
+        self.store = store
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.size = 0
+        self.lock = asyncio.Lock()
+
+    async def add(self, blocks: list[tuple[bytes, bytes]]) -> None:
+        self.pending.extend(blocks)
+        self.size += sum(len(d) for _, d in blocks)
+        if self.size >= COMMIT_BYTES:
+            await self.flush()
+
+    async def flush(self, pin: bytes | None = None) -> None:
+        blocks, self.pending, self.size = self.pending, [], 0
+        async with self.lock:
+            if blocks or pin is not None:
+                await asyncio.to_thread(store_blocks, self.store, blocks, pin)
 
 
 async def _fetch_levels(
@@ -232,49 +260,56 @@ async def _fetch_levels(
     received: Tally | None,
     errors: list[str],
 ) -> None:
+    sink = _Sink(store)
     level = [root]
-    while level:
-        need, below = await asyncio.to_thread(_plan, store, list(dict.fromkeys(level)))
-        if need:
-            below += await _fetch_spread(store, need, sources, received, errors)
-        level = below
-    await asyncio.to_thread(store.pin, root)
+    try:
+        while level:
+            need, below = await asyncio.to_thread(_plan, store, list(dict.fromkeys(level)))
+            if need:
+                below += await _fetch_spread(sink, need, sources, received, errors)
+                await sink.flush()
+            level = below
+    finally:
+        await sink.flush()  # what was verified stays: a later fetch resumes from there
+    await sink.flush(pin=root)
 
 
 async def _fetch_spread(
-    store: Blockstore,
+    sink: _Sink,
     need: list[bytes],
     sources: list[tuple[str, grpc.aio.Channel]],
     received: Tally | None,
     errors: list[str],
 ) -> list[bytes]:
-    """Fetch `need` from `sources` in parallel, WANT_BATCH CIDs per request; a batch a
-    source fails goes back to the queue for the others. Returns the links below."""
+    """Fetch `need` from `sources` in parallel, WANT_BATCH CIDs per request, two requests in
+    flight per source; a batch a source fails (or sends corrupt) goes back to the queue for
+    the others. Returns the links below the fetched blocks."""
     queue: list[list[bytes]] = [need[i : i + WANT_BATCH] for i in range(0, len(need), WANT_BATCH)]
     below: list[bytes] = []
     inflight = 0
     wakeup = asyncio.Event()
+    Checking = tuple[list[bytes], list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]
 
-    async def settle(
-        node_id: str, batch: list[bytes], storing: asyncio.Future[list[bytes]]
-    ) -> bool:
+    async def settle(node_id: str, checking: Checking) -> bool:
+        batch, blocks, fut = checking
         try:
-            below.extend(await storing)
-            return True
+            below.extend(await fut)
         except ContentError as e:  # a corrupt block: the batch goes to another source
             queue.append(batch)
             errors.append(f"{node_id[-8:]}: {e}")
             return False
+        await sink.add(blocks)
+        return True
 
     async def worker(node_id: str, channel: grpc.aio.Channel) -> None:
         nonlocal inflight
-        storing: tuple[list[bytes], asyncio.Future[list[bytes]]] | None = None
+        checking: Checking | None = None
         try:
             while True:
                 if not queue:
-                    if storing is not None:
-                        ok = await settle(node_id, *storing)
-                        storing = None
+                    if checking is not None:
+                        ok = await settle(node_id, checking)
+                        checking = None
                         if not ok:
                             return
                         continue
@@ -296,19 +331,22 @@ async def _fetch_spread(
                     wakeup.set()
                 if received is not None:
                     received.inc(sum(len(d) for _, d in blocks))
-                # One batch is hashed and synced in a thread while the next one arrives.
-                if storing is not None and not await settle(node_id, *storing):
-                    storing = None
-                    queue.append(batch)
-                    return
-                fut = asyncio.ensure_future(asyncio.to_thread(_verify_and_store, store, blocks))
-                storing = (batch, fut)
+                # One batch is hashed in a thread while the next one arrives.
+                if checking is not None:
+                    ok = await settle(node_id, checking)
+                    checking = None
+                    if not ok:
+                        queue.append(batch)
+                        return
+                hashing = asyncio.ensure_future(asyncio.to_thread(_verify, blocks))
+                checking = (batch, blocks, hashing)
         finally:
-            if storing is not None:
-                await settle(node_id, *storing)
+            if checking is not None:
+                await settle(node_id, checking)
             wakeup.set()
 
-    tasks = [asyncio.ensure_future(worker(n, ch)) for n, ch in sources]
+    # Two requests in flight per source, so a sender reads the next batch while one is sent.
+    tasks = [asyncio.ensure_future(worker(n, ch)) for _ in range(2) for n, ch in sources]
     try:
         await asyncio.gather(*tasks)
     finally:

@@ -506,3 +506,29 @@ def test_folder_upload_refuses_unsafe_paths(net: Cluster, tmp_path: Path):
     ctl = Ctl(net[0].address, tmp_path)
     line = ctl("wasm", "run", "-v", f"{tmp_path / 'f'}:/in", str(ECHO_WASM)).one_line_error()
     assert "not a regular file or folder" in line
+
+
+def test_a_dag_held_by_two_peers_comes_from_both_and_held_blocks_are_not_fetched(
+    net: Cluster, dctl: Ctl, tmp_path: Path
+):
+    data = random_file(tmp_path / "two.bin", 32 * MIB, b"held by two")
+    (tmp_path / "prefix.bin").write_bytes(data[: 8 * MIB])
+    with Client(net[0].address) as c0, Client(net[1].address) as c1:
+        cid = c0.add_file(tmp_path / "two.bin").cid
+        assert c1.add_file(tmp_path / "two.bin").cid == cid
+    # node-2 holds the first 8 MiB already (the same 256 KiB blocks, under another root)
+    with Client(net[2].address) as c2:
+        c2.add_file(tmp_path / "prefix.bin")
+    sent = [metrics(n)["bacalhau_block_bytes_sent_total"] for n in net.nodes[:2]]
+    got = metrics(net[2])["bacalhau_block_bytes_received_total"]
+    res, job_id = run(
+        dctl, "--labels", "name=node-2", "-v", f"{cid}:/inputs/two.bin", str(ECHO_WASM),
+        "cat", "two.bin",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert stdout_of(net[0], job_id) == data[:4096]
+    received = metrics(net[2])["bacalhau_block_bytes_received_total"] - got
+    assert 24 * MIB <= received < 25 * MIB, received  # only the 24 MiB it did not hold
+    for node, before in zip(net.nodes[:2], sent, strict=True):
+        assert metrics(node)["bacalhau_block_bytes_sent_total"] - before >= 8 * MIB, node.name
+    assert (cache_dir(net[2]) / cid).read_bytes() == data
