@@ -113,6 +113,10 @@ class InputCache:
             self._entries[path.name] = entry
             self._by_path[path] = path.name
 
+    def close(self) -> None:
+        """Stop URL downloads in progress (the node is stopping)."""
+        self.fetcher.stop()
+
     @property
     def pending(self) -> list[asyncio.Future[Any]]:
         """Fetches in flight (for shutdown)."""

@@ -498,6 +498,7 @@ class Compute:
         """
         for event in self._cancels.values():
             event.set()
+        self.inputs.close()
         tasks: list[asyncio.Future[Any]] = [*self._tasks, *self.inputs.pending]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)

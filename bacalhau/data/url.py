@@ -138,6 +138,10 @@ class UrlFetcher:
         # No ProxyHandler from the environment: requests go where the URL says, nowhere else.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Redirects())
 
+    def stop(self) -> None:
+        """Make downloads in progress (and their retries) fail now, and any later ones."""
+        self._stop.set()
+
     def fetch(self, url: str, dest: Path, on_bytes: Callable[[int], None] | None = None) -> int:
         """Download `url` to `dest` (created; removed again on failure); returns its size.
 
@@ -162,6 +166,8 @@ class UrlFetcher:
                 raise UrlError(f"download of {url} was stopped")
 
     def _once(self, url: str, f: IO[bytes], on_bytes: Callable[[int], None] | None) -> int:
+        if self._stop.is_set():
+            raise UrlError(f"download of {url} was stopped")
         req = urllib.request.Request(url, headers={"User-Agent": "bacalhau-python"})
         try:
             resp = self._opener.open(req, timeout=self.timeout_s)
