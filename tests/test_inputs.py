@@ -4,6 +4,7 @@ downloads (limits, retries, redirects, names) against a real web server on 127.0
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -256,3 +257,46 @@ def test_url_names_and_lists():
         parse_url_list("http://h/a\nfile:///etc/passwd\n", "f")
     with pytest.raises(UsageError, match="has no URLs"):
         parse_url_list("\n# only a comment\n", "f")
+
+
+def test_spec_input_checks():
+    from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
+    from bacalhau.api.validate import _check_inputs
+
+    cid = "bafkreibjfez3ryeimujynshf4b7v6gupmpogapn52lfsvgxs56rjdnthc4"
+    ok = [
+        pb.InputSpec(source="ipfs", cid=cid, mount_path="/data"),
+        pb.InputSpec(source="url", url="http://127.0.0.1/a", mount_path="/inputs/a"),
+        pb.InputSpec(source="url", url="https://h/b", mount_path="/inputs/b"),
+    ]
+    _check_inputs(ok)
+    cases = [
+        ([pb.InputSpec(source="s3", cid=cid, mount_path="/x")], "unknown source 's3'"),
+        ([pb.InputSpec(source="url", url="ftp://h/a", mount_path="/i/a")], "bad URL"),
+        ([pb.InputSpec(source="url", url="http://h/a", mount_path="/")], "a file in a folder"),
+        ([pb.InputSpec(source="ipfs", mount_path="/x")], "has no CID"),
+        ([ok[0], pb.InputSpec(source="ipfs", cid=cid, mount_path="/data")], "used once"),
+        (
+            [pb.InputSpec(source="ipfs", cid=cid, mount_path="/inputs"), ok[1]],
+            "both an input and the folder URL inputs are mounted in",
+        ),
+        (
+            [
+                pb.InputSpec(source="url", url=f"http://h/{'x' * 200}{i}", mount_path=f"/i/{i}")
+                for i in range(6000)
+            ],
+            "more than 1048576",
+        ),
+    ]
+    for inputs, why in cases:
+        with pytest.raises(UsageError, match=re.escape(why)):
+            _check_inputs(inputs)
+
+
+def test_serve_size_flags():
+    from bacalhau.cli._serve import _size
+
+    assert _size("0", "--input-cache-size") == 0
+    assert _size("8Gi", "--input-cache-size") == 8 << 30
+    with pytest.raises(UsageError, match="--url-max-size: bad size"):
+        _size("lots", "--url-max-size")

@@ -79,6 +79,8 @@ def _check_module(cid_text: str, store: Blockstore) -> None:
 
 
 MAX_INPUTS = 20_000
+# Announcements and decisions carry the spec in signed packets of at most 4 MiB.
+MAX_INPUTS_BYTES = 1 << 20
 
 
 def _check_inputs(inputs: Any) -> None:
@@ -87,6 +89,12 @@ def _check_inputs(inputs: Any) -> None:
     if len(inputs) > MAX_INPUTS:
         raise UsageError(
             f"{len(inputs)} inputs are more than {MAX_INPUTS}",
+            hint="split the job, or put the files in one folder and give its CID",
+        )
+    size = sum(inp.ByteSize() for inp in inputs)
+    if size > MAX_INPUTS_BYTES:
+        raise UsageError(
+            f"the inputs take {size} bytes in the spec, more than {MAX_INPUTS_BYTES}",
             hint="split the job, or put the files in one folder and give its CID",
         )
     mounts: set[str] = set()
