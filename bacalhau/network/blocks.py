@@ -231,23 +231,39 @@ def _verify(blocks: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 class _Sink:
-    """Verified blocks, stored in groups of about COMMIT_BYTES, one synced batch each (a
-    batch holds the blockstore's write lock: it is opened only when a group is ready)."""
+    """Verified blocks, stored in groups of about COMMIT_BYTES, one synced batch each, in the
+    background and in order (a batch holds the blockstore's write lock: it is opened only
+    when a group is ready). `flush` stores what is left and waits for all of it; it raises
+    what storing raised (a full disk)."""
 
     def __init__(self, store: Blockstore) -> None:
         self.store = store
         self.pending: list[tuple[bytes, bytes]] = []
         self.size = 0
         self.lock = asyncio.Lock()
+        self.writes: list[asyncio.Future[None]] = []
 
     async def add(self, blocks: list[tuple[bytes, bytes]]) -> None:
         self.pending.extend(blocks)
         self.size += sum(len(d) for _, d in blocks)
         if self.size >= COMMIT_BYTES:
-            await self.flush()
+            if len(self.writes) >= 2:  # bounded memory: wait for the oldest group
+                await self.writes.pop(0)
+            self.writes.append(asyncio.ensure_future(self._write(self._take(), None)))
 
     async def flush(self, pin: bytes | None = None) -> None:
+        writes, self.writes = self.writes, []
+        writes.append(asyncio.ensure_future(self._write(self._take(), pin)))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    def _take(self) -> list[tuple[bytes, bytes]]:
         blocks, self.pending, self.size = self.pending, [], 0
+        return blocks
+
+    async def _write(self, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:
         async with self.lock:
             if blocks or pin is not None:
                 await asyncio.to_thread(store_blocks, self.store, blocks, pin)
