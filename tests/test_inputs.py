@@ -266,6 +266,7 @@ def test_spec_input_checks():
     cid = "bafkreibjfez3ryeimujynshf4b7v6gupmpogapn52lfsvgxs56rjdnthc4"
     ok = [
         pb.InputSpec(source="ipfs", cid=cid, mount_path="/data"),
+        pb.InputSpec(source="ipfs", cid=cid, mount_path="/inputs2/x"),
         pb.InputSpec(source="url", url="http://127.0.0.1/a", mount_path="/inputs/a"),
         pb.InputSpec(source="url", url="https://h/b", mount_path="/inputs/b"),
     ]
@@ -277,8 +278,12 @@ def test_spec_input_checks():
         ([pb.InputSpec(source="ipfs", mount_path="/x")], "has no CID"),
         ([ok[0], pb.InputSpec(source="ipfs", cid=cid, mount_path="/data")], "used once"),
         (
-            [pb.InputSpec(source="ipfs", cid=cid, mount_path="/inputs"), ok[1]],
-            "both an input and the folder URL inputs are mounted in",
+            [pb.InputSpec(source="ipfs", cid=cid, mount_path="/inputs"), ok[2]],
+            "input /inputs is in /inputs, the folder URL inputs are mounted as",
+        ),
+        (
+            [pb.InputSpec(source="ipfs", cid=cid, mount_path="/inputs/x"), ok[2]],
+            "input /inputs/x is in /inputs",
         ),
         (
             [

@@ -98,6 +98,7 @@ def _check_inputs(inputs: Any) -> None:
             hint="split the job, or put the files in one folder and give its CID",
         )
     mounts: set[str] = set()
+    cid_mounts: list[str] = []
     url_folders: set[str] = set()
     for inp in inputs:
         where = inp.cid or inp.url or inp.path or inp.mount_path
@@ -105,6 +106,7 @@ def _check_inputs(inputs: Any) -> None:
             if not inp.cid:
                 raise UsageError(f"input at {inp.mount_path!r} has no CID")
             CID.parse(inp.cid)
+            cid_mounts.append(inp.mount_path)
         elif inp.source == "url":
             check_url(inp.url)
             folder = str(PurePosixPath(inp.mount_path).parent)
@@ -123,9 +125,12 @@ def _check_inputs(inputs: Any) -> None:
         if not inp.mount_path.startswith("/") or inp.mount_path in mounts:
             raise UsageError(f"input mount path {inp.mount_path!r} must be absolute and used once")
         mounts.add(inp.mount_path)
-    clash = url_folders & mounts
-    if clash:
-        raise UsageError(
-            f"{sorted(clash)[0]} is both an input and the folder URL inputs are mounted in",
-            hint="mount one of them elsewhere",
-        )
+    # URL inputs are mounted as one folder per mount folder: an input by CID at or inside
+    # that folder would be a second mount at the same place.
+    for mount in cid_mounts:
+        for folder in url_folders:
+            if mount == folder or mount.startswith(folder.rstrip("/") + "/"):
+                raise UsageError(
+                    f"input {mount} is in {folder}, the folder URL inputs are mounted as",
+                    hint="mount it somewhere else, e.g. -v CID:/data/NAME",
+                )
