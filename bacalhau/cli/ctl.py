@@ -116,9 +116,15 @@ def _add_job_commands(sub: Any) -> None:
     logs = add("logs", help="a job's stdout and stderr")
     logs.add_argument("job", metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
-    get = add("get", help="download a job's result (stdout, stderr, exitCode, output folders)")
+    get = add(
+        "get",
+        help="download a job's result (stdout, stderr, exitCode, output folders)",
+        description="Download a job's result folder from the network, every block checked "
+        "against its CID, with progress on a terminal. An interrupted get leaves "
+        "DIR.partial/; running it again resumes from there. DIR appears whole or not at all.",
+    )
     get.add_argument("job", metavar="JOB")
-    get.add_argument("--output-dir", type=Path, help="default: ./JOB_ID")
+    get.add_argument("--output-dir", type=Path, metavar="DIR", help="default: ./JOB_ID")
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
 
