@@ -305,3 +305,31 @@ def test_serve_size_flags():
     assert _size("8Gi", "--input-cache-size") == 8 << 30
     with pytest.raises(UsageError, match="--url-max-size: bad size"):
         _size("lots", "--url-max-size")
+
+
+def test_block_links_fast_path_agrees_with_decoding(tmp_path: Path):
+    import random
+
+    from bacalhau.content import ImportOptions
+    from bacalhau.network.blocks import _links, _only_data
+
+    seen: dict[bytes, bytes] = {}
+
+    class Sink:
+        def put(self, cid: bytes, *parts: bytes) -> None:
+            seen[cid] = b"".join(parts)
+
+    (tmp_path / "t" / "sub").mkdir(parents=True)
+    (tmp_path / "t" / "big").write_bytes(random.Random(5).randbytes(3 * MIB))
+    (tmp_path / "t" / "sub" / "small").write_bytes(b"small")
+    (tmp_path / "t" / "empty").write_bytes(b"")
+    for options in (ImportOptions(), ImportOptions(cid_version=1)):
+        with Importer(options, sink=Sink(), workers=1) as imp:  # type: ignore[arg-type]
+            imp.add_path(tmp_path / "t")
+    fast = 0
+    for cid, block in seen.items():
+        assert _links(cid, block) == [link.cid for link in dag.decode(cid, block).links]
+        fast += _only_data(block)
+    assert fast >= 12  # the v0 leaves of the big file took the fast path
+    assert not _only_data(b"\x0a\x05abc")  # a Data field longer than the block
+    assert not _only_data(b"\x12\x00")  # starts with a link

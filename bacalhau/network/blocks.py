@@ -59,11 +59,17 @@ async def serve_blocks(
                 break
         return out
 
-    while batch := await asyncio.to_thread(next_batch):
-        if sent is not None:
-            sent.inc(sum(len(d) for _, d in batch))
-        for cid, data in batch:
-            yield peer_pb2.Block(cid=cid, data=data)
+    # The next batch is read while this one is sent.
+    reading = asyncio.ensure_future(asyncio.to_thread(next_batch))
+    try:
+        while batch := await reading:
+            reading = asyncio.ensure_future(asyncio.to_thread(next_batch))
+            if sent is not None:
+                sent.inc(sum(len(d) for _, d in batch))
+            for cid, data in batch:
+                yield peer_pb2.Block(cid=cid, data=data)
+    finally:
+        reading.cancel()
 
 
 async def fetch_blocks(
@@ -201,9 +207,25 @@ async def _find_sources(
 
 
 def _links(cid: bytes, data: bytes) -> list[bytes]:
-    if CID.from_bytes(cid).codec == RAW:
+    """CIDs a block links to. A dag-pb block that is one Data field and nothing else (a
+    file's leaf) is recognised without decoding (and copying) its payload."""
+    if CID.from_bytes(cid).codec == RAW or _only_data(data):
         return []
     return [link.cid for link in dag.decode(cid, data).links]
+
+
+def _only_data(block: bytes) -> bool:
+    if block[:1] != b"\x0a":  # field 1 (Data), length-delimited
+        return False
+    size, shift, i = 0, 0, 1
+    while i < len(block) and i < 11:
+        byte = block[i]
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not byte & 0x80:
+            return i + size == len(block)
+    return False
 
 
 def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[bytes]]:
