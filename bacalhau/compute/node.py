@@ -388,6 +388,7 @@ class Compute:
         async def by_url() -> dict[str, Path]:
             urls = [(i.url, i.mount_path) for i in spec.inputs if i.source == "url"]
             folders = {}
+            del record.execution.inputs[:]  # run again after a restart: resolved afresh
             for path, folder, resolved in await self.inputs.acquire_urls(urls):
                 held.append(path)
                 folders[folder] = path
