@@ -63,7 +63,7 @@ server.wait_for_termination()
 def payload() -> Iterator[tuple[Path, bytes]]:
     root = Path(tempfile.mkdtemp(prefix="bench-blocks-"))
     rng = random.Random(3)
-    data = rng.randbytes(SIZE_MIB * MIB)
+    data = b"".join(rng.randbytes(MIB) for _ in range(SIZE_MIB))
     (root / "payload.bin").write_bytes(data)
     yield root, data
     shutil.rmtree(root, ignore_errors=True)
