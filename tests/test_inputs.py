@@ -333,3 +333,54 @@ def test_block_links_fast_path_agrees_with_decoding(tmp_path: Path):
     assert fast >= 12  # the v0 leaves of the big file took the fast path
     assert not _only_data(b"\x0a\x05abc")  # a Data field longer than the block
     assert not _only_data(b"\x12\x00")  # starts with a link
+
+
+# -- one contract, every storage provider ------------------------------------------------------
+
+
+@pytest.fixture(params=["ipfs", "url"])
+def provider_case(
+    request: pytest.FixtureRequest, tmp_path: Path, blocks: Blockstore, web: Web
+) -> tuple[object, object, object, object, bytes]:
+    """(provider, a good input, an input nobody can give, a malformed input, good content)."""
+    from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
+    from bacalhau.data import InputRequest, IpfsProvider, UrlProvider
+    from bacalhau.network import fetch_dag
+
+    if request.param == "ipfs":
+        ident = Identity.load_or_create(tmp_path)
+        net = Network(ident, peer_pb2.Hello(node_id=ident.node_id), lambda s, m: None)
+
+        async def fetch(root: bytes, holders: list[str]) -> None:
+            await fetch_dag(net, blocks, root, holders)
+
+        provider: object = IpfsProvider(blocks, fetch)
+        good = pb.InputSpec(source="ipfs", cid=add(blocks, b"fine\n"))
+        absent = "bafkreibjfez3ryeimujynshf4b7v6gupmpogapn52lfsvgxs56rjdnthc4"
+        missing = pb.InputSpec(source="ipfs", cid=absent)
+        bad = pb.InputSpec(source="ipfs", cid="Qmnotacid")
+    else:
+        (tmp_path / "tmp").mkdir()
+        provider = UrlProvider(blocks, UrlFetcher(backoff_s=0.01), tmp_path / "tmp")
+        good = pb.InputSpec(source="url", url=web.base + "/ok")
+        missing = pb.InputSpec(source="url", url=web.base + "/404")
+        bad = pb.InputSpec(source="url", url="ftp://127.0.0.1/x")
+    return provider, InputRequest(good), InputRequest(missing), InputRequest(bad), b"fine\n"
+
+
+def test_provider_contract(provider_case: tuple[object, object, object, object, bytes]):
+    from bacalhau.errors import BacalhauError
+
+    provider, good, missing, bad, content = provider_case
+    resolved = asyncio.run(provider.resolve(good))  # type: ignore[attr-defined]
+    store: Blockstore = provider._blocks  # type: ignore[attr-defined]
+    root = bytes(CID.parse(resolved.cid))
+    assert b"".join(dag.cat(store.get, root)) == content and resolved.size == len(content)
+    assert store.is_pinned(root)
+    for req in (missing, bad):
+        with pytest.raises(BacalhauError) as err:
+            asyncio.run(provider.resolve(req))  # type: ignore[attr-defined]
+        named = req.spec.cid or req.spec.url  # type: ignore[attr-defined]
+        assert named in str(err.value)
+    tmp = store.root.parent / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []

@@ -1,11 +1,12 @@
 """The node's input cache: the files and folders jobs read, written out once per node.
 
-Jobs name their inputs (and wasm modules, and Python contexts) by CID, or by URL. The first
-job that needs a CID fetches its DAG (from the requester first, then any peer) and writes it
+Jobs name their inputs (and wasm modules, and Python contexts) by CID, or by URL; a storage
+provider per source (`bacalhau/data`) brings the content into the blockstore. The first job
+that needs a CID has it fetched (`ipfs`: from the requester first, then any peer) and written
 out under `root/<cid>` atomically (temp + rename); jobs needing the same CID meanwhile wait
-on that one fetch (single flight). URLs are downloaded by the node (bounded parallelism, one
-download per URL at a time), added to the blockstore, and the files of the URLs that share a
-mount folder become one UnixFS folder, which is then an input by CID like any other.
+on that one fetch (single flight). URLs are downloaded by the `url` provider, and the files of
+the URLs that share a mount folder become one UnixFS folder, which is then an input by CID
+like any other.
 
 `acquire` returns the local path and counts a reference; `release` drops it. Entries no job
 holds are evicted, least recently used first, once the cache is over its size cap.
@@ -25,11 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import Importer, dag
 from bacalhau.content.cid import CID
 from bacalhau.content.importer import Node as ImportedNode
-from bacalhau.data import UrlFetcher
+from bacalhau.data import (
+    InputRequest,
+    IpfsProvider,
+    Resolved,
+    StorageProvider,
+    UrlFetcher,
+    UrlProvider,
+)
 from bacalhau.errors import BacalhauError
 from bacalhau.network import Network, fetch_dag
 from bacalhau.network.blocks import Tally
@@ -92,13 +101,9 @@ class InputCache:
         self._blocks = blocks
         self._root = root
         self.max_bytes = max_bytes
-        self.fetcher = fetcher or UrlFetcher()
-        self._received = received
         self._hits: Tally = hits or _Count()
         self._misses: Tally = misses or _Count()
         self._fetches: dict[str, asyncio.Future[_Entry]] = {}
-        self._downloads: dict[str, asyncio.Future[tuple[ImportedNode, int]]] = {}
-        self._url_slots: asyncio.Semaphore | None = None
         self._entries: dict[str, _Entry] = {}
         self._by_path: dict[Path, str] = {}
         self._tick = itertools.count(1)
@@ -107,6 +112,18 @@ class InputCache:
         self._tmp = root / ".tmp"
         shutil.rmtree(self._tmp, ignore_errors=True)  # half-written leftovers of a crash
         self._tmp.mkdir()
+
+        async def fetch(root: bytes, holders: list[str]) -> None:
+            # The requester may be restarting: give it the time a lost node gets to come back.
+            await fetch_dag(
+                network, blocks, root, holders, patience_s=FETCH_PATIENCE_S, received=received
+            )
+
+        self.urls = UrlProvider(blocks, fetcher or UrlFetcher(), self._tmp, parallel=URL_PARALLEL)
+        self.providers: dict[str, StorageProvider] = {
+            "ipfs": IpfsProvider(blocks, fetch),
+            "url": self.urls,
+        }
         for path in root.iterdir():
             if path.name.startswith("."):
                 continue
@@ -116,12 +133,12 @@ class InputCache:
 
     def close(self) -> None:
         """Stop URL downloads in progress (the node is stopping)."""
-        self.fetcher.stop()
+        self.urls.fetcher.stop()
 
     @property
     def pending(self) -> list[asyncio.Future[Any]]:
         """Fetches in flight (for shutdown)."""
-        return [*self._fetches.values(), *self._downloads.values(), *self._evicting]
+        return [*self._fetches.values(), *self.urls.pending, *self._evicting]
 
     @property
     def size(self) -> int:
@@ -202,70 +219,50 @@ class InputCache:
 
         Raises UrlError (naming the URL) if any download fails; nothing half-written stays.
         """
-        results = await asyncio.gather(*(self._download(url) for url, _ in urls))
-        groups: dict[str, dict[str, tuple[str, ImportedNode, int]]] = {}
-        for (url, mount), (node, size) in zip(urls, results, strict=True):
+        provider = self.providers["url"]
+        results = await asyncio.gather(
+            *(
+                provider.resolve(InputRequest(pb.InputSpec(source="url", url=url)))
+                for url, _ in urls
+            )
+        )
+        groups: dict[str, dict[str, tuple[str, Resolved]]] = {}
+        for (url, mount), resolved in zip(urls, results, strict=True):
             guest = PurePosixPath(mount)
-            groups.setdefault(str(guest.parent), {})[guest.name] = (url, node, size)
+            groups.setdefault(str(guest.parent), {})[guest.name] = (url, resolved)
         out = []
         for folder, files in groups.items():
 
-            def build(files: dict[str, tuple[str, ImportedNode, int]] = files) -> bytes:
+            def build(files: dict[str, tuple[str, Resolved]] = files) -> bytes:
+                entries = {name: self._imported(r.cid) for name, (_, r) in files.items()}
                 with self._blocks.batch() as batch:
                     with Importer(sink=batch, workers=1) as imp:
-                        root = imp.add_directory({name: f[1] for name, f in files.items()})
+                        root = imp.add_directory(entries)
                     batch.pin(root.cid)
                 return root.cid
 
             root = await asyncio.to_thread(build)
             path = await self.acquire(str(CID.from_bytes(root)), self._net.node_id)
-            resolved = [
-                UrlInput(url, str(CID.from_bytes(node.cid)), f"{folder.rstrip('/')}/{name}", size)
-                for name, (url, node, size) in files.items()
+            inputs = [
+                UrlInput(url, r.cid, f"{folder.rstrip('/')}/{name}", r.size)
+                for name, (url, r) in files.items()
             ]
-            out.append((path, folder, resolved))
+            out.append((path, folder, inputs))
         return out
 
-    async def _download(self, url: str) -> tuple[ImportedNode, int]:
-        """One URL into the blockstore (one download at a time per URL on this node)."""
-        fut = self._downloads.get(url)
-        if fut is None:
-            fut = asyncio.ensure_future(self._download_once(url))
-            self._downloads[url] = fut
-            fut.add_done_callback(lambda _: self._downloads.pop(url, None))
-        return await asyncio.shield(fut)
-
-    async def _download_once(self, url: str) -> tuple[ImportedNode, int]:
-        if self._url_slots is None:
-            self._url_slots = asyncio.Semaphore(URL_PARALLEL)
-        async with self._url_slots:
-
-            def fetch() -> tuple[ImportedNode, int]:
-                tmp = self._tmp / f"url-{threading.get_ident()}-{next(self._tick)}"
-                try:
-                    size = self.fetcher.fetch(url, tmp)
-                    with self._blocks.batch() as batch:
-                        with Importer(sink=batch, workers=1) as imp:
-                            node = imp.add_path(tmp)
-                        batch.pin(node.cid)
-                    return node, size
-                finally:
-                    tmp.unlink(missing_ok=True)
-
-            return await asyncio.to_thread(fetch)
+    def _imported(self, cid_text: str) -> ImportedNode:
+        """A stored file as the importer describes it (CID, Tsize, size), for a folder link."""
+        cid = bytes(CID.parse(cid_text))
+        block = self._blocks.get(cid, verify=False)
+        node = dag.decode(cid, block)
+        tsize = len(block) + sum(link.tsize for link in node.links)
+        return ImportedNode(cid, tsize, node.filesize or 0)
 
     async def _fetch_to(self, cid_text: str, requester: str) -> _Entry:
         """Fetch the DAG (from the requester first), then write it out atomically."""
         root = bytes(CID.parse(cid_text))
-        # The requester may be restarting: give it the time a lost node gets to come back.
-        await fetch_dag(
-            self._net,
-            self._blocks,
-            root,
-            [requester],
-            patience_s=FETCH_PATIENCE_S,
-            received=self._received,
-        )
+        spec = pb.InputSpec(source="ipfs", cid=cid_text)
+        await self.providers["ipfs"].resolve(InputRequest(spec, requester))
         path = self._root / cid_text
 
         def write() -> int:

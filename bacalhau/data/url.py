@@ -1,4 +1,5 @@
-"""URL inputs: names and mount paths chosen from the URL, and downloads with limits.
+"""URL inputs: names and mount paths chosen from the URL, downloads with limits, and the
+`url` storage provider.
 
 A download is blocking (urllib; run it in a thread): redirects are followed (http and https
 only, at most 10), proxies from the environment are ignored, a body over `max_bytes` (or a
@@ -8,7 +9,9 @@ answers are retried with exponential backoff. Nothing is left at the destination
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import random
 import threading
@@ -19,6 +22,10 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from bacalhau.blockstore import Blockstore
+from bacalhau.content import Importer
+from bacalhau.content.cid import CID
+from bacalhau.data.base import InputRequest, Resolved
 from bacalhau.errors import BacalhauError, UsageError
 
 DEFAULT_MAX_BYTES = 1 << 30
@@ -214,3 +221,54 @@ def _too_big(url: str, limit: int, why: str) -> UrlError:
         f"cannot download {url[:300]}: larger than the limit of {limit} bytes ({why})",
         hint="raise the node's --url-max-size, or give a smaller file",
     )
+
+
+class UrlProvider:
+    """The `url` storage provider: downloads (at most `parallel` at once; one download per URL
+    at a time, however many jobs ask for it meanwhile) into `tmp_dir`, then adds the file to
+    the blockstore, pinned, and removes the download."""
+
+    name = "url"
+
+    def __init__(
+        self, blocks: Blockstore, fetcher: UrlFetcher, tmp_dir: Path, *, parallel: int = 8
+    ) -> None:
+        self._blocks = blocks
+        self.fetcher = fetcher
+        self._tmp = tmp_dir
+        self._parallel = parallel
+        self._slots: asyncio.Semaphore | None = None
+        self._downloads: dict[str, asyncio.Future[Resolved]] = {}
+        self._seq = itertools.count()
+
+    @property
+    def pending(self) -> list[asyncio.Future[Resolved]]:
+        return list(self._downloads.values())
+
+    async def resolve(self, req: InputRequest) -> Resolved:
+        """See `StorageProvider.resolve`. Raises UsageError for a bad URL, UrlError."""
+        url = check_url(req.spec.url)
+        fut = self._downloads.get(url)
+        if fut is None:
+            fut = asyncio.ensure_future(self._download(url))
+            self._downloads[url] = fut
+            fut.add_done_callback(lambda _: self._downloads.pop(url, None))
+        return await asyncio.shield(fut)
+
+    async def _download(self, url: str) -> Resolved:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._parallel)
+        async with self._slots:
+            return await asyncio.to_thread(self._download_blocking, url)
+
+    def _download_blocking(self, url: str) -> Resolved:
+        tmp = self._tmp / f"url-{os.getpid()}-{next(self._seq)}"
+        try:
+            size = self.fetcher.fetch(url, tmp)
+            with self._blocks.batch() as batch:
+                with Importer(sink=batch, workers=1) as imp:
+                    cid = imp.add_path(tmp).cid
+                batch.pin(cid)
+            return Resolved(str(CID.from_bytes(cid)), size)
+        finally:
+            tmp.unlink(missing_ok=True)
