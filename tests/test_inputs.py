@@ -384,3 +384,54 @@ def test_provider_contract(provider_case: tuple[object, object, object, object, 
         assert named in str(err.value)
     tmp = store.root.parent / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def test_url_downloads_are_bounded_in_parallel(tmp_path: Path, blocks: Blockstore):
+    from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
+    from bacalhau.data import InputRequest, UrlProvider
+    from tests._wait import wait_for
+
+    lock = threading.Lock()
+    release = threading.Event()
+    active = [0, 0]  # now, most at once
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                active[0] += 1
+                active[1] = max(active[1], active[0])
+            release.wait(30)
+            body = self.path.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            with lock:
+                active[0] -= 1
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "tmp").mkdir()
+    provider = UrlProvider(blocks, UrlFetcher(), tmp_path / "tmp", parallel=3)
+    got: list[object] = []
+
+    async def main() -> None:
+        reqs = [InputRequest(pb.InputSpec(source="url", url=f"{base}/{i}")) for i in range(10)]
+        got.extend(await asyncio.gather(*(provider.resolve(r) for r in reqs)))
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),))
+    runner.start()
+    try:
+        wait_for(lambda: active[0] == 3, 10, "three downloads to start")
+        assert active[1] == 3  # never more than `parallel`
+    finally:
+        release.set()
+        runner.join(30)
+        server.shutdown()
+        server.server_close()
+    assert len(got) == 10 and active[1] == 3
