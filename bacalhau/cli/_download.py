@@ -53,29 +53,29 @@ def download_result(
     partial = dest.with_name(dest.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     store = partial / "blocks"
-    blocks = _load(store)
-    resumed = sum(len(d) for d in blocks.values())
+    blocks = _load(store)  # CID -> (offset, length) in `store`; the bytes stay on disk
+    resumed = sum(n for _, n in blocks.values())
     received = 0
     root = ""
     total = 0
-    with open(store, "ab") as f:
+    with open(store, "a+b") as f:
         unsynced = 0
         try:
             for chunk in c.results(job_id=job_id, have=blocks.keys()):
                 if chunk.root_cid:
                     root = chunk.root_cid
-                    total = _total(blocks, root)
+                    total = _total(f, blocks, root)
                     continue
                 cid, data = bytes(chunk.cid), chunk.data
                 dag.check_block(cid, data)
                 if cid not in blocks:
                     f.write(_HEAD.pack(len(cid), len(data)) + cid)
+                    blocks[cid] = (f.tell(), len(data))
                     f.write(data)
-                    blocks[cid] = data
                     unsynced += len(data)
                 received += len(data)
                 if not total:
-                    total = _total(blocks, root)
+                    total = _total(f, blocks, root)
                 if unsynced >= _SYNC_BYTES:
                     f.flush()
                     os.fsync(f.fileno())
@@ -88,15 +88,17 @@ def download_result(
     if not root:
         raise BacalhauError(f"the node sent no result for job {job_id}")
 
-    def block(cid: bytes) -> bytes:
-        data = blocks.get(cid)
-        if data is None:
-            raise CorruptData(f"the node did not send block {CID.from_bytes(cid)}")
-        return data
-
     tree = partial / "tree"
     shutil.rmtree(tree, ignore_errors=True)
-    dag.export(block, bytes(CID.parse(root)), tree)
+    with open(store, "rb") as r:
+
+        def block(cid: bytes) -> bytes:
+            where = blocks.get(cid)
+            if where is None:
+                raise CorruptData(f"the node did not send block {CID.from_bytes(cid)}")
+            return _read(r, *where)
+
+        dag.export(block, bytes(CID.parse(root)), tree)
     if dest.exists():
         dest.rmdir()
     tree.replace(dest)
@@ -104,23 +106,32 @@ def download_result(
     return Downloaded(dest, root, received, resumed)
 
 
-def _total(blocks: dict[bytes, bytes], root: str) -> int:
+Blocks = dict[bytes, tuple[int, int]]  # CID -> (offset, length) of its bytes in the file
+
+
+def _read(f: IO[bytes], offset: int, length: int) -> bytes:
+    return os.pread(f.fileno(), length, offset)
+
+
+def _total(f: IO[bytes], blocks: Blocks, root: str) -> int:
     """Bytes of the whole DAG, from the root block's link sizes (0 if it is not here yet)."""
     if not root:
         return 0
     cid = bytes(CID.parse(root))
-    data = blocks.get(cid)
-    if data is None:
+    where = blocks.get(cid)
+    if where is None:
         return 0
+    f.flush()
+    data = _read(f, *where)
     try:
         return len(data) + sum(link.tsize for link in dag.decode(cid, data).links)
     except ContentError:
         return 0
 
 
-def _load(path: Path) -> dict[bytes, bytes]:
-    """The whole, valid records of an earlier run; the file is cut after the last of them."""
-    blocks: dict[bytes, bytes] = {}
+def _load(path: Path) -> Blocks:
+    """Where the whole, valid records of an earlier run are; the file is cut after the last."""
+    blocks: Blocks = {}
     if not path.exists():
         return blocks
     good = 0
@@ -138,7 +149,7 @@ def _load(path: Path) -> dict[bytes, bytes]:
                 dag.check_block(cid, data)
             except ContentError:
                 break
-            blocks[cid] = data
+            blocks[cid] = (f.tell() - n_data, n_data)
             good = f.tell()
         f.truncate(good)
     return blocks
