@@ -52,3 +52,25 @@ def test_a_stopped_fetcher_refuses_at_once(tmp_path: Path):
     with pytest.raises(UrlError, match="stopped"):
         f.fetch("http://127.0.0.1:1/x", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_one_get_at_a_time_into_a_folder(tmp_path: Path):
+    import fcntl
+    import os
+
+    from bacalhau.cli._download import download_result
+    from bacalhau.client import Client
+    from bacalhau.errors import UsageError
+
+    (tmp_path / "out.partial").mkdir()
+    fd = os.open(tmp_path / "out.partial" / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running get holds it
+    try:
+        with Client("127.0.0.1:1") as c, pytest.raises(UsageError, match="another bacalhauctl"):
+            download_result(c, "j-1", tmp_path / "out")
+    finally:
+        os.close(fd)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_bytes(b"")
+    with Client("127.0.0.1:1") as c, pytest.raises(UsageError, match="not an empty folder"):
+        download_result(c, "j-1", tmp_path / "full")

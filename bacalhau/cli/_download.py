@@ -10,12 +10,14 @@ DEST in one step, then the partial folder is removed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -52,6 +54,32 @@ def download_result(
         raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
     partial = dest.with_name(dest.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    with _exclusive(partial / "lock", dest):
+        return _download(c, job_id, dest, partial, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, dest: Path) -> Iterator[None]:
+    """One `get` at a time into `dest`; another one fails at once."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"another bacalhauctl get is downloading into {dest}",
+                hint="wait for it to finish, or pick another --output-dir",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _download(
+    c: Client, job_id: str, dest: Path, partial: Path, progress: Progress | None
+) -> Downloaded:
+    if dest.exists() and any(dest.iterdir()):  # finished by another get meanwhile
+        raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
     store = partial / "blocks"
     blocks = _load(store)  # CID -> (offset, length) in `store`; the bytes stay on disk
     resumed = sum(n for _, n in blocks.values())
