@@ -40,7 +40,7 @@ from bacalhau.data import (
     UrlProvider,
 )
 from bacalhau.errors import BacalhauError
-from bacalhau.network import Network, fetch_dag
+from bacalhau.network import DagFetcher, Network
 from bacalhau.network.blocks import Tally
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class InputCache:
         max_bytes: int = 0,
         fetcher: UrlFetcher | None = None,
         received: Tally | None = None,
+        dags: DagFetcher | None = None,
         hits: Tally | None = None,
         misses: Tally | None = None,
     ) -> None:
@@ -113,11 +114,11 @@ class InputCache:
         shutil.rmtree(self._tmp, ignore_errors=True)  # half-written leftovers of a crash
         self._tmp.mkdir()
 
+        self.dags = dags or DagFetcher(network, blocks, received)
+
         async def fetch(root: bytes, holders: list[str]) -> None:
             # The requester may be restarting: give it the time a lost node gets to come back.
-            await fetch_dag(
-                network, blocks, root, holders, patience_s=FETCH_PATIENCE_S, received=received
-            )
+            await self.dags.fetch(root, holders, patience_s=FETCH_PATIENCE_S)
 
         self.urls = UrlProvider(blocks, fetcher or UrlFetcher(), self._tmp, parallel=URL_PARALLEL)
         self.providers: dict[str, StorageProvider] = {
@@ -138,7 +139,12 @@ class InputCache:
     @property
     def pending(self) -> list[asyncio.Future[Any]]:
         """Fetches in flight (for shutdown)."""
-        return [*self._fetches.values(), *self.urls.pending, *self._evicting]
+        return [
+            *self._fetches.values(),
+            *self.urls.pending,
+            *self.dags.pending,
+            *self._evicting,
+        ]
 
     @property
     def size(self) -> int:

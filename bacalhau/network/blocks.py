@@ -171,6 +171,39 @@ async def fetch_dag(
         backoff = min(backoff * 2, 2.0)
 
 
+class DagFetcher:
+    """`fetch_dag` for one node, single flight: while a root is being fetched, callers that
+    want it too wait for that fetch (with its patience) instead of starting their own."""
+
+    def __init__(self, net: Network, store: Blockstore, received: Tally | None = None) -> None:
+        self._net = net
+        self._store = store
+        self._received = received
+        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+
+    @property
+    def pending(self) -> list[asyncio.Future[None]]:
+        return list(self._inflight.values())
+
+    async def fetch(self, root: bytes, holders: list[str], *, patience_s: float = 0.0) -> None:
+        """See `fetch_dag`; raises what it raises."""
+        fut = self._inflight.get(root)
+        if fut is None:
+            fut = asyncio.ensure_future(
+                fetch_dag(
+                    self._net,
+                    self._store,
+                    root,
+                    holders,
+                    patience_s=patience_s,
+                    received=self._received,
+                )
+            )
+            self._inflight[root] = fut
+            fut.add_done_callback(lambda _: self._inflight.pop(root, None))
+        await asyncio.shield(fut)
+
+
 async def _find_sources(
     net: Network, root: bytes, holders: list[str], received: Tally | None
 ) -> tuple[list[tuple[str, grpc.aio.Channel]], list[str], bool]:

@@ -32,7 +32,7 @@ from bacalhau.datastore import LmdbDatastore
 from bacalhau.executor import get_executor
 from bacalhau.identity import Identity
 from bacalhau.models import JobState
-from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_dag
+from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
 from bacalhau.network.peers import API_VERSION
 from bacalhau.node.peer_table import PeerTable
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
@@ -152,6 +152,8 @@ class Node:
             "bacalhau_input_cache_misses_total", "Input acquires that started a fetch."
         )
         scratch = cfg.data_dir / "scratch"
+        # One fetch per DAG at a time on this node, for inputs and for results alike.
+        self.dags = DagFetcher(self.network, self.blockstore, self.block_bytes_received)
         inputs = InputCache(
             self.network,
             self.blockstore,
@@ -159,6 +161,7 @@ class Node:
             max_bytes=cfg.input_cache_bytes,
             fetcher=UrlFetcher(max_bytes=cfg.url_max_bytes or 1 << 62),
             received=self.block_bytes_received,
+            dags=self.dags,
             hits=self.input_cache_hits,
             misses=self.input_cache_misses,
         )
@@ -283,9 +286,7 @@ class Node:
     async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
         """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing."""
         root = bytes(CID.parse(cid_text))
-        await fetch_dag(
-            self.network, self.blockstore, root, holders, received=self.block_bytes_received
-        )
+        await self.dags.fetch(root, holders)
         return root
 
     async def wait_final(self, job_id: str) -> Any:

@@ -534,3 +534,23 @@ def test_a_dag_held_by_two_peers_comes_from_both_and_held_blocks_are_not_fetched
     for node, before in zip(net.nodes[:2], sent, strict=True):
         assert metrics(node)["bacalhau_block_bytes_sent_total"] - before >= 8 * MIB, node.name
     assert (cache_dir(net[2]) / cid).read_bytes() == data
+
+
+def test_concurrent_gets_of_one_dag_fetch_it_once(net: Cluster, tmp_path: Path):
+    data = random_file(tmp_path / "twice.bin", 16 * MIB, b"two gets at once")
+    with Client(net[1].address) as c:
+        cid = c.add_file(tmp_path / "twice.bin").cid
+    before = metrics(net[0])["bacalhau_block_bytes_received_total"]
+
+    def fetch(_: int) -> bytes:
+        from bacalhau.content import dag as dag_
+
+        with Client(net[0].address) as c:
+            blocks = {bytes(ch.cid): ch.data for ch in c.results(cid=cid) if not ch.root_cid}
+        return b"".join(dag_.cat(blocks.__getitem__, bytes(CID.parse(cid))))
+
+    with ThreadPoolExecutor(3) as pool:  # three clients ask node-0, which has none of it
+        got = list(pool.map(fetch, range(3)))
+    assert got == [data] * 3
+    received = metrics(net[0])["bacalhau_block_bytes_received_total"] - before
+    assert 16 * MIB <= received < 17 * MIB, received  # fetched from node-1 once, not 3 times
