@@ -80,9 +80,10 @@ class _Count:
 class InputCache:
     """CID -> local file or folder, fetched once per node, reference counted, LRU-evicted.
 
-    `max_bytes` caps what entries no job holds may take (0: no cap); `received` counts bytes
-    fetched from peers, `hits` and `misses` count acquires (a hit: the CID was written out
-    already, or a fetch of it was in flight; a miss: this acquire started the fetch).
+    `max_bytes` caps what entries no job holds may take (0: no cap). `dags` is the node's
+    DAG fetch (shared with other users of it; one is made, counting into `received`, if not
+    given); `fetcher` downloads URLs. `hits` and `misses` count acquires (a hit: the CID was
+    written out already, or a fetch of it was in flight; a miss: this acquire started it).
     """
 
     def __init__(
