@@ -6,10 +6,9 @@ Every gRPC failure becomes a `ClientError` with one line saying what went wrong 
 from __future__ import annotations
 
 import getpass
-import io
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -151,8 +150,9 @@ class Client:
         req = client_pb2.LogsRequest(job_id=job_id, follow=follow)
         return self._stream(self._stub.Logs, req, None if follow else self.timeout)
 
-    def results(self, job_id: str = "", cid: str = "") -> Iterator[Any]:
-        req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid)
+    def results(self, job_id: str = "", cid: str = "", have: Iterable[bytes] = ()) -> Iterator[Any]:
+        """ResultsChunks: the root CID, then the DAG's blocks, parents first, except `have`."""
+        req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid, have=list(have))
         return self._stream(self._stub.GetResults, req, None)
 
     def add_file(self, path: Path) -> Any:
@@ -164,26 +164,35 @@ class Client:
         return self.add_stream(f, path.name)
 
     def add_directory(self, path: Path) -> Any:
-        """Upload a folder: imported here as `bacalhauctl add` does, sent as a CAR v1 archive.
+        """Upload a folder (files, subfolders, hidden ones too) in one AddData stream; returns
+        AddDataResponse (cid: the folder's, as `ipfs add -r --hidden` gives it; size: bytes).
 
-        Returns AddDataResponse (the folder's CID). Raises BacalhauError if the folder
-        cannot be read, and ClientError if the node refuses it.
-        """
-        from bacalhau.content import Importer, car
-        from bacalhau.content.cid import CID
+        Raises BacalhauError for a path that is not a readable folder or holds something other
+        than files and folders (a symlink, a socket), before anything is sent; ClientError."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BacalhauError(f"{root} is not a folder")
+        entries = _folder_entries(root)
 
-        blocks: dict[bytes, bytes] = {}
+        def requests() -> Iterator[Any]:
+            name = root.resolve().name or "upload"
+            yield client_pb2.AddDataRequest(header=client_pb2.AddDataHeader(name=name, folder=True))
+            for rel, is_dir in entries:
+                entry = client_pb2.AddDataEntry(path=rel, directory=is_dir)
+                yield client_pb2.AddDataRequest(entry=entry)
+                if is_dir:
+                    continue
+                try:
+                    with open(root / rel, "rb") as f:
+                        while chunk := f.read(UPLOAD_CHUNK):
+                            yield client_pb2.AddDataRequest(chunk=chunk)
+                except OSError as e:
+                    raise BacalhauError(f"cannot read {root / rel}: {e.strerror}") from None
 
-        class Sink:
-            def put(self, cid: bytes, *parts: Any) -> None:
-                blocks[cid] = b"".join(parts)
-
-        with Importer(sink=Sink(), workers=1) as importer:
-            root = importer.add_path(path).cid
-        buf = io.BytesIO()
-        car.write_car(buf, [CID.from_bytes(root)], blocks.items())
-        buf.seek(0)
-        return self.add_stream(buf, path.name, car=True)
+        try:
+            return self._stub.AddData(requests(), timeout=None)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
 
     def add_stream(self, f: BinaryIO, name: str, *, car: bool = False) -> Any:
         """Upload a stream (a file's bytes, or with `car` a CAR v1 archive); AddDataResponse."""
@@ -203,3 +212,32 @@ class Client:
     def wait(self, job_id: str) -> Any:
         """GetJobResponse once the job is completed, failed or cancelled."""
         return self.get_job(job_id, wait=True)
+
+
+def _folder_entries(root: Path) -> list[tuple[str, bool]]:
+    """(relative path, is a folder) of everything under `root`, parents first, sorted."""
+    out: list[tuple[str, bool]] = []
+
+    def fail(e: OSError) -> None:
+        raise BacalhauError(f"cannot read {e.filename}: {e.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames.sort()
+        base = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                raise BacalhauError(
+                    f"{p} is not a regular file or folder",
+                    hint="folders are uploaded with their files and subfolders only",
+                )
+            out.append(((base / name).as_posix(), False))
+        for name in dirnames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                raise BacalhauError(
+                    f"{p} is a symlink",
+                    hint="folders are uploaded with their files and subfolders only",
+                )
+            out.append(((base / name).as_posix(), True))
+    return out

@@ -117,6 +117,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"{RESULTS[name] * 1e3:.3f} ms mean (of {N_JOBS} jobs)"
                 )
     _python_summary(tr)
+    if "block_exchange" in RESULTS:
+        from bench.test_bench_blocks import SIZE_MIB
+
+        ex = RESULTS["block_exchange"]
+        line = f"{SIZE_MIB / ex:8.0f} MiB/s over {SIZE_MIB} MiB, verified and stored"
+        if "plain_stream" in RESULTS:
+            plain = RESULTS["plain_stream"]
+            line += f" ({plain / ex:.2f}x plain gRPC streaming: {SIZE_MIB / plain:.0f} MiB/s"
+            if "blocks_sha256" in RESULTS:
+                line += f"; one sha256 thread: {SIZE_MIB / RESULTS['blocks_sha256']:.0f} MiB/s"
+            line += ")"
+        tr.write_line(f"{'block exchange':>22}: {line}")
     converged = [(n, MEDIANS[f"converge_{n}"]) for n in (5, 10, 20) if f"converge_{n}" in MEDIANS]
     if converged:
         for n, seconds in converged:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -182,7 +183,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             cid_text, holders = ex.result_cid, [ex.node_id]
         root = await self.node.ensure_dag(cid_text, holders)
         yield client_pb2.ResultsChunk(root_cid=cid_text)
-        async for block in serve_blocks(self.node.blockstore, [root], recursive=True):
+        async for block in serve_blocks(
+            self.node.blockstore,
+            [root],
+            recursive=True,
+            sent=self.node.block_bytes_sent,
+            skip=frozenset(request.have),
+        ):
             yield client_pb2.ResultsChunk(cid=block.cid, data=block.data)
 
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -194,25 +201,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the upload: {exc}")
 
     async def _add_data(self, request_iterator: Any) -> Any:
-        header = None
         tmp_dir = self.node.data_dir / "tmp"
         tmp_dir.mkdir(exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
-        size = 0
+        work = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_dir))
         try:
-            with os.fdopen(fd, "wb") as f:
-                async for item in request_iterator:
-                    if item.WhichOneof("item") == "header":
-                        header = item.header
-                    elif header is None:
-                        raise UsageError("AddData must start with a header message")
-                    else:
-                        f.write(item.chunk)
-                        size += len(item.chunk)
-            if header is None:
-                raise UsageError("AddData received nothing")
+            header, target, size = await _receive_upload(request_iterator, work)
             if header.car:
-                cid = await asyncio.to_thread(self._add_car, name)
+                cid = await asyncio.to_thread(self._add_car, str(target))
                 return client_pb2.AddDataResponse(cid=str(CID.from_bytes(cid)), size=size)
             options = ImportOptions(
                 cid_version=header.cid_version, raw_leaves=header.raw_leaves or None
@@ -221,13 +216,13 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             def add() -> bytes:
                 with self.node.blockstore.batch() as batch:
                     with Importer(options, batch, workers=1) as importer:
-                        root = importer.add_path(name)
+                        root = importer.add_path(target)
                     batch.pin(root.cid)
                 return root.cid
 
             cid = await asyncio.to_thread(add)
         finally:
-            os.unlink(name)
+            await asyncio.to_thread(shutil.rmtree, work, True)
         return client_pb2.AddDataResponse(cid=str(CID.from_bytes(cid)), size=size)
 
     def _add_car(self, path: str) -> bytes:
@@ -298,9 +293,71 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async for block in serve_blocks(
-            self.node.blockstore, list(request.cids), recursive=request.recursive
+            self.node.blockstore,
+            list(request.cids),
+            recursive=request.recursive,
+            sent=self.node.block_bytes_sent,
         ):
             yield block
+
+
+async def _receive_upload(request_iterator: Any, work: Path) -> tuple[Any, Path, int]:
+    """Write an AddData stream under `work`: (header, the file or folder, bytes received).
+
+    Raises UsageError for a stream that does not start with a header, chunks of a folder
+    before any file entry, or an entry path that is absolute or has '.', '..' or empty parts.
+    """
+    header = None
+    target = work / "upload"
+    f: Any = None
+    size = 0
+    try:
+        async for item in request_iterator:
+            kind = item.WhichOneof("item")
+            if kind == "header":
+                if header is not None:
+                    raise UsageError("AddData sent a second header")
+                header = item.header
+                name = header.name if _safe_part(header.name) else "upload"
+                target = work / name
+                if header.folder:
+                    target.mkdir()
+                else:
+                    f = open(target, "wb")  # noqa: SIM115 - closed below
+            elif header is None:
+                raise UsageError("AddData must start with a header message")
+            elif kind == "entry":
+                if not header.folder:
+                    raise UsageError("AddData: entries are for folders (header.folder)")
+                parts = item.entry.path.split("/")
+                if not all(_safe_part(p) for p in parts):
+                    raise UsageError(f"AddData: unsafe path {item.entry.path[:200]!r}")
+                path = target.joinpath(*parts)
+                if f is not None:
+                    f.close()
+                    f = None
+                if item.entry.directory:
+                    await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    f = open(path, "xb")  # noqa: SIM115 - closed below
+            else:
+                if f is None:
+                    raise UsageError("AddData: file bytes before any file entry")
+                f.write(item.chunk)
+                size += len(item.chunk)
+    except FileExistsError as e:
+        raise UsageError(f"AddData: {Path(e.filename).name} was sent twice") from None
+    finally:
+        if f is not None:
+            f.close()
+    if header is None:
+        raise UsageError("AddData received nothing")
+    return header, target, size
+
+
+def _safe_part(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def _result_execution(job: Any) -> Any:

@@ -13,9 +13,8 @@ from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
 from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.cli._render import describe_text, dump, job_doc, time_text
 from bacalhau.client import Client
-from bacalhau.content import dag
 from bacalhau.content.cid import CID
-from bacalhau.content.errors import CorruptData
+from bacalhau.data import check_url, mount_paths, parse_url_list
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.models import JobState
 
@@ -158,15 +157,21 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
         raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
     memory = parse_size(args.memory) if args.memory else 0
     inputs = [_parse_input(text) for text in args.inputs]
+    urls = [check_url(u) for u in args.urls]
+    for list_file in args.url_lists:
+        urls += _read_url_list(list_file)
+    url_mounts = mount_paths(urls, taken={m for _, m in inputs})
     with _client(args) as c:
         spec = types_pb2.JobSpec(
             inputs=[
-                types_pb2.InputSpec(
-                    source="ipfs",
-                    cid=c.add_file(src).cid if isinstance(src, Path) else src,
-                    mount_path=mount,
-                )
-                for src, mount in inputs
+                *(
+                    types_pb2.InputSpec(source="ipfs", cid=_upload(c, src), mount_path=mount)
+                    for src, mount in inputs
+                ),
+                *(
+                    types_pb2.InputSpec(source="url", url=url, mount_path=mount)
+                    for url, mount in zip(urls, url_mounts, strict=True)
+                ),
             ],
             outputs=[types_pb2.OutputSpec(name=n, path=p) for n, p in outputs],
             deal=types_pb2.Deal(concurrency=args.concurrency),
@@ -197,25 +202,43 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
 
 
 def _parse_input(text: str) -> tuple[Path | str, str]:
-    """`SRC:/path` -> (local file to upload, or CID; mount path). Raises UsageError."""
+    """`SRC:/path` -> (local file or folder to upload, or CID; mount path). Raises UsageError."""
     src, sep, mount = text.rpartition(":")
     if not sep or not src or not mount.startswith("/"):
         raise UsageError(
-            f"bad input {text!r}", hint="write it as CID:/path or ./file:/path, e.g. QmX...:/inputs"
+            f"bad input {text!r}",
+            hint="write it as CID:/path, ./file:/path or ./folder:/path, e.g. QmX...:/inputs",
         )
     local = Path(src)
-    if local.is_dir():
-        raise UsageError(
-            f"{src} is a folder: uploading folders is not supported yet",
-            hint="add it to the node by CID and pass the CID",
-        )
-    if local.is_file():
+    if local.is_dir() or local.is_file():
         return local, mount
     try:
         CID.parse(src)
     except BacalhauError:
-        raise UsageError(f"input {src} is neither a file nor a CID") from None
+        looks_local = src.startswith((".", "/", "~")) or "/" in src
+        hint = "check the path" if looks_local else "give a CID, or a path to a file or folder"
+        raise UsageError(
+            f"input {src}: no such file or folder, and not a CID either", hint=hint
+        ) from None
     return src, mount
+
+
+def _upload(c: Client, src: Path | str) -> str:
+    """The CID of an input: uploaded first when it is a local file or folder."""
+    if isinstance(src, str):
+        return src
+    return str(c.add_directory(src).cid if src.is_dir() else c.add_file(src).cid)
+
+
+def _read_url_list(path: Path) -> list[str]:
+    """URLs from a -U file (or - for stdin). Raises UsageError for a missing file, a bad line."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"URL list {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read the URL list {path}: {e}") from None
+    return parse_url_list(text, f"URL list {path}")
 
 
 def _check_wasm_file(path: Path) -> None:
@@ -286,27 +309,20 @@ def get(args: argparse.Namespace) -> int:
 
 
 def _download(c: Client, job_id: str, output_dir: Path | None) -> Path:
-    dest = output_dir or Path(job_id)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
-    blocks: dict[bytes, bytes] = {}
-    root = ""
-    for chunk in c.results(job_id=job_id):
-        if chunk.root_cid:
-            root = chunk.root_cid
-        else:
-            blocks[bytes(chunk.cid)] = chunk.data
-    if not root:
-        raise BacalhauError(f"the node sent no result for job {job_id}")
+    """The job's result into `output_dir` (default ./JOB_ID); resumes an interrupted get.
 
-    def block(cid: bytes) -> bytes:
-        data = blocks.get(cid)
-        if data is None:
-            raise CorruptData(f"the node did not send block {CID.from_bytes(cid)}")
-        dag.check_block(cid, data)
-        return data
+    On a terminal, shows progress on stderr. Raises UsageError if the folder is in the way."""
+    from bacalhau.cli._download import ProgressBar, download_result
 
-    if dest.exists():
-        dest.rmdir()
-    dag.export(block, bytes(CID.parse(root)), dest)
-    return dest
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    try:
+        got = download_result(c, job_id, output_dir or Path(job_id), progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if got.resumed_bytes:
+        print(
+            f"resumed: {got.resumed_bytes} bytes were here already, {got.received_bytes} fetched",
+            file=sys.stderr,
+        )
+    return got.path

@@ -28,7 +28,15 @@ def execution_doc(ex: Any) -> dict[str, Any]:
         "message": ex.message or None,
         "created_at": time_text(ex.create_time_unix_nano),
         "updated_at": time_text(ex.update_time_unix_nano),
+        "inputs": [_input_doc(i) for i in ex.inputs],
     }
+
+
+def _input_doc(i: Any) -> dict[str, Any]:
+    doc = {"source": i.source or "ipfs", "cid": i.cid or None, "mount_path": i.mount_path}
+    if i.url:
+        doc["url"] = i.url
+    return doc
 
 
 def event_doc(ev: Any) -> dict[str, Any]:
@@ -73,6 +81,7 @@ def spec_doc(spec: Any) -> dict[str, Any]:
             "args": list(spec.python.args),
             "env": dict(spec.python.env),
         }
+    doc["inputs"] = [_input_doc(i) for i in spec.inputs]
     doc["outputs"] = [{"name": o.name, "path": o.path} for o in spec.outputs]
     r = spec.resources
     doc["resources"] = {

@@ -56,8 +56,19 @@ def serve(args: argparse.Namespace) -> int:
         limits=Limits(total=resources("total"), job=resources("job")),
         docker_pull=args.docker_pull,
         nvidia_smi=args.nvidia_smi,
+        input_cache_bytes=_size(args.input_cache_size, "--input-cache-size"),
+        url_max_bytes=_size(args.url_max_size, "--url-max-size"),
     )
     return asyncio.run(_run(Node(config)))
+
+
+def _size(text: str, flag: str) -> int:
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e.message}", hint=e.hint) from None
 
 
 async def _run(node: object) -> int:

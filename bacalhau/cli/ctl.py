@@ -140,9 +140,15 @@ def _add_job_commands(sub: Any) -> None:
     logs = add("logs", help="a job's stdout and stderr")
     logs.add_argument("job", metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
-    get = add("get", help="download a job's result (stdout, stderr, exitCode, output folders)")
+    get = add(
+        "get",
+        help="download a job's result (stdout, stderr, exitCode, output folders)",
+        description="Download a job's result folder from the network, every block checked "
+        "against its CID, with progress on a terminal. An interrupted get leaves "
+        "DIR.partial/; running it again resumes from there. DIR appears whole or not at all.",
+    )
     get.add_argument("job", metavar="JOB")
-    get.add_argument("--output-dir", type=Path, help="default: ./JOB_ID")
+    get.add_argument("--output-dir", type=Path, metavar="DIR", help="default: ./JOB_ID")
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
 
@@ -166,7 +172,27 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SRC:/path",
-        help="mount an input read-only: SRC is a CID, or a local file (uploaded)",
+        help="mount an input read-only: SRC is a CID, or a local file or folder (uploaded)",
+    )
+    run.add_argument(
+        "-u",
+        "--input-url",
+        dest="urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an http(s) URL the node downloads, mounted read-only at /inputs/<file name> "
+        "(a repeated name gets _1, _2, ... before its extension, in the order given)",
+    )
+    run.add_argument(
+        "-U",
+        "--input-urls",
+        dest="url_lists",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a file of URLs (one per line; '#' comments), each as with -u; - reads stdin",
     )
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")

@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a peer that dropped may take to come back before the executions it "
         "was running are failed (default 10 s)",
     )
+    serve.add_argument(
+        "--input-cache-size",
+        default="8Gi",
+        metavar="SIZE",
+        help="cap on job inputs kept on disk once no job uses them, least recently used "
+        "evicted first; inputs in use are never evicted (default 8Gi; 0: no cap)",
+    )
+    serve.add_argument(
+        "--url-max-size",
+        default="1Gi",
+        metavar="SIZE",
+        help="largest file a URL input may be; a longer download fails the job "
+        "(default 1Gi; 0: no limit)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
     dev = sub.add_parser(

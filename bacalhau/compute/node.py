@@ -18,7 +18,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bacalhau._aio import then
@@ -66,13 +66,14 @@ class Compute:
         executors: dict[str, Executor],
         scratch_dir: Path,
         config: ComputeConfig,
+        inputs: InputCache | None = None,
     ) -> None:
         self._net = network
         self._store = store
         self._blocks = blockstore
         self._executors = executors
         self._scratch = scratch_dir
-        self.inputs = InputCache(network, blockstore, scratch_dir / "inputs")
+        self.inputs = inputs or InputCache(network, blockstore, scratch_dir / "inputs")
         self.config = config
         self.allocator = config.allocator or Allocator(detect(scratch_dir), Limits())
         self._released = asyncio.Event()  # set whenever resources are given back
@@ -158,6 +159,10 @@ class Compute:
         bid = peer_pb2.Bid(
             job_id=a.job_id, shard=a.shard, willing=not reason, reason=reason, queued=self.queued
         )
+        if not reason:  # data locality: what of the job's inputs this node holds already
+            bid.local_input_bytes, bid.local_inputs = self.inputs.local_share(
+                [i.cid for i in a.spec.inputs if i.source in ("", "ipfs")]
+            )
         self._net.send(sender, bid=bid)
 
     def _on_bid_decision(self, sender: str, d: Any) -> None:
@@ -356,7 +361,7 @@ class Compute:
             "on_log": _LogForwarder(
                 self._loop, self._net, requester, ex.job_id, ex.id, cfg.stdout_limit_bytes
             ),
-            "inputs": [(await local(i.cid), i.mount_path) for i in spec.inputs],
+            "inputs": await self._inputs(record, requester, held),
             "outputs": [(o.name, o.path) for o in spec.outputs],
             "timeout_s": spec.timeout_seconds or cfg.default_timeout_s,
             "memory_limit_bytes": spec.resources.memory_bytes or cfg.memory_limit_bytes,
@@ -390,6 +395,57 @@ class Compute:
                 env=dict(p.env),
             )
         return req
+
+    async def _inputs(
+        self, record: Any, requester: str, held: list[Path]
+    ) -> list[tuple[Path, str]]:
+        """The job's inputs as (local path, guest path), fetched at once (held until released).
+
+        URL inputs that share a mount folder are mounted as one folder, in the place of the
+        first of them; their CIDs are recorded in the execution's `inputs`. Raises the first
+        failure (NotFound, UrlError, ...) once all settled.
+        """
+        spec = record.spec
+
+        async def by_cid(cid_text: str) -> Path:
+            path = await self.inputs.acquire(cid_text, requester)
+            held.append(path)
+            return path
+
+        async def by_url() -> dict[str, Path]:
+            urls = [(i.url, i.mount_path) for i in spec.inputs if i.source == "url"]
+            folders = {}
+            del record.execution.inputs[:]  # run again after a restart: resolved afresh
+            for path, folder, resolved in await self.inputs.acquire_urls(urls):
+                held.append(path)
+                folders[folder] = path
+                record.execution.inputs.extend(
+                    pb.InputSpec(source="url", url=r.url, cid=r.cid, mount_path=r.mount_path)
+                    for r in resolved
+                )
+            return folders
+
+        cids = [i for i in spec.inputs if i.source != "url"]
+        has_urls = len(cids) < len(spec.inputs)
+        got = await asyncio.gather(
+            *(by_cid(i.cid) for i in cids),
+            *([by_url()] if has_urls else []),
+            return_exceptions=True,
+        )
+        for g in got:
+            if isinstance(g, BaseException):
+                raise g
+        paths = iter(got[: len(cids)])
+        folders: dict[str, Path] = got[-1] if has_urls else {}  # type: ignore[assignment]
+        out: list[tuple[Path, str]] = []
+        for i in spec.inputs:
+            if i.source != "url":
+                out.append((next(paths), i.mount_path))  # type: ignore[arg-type]
+                continue
+            folder = str(PurePosixPath(i.mount_path).parent)
+            if folder in folders:
+                out.append((folders.pop(folder), folder))
+        return out
 
     def _execute(
         self, record: Any, request: dict[str, Any], cancel: threading.Event
@@ -444,6 +500,7 @@ class Compute:
             result_cid=ex.result_cid,
             stderr_tail=ex.stderr_tail,
             message=ex.message,
+            inputs=ex.inputs,
         )
         if ex.HasField("exit_code"):
             update.exit_code = ex.exit_code
@@ -469,6 +526,7 @@ class Compute:
         """
         for event in self._cancels.values():
             event.set()
+        self.inputs.close()
         tasks: list[asyncio.Future[Any]] = [*self._tasks, *self.inputs.pending]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)

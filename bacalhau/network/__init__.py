@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bacalhau.network.blocks import (
+    DagFetcher,
     fetch_blocks,
     fetch_dag,
     missing,
@@ -14,6 +15,7 @@ from bacalhau.network.peers import CHANNEL_OPTIONS, Network, PeerProtocolError
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "DagFetcher",
     "Network",
     "PeerProtocolError",
     "fetch_blocks",

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import dag
-from bacalhau.content.cid import CID
+from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
 from bacalhau.content.errors import ContentError, NotFound
 
@@ -19,41 +20,69 @@ if TYPE_CHECKING:
     from bacalhau.network.peers import Network
 
 _BATCH_BYTES = 4 << 20
+WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
+COMMIT_BYTES = 32 << 20  # verified blocks stored (synced) together
 
 
 def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[tuple[bytes, bytes]]:
+    # Read without hashing: the receiver checks every block against its CID anyway, and a
+    # block that is corrupt on disk is refused there (and fetched from another peer).
+    get = functools.partial(store.get, verify=False)
     for cid in cids:
         if recursive:
-            yield from dag.walk(store.get, cid)
+            yield from dag.walk(get, cid)
         else:
-            yield cid, store.get(cid)
+            yield cid, get(cid)
 
 
 async def serve_blocks(
-    store: Blockstore, cids: list[bytes], *, recursive: bool
+    store: Blockstore,
+    cids: list[bytes],
+    *,
+    recursive: bool,
+    sent: Tally | None = None,
+    skip: frozenset[bytes] = frozenset(),
 ) -> AsyncIterator[Any]:
     """Yield `peer_pb2.Block`s of `cids` (with `recursive`, of their DAGs, parents first);
-    walking and reading happen in a worker thread. Raises NotFound for a missing block."""
+    walking and reading happen in a worker thread; blocks in `skip` are walked, not sent.
+    Raises NotFound for a missing block."""
     it = _blocks(store, cids, recursive)
 
     def next_batch() -> list[tuple[bytes, bytes]]:
         out, size = [], 0
         for cid, data in it:
+            if cid in skip:
+                continue
             out.append((cid, data))
             size += len(data)
             if size >= _BATCH_BYTES:
                 break
         return out
 
-    while batch := await asyncio.to_thread(next_batch):
-        for cid, data in batch:
-            yield peer_pb2.Block(cid=cid, data=data)
+    # The next batch is read while this one is sent.
+    reading = asyncio.ensure_future(asyncio.to_thread(next_batch))
+    try:
+        while batch := await reading:
+            reading = asyncio.ensure_future(asyncio.to_thread(next_batch))
+            if sent is not None:
+                sent.inc(sum(len(d) for _, d in batch))
+            for cid, data in batch:
+                yield peer_pb2.Block(cid=cid, data=data)
+    finally:
+        reading.cancel()
 
 
 async def fetch_blocks(
-    channel: grpc.aio.Channel, cids: list[bytes], *, recursive: bool, timeout: float = 60.0
+    channel: grpc.aio.Channel,
+    cids: list[bytes],
+    *,
+    recursive: bool,
+    timeout: float = 60.0,
+    verify: bool = True,
 ) -> list[tuple[bytes, bytes]]:
-    """Blocks from a peer, each verified. Raises CorruptData, NotFound, or grpc.RpcError."""
+    """Blocks from a peer, each verified (unless the caller does it: `verify=False`).
+
+    Raises CorruptData, NotFound, or grpc.RpcError."""
     stub = peer_pb2_grpc.PeerServiceStub(channel)
     out: list[tuple[bytes, bytes]] = []
     call = stub.GetBlocks(
@@ -61,7 +90,8 @@ async def fetch_blocks(
     )
     try:
         async for block in call:
-            check_block(block.cid, block.data)
+            if verify:
+                check_block(block.cid, block.data)
             out.append((block.cid, block.data))
     except grpc.aio.AioRpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
@@ -89,6 +119,12 @@ def rpc_error_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+class Tally(Protocol):
+    """Something that counts (a Prometheus counter): bytes sent or received."""
+
+    def inc(self, n: float = 1) -> None: ...
+
+
 async def fetch_dag(
     net: Network,
     store: Blockstore,
@@ -96,12 +132,19 @@ async def fetch_dag(
     holders: list[str],
     *,
     patience_s: float = 0.0,
+    received: Tally | None = None,
 ) -> None:
-    """Make the DAG under `root` local, asking `holders` first, then every connected peer.
+    """Make the DAG under `root` local, from `holders` and every connected peer.
 
-    Keeps trying (backing off) for `patience_s` seconds while no peer can send it, so a
-    holder that restarts or reconnects meanwhile still serves it. Raises NotFound with each
-    peer's answer once out of patience.
+    Every candidate is asked for the root block at once; those that have it become sources.
+    The DAG is then fetched level by level: the blocks of a level that are not stored yet
+    form a want-list, cut into batches that the sources serve in parallel (a batch a source
+    fails is handed to another). Each batch is verified block by block against its CID and
+    stored (synced) as soon as it arrives, so an interrupted fetch resumes where it stopped.
+
+    Keeps trying (backing off) for `patience_s` seconds while no peer has the root, so a
+    holder that restarts or reconnects meanwhile still serves it; stops at once when every
+    holder answered "not here". Raises NotFound naming the CID (with each peer's answer).
     """
     if not await asyncio.to_thread(missing, store, root):
         return
@@ -109,26 +152,16 @@ async def fetch_dag(
     deadline = loop.time() + patience_s
     backoff = 0.1
     while True:
-        errors = []
-        # Waiting only helps while a holder is away; if they all answered "not here", stop.
-        holders_answered = True
-        for node_id in dict.fromkeys([*holders, *net.connected()]):
-            channel = net.channel_to(node_id) if net.is_connected(node_id) else None
-            if channel is None or node_id == net.node_id:
-                errors.append(f"{node_id[-8:]}: not connected")
-                holders_answered = holders_answered and node_id not in holders
-                continue
+        sources, errors, holders_answered = await _find_sources(net, root, holders, received)
+        if sources:
             try:
-                blocks = await fetch_blocks(channel, [root], recursive=True)
+                await _fetch_levels(store, root, sources, received, errors)
+                return
             except NotFound as e:
-                errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
-                continue
-            except (grpc.RpcError, ContentError) as e:
-                errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
-                holders_answered = holders_answered and node_id not in holders
-                continue
-            await asyncio.to_thread(store_blocks, store, blocks, root)
-            return
+                if loop.time() >= deadline:
+                    raise
+                errors.append(str(e))
+                holders_answered = False
         if loop.time() >= deadline or holders_answered:
             raise NotFound(
                 f"{CID.from_bytes(root)} is not on this node and no peer could send it",
@@ -136,6 +169,267 @@ async def fetch_dag(
             )
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 2.0)
+
+
+class DagFetcher:
+    """`fetch_dag` for one node, single flight: while a root is being fetched, callers that
+    want it too wait for that fetch (with its patience) instead of starting their own."""
+
+    def __init__(self, net: Network, store: Blockstore, received: Tally | None = None) -> None:
+        self._net = net
+        self._store = store
+        self._received = received
+        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+
+    @property
+    def pending(self) -> list[asyncio.Future[None]]:
+        return list(self._inflight.values())
+
+    async def fetch(self, root: bytes, holders: list[str], *, patience_s: float = 0.0) -> None:
+        """See `fetch_dag`; raises what it raises."""
+        fut = self._inflight.get(root)
+        if fut is None:
+            fut = asyncio.ensure_future(
+                fetch_dag(
+                    self._net,
+                    self._store,
+                    root,
+                    holders,
+                    patience_s=patience_s,
+                    received=self._received,
+                )
+            )
+            self._inflight[root] = fut
+            fut.add_done_callback(lambda _: self._inflight.pop(root, None))
+        await asyncio.shield(fut)
+
+
+async def _find_sources(
+    net: Network, root: bytes, holders: list[str], received: Tally | None
+) -> tuple[list[tuple[str, grpc.aio.Channel]], list[str], bool]:
+    """Ask every candidate for the root block at once: (sources, errors, holders answered)."""
+    errors: list[str] = []
+    # Waiting only helps while a holder is away; if they all answered "not here", stop.
+    holders_answered = True
+    asked: list[tuple[str, grpc.aio.Channel]] = []
+    for node_id in dict.fromkeys([*holders, *net.connected()]):
+        channel = net.channel_to(node_id) if net.is_connected(node_id) else None
+        if channel is None or node_id == net.node_id:
+            errors.append(f"{node_id[-8:]}: not connected")
+            holders_answered = holders_answered and node_id not in holders
+            continue
+        asked.append((node_id, channel))
+    answers = await asyncio.gather(
+        *(fetch_blocks(ch, [root], recursive=False, timeout=10.0) for _, ch in asked),
+        return_exceptions=True,
+    )
+    sources = []
+    for (node_id, channel), answer in zip(asked, answers, strict=True):
+        if isinstance(answer, NotFound):
+            errors.append(f"{node_id[-8:]}: {rpc_error_line(answer)}")
+        elif isinstance(answer, (grpc.RpcError, ContentError)):
+            errors.append(f"{node_id[-8:]}: {rpc_error_line(answer)}")
+            holders_answered = holders_answered and node_id not in holders
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            if received is not None:
+                received.inc(sum(len(d) for _, d in answer))
+            sources.append((node_id, channel))
+    return sources, errors, holders_answered
+
+
+def _links(cid: bytes, data: bytes) -> list[bytes]:
+    """CIDs a block links to. A dag-pb block that is one Data field and nothing else (a
+    file's leaf) is recognised without decoding (and copying) its payload."""
+    if CID.from_bytes(cid).codec == RAW or _only_data(data):
+        return []
+    return [link.cid for link in dag.decode(cid, data).links]
+
+
+def _only_data(block: bytes) -> bool:
+    if block[:1] != b"\x0a":  # field 1 (Data), length-delimited
+        return False
+    size, shift, i = 0, 0, 1
+    while i < len(block) and i < 11:
+        byte = block[i]
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not byte & 0x80:
+            return i + size == len(block)
+    return False
+
+
+def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split a level into (blocks to fetch, links of the blocks already stored)."""
+    need, below = [], []
+    for cid in level:
+        if CID.from_bytes(cid).codec == RAW:
+            if not store.has(cid):
+                need.append(cid)
+        elif store.has(cid):
+            below.extend(_links(cid, store.get(cid)))
+        else:
+            need.append(cid)
+    return need, below
+
+
+def _verify(blocks: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Check each block against its CID (CorruptData if one does not match); returns the
+    links under them. Runs in a worker thread: hashlib releases the GIL."""
+    below = []
+    for cid, data in blocks:
+        check_block(cid, data)
+        below.extend(_links(cid, data))
+    return below
+
+
+class _Sink:
+    """Verified blocks, stored in groups of about COMMIT_BYTES, one synced batch each, in the
+    background and in order (a batch holds the blockstore's write lock: it is opened only
+    when a group is ready). `flush` stores what is left and waits for all of it; it raises
+    what storing raised (a full disk)."""
+
+    def __init__(self, store: Blockstore) -> None:
+        self.store = store
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.size = 0
+        self.lock = asyncio.Lock()
+        self.writes: list[asyncio.Future[None]] = []
+
+    async def add(self, blocks: list[tuple[bytes, bytes]]) -> None:
+        self.pending.extend(blocks)
+        self.size += sum(len(d) for _, d in blocks)
+        if self.size >= COMMIT_BYTES:
+            if len(self.writes) >= 2:  # bounded memory: wait for the oldest group
+                await self.writes.pop(0)
+            self.writes.append(asyncio.ensure_future(self._write(self._take(), None)))
+
+    async def flush(self, pin: bytes | None = None) -> None:
+        writes, self.writes = self.writes, []
+        writes.append(asyncio.ensure_future(self._write(self._take(), pin)))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    def _take(self) -> list[tuple[bytes, bytes]]:
+        blocks, self.pending, self.size = self.pending, [], 0
+        return blocks
+
+    async def _write(self, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:
+        async with self.lock:
+            if blocks or pin is not None:
+                await asyncio.to_thread(store_blocks, self.store, blocks, pin)
+
+
+async def _fetch_levels(
+    store: Blockstore,
+    root: bytes,
+    sources: list[tuple[str, grpc.aio.Channel]],
+    received: Tally | None,
+    errors: list[str],
+) -> None:
+    sink = _Sink(store)
+    level = [root]
+    try:
+        while level:
+            need, below = await asyncio.to_thread(_plan, store, list(dict.fromkeys(level)))
+            if need:
+                below += await _fetch_spread(sink, need, sources, received, errors)
+                await sink.flush()
+            level = below
+    finally:
+        await sink.flush()  # what was verified stays: a later fetch resumes from there
+    await sink.flush(pin=root)
+
+
+async def _fetch_spread(
+    sink: _Sink,
+    need: list[bytes],
+    sources: list[tuple[str, grpc.aio.Channel]],
+    received: Tally | None,
+    errors: list[str],
+) -> list[bytes]:
+    """Fetch `need` from `sources` in parallel, WANT_BATCH CIDs per request, two requests in
+    flight per source; a batch a source fails (or sends corrupt) goes back to the queue for
+    the others. Returns the links below the fetched blocks."""
+    queue: list[list[bytes]] = [need[i : i + WANT_BATCH] for i in range(0, len(need), WANT_BATCH)]
+    below: list[bytes] = []
+    inflight = 0
+    wakeup = asyncio.Event()
+    Checking = tuple[list[bytes], list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]
+
+    async def settle(node_id: str, checking: Checking) -> bool:
+        batch, blocks, fut = checking
+        try:
+            below.extend(await fut)
+        except ContentError as e:  # a corrupt block: the batch goes to another source
+            queue.append(batch)
+            errors.append(f"{node_id[-8:]}: {e}")
+            return False
+        await sink.add(blocks)
+        return True
+
+    async def worker(node_id: str, channel: grpc.aio.Channel) -> None:
+        nonlocal inflight
+        checking: Checking | None = None
+        try:
+            while True:
+                if not queue:
+                    if checking is not None:
+                        ok = await settle(node_id, checking)
+                        checking = None
+                        if not ok:
+                            return
+                        continue
+                    if inflight == 0:
+                        return
+                    wakeup.clear()
+                    await wakeup.wait()
+                    continue
+                batch = queue.pop()
+                inflight += 1
+                try:
+                    blocks = await fetch_blocks(channel, batch, recursive=False, verify=False)
+                except (grpc.RpcError, ContentError) as e:
+                    queue.append(batch)
+                    errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
+                    return
+                finally:
+                    inflight -= 1
+                    wakeup.set()
+                if received is not None:
+                    received.inc(sum(len(d) for _, d in blocks))
+                # One batch is hashed in a thread while the next one arrives.
+                if checking is not None:
+                    ok = await settle(node_id, checking)
+                    checking = None
+                    if not ok:
+                        queue.append(batch)
+                        return
+                hashing = asyncio.ensure_future(asyncio.to_thread(_verify, blocks))
+                checking = (batch, blocks, hashing)
+        finally:
+            if checking is not None:
+                await settle(node_id, checking)
+            wakeup.set()
+
+    # Two requests in flight per source, so a sender reads the next batch while one is sent.
+    tasks = [asyncio.ensure_future(worker(n, ch)) for _ in range(2) for n, ch in sources]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+    if queue:
+        first = CID.from_bytes(queue[0][0])
+        raise NotFound(
+            f"block {first} of the DAG is on none of the peers that have its root",
+            hint="; ".join(errors[-3:]),
+        )
+    return below
 
 
 def store_blocks(store: Blockstore, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:

@@ -25,12 +25,14 @@ from bacalhau.api import ClientServicer, PeerServicer
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute import Compute, ComputeConfig
 from bacalhau.compute.capacity import Allocator, Limits, detect
+from bacalhau.compute.inputs import InputCache
 from bacalhau.content.cid import CID
+from bacalhau.data import DEFAULT_MAX_BYTES, UrlFetcher
 from bacalhau.datastore import LmdbDatastore
 from bacalhau.executor import Executor, get_executor
 from bacalhau.identity import Identity
 from bacalhau.models import JobState
-from bacalhau.network import CHANNEL_OPTIONS, Network, fetch_dag
+from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
 from bacalhau.network.peers import API_VERSION
 from bacalhau.node.peer_table import PeerTable
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
@@ -59,6 +61,8 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)  # --limit-total-* and --limit-job-*
     docker_pull: str = "missing"  # never | missing
     nvidia_smi: str | None = None  # the nvidia-smi to ask for GPUs (default: on PATH)
+    input_cache_bytes: int = 0  # cap on cached inputs no job holds (0: no cap)
+    url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
 
 
 class JobWatch:
@@ -159,17 +163,45 @@ class Node:
             bid_window_s=cfg.bid_window_s,
             node_lost_s=cfg.node_lost_s,
         )
+        self.block_bytes_received = Counter(
+            "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
+        )
+        self.block_bytes_sent = Counter(
+            "bacalhau_block_bytes_sent_total", "Block bytes served to peers and clients."
+        )
+        self.input_cache_hits = Counter(
+            "bacalhau_input_cache_hits_total",
+            "Input acquires served from the cache (or joining a fetch in flight).",
+        )
+        self.input_cache_misses = Counter(
+            "bacalhau_input_cache_misses_total", "Input acquires that started a fetch."
+        )
+        scratch = cfg.data_dir / "scratch"
+        # One fetch per DAG at a time on this node, for inputs and for results alike.
+        self.dags = DagFetcher(self.network, self.blockstore, self.block_bytes_received)
+        inputs = InputCache(
+            self.network,
+            self.blockstore,
+            scratch / "inputs",
+            max_bytes=cfg.input_cache_bytes,
+            fetcher=UrlFetcher(max_bytes=cfg.url_max_bytes or 1 << 62),
+            received=self.block_bytes_received,
+            dags=self.dags,
+            hits=self.input_cache_hits,
+            misses=self.input_cache_misses,
+        )
         self.compute = Compute(
             network=self.network,
             store=self.store,
             blockstore=self.blockstore,
             executors=executors,
-            scratch_dir=cfg.data_dir / "scratch",
+            scratch_dir=scratch,
             config=ComputeConfig(
                 labels=dict(cfg.labels),
                 max_parallel=cfg.max_parallel or os.cpu_count() or 1,
                 allocator=allocator,
             ),
+            inputs=inputs,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self), self._server)
         peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(self), self._server)
@@ -245,6 +277,19 @@ class Node:
             ["reason"],
             registry=registry,
         )
+        for counter in (
+            self.block_bytes_received,
+            self.block_bytes_sent,
+            self.input_cache_hits,
+            self.input_cache_misses,
+        ):
+            registry.register(counter)
+        Gauge(
+            "bacalhau_input_cache_bytes",
+            "Bytes of inputs written out in the input cache.",
+            registry=registry,
+            callback=lambda: {(): float(self.compute.inputs.size)},
+        )
         self.network.on_reject.append(lambda reason: rejected.labels(reason=reason).inc())
         Gauge(
             "bacalhau_peer_messages_sent",
@@ -265,7 +310,7 @@ class Node:
     async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
         """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing."""
         root = bytes(CID.parse(cid_text))
-        await fetch_dag(self.network, self.blockstore, root, holders)
+        await self.dags.fetch(root, holders)
         return root
 
     async def wait_final(self, job_id: str) -> Any:

@@ -1,8 +1,9 @@
 """The requester role of a node: it owns the jobs submitted to it.
 
 A job is announced to this node's own compute role and to every connected peer. Bids are
-collected until every asked node has answered or the bid window closes; then the least busy
-willing nodes are selected, up to the job's concurrency. Executions report back; a proposed
+collected until every asked node has answered or the bid window closes; then willing nodes
+are selected, up to the job's concurrency: those holding most of the job's inputs first, then
+the least busy. Executions report back; a proposed
 result is accepted (the no-op verifier), and the job completes once its selected executions
 are published. Every change is written, with its events, in one datastore transaction before
 anything is sent about it.
@@ -50,7 +51,8 @@ class _Round:
     spec: Any
     asked: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
-    willing: list[tuple[str, int]] = field(default_factory=list)  # (node ID, queue length)
+    # (node ID, queue length, bytes of the job's inputs it holds)
+    willing: list[tuple[str, int, int]] = field(default_factory=list)
     declines: list[str] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
@@ -277,7 +279,7 @@ class Requester:
             return
         rnd.answered.add(sender)
         if bid.willing:
-            rnd.willing.append((sender, bid.queued))
+            rnd.willing.append((sender, bid.queued, bid.local_input_bytes))
         else:
             rnd.declines.append(f"{short(sender)}: {bid.reason}")
 
@@ -297,7 +299,10 @@ class Requester:
                 update_time_unix_nano=now,
             )
             tx.put_job(job)
-            tx.add_event(event(job, "BidReceived", ex, f"queue length {bid.queued}"))
+            detail = f"queue length {bid.queued}"
+            if bid.local_inputs:
+                detail += f"; holds {bid.local_inputs} input(s), {bid.local_input_bytes} bytes"
+            tx.add_event(event(job, "BidReceived", ex, detail))
 
         then(self._loop, self._store.submit(record), what="recording a bid")
         if rnd.answered >= rnd.asked and not rnd.gossiped:
@@ -326,8 +331,10 @@ class Requester:
             return
         want = max(1, rnd.spec.deal.concurrency)
         random.shuffle(rnd.willing)
-        ranked = sorted(rnd.willing, key=lambda b: b[1])
-        chosen = {node for node, _ in ranked[:want]}
+        # Data locality first (nodes holding more of the inputs need not fetch them), then
+        # the shortest queue; ties are broken at random.
+        ranked = sorted(rnd.willing, key=lambda b: (-b[2], b[1]))
+        chosen = {node for node, _, _ in ranked[:want]}
 
         def write(tx: Tx) -> list[tuple[str, str, bool]]:
             job = tx.get_job(rnd.job_id)
@@ -415,6 +422,9 @@ class Requester:
                 ex.exit_code = u.exit_code
             ex.result_cid = u.result_cid or ex.result_cid
             ex.stderr_tail = u.stderr_tail or ex.stderr_tail
+            if u.inputs:  # URL inputs as the node resolved them (their CIDs)
+                del ex.inputs[:]
+                ex.inputs.extend(u.inputs)
             outgoing: list[tuple[str, Any]] = []
             if current == E.BID_ACCEPTED and state == E.RESULT_PROPOSED:
                 # The "running" report was lost (this node restarted meanwhile).

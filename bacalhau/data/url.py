@@ -1,0 +1,274 @@
+"""URL inputs: names and mount paths chosen from the URL, downloads with limits, and the
+`url` storage provider.
+
+A download is blocking (urllib; run it in a thread): redirects are followed (http and https
+only, at most 10), proxies from the environment are ignored, a body over `max_bytes` (or a
+Content-Length over it) stops the download, and connection failures, timeouts, 429 and 5xx
+answers are retried with exponential backoff. Nothing is left at the destination on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+from bacalhau.blockstore import Blockstore
+from bacalhau.content import Importer
+from bacalhau.content.cid import CID
+from bacalhau.data.base import InputRequest, Resolved
+from bacalhau.errors import BacalhauError, UsageError
+
+DEFAULT_MAX_BYTES = 1 << 30
+MAX_URL_LENGTH = 8192
+_READ = 1 << 20
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class UrlError(BacalhauError):
+    """A URL could not be downloaded; the message names the URL and why.
+
+    `retryable`: a later attempt may succeed (connection failures, 429, 5xx).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.retryable = retryable
+
+
+def check_url(url: str) -> str:
+    """`url` if it is an absolute http(s) URL with a host; raises UsageError otherwise."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or len(text) > MAX_URL_LENGTH
+        or any(ch.isspace() or ord(ch) < 32 for ch in text)
+    ):
+        raise UsageError(
+            f"bad URL {url[:200]!r}", hint="give an http:// or https:// URL with a host name"
+        )
+    return text
+
+
+def file_name(url: str) -> str:
+    """The file name a URL is mounted as: the last part of its path, else its host name."""
+    parts = urlsplit(url)
+    name = unquote(PurePosixPath(parts.path).name) if parts.path else ""
+    name = "".join(ch for ch in name if ch not in "/\\\0" and ord(ch) >= 32)
+    if name in ("", ".", ".."):
+        name = parts.hostname or "download"
+    return name[:200]
+
+
+def mount_paths(
+    urls: list[str], folder: str = "/inputs", taken: set[str] | None = None
+) -> list[str]:
+    """`folder/<file name>` for each URL, in order; a repeated name becomes `name_1.ext`,
+    `name_2.ext`, ... (the first keeps its name), skipping paths in `taken`."""
+    used = set(taken or ())
+    out = []
+    for url in urls:
+        name = file_name(url)
+        stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+        path, n = f"{folder}/{name}", 0
+        while path in used:
+            n += 1
+            path = f"{folder}/{stem}_{n}{dot}{ext}"
+        used.add(path)
+        out.append(path)
+    return out
+
+
+def parse_url_list(text: str, source: str) -> list[str]:
+    """URLs from a list, one per line; blank lines and lines starting with '#' are skipped.
+
+    Raises UsageError naming the line of the first bad URL, or if there is none.
+    """
+    urls = []
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            urls.append(check_url(line))
+        except UsageError as e:
+            raise UsageError(f"{source}, line {i}: {e.message}", hint=e.hint) from None
+    if not urls:
+        raise UsageError(f"{source} has no URLs", hint="write one http(s) URL per line")
+    return urls
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = 10
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise UrlError(f"{req.full_url} redirects to {newurl[:200]}, which is not http(s)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class UrlFetcher:
+    """Downloads URLs to files, within limits."""
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._stop = stop or threading.Event()
+        # No ProxyHandler from the environment: requests go where the URL says, nowhere else.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Redirects())
+
+    def stop(self) -> None:
+        """Make downloads in progress (and their retries) fail now, and any later ones."""
+        self._stop.set()
+
+    def fetch(self, url: str, dest: Path, on_bytes: Callable[[int], None] | None = None) -> int:
+        """Download `url` to `dest` (created; removed again on failure); returns its size.
+
+        Raises UrlError: an HTTP error status (after retries for 429 and 5xx), a body over
+        `max_bytes`, a connection that fails or times out every time, or a bad redirect.
+        """
+        attempt = 0
+        while True:
+            try:
+                with open(dest, "wb") as f:
+                    return self._once(url, f, on_bytes)
+            except UrlError as e:
+                dest.unlink(missing_ok=True)
+                if not e.retryable or attempt >= self.retries or self._stop.is_set():
+                    raise
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+            delay = self.backoff_s * (2**attempt) * (0.75 + random.random() / 2)
+            attempt += 1
+            if self._stop.wait(delay):
+                raise UrlError(f"download of {url} was stopped")
+
+    def _once(self, url: str, f: IO[bytes], on_bytes: Callable[[int], None] | None) -> int:
+        if self._stop.is_set():
+            raise UrlError(f"download of {url} was stopped")
+        req = urllib.request.Request(url, headers={"User-Agent": "bacalhau-python"})
+        try:
+            resp = self._opener.open(req, timeout=self.timeout_s)
+        except urllib.error.HTTPError as e:
+            with contextlib.closing(e):
+                raise _error(url, f"HTTP {e.code} {e.reason}", e.code in _RETRY_STATUS) from None
+        except UrlError:
+            raise
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise _error(url, f"cannot connect: {reason}", True) from None
+        with resp:
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                raise _too_big(url, self.max_bytes, f"it says it has {int(length)} bytes")
+            size = 0
+            try:
+                while chunk := resp.read(_READ):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _too_big(url, self.max_bytes, "its body goes on past that")
+                    if self._stop.is_set():
+                        raise UrlError(f"download of {url} was stopped")
+                    f.write(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+            except (OSError, ValueError) as e:
+                if isinstance(e, UrlError):
+                    raise
+                raise _error(url, f"the download broke off after {size} bytes: {e}", True) from None
+            if length is not None and length.isdigit() and size < int(length):
+                raise _error(url, f"got {size} of {int(length)} bytes", True)
+            f.flush()
+            os.fsync(f.fileno())
+            return size
+
+
+def _error(url: str, why: str, retryable: bool) -> UrlError:
+    return UrlError(f"cannot download {url[:300]}: {why}", retryable=retryable)
+
+
+def _too_big(url: str, limit: int, why: str) -> UrlError:
+    return UrlError(
+        f"cannot download {url[:300]}: larger than the limit of {limit} bytes ({why})",
+        hint="raise the node's --url-max-size, or give a smaller file",
+    )
+
+
+class UrlProvider:
+    """The `url` storage provider: downloads (at most `parallel` at once; one download per URL
+    at a time, however many jobs ask for it meanwhile) into `tmp_dir`, then adds the file to
+    the blockstore, pinned, and removes the download."""
+
+    name = "url"
+
+    def __init__(
+        self, blocks: Blockstore, fetcher: UrlFetcher, tmp_dir: Path, *, parallel: int = 8
+    ) -> None:
+        self._blocks = blocks
+        self.fetcher = fetcher
+        self._tmp = tmp_dir
+        self._parallel = parallel
+        self._slots: asyncio.Semaphore | None = None
+        self._downloads: dict[str, asyncio.Future[Resolved]] = {}
+        self._seq = itertools.count()
+
+    @property
+    def pending(self) -> list[asyncio.Future[Resolved]]:
+        return list(self._downloads.values())
+
+    async def resolve(self, req: InputRequest) -> Resolved:
+        """See `StorageProvider.resolve`. Raises UsageError for a bad URL, UrlError."""
+        url = check_url(req.spec.url)
+        fut = self._downloads.get(url)
+        if fut is None:
+            fut = asyncio.ensure_future(self._download(url))
+            self._downloads[url] = fut
+            fut.add_done_callback(lambda _: self._downloads.pop(url, None))
+        return await asyncio.shield(fut)
+
+    async def _download(self, url: str) -> Resolved:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._parallel)
+        async with self._slots:
+            return await asyncio.to_thread(self._download_blocking, url)
+
+    def _download_blocking(self, url: str) -> Resolved:
+        tmp = self._tmp / f"url-{os.getpid()}-{next(self._seq)}"
+        try:
+            size = self.fetcher.fetch(url, tmp)
+            with self._blocks.batch() as batch:
+                with Importer(sink=batch, workers=1) as imp:
+                    cid = imp.add_path(tmp).cid
+                batch.pin(cid)
+            return Resolved(str(CID.from_bytes(cid)), size)
+        finally:
+            tmp.unlink(missing_ok=True)
