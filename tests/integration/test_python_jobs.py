@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import textwrap
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +247,42 @@ def test_node_refuses_python_specs_that_cannot_run(cluster: Cluster):
             with pytest.raises(ClientError, match=message) as info:
                 c.submit(job)
             assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_url_inputs_are_readable_and_read_only(ctl: Ctl, tmp_path: Path):
+    served = tmp_path / "site"
+    served.mkdir()
+    (served / "table.csv").write_text("a,b\n1,2\n")
+    (served / "notes.txt").write_text("from the web\n")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/inputs')))\n"
+        "print(open('/inputs/table.csv').read().splitlines()[1])\n"
+        "print(open('/inputs/notes.txt').read().strip())\n"
+        "try:\n    open('/inputs/notes.txt', 'w')\nexcept OSError as e:\n"
+        "    print('read-only', type(e).__name__)\n"
+    )
+    try:
+        res, job_id = submit(
+            ctl, "--deterministic", "-u", f"{base}/table.csv", "-u", f"{base}/notes.txt",
+            "-c", code,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == (
+        "['notes.txt', 'table.csv']\n1,2\nfrom the web\nread-only PermissionError\n"
+    )
