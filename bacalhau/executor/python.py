@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import wasmtime
 
@@ -59,7 +59,7 @@ from bacalhau.executor.base import (
     RunResult,
     prepare_outputs,
 )
-from bacalhau.executor.wasm import NOT_EXITED, _one_line, _read_capped
+from bacalhau.executor.wasm import NOT_EXITED, _one_line, _read_capped, preopen_mounts
 
 log = logging.getLogger(__name__)
 
@@ -397,20 +397,7 @@ class PythonExecutor:
         wasi.preopen_dir(str(tmp), GUEST_TMP, True)
         if boot is not None:
             wasi.preopen_dir(str(boot), GUEST_BOOT, False)
-        for i, (host, guest) in enumerate(req.inputs):
-            if host.is_dir():
-                wasi.preopen_dir(str(host), guest, False)
-            else:  # a single file: stage it alone in a folder mounted at its guest parent
-                stage = req.workdir / "inputs" / str(i)
-                stage.mkdir(parents=True, exist_ok=True)
-                target = stage / PurePosixPath(guest).name
-                try:
-                    os.link(host, target)
-                except OSError:
-                    shutil.copyfile(host, target)
-                wasi.preopen_dir(str(stage), str(PurePosixPath(guest).parent), False)
-        for name, guest in req.outputs:
-            wasi.preopen_dir(str(outputs_dir / name), guest, True)
+        preopen_mounts(wasi, req, outputs_dir)
         return wasi
 
     def _boot_dir(self) -> Path:

@@ -56,6 +56,28 @@ def _read_capped(path: Path, cap: int) -> tuple[bytes, bool]:
     return data[:cap], len(data) > cap
 
 
+def preopen_mounts(wasi: wasmtime.WasiConfig, req: RunRequest, outputs_dir: Path) -> None:
+    """Preopen the inputs (read-only), then the outputs (writable), in the order given.
+
+    A folder input is mounted as it is; a file input is staged alone (hard-linked, else
+    copied) in a folder under the workdir, mounted at the file's guest parent.
+    """
+    for i, (host, guest) in enumerate(req.inputs):
+        if host.is_dir():
+            wasi.preopen_dir(str(host), guest, False)
+        else:  # a single file: stage it alone in a folder mounted at its guest parent
+            stage = req.workdir / "inputs" / str(i)
+            stage.mkdir(parents=True, exist_ok=True)
+            target = stage / PurePosixPath(guest).name
+            try:
+                os.link(host, target)
+            except OSError:
+                shutil.copyfile(host, target)
+            wasi.preopen_dir(str(stage), str(PurePosixPath(guest).parent), False)
+    for name, guest in req.outputs:
+        wasi.preopen_dir(str(outputs_dir / name), guest, True)
+
+
 class WasmExecutor:
     """Runs `_start` of a WASI preview 1 module; see `RunRequest` for the sandbox's shape."""
 
@@ -142,20 +164,7 @@ class WasmExecutor:
         wasi.stdout_file = str(req.workdir / "stdout")
         wasi.stderr_file = str(req.workdir / "stderr")
         # Preopens get fds 3, 4, ... in this order: inputs, then outputs.
-        for i, (host, guest) in enumerate(req.inputs):
-            if host.is_dir():
-                wasi.preopen_dir(str(host), guest, False)
-            else:  # a single file: stage it alone in a folder mounted at its guest parent
-                stage = req.workdir / "inputs" / str(i)
-                stage.mkdir(parents=True, exist_ok=True)
-                target = stage / PurePosixPath(guest).name
-                try:
-                    os.link(host, target)
-                except OSError:
-                    shutil.copyfile(host, target)
-                wasi.preopen_dir(str(stage), str(PurePosixPath(guest).parent), False)
-        for name, guest in req.outputs:
-            wasi.preopen_dir(str(outputs_dir / name), guest, True)
+        preopen_mounts(wasi, req, outputs_dir)
         return wasi
 
     def run(self, req: RunRequest, cancel: threading.Event | None = None) -> RunResult:
