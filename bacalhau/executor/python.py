@@ -59,7 +59,12 @@ from bacalhau.executor.base import (
     RunResult,
     prepare_outputs,
 )
-from bacalhau.executor.wasm import NOT_EXITED, _one_line, _read_capped, preopen_mounts
+from bacalhau.executor.wasm import (
+    NOT_EXITED,
+    _one_line,
+    preopen_mounts,
+    result_from_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -333,17 +338,7 @@ class PythonExecutor:
         trapped = error is not None and error.startswith("trap")
         if (error is None and exit_code != 0) or trapped:
             error = _diagnose(exit_code, _tail(req.workdir / "stderr"), req) or error
-        stdout, stdout_truncated = _read_capped(req.workdir / "stdout", req.stdout_limit_bytes)
-        stderr, stderr_truncated = _read_capped(req.workdir / "stderr", req.stdout_limit_bytes)
-        return RunResult(
-            exit_code=exit_code,
-            stdout=stdout,
-            stderr=stderr,
-            stdout_truncated=stdout_truncated,
-            stderr_truncated=stderr_truncated,
-            outputs_dir=outputs_dir,
-            error=error,
-        )
+        return result_from_files(req, outputs_dir, exit_code, error)
 
     # -- the guest's world ----------------------------------------------------------------
 

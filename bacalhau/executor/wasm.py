@@ -56,6 +56,23 @@ def _read_capped(path: Path, cap: int) -> tuple[bytes, bool]:
     return data[:cap], len(data) > cap
 
 
+def result_from_files(
+    req: RunRequest, outputs_dir: Path, exit_code: int, error: str | None
+) -> RunResult:
+    """The run's result, stdout and stderr read (capped) from the files the guest wrote."""
+    stdout, stdout_truncated = _read_capped(req.workdir / "stdout", req.stdout_limit_bytes)
+    stderr, stderr_truncated = _read_capped(req.workdir / "stderr", req.stdout_limit_bytes)
+    return RunResult(
+        exit_code=exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        stdout_truncated=stdout_truncated,
+        stderr_truncated=stderr_truncated,
+        outputs_dir=outputs_dir,
+        error=error,
+    )
+
+
 def preopen_mounts(wasi: wasmtime.WasiConfig, req: RunRequest, outputs_dir: Path) -> None:
     """Preopen the inputs (read-only), then the outputs (writable), in the order given.
 
@@ -240,14 +257,4 @@ class WasmExecutor:
         finally:
             done.set()
             watcher.join()
-        stdout, stdout_truncated = _read_capped(req.workdir / "stdout", req.stdout_limit_bytes)
-        stderr, stderr_truncated = _read_capped(req.workdir / "stderr", req.stdout_limit_bytes)
-        return RunResult(
-            exit_code=exit_code,
-            stdout=stdout,
-            stderr=stderr,
-            stdout_truncated=stdout_truncated,
-            stderr_truncated=stderr_truncated,
-            outputs_dir=outputs_dir,
-            error=error,
-        )
+        return result_from_files(req, outputs_dir, exit_code, error)
