@@ -21,6 +21,7 @@ from bacalhau.data import UrlError, UrlFetcher, file_name, mount_paths, parse_ur
 from bacalhau.errors import UsageError
 from bacalhau.identity import Identity
 from bacalhau.network import Network
+from tests._web import QuietHandler, serve, stop
 
 MIB = 1 << 20
 
@@ -128,7 +129,7 @@ class Web:
         self.hits: dict[str, int] = {}
         web = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 n = web.hits[self.path] = web.hits.get(self.path, 0) + 1
                 if self.path == "/ok":
@@ -149,37 +150,18 @@ class Web:
                 elif self.path == "/busy":
                     self._send(429 if n < 3 else 200, b"done\n")
                 elif self.path == "/endless":
-                    self.send_response(200)
-                    self.end_headers()
-                    try:
-                        while True:
-                            self.wfile.write(b"z" * 65536)
-                    except OSError:
-                        return
+                    self._endless(b"z" * 65536)
                 else:
                     self._send(int(self.path.strip("/")), b"")
 
-            def _send(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.base = serve(Handler)
 
 
 @pytest.fixture(scope="module")
 def web() -> Iterator[Web]:
     w = Web()
     yield w
-    w.server.shutdown()
-    w.server.server_close()
+    stop(w.server)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from bacalhau.cli._download import download_result
 from bacalhau.client import Client
 from bacalhau.content import Importer
 from bacalhau.content.cid import CID
+from tests._web import QuietHandler, serve, stop
 from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, NodeProc
 
 MIB = 1 << 20
@@ -70,7 +70,7 @@ class Web:
         self.lock = threading.Lock()
         web = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 with web.lock:
                     n = web.hits[self.path] = web.hits.get(self.path, 0) + 1
@@ -88,38 +88,17 @@ class Web:
                 elif kind == "status":
                     self._send(int(arg), b"no\n")
                 elif kind == "endless":
-                    self.send_response(200)
-                    self.end_headers()
-                    block = b"x" * 65536
-                    try:
-                        while True:
-                            self.wfile.write(block)
-                    except OSError:
-                        return
+                    self._endless(b"x" * 65536)
                 else:
                     self._send(404, b"not here\n")
 
-            def _send(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server, self.base = serve(Handler)
 
     def url(self, path: str) -> str:
         return self.base + path
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
 
 
 @pytest.fixture(scope="module")

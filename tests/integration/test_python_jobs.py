@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from bacalhau.content import Importer
 from bacalhau.content.car import write_car
 from bacalhau.content.cid import CID
 from tests._python import compiled_cache, seed_node
+from tests._web import serve, stop
 from tests.integration.conftest import Cluster, Ctl
 
 # Clocks, sleeps, randomness, uuid, set order and file listings: everything that would make
@@ -262,10 +262,7 @@ def test_url_inputs_are_readable_and_read_only(ctl: Ctl, tmp_path: Path):
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server, base = serve(Quiet)
     code = (
         "import os\n"
         "print(sorted(os.listdir('/inputs')))\n"
@@ -280,8 +277,7 @@ def test_url_inputs_are_readable_and_read_only(ctl: Ctl, tmp_path: Path):
             "-c", code,
         )  # fmt: skip
     finally:
-        server.shutdown()
-        server.server_close()
+        stop(server)
     assert res.returncode == 0, res.stderr
     assert ctl("logs", job_id).stdout == (
         "['notes.txt', 'table.csv']\n1,2\nfrom the web\nread-only PermissionError\n"
