@@ -40,6 +40,8 @@ LABEL_JOB = "bacalhau.job"
 LABEL_EXECUTION = "bacalhau.execution"
 PIDS_LIMIT = 1024
 _POLL_S = 0.02  # how often a run looks at its cancel event and deadline
+_OOM_SETTLE_S = 1.0  # how long a SIGKILLed container's OOMKilled flag may take to show
+_SIGKILL_EXIT = 128 + 9
 _IMAGE_TTL_S = 10.0  # how long a bid trusts that an image it found is still there
 
 
@@ -274,9 +276,11 @@ class DockerExecutor:
         if "error" in status and error is None:
             error = f"lost the container: {status['error']}"
         code = int(status.get("StatusCode", NOT_EXITED))
-        if error is None and code != 0 and _oom_killed(container):
-            error = f"out of memory (OOM killed at the {req.memory_limit_bytes >> 20} MiB limit)"
-        if error is not None:
+        if error is None and code != 0:
+            error, code_stands = _oom_reason(container, code, req.memory_limit_bytes >> 20)
+        else:
+            code_stands = error is None
+        if not code_stands:
             code = NOT_EXITED
         return RunResult(
             exit_code=code,
@@ -329,12 +333,32 @@ def _pump(
                 err.add(stderr)
 
 
-def _oom_killed(container: Any) -> bool:
-    try:
-        container.reload()
-    except Exception:
-        return False
-    return bool(container.attrs.get("State", {}).get("OOMKilled"))
+def _oom_reason(container: Any, code: int, limit_mib: int) -> tuple[str | None, bool]:
+    """(Why a container that exited `code` was killed for memory or None, whether its exit
+    code stands: False when the engine says it was OOM killed).
+
+    The engine records OOMKilled from an event that may come after the exit; a SIGKILL
+    (137) is asked about again for a moment, and named as most likely memory if it stays
+    unexplained (nothing else here sends it: timeouts and cancels are reported before).
+    """
+    deadline = time.monotonic() + (_OOM_SETTLE_S if code == _SIGKILL_EXIT else 0)
+    while True:
+        try:
+            container.reload()
+            if container.attrs.get("State", {}).get("OOMKilled"):
+                return f"out of memory (OOM killed at the {limit_mib} MiB limit)", False
+        except Exception:
+            pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_S)
+    if code == _SIGKILL_EXIT:
+        return (
+            f"killed by SIGKILL (exit code 137): most likely out of memory at the {limit_mib} "
+            "MiB limit",
+            True,
+        )
+    return None, True
 
 
 def _remove(container: Any) -> None:
