@@ -360,3 +360,22 @@ def test_registry() -> None:
     assert get_executor("wasm") is wasm
     with pytest.raises(ExecutorError, match="unknown executor"):
         get_executor("lambda")
+
+
+def test_output_streams_to_on_log_while_running(run: Runner) -> None:
+    # Writes a line, then spins: the line reaches on_log while the guest still runs, and
+    # the test cancels it from there.
+    wasm = wasi_module(
+        "(call $write (i32.const 1) (i32.const 64) (i32.const 6))" + LOOP, data="hello\\n"
+    )
+    cancel = threading.Event()
+    chunks: list[tuple[int, bytes]] = []
+
+    def on_log(stream: int, data: bytes) -> None:
+        chunks.append((stream, data))
+        cancel.set()
+
+    result = run(wasm, cancel=cancel, on_log=on_log, timeout_s=30.0)
+    assert result.error == "cancelled"
+    assert chunks == [(1, b"hello\n")]
+    assert result.stdout == b"hello\n"

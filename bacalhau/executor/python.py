@@ -61,6 +61,7 @@ from bacalhau.executor.base import (
 )
 from bacalhau.executor.wasm import (
     NOT_EXITED,
+    OutputTail,
     _one_line,
     preopen_mounts,
     result_from_files,
@@ -272,7 +273,7 @@ class PythonExecutor:
         done = threading.Event()
         stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
         written = [req.workdir / "stdout", req.workdir / "stderr", outputs_dir, tmp]
-        tail = _Tail(req) if req.on_log is not None else None
+        tail = OutputTail(req) if req.on_log is not None else None
 
         def watchdog() -> None:
             deadline = time.monotonic() + req.timeout_s
@@ -456,38 +457,6 @@ class PythonExecutor:
                 raise ExecutorError(_tail(folder / "stderr").strip()[-300:]) from None
         finally:
             (folder / "stderr").unlink(missing_ok=True)
-
-
-class _Tail:
-    """Hands what the guest writes to stdout and stderr to `on_log`, up to the output cap.
-
-    Called from the watchdog while the guest runs, then once more after it stopped.
-    """
-
-    def __init__(self, req: RunRequest) -> None:
-        assert req.on_log is not None
-        self._sink = req.on_log
-        self._cap = req.stdout_limit_bytes
-        self._files = {1: req.workdir / "stdout", 2: req.workdir / "stderr"}
-        self._sent = {1: 0, 2: 0}
-
-    def pump(self) -> None:
-        for stream, path in self._files.items():
-            offset = self._sent[stream]
-            if offset >= self._cap:
-                continue
-            try:
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    data = f.read(self._cap - offset)
-            except OSError:
-                continue
-            if data:
-                self._sent[stream] = offset + len(data)
-                try:
-                    self._sink(stream, data)
-                except Exception:  # a failing sink must not stop the run's watchdog
-                    log.exception("passing on a python run's output failed")
 
 
 def _diagnose(exit_code: int, tail: str, req: RunRequest) -> str | None:

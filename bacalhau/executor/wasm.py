@@ -11,6 +11,7 @@ that directory must be private to this node, because deserializing trusts its co
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -27,6 +28,7 @@ from bacalhau.executor.base import (
     prepare_outputs,
 )
 
+log = logging.getLogger(__name__)
 WASM_MAGIC = b"\0asm"
 WASI_MODULE = "wasi_snapshot_preview1"
 NOT_EXITED = -1  # RunResult.exit_code when the guest did not exit on its own
@@ -71,6 +73,38 @@ def result_from_files(
         outputs_dir=outputs_dir,
         error=error,
     )
+
+
+class OutputTail:
+    """Hands what a guest writes to its stdout and stderr files to `on_log`, up to the cap.
+
+    `pump` is called from a run's watchdog while the guest runs, then once after it stopped.
+    """
+
+    def __init__(self, req: RunRequest) -> None:
+        assert req.on_log is not None
+        self._sink = req.on_log
+        self._cap = req.stdout_limit_bytes
+        self._files = {1: req.workdir / "stdout", 2: req.workdir / "stderr"}
+        self._sent = {1: 0, 2: 0}
+
+    def pump(self) -> None:
+        for stream, path in self._files.items():
+            offset = self._sent[stream]
+            if offset >= self._cap:
+                continue
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read(self._cap - offset)
+            except OSError:
+                continue
+            if data:
+                self._sent[stream] = offset + len(data)
+                try:
+                    self._sink(stream, data)
+                except Exception:  # a failing sink must not stop the run's watchdog
+                    log.exception("passing on a run's output failed")
 
 
 def preopen_mounts(wasi: wasmtime.WasiConfig, req: RunRequest, outputs_dir: Path) -> None:
@@ -213,16 +247,20 @@ class WasmExecutor:
 
         done = threading.Event()
         stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
+        tail = OutputTail(req) if req.on_log is not None else None
+        poll = cancel is not None or tail is not None
 
         def watchdog() -> None:
             deadline = time.monotonic() + req.timeout_s
             while True:
+                if tail is not None:
+                    tail.pump()
                 remaining = deadline - time.monotonic()
                 if cancel is not None and cancel.is_set():
                     stopped.append("cancelled")
                 elif remaining <= 0:
                     stopped.append(f"timed out after {req.timeout_s:g} s")
-                elif done.wait(min(remaining, _POLL_S) if cancel is not None else remaining):
+                elif done.wait(min(remaining, _POLL_S) if poll else remaining):
                     return
                 else:
                     continue
@@ -257,4 +295,6 @@ class WasmExecutor:
         finally:
             done.set()
             watcher.join()
+            if tail is not None:
+                tail.pump()
         return result_from_files(req, outputs_dir, exit_code, error)
