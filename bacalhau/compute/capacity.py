@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bacalhau.errors import BacalhauError
 
@@ -43,17 +45,14 @@ class Resources:
     disk_bytes: int = 0
     gpu: int = 0
 
-    def describe(self) -> str:
-        parts = []
-        if self.cpu:
-            parts.append(f"{self.cpu:g} cpu")
-        if self.memory_bytes:
-            parts.append(f"{self.memory_bytes / MIB:.0f} MiB of memory")
-        if self.disk_bytes:
-            parts.append(f"{self.disk_bytes / MIB:.0f} MiB of disk")
-        if self.gpu:
-            parts.append(f"{self.gpu} GPU")
-        return ", ".join(parts) or "nothing"
+
+# How reasons name an amount of each resource: (what a job needs, what a node has).
+_WORDS: dict[str, tuple[Callable[[Any], str], Callable[[Any], str]]] = {
+    "cpu": (lambda v: f"{v:g} cpu", lambda v: f"{v:g}"),
+    "memory_bytes": (lambda v: f"{v / MIB:.0f} MiB of memory", lambda v: f"{v / MIB:.0f} MiB"),
+    "disk_bytes": (lambda v: f"{v / MIB:.0f} MiB of disk", lambda v: f"{v / MIB:.0f} MiB"),
+    "gpu": (lambda v: f"{v} GPU", lambda v: f"{v or 'none'}"),
+}
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def detect(data_dir: Path, nvidia_smi: str | None = None) -> Machine:
 
 @dataclass(frozen=True)
 class Limits:
-    """`--limit-total-*` and `--limit-job-*`; None means "what the machine has"."""
+    """`--limit-total-*` and `--limit-job-*`: what a node lends in all, and to one job."""
 
     total: Resources = field(default_factory=Resources)  # 0 fields: the machine's
     job: Resources = field(default_factory=Resources)  # 0 fields: no per-job limit
@@ -193,35 +192,16 @@ class Allocator:
 
     def reason(self, wants: Resources) -> str:
         """Why a job needing `wants` can never run here, or "" if it can."""
-        lim, tot = self.job_limit, self.total
-        if lim.cpu and wants.cpu > lim.cpu:
-            return f"needs {wants.cpu:g} cpu, above this node's per-job limit of {lim.cpu:g}"
-        if lim.memory_bytes and wants.memory_bytes > lim.memory_bytes:
-            return (
-                f"needs {wants.memory_bytes / MIB:.0f} MiB of memory, above this node's per-job "
-                f"limit of {lim.memory_bytes / MIB:.0f} MiB"
-            )
-        if lim.disk_bytes and wants.disk_bytes > lim.disk_bytes:
-            return (
-                f"needs {wants.disk_bytes / MIB:.0f} MiB of disk, above this node's per-job "
-                f"limit of {lim.disk_bytes / MIB:.0f} MiB"
-            )
-        if lim.gpu and wants.gpu > lim.gpu:
-            return f"needs {wants.gpu} GPU, above this node's per-job limit of {lim.gpu}"
-        if wants.gpu > tot.gpu:
-            return f"needs {wants.gpu} GPU, this node has {tot.gpu or 'none'}"
-        if tot.cpu and wants.cpu > tot.cpu:
-            return f"needs {wants.cpu:g} cpu, this node has {tot.cpu:g}"
-        if tot.memory_bytes and wants.memory_bytes > tot.memory_bytes:
-            return (
-                f"needs {wants.memory_bytes / MIB:.0f} MiB of memory, this node has "
-                f"{tot.memory_bytes / MIB:.0f} MiB"
-            )
-        if tot.disk_bytes and wants.disk_bytes > tot.disk_bytes:
-            return (
-                f"needs {wants.disk_bytes / MIB:.0f} MiB of disk, this node has "
-                f"{tot.disk_bytes / MIB:.0f} MiB"
-            )
+        for name in ("cpu", "memory_bytes", "disk_bytes", "gpu"):
+            want, limit = getattr(wants, name), getattr(self.job_limit, name)
+            if limit and want > limit:
+                amount, short = _WORDS[name]
+                return f"needs {amount(want)}, above this node's per-job limit of {short(limit)}"
+        for name in ("gpu", "cpu", "memory_bytes", "disk_bytes"):
+            want, have = getattr(wants, name), getattr(self.total, name)
+            if (have or name == "gpu") and want > have:  # a node without GPUs has none
+                amount, short = _WORDS[name]
+                return f"needs {amount(want)}, this node has {short(have)}"
         return ""
 
     def allocate(self, wants: Resources) -> Allocation | None:
