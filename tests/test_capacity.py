@@ -73,6 +73,26 @@ def test_detect_real_gpus() -> None:
     assert all(g.memory_bytes > 0 and g.name for g in gpus)
 
 
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no nvidia-smi on this machine")
+def test_real_gpus_are_lent_whole_and_never_more_than_there(tmp_path: Path) -> None:
+    """On a machine with real GPUs: `--gpu N` bids as far as the GPUs go, and no further."""
+    machine = detect(tmp_path)
+    n = len(machine.gpus)
+    assert n > 0
+    a = Allocator(machine, Limits())
+    assert a.total.gpu == n and a.free().gpu == n
+    assert a.reason(Allocator.needs(1, 0, 0, n)) == ""
+    assert a.reason(Allocator.needs(1, 0, 0, n + 1)) == f"needs {n + 1} GPU, this node has {n}"
+    taken = a.allocate(Allocator.needs(1, 0, 0, n))
+    assert taken is not None
+    assert sorted(taken.gpu_indexes) == sorted(g.index for g in machine.gpus)
+    assert a.allocate(Allocator.needs(0.1, 0, 0, 1)) is None  # all lent
+    a.release(taken)
+    assert a.free().gpu == n
+    one = Allocator(machine, Limits(total=Resources(gpu=1)))
+    assert one.reason(Allocator.needs(1, 0, 0, 2)) == "needs 2 GPU, this node has 1"
+
+
 def test_detect_this_machine(tmp_path: Path) -> None:
     m = detect(tmp_path, nvidia_smi=str(tmp_path / "absent"))
     assert 0 < m.cpu <= (os.cpu_count() or 1)
