@@ -6,7 +6,6 @@ a node runs it in a worker thread and may stop it early by setting the `cancel` 
 
 from __future__ import annotations
 
-import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -15,10 +14,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bacalhau.errors import BacalhauError
+from bacalhau.spec import OUTPUT_NAME as OUTPUT_NAME  # re-exported: it was defined here
 
 MIB = 1024 * 1024
-
-OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class ExecutorError(BacalhauError):

@@ -35,23 +35,18 @@ import shutil
 import tempfile
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import wasmtime
 
+from bacalhau import spec as rules
+from bacalhau.errors import UsageError
 from bacalhau.executor import _wasi_shims
 from bacalhau.executor._python_interp import (
     CompiledInterpreter,
     InterpreterError,
     cache_name,
     engine_config,
-)
-from bacalhau.executor._python_paths import (
-    GUEST_APP,
-    GUEST_BOOT,
-    GUEST_TMP,
-    check_mount_paths,
-    check_program,
 )
 from bacalhau.executor.base import (
     ExecutorError,
@@ -66,6 +61,7 @@ from bacalhau.executor.wasm import (
     preopen_mounts,
     result_from_files,
 )
+from bacalhau.spec import GUEST_APP, GUEST_BOOT, GUEST_TMP
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +242,7 @@ class PythonExecutor:
         """
         req.validate()
         argv = self._argv(req)
-        check_mount_paths([g for _, g in req.inputs] + [g for _, g in req.outputs])
+        _check_mount_paths([g for _, g in req.inputs] + [g for _, g in req.outputs])
         outputs_dir = prepare_outputs(req)
         tmp = req.workdir / "tmp"
         try:
@@ -355,7 +351,7 @@ class PythonExecutor:
             )
         if req.code:
             return ["python", "-c", req.code, *req.args]
-        program = check_program(req.program)
+        program = _check_program(req.program)
         if req.context is None or not (req.context / program).is_file():
             raise ExecutorError(
                 f"program {req.program} is not a file in the context folder",
@@ -457,6 +453,22 @@ class PythonExecutor:
                 raise ExecutorError(_tail(folder / "stderr").strip()[-300:]) from None
         finally:
             (folder / "stderr").unlink(missing_ok=True)
+
+
+def _check_mount_paths(paths: list[str]) -> None:
+    """The spec's rule on reserved guest paths; raises ExecutorError for a clash."""
+    try:
+        rules.check_mount_paths(paths)
+    except UsageError as e:
+        raise ExecutorError(e.message, hint=e.hint) from None
+
+
+def _check_program(program: str) -> PurePosixPath:
+    """The spec's rule on program paths; raises ExecutorError for one outside the context."""
+    try:
+        return rules.check_program(program)
+    except UsageError as e:
+        raise ExecutorError(e.message, hint=e.hint) from None
 
 
 def _diagnose(exit_code: int, tail: str, req: RunRequest) -> str | None:

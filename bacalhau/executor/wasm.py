@@ -27,9 +27,9 @@ from bacalhau.executor.base import (
     RunResult,
     prepare_outputs,
 )
+from bacalhau.spec import WASM_MAGIC as WASM_MAGIC  # re-exported: it was defined here
 
 log = logging.getLogger(__name__)
-WASM_MAGIC = b"\0asm"
 WASI_MODULE = "wasi_snapshot_preview1"
 NOT_EXITED = -1  # RunResult.exit_code when the guest did not exit on its own
 _UNLIMITED_FUEL = 2**64 - 1
