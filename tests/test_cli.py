@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -166,3 +169,106 @@ def test_help_starts_fast() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stderr.strip() == "[]"
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO_WASM = ROOT / "examples" / "wasm" / "echo.wasm"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (("--timeout", "nan"), "timeout must be a finite number of seconds, not nan"),
+        (("--timeout", "inf"), "timeout must be a finite number of seconds, not inf"),
+        (("--timeout", "100000"), "timeout 100000 s is above the maximum of 86400 s"),
+        (("--timeout", "-1"), "--timeout must be positive, not -1"),
+        (("--cpu", "inf"), "cpu must be a finite number of cores, not inf"),
+        (("--cpu", "nan"), "cpu must be a finite number of cores, not nan"),
+        (("--cpu", "-1"), "cpu must not be negative, not -1"),
+        (("--gpu", "65"), "gpu 65 is above the maximum of 64"),
+        (("--gpu", "-1"), "gpu must not be negative, not -1"),
+        (("--memory", "2000000Gi"), "is above the maximum of 1125899906842624 bytes"),
+        (("--concurrency", "65"), "concurrency 65 is above 64"),
+        (("--concurrency", "-1"), "concurrency must not be negative, not -1"),
+        (("-o", "out:/a", "-o", "out:/b"), "output name 'out' is used twice"),
+        (("-o", "é:/a"), "bad output name 'é'"),
+    ],
+)
+def test_run_flags_are_refused_before_any_node_is_asked(
+    ctl: Ctl, flags: tuple[str, ...], fragment: str
+) -> None:
+    api = f"127.0.0.1:{_unused_port()}"  # were it asked, the error would say it is unreachable
+    for command in (("wasm", "run"), ("docker", "run"), ("run", "python", "-c", "print(1)")):
+        target = {"wasm": [str(ECHO_WASM)], "docker": ["busybox"], "run": []}[command[0]]
+        res = ctl("--api", api, *command, *flags, *target)
+        assert_one_line_error(res, fragment)
+        assert res.returncode == 2
+
+
+def test_docker_workdir_is_checked_by_the_spec_rule(ctl: Ctl) -> None:
+    res = ctl("--api", f"127.0.0.1:{_unused_port()}", "docker", "run", "-w", "rel", "busybox")
+    assert_one_line_error(res, "working dir 'rel' must be absolute")
+    assert res.returncode == 2
+
+
+# What bacalhauctl must never import: it reaches nodes through bacalhau.client only.
+NODE_INTERNALS = re.compile(
+    r"bacalhau\.(node|api|service|requester|compute|network|datastore|data|executor|blockstore)\b"
+)
+
+
+def test_bacalhauctl_imports_no_node_internals() -> None:
+    code = (
+        "import bacalhau.cli.ctl, bacalhau.cli._job_cmds, bacalhau.cli._python_cmds, "
+        "bacalhau.cli._render, bacalhau.cli._download"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()]
+    assert "bacalhau.cli._job_cmds" in imported
+    assert [m for m in imported if NODE_INTERNALS.match(m)] == []
+
+
+def test_run_commands_import_no_node_internals(tmp_path: Path) -> None:
+    # The commands' code paths, up to the upload the unreachable node refuses.
+    program = tmp_path / "main.py"
+    program.write_text("print(1)\n")
+    api = f"127.0.0.1:{_unused_port()}"
+    code = (
+        "import json, sys\n"
+        "from bacalhau.cli import ctl\n"
+        f"api = {api!r}\n"
+        f"codes = [ctl.main(['--api', api, 'wasm', 'run', {str(ECHO_WASM)!r}]),\n"
+        "         ctl.main(['--api', api, 'docker', 'run', 'busybox', 'true']),\n"
+        f"         ctl.main(['--api', api, 'run', 'python', {str(program)!r}])]\n"
+        "print(json.dumps({'codes': codes, 'modules': sorted(sys.modules)}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["codes"] == [1, 1, 1]  # each one failed at the node, not before
+    assert proc.stderr.count(f"cannot reach a node at {api}") == 3, proc.stderr
+    assert {"bacalhau.spec", "bacalhau.client"} <= set(out["modules"])
+    assert [m for m in out["modules"] if NODE_INTERNALS.match(m)] == []
+
+
+def test_serve_refuses_an_unknown_engine(tmp_path: Path) -> None:
+    serve = [sys.executable, "-m", "bacalhau.cli.daemon", "serve", "--data-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [*serve, "--engines", "wasm,fortran"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "bacalhaud: error: unknown engine 'fortran': use one of: wasm, docker, python, noop"
+    )

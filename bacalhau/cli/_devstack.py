@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bacalhau.errors import BacalhauError, UsageError
-from bacalhau.node.node import ADDRESS_FILE
+from bacalhau.layout import ADDRESS_FILE
 
 START_TIMEOUT_S = 30.0
 

@@ -14,12 +14,22 @@ from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.cli._render import describe_text, dump, job_doc, time_text
 from bacalhau.client import Client
 from bacalhau.content.cid import CID
-from bacalhau.data import check_url, mount_paths, parse_url_list
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.models import JobState
-
-WASM_MAGIC = b"\0asm"
-RESERVED = ("stdout", "stderr", "exitCode")
+from bacalhau.spec import (
+    WASM_MAGIC,
+    SpecError,
+    check,
+    check_concurrency,
+    check_docker,
+    check_output_volume,
+    check_outputs,
+    check_resources,
+    check_timeout,
+    check_url,
+    mount_paths,
+    parse_url_list,
+)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -81,18 +91,16 @@ def _resources_doc(r: Any) -> dict[str, Any]:
 
 
 def parse_output_volume(text: str) -> tuple[str, str]:
-    """`NAME:/path` -> (name, path); raises UsageError with the fix."""
+    """`NAME:/path` -> (name, path); raises UsageError (SpecError for a bad name) with the fix."""
     name, sep, path = text.partition(":")
     if not sep or not name or not path.startswith("/"):
         raise UsageError(
             f"bad output volume {text!r}",
             hint="write it as NAME:/absolute/path, e.g. outputs:/outputs",
         )
-    if name in RESERVED or not all(ch.isalnum() or ch in "_.-" for ch in name) or name[0] in ".-":
-        raise UsageError(
-            f"bad output name {name!r}",
-            hint="use letters, digits, '_', '.', '-'; not stdout, stderr or exitCode",
-        )
+    problems = check_output_volume(name, path)
+    if problems:
+        raise SpecError(problems)
     return name, path
 
 
@@ -122,8 +130,10 @@ def docker_run(args: argparse.Namespace) -> int:
     command = list(args.args)
     if command[:1] == ["--"]:
         command = command[1:]
-    if args.workdir and not args.workdir.startswith("/"):
-        raise UsageError(f"--workdir {args.workdir!r} must be an absolute path")
+    section = types_pb2.DockerSpec(image=args.image, working_dir=args.workdir)
+    problems = check_docker(types_pb2.JobSpec(engine="docker", docker=section))
+    if problems:
+        raise SpecError(problems)
 
     def build(c: Client, spec: Any, env: dict[str, str]) -> None:
         spec.engine = "docker"
@@ -143,19 +153,23 @@ def docker_run(args: argparse.Namespace) -> int:
 def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, str]], None]) -> int:
     """Submit a job from the shared run flags; `build(client, spec, env)` adds the engine's part.
 
-    Checks the flags before anything is uploaded; then prints the job ID and, with --wait,
-    follows the job and fails unless it completed.
+    Checks the flags with the spec's rules before anything is uploaded, and the whole spec
+    before it is submitted (SpecError); then prints the job ID and, with --wait, follows the
+    job and fails unless it completed.
     """
     outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
-    if len({n for n, _ in outputs}) != len(outputs):
-        raise UsageError("output names must be unique")
     env = parse_kv(args.env, "environment variable")
     selector = parse_kv(args.labels, "label")
-    if args.cpu < 0 or args.gpu < 0:
-        raise UsageError("--cpu and --gpu must not be negative")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
     memory = parse_size(args.memory) if args.memory else 0
+    output_specs = [types_pb2.OutputSpec(name=n, path=p) for n, p in outputs]
+    problems = check_outputs(output_specs)
+    problems += check_timeout(args.timeout or 0)
+    problems += check_resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory)
+    problems += check_concurrency(args.concurrency)
+    if problems:
+        raise SpecError(problems)
     inputs = [_parse_input(text) for text in args.inputs]
     urls = [check_url(u) for u in args.urls]
     for list_file in args.url_lists:
@@ -173,13 +187,14 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
                     for url, mount in zip(urls, url_mounts, strict=True)
                 ),
             ],
-            outputs=[types_pb2.OutputSpec(name=n, path=p) for n, p in outputs],
+            outputs=output_specs,
             deal=types_pb2.Deal(concurrency=args.concurrency),
             timeout_seconds=args.timeout or 0,
             node_selector=selector,
             resources=types_pb2.Resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory),
         )
         build(c, spec, env)
+        check(spec)  # the node's own rules, before it is asked
         job_id = c.submit(spec).job_id
         print(job_id, flush=True)
         if not args.wait or args.id_only:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bacalhau.errors import BacalhauError, UsageError
+from bacalhau.errors import UsageError
 
 if TYPE_CHECKING:
     from bacalhau.client import Client
@@ -126,15 +126,12 @@ def run_python(args: argparse.Namespace) -> int:
 
 
 def _check_mounts(args: argparse.Namespace) -> None:
-    """Refuse -v/-o paths the guest reserves, before anything is uploaded."""
-    from bacalhau.executor._python_paths import check_mount_paths
+    """Refuse -v/-o paths the guest reserves, before anything is uploaded (UsageError)."""
+    from bacalhau.spec import check_mount_paths
 
     paths = [text.rpartition(":")[2] for text in args.inputs]
     paths += [text.partition(":")[2] for text in args.output_volumes]
-    try:
-        check_mount_paths([p for p in paths if p.startswith("/")])
-    except BacalhauError as e:
-        raise UsageError(e.message, hint=e.hint) from None
+    check_mount_paths([p for p in paths if p.startswith("/")])
 
 
 def _upload_alone(c: Client, program: Path) -> str:

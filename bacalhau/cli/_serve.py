@@ -7,9 +7,9 @@ import asyncio
 import logging
 import signal
 
+from bacalhau import engines as engine_registry
 from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.errors import BacalhauError, UsageError
-from bacalhau.executor import EXECUTOR_NAMES
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -30,10 +30,7 @@ def serve(args: argparse.Namespace) -> int:
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     for engine in engines:
-        if engine not in EXECUTOR_NAMES:
-            raise UsageError(
-                f"unknown engine {engine!r}", hint=f"use: {', '.join(sorted(EXECUTOR_NAMES))}"
-            )
+        engine_registry.get(engine)  # UsageError naming the engines there are
     if not 0 <= args.port <= 65535:
         raise UsageError(f"bad port {args.port}")
     logging.basicConfig(
