@@ -21,3 +21,7 @@ class UsageError(BacalhauError):
     """The command line or a request was malformed."""
 
     exit_code = 2
+
+
+class JobStateError(BacalhauError):
+    """The job is not in a state that allows the request."""

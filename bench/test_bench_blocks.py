@@ -156,7 +156,7 @@ def test_block_exchange_two_nodes(
         wait_for(lambda: a.node_id in b.node.network.connected(), 30, "B to connect to A")
 
     def fetch() -> None:
-        state["b"].call(state["b"].node.ensure_dag(cid, [a.node_id]))
+        state["b"].call(state["b"].node.results.ensure_dag(cid, [a.node_id]))
 
     try:
         benchmark.pedantic(fetch, setup=setup, rounds=ROUNDS, iterations=1)

@@ -11,9 +11,7 @@ import grpc
 
 from bacalhau.content.errors import InvalidCID, NotFound, UnsupportedCID
 from bacalhau.datastore import AmbiguousID, JobNotFound
-from bacalhau.errors import BacalhauError, UsageError
-from bacalhau.executor.base import InvalidModule
-from bacalhau.requester import JobStateError
+from bacalhau.errors import BacalhauError, JobStateError, UsageError
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,7 +22,6 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (AmbiguousID, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidCID, grpc.StatusCode.INVALID_ARGUMENT),
     (UnsupportedCID, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidModule, grpc.StatusCode.INVALID_ARGUMENT),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
 ]

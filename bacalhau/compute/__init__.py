@@ -1,8 +1,6 @@
-"""The compute role: bid on announced jobs, run accepted ones, publish their results."""
+"""The compute role: bid on announced jobs, run accepted ones, publish their results.
 
-from __future__ import annotations
-
-from bacalhau.compute.node import Compute, ComputeConfig
-from bacalhau.compute.results import RESERVED_NAMES, publish_result, tail
-
-__all__ = ["RESERVED_NAMES", "Compute", "ComputeConfig", "publish_result", "tail"]
+Import the parts from their modules (`bacalhau.compute.node.Compute`,
+`bacalhau.compute.capacity`, ...): this package's own import loads nothing, so light users such
+as capacity detection do not pull in the node.
+"""

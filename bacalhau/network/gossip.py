@@ -31,10 +31,6 @@ FANOUT = 3
 BROADCAST = "*"
 MAX_AGE_NS = 300 * 10**9  # older (or that far in the future) gossip is dropped as a replay
 _SEEN_MAX = 16384
-# What may travel as gossip: the job protocol, never the stream's own Hello or heartbeats.
-RELAYABLE = frozenset(
-    {"announce", "bid", "bid_decision", "execution_update", "result_decision", "cancel", "sync"}
-)
 
 
 class GossipRouter:
@@ -142,9 +138,8 @@ class GossipRouter:
             return
         self._remember(key)
         if packet.recipient in (self._net.node_id, BROADCAST):
-            for msg in packet.messages:
-                if msg.WhichOneof("body") in RELAYABLE:
-                    self._net.deliver(origin, msg)
+            for msg in packet.messages:  # what may travel as gossip: the dispatch table says
+                self._net.dispatcher.dispatch(origin, msg, relayed=True)
         if packet.recipient != self._net.node_id and gossip.hops > 0:
             self._forward(gossip.envelope, packet.recipient, origin, came_from, gossip.hops - 1)
 

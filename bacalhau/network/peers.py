@@ -26,11 +26,10 @@ from google.protobuf.message import DecodeError
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.identity import Identity, node_id_from_public_key, verify
 from bacalhau.models import now_ns
+from bacalhau.network.dispatch import ANY_PEER, NOBODY, Dispatcher
 from bacalhau.network.gossip import GossipRouter
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[str, Any], None]  # (sender node ID, PeerMessage)
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -93,11 +92,13 @@ class Connection:
 class Network:
     """This node's side of every peer stream, plus its gRPC channels to peers."""
 
-    def __init__(self, identity: Identity, hello: Any, handler: Handler) -> None:
+    def __init__(
+        self, identity: Identity, hello: Any, dispatcher: Dispatcher | None = None
+    ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
         self._hello = hello
-        self._handler = handler
+        self.dispatcher = dispatcher or Dispatcher()
         self._conns: dict[str, list[Connection]] = {}
         self._addresses: dict[str, str] = {}  # node ID -> gRPC address, from Hello
         self._last_seen: dict[str, int] = {}
@@ -114,6 +115,11 @@ class Network:
         self.gossip = GossipRouter(self)
         self.packets_sent = 0
         self._closing = False
+        d = self.dispatcher
+        d.register("hello", lambda sender, body: None, NOBODY, relayable=False)
+        d.register("heartbeat", self._status.__setitem__, ANY_PEER, relayable=False)
+        d.register("peer_list", self._on_peer_list, ANY_PEER, relayable=False)
+        d.register("gossip", self.gossip.receive, ANY_PEER, relayable=False)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -121,7 +127,7 @@ class Network:
         """Send one message (`announce=...`, `bid=...`, ...) to `node_id`; False if unreachable."""
         msg = peer_pb2.PeerMessage(**body)
         if node_id == self.node_id:
-            asyncio.get_running_loop().call_soon(self._deliver, node_id, msg)
+            asyncio.get_running_loop().call_soon(self.dispatcher.dispatch, node_id, msg)
             return True
         conns = self._conns.get(node_id)
         if not conns:  # no stream to it: through the peers that have one
@@ -161,26 +167,9 @@ class Network:
             )
         )
 
-    def _deliver(self, sender: str, msg: Any) -> None:
-        kind = msg.WhichOneof("body")
-        if kind == "heartbeat":
-            self._status[sender] = msg.heartbeat
-            return
-        if kind == "peer_list":
-            self.gossip.heard(sender, [p.node_id for p in msg.peer_list.peers])
-            self.on_peer_list(msg.peer_list)
-            return
-        if kind == "gossip":
-            self.gossip.receive(sender, msg.gossip)
-            return
-        self.deliver(sender, msg)
-
-    def deliver(self, sender: str, msg: Any) -> None:
-        """Hand a checked message from `sender` to this node's roles."""
-        try:
-            self._handler(sender, msg)
-        except Exception:
-            log.exception("handling %s from %s failed", msg.WhichOneof("body"), sender)
+    def _on_peer_list(self, sender: str, peers: Any) -> None:
+        self.gossip.heard(sender, [p.node_id for p in peers.peers])
+        self.on_peer_list(peers)
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -279,7 +268,7 @@ class Network:
                 raise
             self._last_seen[conn.node_id] = now_ns()
             for msg in packet.messages:
-                self._deliver(conn.node_id, msg)
+                self.dispatcher.dispatch(conn.node_id, msg)
 
     async def serve_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The server side of Connect: yields what this node sends on the stream."""
@@ -295,7 +284,7 @@ class Network:
             log.warning("refused a peer stream: %s", e or "no Hello")
             return
         for msg in extra:
-            self._deliver(conn.node_id, msg)
+            self.dispatcher.dispatch(conn.node_id, msg)
         reader = asyncio.ensure_future(self._read_then_close(conn, requests))
         try:
             while (env := await conn.queue.get()) is not None:
@@ -389,7 +378,7 @@ class Network:
             if first is grpc.aio.EOF:
                 raise PeerProtocolError("the peer closed the stream before Hello")
             for msg in self._register(conn, first):
-                self._deliver(conn.node_id, msg)
+                self.dispatcher.dispatch(conn.node_id, msg)
             try:
                 await self._read(conn, _reads(call))
             except asyncio.CancelledError:

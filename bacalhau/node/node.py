@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,25 +22,34 @@ from bacalhau._pb.bacalhau.v1 import (
 )
 from bacalhau.api import ClientServicer, PeerServicer
 from bacalhau.blockstore import Blockstore
-from bacalhau.compute import Compute, ComputeConfig
 from bacalhau.compute.capacity import Allocator, Limits, detect
 from bacalhau.compute.inputs import InputCache
-from bacalhau.content.cid import CID
+from bacalhau.compute.node import Compute, ComputeConfig
 from bacalhau.data import DEFAULT_MAX_BYTES, UrlFetcher
 from bacalhau.datastore import LmdbDatastore
-from bacalhau.executor import Executor, get_executor
+from bacalhau.engines import EngineContext
+from bacalhau.engines import get as get_engine
 from bacalhau.identity import Identity
+from bacalhau.layout import ADDRESS_FILE
 from bacalhau.models import JobState
 from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
+from bacalhau.network.dispatch import Dispatcher
 from bacalhau.network.peers import API_VERSION
 from bacalhau.node.peer_table import PeerTable
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
-from bacalhau.requester import Requester
+from bacalhau.requester.node import Requester
+from bacalhau.service import (
+    DataService,
+    InfoService,
+    JobService,
+    JobWatch,
+    ResultService,
+)
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
 
-ADDRESS_FILE = "api.addr"
+__all__ = ["ADDRESS_FILE", "Node", "NodeConfig"]
 
 
 @dataclass
@@ -65,38 +73,6 @@ class NodeConfig:
     url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
 
 
-class JobWatch:
-    """Wakes waiters on the event loop when a job gets new events."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-
-    def waiter(self, job_id: str) -> asyncio.Future[None]:
-        fut = self._loop.create_future()
-        self._waiters.setdefault(job_id, set()).add(fut)
-        return fut
-
-    def forget(self, job_id: str, fut: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(job_id)
-        if waiters is not None:
-            waiters.discard(fut)
-            if not waiters:
-                del self._waiters[job_id]
-
-    def committed(self, events: Iterable[Any]) -> None:
-        """Datastore listener (writer thread)."""
-        job_ids = {ev.job_id for ev in events}
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake, job_ids)
-
-    def _wake(self, job_ids: set[str]) -> None:
-        for job_id in job_ids:
-            for fut in self._waiters.pop(job_id, ()):
-                if not fut.done():
-                    fut.set_result(None)
-
-
 class Node:
     """One bacalhaud node. `await start()`, then `await stop()`."""
 
@@ -111,14 +87,6 @@ class Node:
         self._mdns: Any = None
         self.metrics_port: int | None = None
 
-    def _executor(self, name: str) -> Executor:
-        """The executor for `name`; docker's is this node's own (pull policy, labels)."""
-        if name == "docker":
-            from bacalhau.executor.docker import DockerExecutor
-
-            return DockerExecutor(pull=self.config.docker_pull, node_id=self.node_id)
-        return get_executor(name, cache_dir=self.config.data_dir / "cache")
-
     async def start(self) -> None:
         """Open the stores, bind the gRPC port, start dialing peers."""
         cfg = self.config
@@ -127,7 +95,10 @@ class Node:
         self.blockstore = Blockstore(cfg.data_dir / "blocks")
         self.watch = JobWatch(loop)
         self.store.add_listener(self.watch.committed)
-        executors = {name: self._executor(name) for name in cfg.engines}
+        ctx = EngineContext(
+            cache_dir=cfg.data_dir / "cache", docker_pull=cfg.docker_pull, node_id=self.node_id
+        )
+        executors = {name: get_engine(name).make_executor(ctx) for name in cfg.engines}
         executors = {n: e for n, e in executors.items() if e.is_installed()}
         # compile ahead (python: once per data dir); kept, so the tasks are not collected
         self._warm_ups = [t for t in map(_warm_up, executors.values()) if t is not None]
@@ -155,7 +126,7 @@ class Node:
                 gpu=total.gpu,
             ),
         )
-        self.network = Network(self.identity, hello, self._dispatch)
+        self.network = Network(self.identity, hello, Dispatcher())
         self.peers = PeerTable(self.store, self.network)
         self.requester = Requester(
             network=self.network,
@@ -203,8 +174,31 @@ class Node:
             ),
             inputs=inputs,
         )
-        client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self), self._server)
-        peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(self), self._server)
+        self.submitted = Counter("bacalhau_jobs_submitted_total", "Jobs submitted to this node.")
+        self.results = ResultService(self.blockstore, self.dags, self.block_bytes_sent)
+        self.jobs = JobService(
+            store=self.store,
+            requester=self.requester,
+            watch=self.watch,
+            results=self.results,
+            on_submit=self.submitted.inc,
+        )
+        info = InfoService(
+            node_id=self.node_id,
+            address=lambda: self.address,
+            engines=self.compute.engines,
+            labels=cfg.labels,
+            peers=self.peers.infos,
+        )
+        client = ClientServicer(
+            jobs=self.jobs,
+            results=self.results,
+            data=DataService(self.blockstore, cfg.data_dir / "tmp"),
+            info=info,
+        )
+        client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
+        peer = PeerServicer(network=self.network, results=self.results)
+        peer_pb2_grpc.add_PeerServiceServicer_to_server(peer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [
@@ -235,13 +229,6 @@ class Node:
         _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")
         log.info("node %s serving on %s", self.node_id, self.address)
 
-    def _dispatch(self, sender: str, msg: Any) -> None:
-        kind = msg.WhichOneof("body")
-        if kind in ("bid", "execution_update", "log"):
-            self.requester.handle(sender, msg)
-        elif kind in ("announce", "bid_decision", "result_decision", "cancel", "sync"):
-            self.compute.handle(sender, msg)
-
     def _start_metrics(self) -> None:
         registry = Registry()
 
@@ -268,9 +255,7 @@ class Node:
             registry=registry,
             callback=lambda: {(): float(self.compute.queued)},
         )
-        self.submitted = Counter(
-            "bacalhau_jobs_submitted_total", "Jobs submitted to this node.", registry=registry
-        )
+        registry.register(self.submitted)
         rejected = Counter(
             "bacalhau_peer_packets_rejected_total",
             "Peer packets refused (forged, malformed, oversized, replayed, ...).",
@@ -291,6 +276,14 @@ class Node:
             callback=lambda: {(): float(self.compute.inputs.size)},
         )
         self.network.on_reject.append(lambda reason: rejected.labels(reason=reason).inc())
+        refused = Counter(
+            "bacalhau_peer_messages_refused_total",
+            "Peer messages refused at the dispatch: the sender may not send that kind (for "
+            "that job or execution), or nothing takes that kind that way.",
+            ["kind"],
+            registry=registry,
+        )
+        self.network.dispatcher.on_refuse.append(lambda kind: refused.labels(kind=kind).inc())
         Gauge(
             "bacalhau_peer_messages_sent",
             "Messages and signed packets sent to other nodes since start.",
@@ -306,24 +299,6 @@ class Node:
         self._metrics_server, self.metrics_port = start_http_server(
             registry, self.config.host, self.config.metrics_port
         )
-
-    async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
-        """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing."""
-        root = bytes(CID.parse(cid_text))
-        await self.dags.fetch(root, holders)
-        return root
-
-    async def wait_final(self, job_id: str) -> Any:
-        """The job once it is completed, failed or cancelled."""
-        while True:
-            waiter = self.watch.waiter(job_id)
-            try:
-                job = self.store.get_job(job_id)
-                if JobState.of(job.state).is_terminal:
-                    return job
-                await waiter
-            finally:
-                self.watch.forget(job_id, waiter)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests, stop executions, close the stores."""

@@ -1,7 +1,5 @@
-"""The requester role: accept jobs, place them on nodes, decide their outcome."""
+"""The requester role: accept jobs, place them on nodes, decide their outcome.
 
-from __future__ import annotations
-
-from bacalhau.requester.node import JobStateError, Requester
-
-__all__ = ["JobStateError", "Requester"]
+`node.Requester` orchestrates; `ledger.Ledger` holds the named transitions; `bidding` the bid
+rounds; `logs` live output. Import them from their modules.
+"""

@@ -152,9 +152,9 @@ def test_logs_follow_waits_for_the_job(ctl: Ctl):
 
 
 def test_only_nodes_with_the_resources_bid(ctl: Ctl):
-    res, _ = run_job(ctl, "--cpu", "4096", str(ECHO_WASM))
+    res, _ = run_job(ctl, "--cpu", "512", str(ECHO_WASM))
     line = res.one_line_error()
-    assert "no node can run this job" in line and "needs 4096 cpu, this node has" in line
+    assert "no node can run this job" in line and "needs 512 cpu, this node has" in line
     res, _ = run_job(ctl, "--gpu", "1", str(ECHO_WASM))
     assert "needs 1 GPU, this node has none" in res.one_line_error()
     res, _ = run_job(ctl, "--cpu", "1", "--memory", "16Mi", str(ECHO_WASM), "fits")

@@ -1,0 +1,98 @@
+"""Bidding: answer a job announcement with an offer to run it, or a reason not to.
+
+An offer is remembered (requester, spec, when) until the requester decides; a `BidDecision`
+is honoured only for an offer this node made to that requester (see `Compute`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau.compute.capacity import Allocator, Resources
+from bacalhau.compute.inputs import InputCache
+from bacalhau.engines import get as get_engine
+from bacalhau.executor import Executor
+
+OFFER_TTL_S = 300.0
+_PRUNE_AT = 1024
+
+
+@dataclass(frozen=True)
+class Offer:
+    requester: str
+    spec: Any
+    when: float  # time.monotonic()
+
+
+class Bidder:
+    """Decides whether this node offers to run a job, and keeps its open offers."""
+
+    def __init__(
+        self,
+        *,
+        executors: dict[str, Executor],
+        labels: dict[str, str],
+        allocator: Allocator,
+        needs: Callable[[Any], Resources],
+        inputs: InputCache,
+        queued: Callable[[], int],
+        max_queue: int,
+    ) -> None:
+        self._executors = executors
+        self._labels = labels
+        self._allocator = allocator
+        self._needs = needs
+        self._inputs = inputs
+        self._queued = queued
+        self._max_queue = max_queue
+        self._offers: dict[tuple[str, int], Offer] = {}  # (job, shard) -> open offer
+
+    def decline_reason(self, spec: Any) -> str:
+        """Why this node will not run `spec`, or "" if it will."""
+        if spec.engine not in self._executors:
+            have = ", ".join(sorted(self._executors)) or "none"
+            return f"engine {spec.engine!r} is not enabled here (engines: {have})"
+        for key, value in spec.node_selector.items():
+            if self._labels.get(key) != value:
+                return f"label {key}={value} does not match"
+        reason = self._allocator.reason(self._needs(spec))
+        if reason:
+            return reason
+        reason = get_engine(spec.engine).decline_reason(spec, self._executors[spec.engine])
+        if reason:
+            return reason
+        if self._queued() >= self._max_queue:
+            return f"queue full ({self._queued()} executions)"
+        return ""
+
+    def bid(self, requester: str, a: Any) -> Any:
+        """The Bid answering announcement `a`; a willing one is remembered as an offer."""
+        reason = self.decline_reason(a.spec)
+        now = time.monotonic()
+        if not reason:
+            self._offers[(a.job_id, a.shard)] = Offer(requester, a.spec, now)
+        if len(self._offers) > _PRUNE_AT:  # offers a requester never answered (it went away)
+            self._offers = {k: o for k, o in self._offers.items() if now - o.when < OFFER_TTL_S}
+        bid = peer_pb2.Bid(
+            job_id=a.job_id, shard=a.shard, willing=not reason, reason=reason, queued=self._queued()
+        )
+        if not reason:  # data locality: what of the job's inputs this node holds already
+            bid.local_input_bytes, bid.local_inputs = self._inputs.local_share(
+                [i.cid for i in a.spec.inputs if i.source in ("", "ipfs")]
+            )
+        return bid
+
+    def offered_to(self, requester: str, job_id: str, shard: int) -> bool:
+        """Whether this node has an open offer for (job, shard) to `requester`."""
+        offer = self._offers.get((job_id, shard))
+        return offer is not None and offer.requester == requester
+
+    def take(self, requester: str, job_id: str, shard: int) -> Offer | None:
+        """Close the offer for (job, shard) made to `requester`; None if there is none."""
+        if not self.offered_to(requester, job_id, shard):
+            return None
+        return self._offers.pop((job_id, shard))

@@ -1,0 +1,106 @@
+"""The compute node's own records of the executions it accepted (`LocalExecution` in the
+datastore): each state change is written before it is reported to the requester."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau.datastore import Datastore, Tx
+from bacalhau.errors import BacalhauError
+from bacalhau.models import ExecutionState, pb, set_execution_state
+from bacalhau.network import Network
+
+log = logging.getLogger(__name__)
+
+
+class LocalRecords:
+    """Writes and reports the state of this node's executions."""
+
+    def __init__(self, store: Datastore, network: Network) -> None:
+        self._store = store
+        self._net = network
+
+    def get(self, execution_id: str) -> Any:
+        """The record of `execution_id`, or None."""
+        return self._store.get_local(execution_id)
+
+    async def list(self) -> list[Any]:
+        return await asyncio.to_thread(self._store.list_local)
+
+    async def create(self, record: Any) -> None:
+        """Write a newly accepted execution. Raises BacalhauError if it exists already."""
+        execution_id = record.execution.id
+
+        def put(tx: Tx) -> None:
+            if tx.get_local(execution_id) is not None:
+                raise BacalhauError(f"execution {execution_id} already accepted")
+            tx.put_local(record)
+
+        await asyncio.wrap_future(self._store.submit(put))
+
+    async def advance(self, record: Any, state: ExecutionState, message: str = "") -> None:
+        """Write `state` (with the record's result fields), then report it to the requester.
+
+        Raises IllegalTransition if the stored state cannot go there.
+        """
+        ex = record.execution
+        snapshot = pb.Execution()
+        snapshot.CopyFrom(ex)
+
+        def write(tx: Tx) -> Any:
+            rec = tx.get_local(ex.id)
+            if rec is None:
+                raise BacalhauError(f"execution {ex.id} is not known here")
+            stored_state = rec.execution.state
+            rec.execution.CopyFrom(snapshot)
+            rec.execution.state = stored_state
+            set_execution_state(rec.execution, state, message)
+            tx.put_local(rec)
+            return rec
+
+        rec = await asyncio.wrap_future(self._store.submit(write))
+        ex.CopyFrom(rec.execution)
+        self.report(rec)
+
+    async def decide(self, execution_id: str, accepted: bool, reason: str) -> Any:
+        """Record the requester's decision on a proposed result; the record after it.
+
+        A decision repeated (after a reconnect) changes nothing. Raises IllegalTransition if
+        the execution proposed no result.
+        """
+        state = ExecutionState.PUBLISHED if accepted else ExecutionState.RESULT_REJECTED
+
+        def write(tx: Tx) -> Any:
+            rec = tx.get_local(execution_id)
+            if rec is None:
+                raise BacalhauError(f"execution {execution_id} is not known here")
+            current = ExecutionState.of(rec.execution.state)
+            if current == state:
+                return rec
+            if accepted and current == ExecutionState.RESULT_PROPOSED:
+                set_execution_state(rec.execution, ExecutionState.RESULT_ACCEPTED)
+            set_execution_state(rec.execution, state, reason)
+            tx.put_local(rec)
+            return rec
+
+        return await asyncio.wrap_future(self._store.submit(write))
+
+    def report(self, rec: Any) -> None:
+        """Tell the requester where the execution stands."""
+        ex = rec.execution
+        update = peer_pb2.ExecutionUpdate(
+            job_id=ex.job_id,
+            execution_id=ex.id,
+            state=ex.state,
+            result_cid=ex.result_cid,
+            stderr_tail=ex.stderr_tail,
+            message=ex.message,
+            inputs=ex.inputs,
+        )
+        if ex.HasField("exit_code"):
+            update.exit_code = ex.exit_code
+        if not self._net.send(rec.requester_node_id, execution_update=update):
+            log.warning("requester %s of %s is not connected", rec.requester_node_id, ex.job_id)

@@ -1,0 +1,77 @@
+"""Running: wait for resources, run the executor on a bounded pool of threads, store the result.
+
+`run` is blocking and runs in a pool thread: the executor runs the request in a fresh work
+folder, and its outputs, stdout, stderr and exit code are added to the blockstore as one
+pinned UnixFS folder (`results.publish_result`) whose CID the requester is then told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bacalhau.blockstore import Blockstore
+from bacalhau.compute.capacity import Allocation, Allocator, Resources
+from bacalhau.compute.results import publish_result
+from bacalhau.executor import Executor
+from bacalhau.executor.base import RunRequest, RunResult
+
+_ALLOCATE_POLL_S = 0.5  # how often a job waiting for resources looks at its cancel event
+
+
+class Runner:
+    """Lends resources to executions and runs them, at most `max_parallel` at once."""
+
+    def __init__(
+        self, *, allocator: Allocator, blockstore: Blockstore, scratch: Path, max_parallel: int
+    ) -> None:
+        self.allocator = allocator
+        self._blocks = blockstore
+        self._scratch = scratch
+        self._released = asyncio.Event()  # set whenever resources are given back
+        self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="execution")
+
+    async def allocate(self, wants: Resources, cancel: threading.Event) -> Allocation | None:
+        """Wait until `wants` is free and take it; None if cancelled meanwhile."""
+        while (allocation := self.allocator.allocate(wants)) is None:
+            if cancel.is_set():
+                return None
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), _ALLOCATE_POLL_S)
+        return allocation
+
+    def release(self, allocation: Allocation) -> None:
+        self.allocator.release(allocation)
+        self._released.set()
+
+    async def run(
+        self, executor: Executor, request: dict[str, Any], cancel: threading.Event
+    ) -> tuple[RunResult, str]:
+        """Run `request` in a pool thread; (the result, its CID; "" if cancelled)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, executor, request, cancel)
+
+    def _run(
+        self, executor: Executor, request: dict[str, Any], cancel: threading.Event
+    ) -> tuple[RunResult, str]:
+        workdir = Path(tempfile.mkdtemp(prefix="exec-", dir=self._scratch))
+        try:
+            result = executor.run(RunRequest(workdir=workdir, **request), cancel)
+            if result.error == "cancelled":
+                return result, ""
+            cid = publish_result(
+                self._blocks, result.outputs_dir, result.stdout, result.stderr, result.exit_code
+            )
+            return result, cid
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

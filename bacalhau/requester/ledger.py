@@ -1,0 +1,377 @@
+"""The requester's ledger: every change to a job is one named transition here.
+
+Each transition reads the job, changes it through `models.set_*_state` (which refuse illegal
+changes), appends its events, and writes it back, all in one datastore transaction; it returns
+what must be sent because of it, and only after the commit is anything sent. Executions are
+kept per shard: a job completes when every shard has a published result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau.datastore import Datastore, Tx
+from bacalhau.errors import BacalhauError, JobStateError
+from bacalhau.models import (
+    ExecutionState,
+    JobState,
+    new_id,
+    now_ns,
+    pb,
+    set_execution_state,
+    set_job_state,
+)
+from bacalhau.verifier import Verifier
+
+E = ExecutionState
+T = TypeVar("T")
+MAX_REPLACEMENTS = 3  # placements of a job after the first, when its nodes are lost
+LOST = "did not come back"
+NO_RECORD = "has no record of this execution"
+
+
+def short(node_id: str) -> str:
+    """The tail of a node ID, enough to tell nodes apart in messages."""
+    return node_id[-8:]
+
+
+def event(job: Any, type_: str, ex: Any = None, detail: str = "", node_id: str = "") -> Any:
+    ev = pb.Event(job_id=job.id, type=type_, job_state=job.state, detail=detail)
+    if ex is not None:
+        ev.execution_id = ex.id
+        ev.node_id = ex.node_id
+        ev.shard = ex.shard
+        ev.execution_state = ex.state
+    elif node_id:
+        ev.node_id = node_id
+    return ev
+
+
+def shard_count(job: Any) -> int:
+    """How many shards the job has (1 until jobs can be sharded)."""
+    return 1
+
+
+def find(job: Any, execution_id: str) -> Any:
+    for ex in job.executions:
+        if ex.id == execution_id:
+            return ex
+    raise BacalhauError(f"job {job.id} has no execution {execution_id}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A bid decision to send: to `node_id` about its bid (`execution_id`) for a shard."""
+
+    node_id: str
+    execution_id: str
+    shard: int
+    accepted: bool
+
+
+class Ledger:
+    """The named transitions of the jobs this node is the requester of."""
+
+    def __init__(self, store: Datastore, node_id: str, verifier: Verifier) -> None:
+        self._store = store
+        self.node_id = node_id
+        self._verifier = verifier
+
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        return await asyncio.wrap_future(self._store.submit(fn))
+
+    # -- submit, cancel, restart ----------------------------------------------------------
+
+    async def create(self, spec: Any, client_id: str) -> Any:
+        """Store a new pending job; return it once durable."""
+        now = now_ns()
+        job = pb.Job(
+            id=new_id("j"),
+            spec=spec,
+            client_id=client_id,
+            state=JobState.PENDING.pb,
+            requester_node_id=self.node_id,
+            create_time_unix_nano=now,
+            update_time_unix_nano=now,
+        )
+
+        def write(tx: Tx) -> Any:
+            tx.put_job(job)
+            tx.add_event(event(job, "JobCreated", node_id=self.node_id))
+            return job
+
+        return await self._write(write)
+
+    async def cancel(self, job_id: str, reason: str) -> tuple[Any, list[tuple[str, str]]]:
+        """Cancel a job that is not final: (the job, (node, execution) pairs to stop).
+
+        Raises JobStateError if it is final already.
+        """
+
+        def write(tx: Tx) -> Any:
+            job = tx.get_job(job_id)
+            state = JobState.of(job.state)
+            if state.is_terminal:
+                raise JobStateError(f"job {job_id} is already {state.value}")
+            set_job_state(job, JobState.CANCELLED, reason)
+            stopped = []
+            for ex in job.executions:
+                es = E.of(ex.state)
+                if es.is_terminal:
+                    continue
+                if es.is_active:
+                    stopped.append((ex.node_id, ex.id))
+                set_execution_state(ex, E.CANCELLED, reason)
+                tx.add_event(event(job, "ExecutionCancelled", ex, reason))
+            tx.put_job(job)
+            tx.add_event(event(job, "JobCancelled", detail=reason, node_id=self.node_id))
+            return job, stopped
+
+        return await self._write(write)
+
+    async def recover(self) -> list[Any]:
+        """After a restart: drop undecided bids; return the jobs with nothing placed."""
+        reason = "the requester restarted before deciding"
+
+        def write(tx: Tx) -> list[Any]:
+            unplaced = []
+            for job in tx.active_jobs():
+                for ex in job.executions:
+                    if E.of(ex.state) == E.BID_PROPOSED:
+                        set_execution_state(ex, E.BID_REJECTED, reason)
+                        tx.add_event(event(job, "BidRejected", ex, reason))
+                if not any(_placed(ex) for ex in job.executions):
+                    unplaced.append(job)
+                tx.put_job(job)
+            return unplaced
+
+        return await self._write(write)
+
+    # -- bidding --------------------------------------------------------------------------
+
+    async def record_bid(self, sender: str, bid: Any) -> None:
+        """A node's answer to an announcement: an event, and a proposed execution if willing."""
+
+        def write(tx: Tx) -> None:
+            job = tx.get_job(bid.job_id)
+            if not bid.willing:
+                tx.add_event(event(job, "BidDeclined", detail=bid.reason, node_id=sender))
+                return
+            now = now_ns()
+            ex = job.executions.add(
+                id=new_id("e"),
+                job_id=job.id,
+                node_id=sender,
+                shard=bid.shard,
+                state=E.BID_PROPOSED.pb,
+                create_time_unix_nano=now,
+                update_time_unix_nano=now,
+            )
+            tx.put_job(job)
+            detail = f"queue length {bid.queued}"
+            if bid.local_inputs:
+                detail += f"; holds {bid.local_inputs} input(s), {bid.local_input_bytes} bytes"
+            tx.add_event(event(job, "BidReceived", ex, detail))
+
+        await self._write(write)
+
+    async def select(self, job_id: str, shard: int, chosen: set[str]) -> list[Decision]:
+        """Accept the proposed bids of `chosen` nodes for a shard, reject the others."""
+
+        def write(tx: Tx) -> list[Decision]:
+            job = tx.get_job(job_id)
+            final = JobState.of(job.state).is_terminal
+            decisions = []
+            for ex in job.executions:
+                if ex.shard != shard or E.of(ex.state) != E.BID_PROPOSED:
+                    continue
+                accepted = not final and ex.node_id in chosen
+                if not final:
+                    set_execution_state(ex, E.BID_ACCEPTED if accepted else E.BID_REJECTED)
+                    tx.add_event(event(job, "BidAccepted" if accepted else "BidRejected", ex))
+                decisions.append(Decision(ex.node_id, ex.id, shard, accepted))
+            if final:
+                return decisions
+            if JobState.of(job.state) == JobState.PENDING:
+                set_job_state(job, JobState.RUNNING)
+                tx.add_event(event(job, "JobRunning", node_id=self.node_id))
+            tx.put_job(job)
+            return decisions
+
+        return await self._write(write)
+
+    async def fail(self, job_id: str, message: str) -> None:
+        """Fail a job that is not final yet (nobody can run it, ...)."""
+
+        def write(tx: Tx) -> None:
+            job = tx.get_job(job_id)
+            if JobState.of(job.state).is_terminal:
+                return
+            set_job_state(job, JobState.FAILED, message)
+            tx.put_job(job)
+            tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
+
+        await self._write(write)
+
+    # -- execution progress ---------------------------------------------------------------
+
+    async def update(self, sender: str, u: Any) -> tuple[list[tuple[str, Any]], Any]:
+        """Record an execution's report: (result decisions to send, the job if it must be
+        placed again because its only execution never ran)."""
+        state = E.of(u.state)
+
+        def write(tx: Tx) -> tuple[list[tuple[str, Any]], Any]:
+            job = tx.get_job(u.job_id)
+            ex = find(job, u.execution_id)
+            current = E.of(ex.state)
+            if current == E.CANCELLED and state == E.CANCELLED:
+                # Cancelled here first: the node now confirms the program stopped.
+                tx.add_event(event(job, "ExecutionStopped", ex, f"{state.value}: {u.message}"))
+                return [], None
+            behind = state in _FLOW and current in _FLOW and _FLOW[state] < _FLOW[current]
+            if current == state or behind:
+                # A report repeated after a reconnect or restart; a proposal we already
+                # decided gets its decision again.
+                if state == E.RESULT_PROPOSED and current in (E.RESULT_ACCEPTED, E.PUBLISHED):
+                    again = peer_pb2.ResultDecision(
+                        job_id=job.id, execution_id=ex.id, accepted=True
+                    )
+                    return [(sender, again)], None
+                return [], None
+            if current.is_terminal:
+                # A report that crossed a decision: keep it as an event.
+                tx.add_event(event(job, "LateUpdate", ex, f"{state.value}: {u.message}"))
+                return [], None
+            if u.HasField("exit_code"):
+                ex.exit_code = u.exit_code
+            ex.result_cid = u.result_cid or ex.result_cid
+            ex.stderr_tail = u.stderr_tail or ex.stderr_tail
+            if u.inputs:  # URL inputs as the node resolved them (their CIDs)
+                del ex.inputs[:]
+                ex.inputs.extend(u.inputs)
+            outgoing: list[tuple[str, Any]] = []
+            if current == E.BID_ACCEPTED and state == E.RESULT_PROPOSED:
+                # The "running" report was lost (this node restarted meanwhile).
+                set_execution_state(ex, E.RUNNING)
+                tx.add_event(event(job, "ExecutionRunning", ex))
+            set_execution_state(ex, state, u.message)
+            detail = u.result_cid if state == E.RESULT_PROPOSED else u.message
+            tx.add_event(event(job, _EVENT_OF[state], ex, detail))
+            if state == E.RESULT_PROPOSED:
+                outgoing = self._verify(tx, job, ex.shard)
+            again = None
+            if state == E.FAILED and current == E.BID_ACCEPTED and NO_RECORD in u.message:
+                again = self._replace(tx, job, u.message, ex.node_id)
+            if again is None:
+                self._settle(tx, job)
+            tx.put_job(job)
+            return outgoing, again
+
+        return await self._write(write)
+
+    def _verify(self, tx: Tx, job: Any, shard: int) -> list[tuple[str, Any]]:
+        executions = [ex for ex in job.executions if ex.shard == shard]
+        outgoing = []
+        for verdict in self._verifier.verify(job.spec, executions):
+            ex = find(job, verdict.execution_id)
+            accepted = verdict.accepted
+            set_execution_state(ex, E.RESULT_ACCEPTED if accepted else E.RESULT_REJECTED)
+            kind = "ResultAccepted" if accepted else "ResultRejected"
+            tx.add_event(event(job, kind, ex, verdict.reason))
+            decision = peer_pb2.ResultDecision(
+                job_id=job.id, execution_id=ex.id, accepted=accepted, reason=verdict.reason
+            )
+            outgoing.append((ex.node_id, decision))
+        return outgoing
+
+    async def give_up_on(self, node_id: str) -> list[Any]:
+        """`node_id` stayed away too long: fail what it ran; return the jobs to place again."""
+        message = f"node {short(node_id)} disconnected and {LOST}"
+
+        def write(tx: Tx) -> list[Any]:
+            again = []
+            for job in tx.active_jobs():
+                lost = [
+                    ex
+                    for ex in job.executions
+                    if ex.node_id == node_id and E.of(ex.state).is_active
+                ]
+                if not lost:
+                    continue
+                for ex in lost:
+                    set_execution_state(ex, E.FAILED, message)
+                    tx.add_event(event(job, "ExecutionFailed", ex, message))
+                if self._replace(tx, job, message, node_id) is not None:
+                    again.append(job)
+                else:
+                    self._settle(tx, job)
+                tx.put_job(job)
+            return again
+
+        return await self._write(write)
+
+    def _replace(self, tx: Tx, job: Any, message: str, node_id: str) -> Any:
+        """The job, if nothing else is placed and it may be placed again (an event says so)."""
+        placed = any(_placed(ex) for ex in job.executions)
+        tries = sum(LOST in ex.message or NO_RECORD in ex.message for ex in job.executions)
+        if placed or tries > MAX_REPLACEMENTS:
+            return None
+        detail = f"{message}: asking the other nodes (attempt {tries + 1})"
+        tx.add_event(event(job, "JobRequeued", detail=detail, node_id=node_id))
+        return job
+
+    def _settle(self, tx: Tx, job: Any) -> None:
+        """Finish the job if none of its executions can change the outcome any more."""
+        if JobState.of(job.state).is_terminal:
+            return
+        states = [E.of(ex.state) for ex in job.executions]
+        if any(s.is_active or s == E.BID_PROPOSED for s in states):
+            return
+        published = {ex.shard for ex in job.executions if ex.state == E.PUBLISHED.pb}
+        if len(published) >= shard_count(job):
+            set_job_state(job, JobState.COMPLETED)
+            tx.add_event(event(job, "JobCompleted", node_id=self.node_id))
+            return
+        failed = [ex for ex in job.executions if E.of(ex.state) in (E.FAILED, E.CANCELLED)]
+        if not failed:
+            return
+        ex = failed[-1]
+        message = ex.message or E.of(ex.state).value
+        if ex.stderr_tail:
+            message += f"; stderr: {ex.stderr_tail.splitlines()[-1][:300]}"
+        message = f"execution on node {short(ex.node_id)} failed: {message}"
+        set_job_state(job, JobState.FAILED, message)
+        tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
+
+
+def _placed(ex: Any) -> bool:
+    state = E.of(ex.state)
+    return state.is_active or state == E.PUBLISHED
+
+
+# Where each state sits on the way to a published result (reports never go backwards).
+_FLOW = {
+    E.BID_PROPOSED: 0,
+    E.BID_ACCEPTED: 1,
+    E.RUNNING: 2,
+    E.RESULT_PROPOSED: 3,
+    E.RESULT_ACCEPTED: 4,
+    E.PUBLISHED: 5,
+}
+
+_EVENT_OF = {
+    E.RUNNING: "ExecutionRunning",
+    E.PUBLISHED: "ResultPublished",
+    E.FAILED: "ExecutionFailed",
+    E.CANCELLED: "ExecutionCancelled",
+    E.RESULT_REJECTED: "ResultRejected",
+    E.BID_ACCEPTED: "BidAccepted",
+    E.BID_REJECTED: "BidRejected",
+    E.BID_PROPOSED: "BidReceived",
+    E.RESULT_ACCEPTED: "ResultAccepted",
+    E.RESULT_PROPOSED: "ResultProposed",
+}

@@ -1,0 +1,23 @@
+"""The application layer between gRPC and the roles: plain Python calls for job queries,
+waiting, watching, logs, results, data ingest and node info (`jobs`, `results`, `data`,
+`info`). The gRPC servicers in `bacalhau.api` only adapt requests and replies onto these."""
+
+from __future__ import annotations
+
+from bacalhau.service.data import DataService
+from bacalhau.service.info import InfoService, NodeView, PeerView
+from bacalhau.service.jobs import JobService, LogChunk
+from bacalhau.service.results import ResultService, result_execution
+from bacalhau.service.watch import JobWatch
+
+__all__ = [
+    "DataService",
+    "InfoService",
+    "JobService",
+    "JobWatch",
+    "LogChunk",
+    "NodeView",
+    "PeerView",
+    "ResultService",
+    "result_execution",
+]

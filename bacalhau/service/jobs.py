@@ -1,0 +1,202 @@
+"""Jobs as plain Python calls: submit, cancel, get (and wait), list, watch events, logs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bacalhau import spec as jobspec
+from bacalhau.content.cid import CID
+from bacalhau.datastore import Datastore
+from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
+from bacalhau.engines import get as get_engine
+from bacalhau.errors import UsageError
+from bacalhau.models import JobState
+from bacalhau.requester.logs import STDERR, STDOUT
+from bacalhau.requester.node import Requester
+from bacalhau.service.results import ResultService, result_execution
+from bacalhau.service.watch import JobWatch
+
+_LOG_STREAMS = (("stdout", STDOUT), ("stderr", STDERR))
+_LOG_CHUNK = 64 << 10
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    stream: int  # 1 stdout, 2 stderr
+    data: bytes
+    execution_id: str
+
+
+class JobService:
+    """What clients may ask of the jobs this node is the requester of."""
+
+    def __init__(
+        self,
+        *,
+        store: Datastore,
+        requester: Requester,
+        watch: JobWatch,
+        results: ResultService,
+        on_submit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._requester = requester
+        self._watch = watch
+        self._results = results
+        self._on_submit = on_submit
+
+    async def submit(self, spec: Any, client_id: str = "") -> Any:
+        """Check `spec` and store the job; the job once durable.
+
+        Raises SpecError naming what is wrong, NotFound for data the engine needs on this
+        node (a wasm module) that is not here.
+        """
+        await asyncio.to_thread(self._check, spec)
+        job = await self._requester.submit(spec, client_id[:256])
+        self._on_submit()
+        return job
+
+    def _check(self, spec: Any) -> None:
+        jobspec.check(spec)
+
+        def head(cid_text: str) -> bytes:
+            return next(self._results.cat(bytes(CID.parse(cid_text))), b"")
+
+        problems = get_engine(spec.engine).check_stored(spec, head)
+        if problems:
+            raise jobspec.SpecError(problems)
+
+    async def cancel(self, job_id: str, reason: str = "") -> Any:
+        """Cancel a job. Raises JobNotFound, JobStateError if it is final already."""
+        return await self._requester.cancel(job_id, reason)
+
+    def get(self, job_id: str) -> Any:
+        """The job (`job_id` may be a unique prefix). Raises JobNotFound, AmbiguousID."""
+        return self._store.get_job(job_id)
+
+    def events(self, job_id: str, after_seq: int = 0) -> list[Any]:
+        return self._store.events(job_id, after_seq)
+
+    async def wait_final(self, job_id: str) -> Any:
+        """The job once it is completed, failed or cancelled."""
+        while True:
+            waiter = self._watch.waiter(job_id)
+            try:
+                job = self._store.get_job(job_id)
+                if JobState.of(job.state).is_terminal:
+                    return job
+                await waiter
+            finally:
+                self._watch.forget(job_id, waiter)
+
+    def list(
+        self,
+        *,
+        states: frozenset[int] = frozenset(),
+        all: bool = False,
+        client_id: str = "",
+        labels: dict[str, str] | None = None,
+        oldest_first: bool = False,
+        limit: int = 0,
+        cursor: str = "",
+    ) -> Any:
+        """A page of jobs (active ones unless `all` or `states`). Raises UsageError for a
+        cursor that is not one this node gave."""
+        try:
+            bytes.fromhex(cursor)
+        except ValueError:
+            raise UsageError(f"bad cursor {cursor!r}") from None
+        query = JobQuery(
+            states=states or (frozenset() if all else ACTIVE_JOB_STATES),
+            client_id=client_id,
+            labels=labels or {},
+            oldest_first=oldest_first,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._store.query_jobs(query)
+
+    async def watch_events(
+        self, job_id: str, after_seq: int = 0, follow: bool = False
+    ) -> AsyncIterator[Any]:
+        """The job's events after `after_seq`; with `follow`, new ones until it is final."""
+        job_id = self._store.get_job(job_id).id
+        seq = after_seq
+        while True:
+            waiter = self._watch.waiter(job_id)
+            try:
+                events = self._store.events(job_id, seq)
+                for ev in events:
+                    yield ev
+                    seq = ev.seq
+                if not follow:
+                    return
+                if not events and JobState.of(self._store.get_job(job_id).state).is_terminal:
+                    return
+                if not events:
+                    await waiter
+            finally:
+                self._watch.forget(job_id, waiter)
+
+    async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[LogChunk]:
+        """The job's stdout and stderr: with `follow`, live while it runs, then the rest from
+        its result. Raises NotFound when the result's blocks cannot be had."""
+        job = self._store.get_job(job_id)
+        sent = {stream: 0 for _, stream in _LOG_STREAMS}  # bytes sent live
+        live_id = ""
+        if follow:
+            async for chunk in self._follow(job.id, sent):
+                live_id = chunk.execution_id
+                yield chunk
+            job = self._store.get_job(job.id)
+        ex = result_execution(job)
+        if ex is None or (live_id and ex.id != live_id):
+            return
+        root = await self._results.ensure_dag(ex.result_cid, [ex.node_id])
+        for name, stream in _LOG_STREAMS:
+            cid = self._results.child(root, name)
+            if cid is None:
+                continue
+            skip = sent[stream]
+            for data in self._results.cat(cid):
+                if skip >= len(data):
+                    skip -= len(data)
+                    continue
+                data, skip = data[skip:], 0
+                for i in range(0, len(data), _LOG_CHUNK):
+                    yield LogChunk(stream, data[i : i + _LOG_CHUNK], ex.id)
+
+    async def _follow(self, job_id: str, sent: dict[int, int]) -> AsyncIterator[LogChunk]:
+        """What the job's first execution writes, as it writes it, until the job is final."""
+        logs = self._requester.logs
+        live = None
+        try:
+            while True:
+                waiter = self._watch.waiter(job_id)
+                changed: asyncio.Future[Any] | None = None
+                try:
+                    final = JobState.of(self._store.get_job(job_id).state).is_terminal
+                    event = None if final else logs.changed(job_id)
+                    if event is not None:
+                        event.clear()
+                    live = live or logs.first(job_id)
+                    if live is not None:
+                        for stream, buf in live[1].streams.items():
+                            data = bytes(buf[sent[stream] :])
+                            sent[stream] += len(data)
+                            for i in range(0, len(data), _LOG_CHUNK):
+                                yield LogChunk(stream, data[i : i + _LOG_CHUNK], live[0])
+                    if event is None:
+                        return
+                    changed = asyncio.ensure_future(event.wait())
+                    await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if changed is not None:
+                        changed.cancel()
+                    self._watch.forget(job_id, waiter)
+        finally:
+            if JobState.of(self._store.get_job(job_id).state).is_terminal:
+                logs.drop({job_id})

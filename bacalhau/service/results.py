@@ -1,0 +1,72 @@
+"""Results and blocks: which execution's result stands for a job, fetching a result DAG onto
+this node, reading its files, and serving blocks to clients and peers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from bacalhau.blockstore import Blockstore
+from bacalhau.content import dag
+from bacalhau.content.cid import CID
+from bacalhau.content.errors import NotFound
+from bacalhau.models import ExecutionState, JobState
+from bacalhau.network import DagFetcher, serve_blocks
+from bacalhau.observability import Counter
+
+_RESULT_STATES = (ExecutionState.PUBLISHED, ExecutionState.RESULT_ACCEPTED)
+
+
+def result_execution(job: Any) -> Any:
+    """The execution whose result stands for the job: published first, else any with one."""
+    with_result = [ex for ex in job.executions if ex.result_cid]
+    for ex in with_result:
+        if ExecutionState.of(ex.state) in _RESULT_STATES:
+            return ex
+    return with_result[0] if with_result else None
+
+
+class ResultService:
+    """Result DAGs and blocks of this node's blockstore (fetched from peers when missing)."""
+
+    def __init__(self, blockstore: Blockstore, dags: DagFetcher, sent: Counter) -> None:
+        self.blockstore = blockstore
+        self._dags = dags
+        self._sent = sent
+
+    def job_result(self, job: Any) -> tuple[str, list[str]]:
+        """(result CID, nodes that hold it) of a job. Raises NotFound if it has none yet."""
+        ex = result_execution(job)
+        if ex is None:
+            state = JobState.of(job.state).value
+            raise NotFound(
+                f"job {job.id} has no result yet (it is {state})",
+                hint="wait for it: 'bacalhauctl describe' shows its progress",
+            )
+        return ex.result_cid, [ex.node_id]
+
+    async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
+        """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing.
+
+        Raises InvalidCID for a malformed CID and NotFound when nobody has a block of it.
+        """
+        root = bytes(CID.parse(cid_text))
+        await self._dags.fetch(root, holders)
+        return root
+
+    def child(self, root: bytes, name: str) -> bytes | None:
+        """The CID of the entry `name` of the folder `root`, or None."""
+        for link in dag.decode(root, self.blockstore.get(root)).links:
+            if link.name == name.encode():
+                return bytes(link.cid)
+        return None
+
+    def cat(self, cid: bytes) -> Iterator[bytes]:
+        """The bytes of the file `cid`, chunk by chunk (every block verified)."""
+        return dag.cat(self.blockstore.get, cid)
+
+    def blocks(
+        self, roots: list[bytes], *, recursive: bool, skip: frozenset[bytes] = frozenset()
+    ) -> AsyncIterator[Any]:
+        """Blocks of `roots` (and with `recursive`, of their DAGs), except those in `skip`."""
+        return serve_blocks(self.blockstore, roots, recursive=recursive, sent=self._sent, skip=skip)
