@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,21 @@ def start_node(
         proc.wait()
         raise
     return NodeProc(name, data_dir, proc, address, node_id)
+
+
+def metrics(node: NodeProc) -> dict[str, float]:
+    """The node's Prometheus samples (started with --metrics-port; over loopback, no proxy)."""
+    port = re.search(r"metrics on http://[^:]+:(\d+)/", node.log)
+    assert port, node.log
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def wait_connected(nodes: list[NodeProc], timeout: float = 15.0) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import threading
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from bacalhau.client import Client
 from bacalhau.content import Importer
 from bacalhau.content.cid import CID
 from tests._web import QuietHandler, serve, stop
-from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, NodeProc
+from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, NodeProc, metrics
 
 MIB = 1 << 20
 URL_MAX = 8 * MIB
@@ -122,21 +121,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture
 def dctl(net: Cluster, tmp_path: Path) -> Ctl:
     return Ctl(net[0].address, tmp_path)
-
-
-def metrics(node: NodeProc) -> dict[str, float]:
-    """The node's Prometheus samples (over loopback, no proxy)."""
-    port = re.search(r"metrics on http://[^:]+:(\d+)/", node.log)
-    assert port, node.log
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def run(ctl: Ctl, *args: str, timeout: float = 120) -> tuple[Any, str]:
