@@ -42,7 +42,7 @@ def blocks(tmp_path: Path) -> Iterator[Blockstore]:
 
 def make_cache(tmp_path: Path, blocks: Blockstore, **kw: object) -> InputCache:
     ident = Identity.load_or_create(tmp_path)
-    net = Network(ident, peer_pb2.Hello(node_id=ident.node_id), lambda s, m: None)
+    net = Network(ident, peer_pb2.Hello(node_id=ident.node_id))
     return InputCache(net, blocks, tmp_path / "inputs", **kw)  # type: ignore[arg-type]
 
 
@@ -330,7 +330,7 @@ def provider_case(
 
     if request.param == "ipfs":
         ident = Identity.load_or_create(tmp_path)
-        net = Network(ident, peer_pb2.Hello(node_id=ident.node_id), lambda s, m: None)
+        net = Network(ident, peer_pb2.Hello(node_id=ident.node_id))
 
         async def fetch(root: bytes, holders: list[str]) -> None:
             await fetch_dag(net, blocks, root, holders)

@@ -12,6 +12,7 @@ import pytest
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.identity import Identity
 from bacalhau.network import Network, PeerProtocolError
+from bacalhau.network.dispatch import ANY_PEER
 from bacalhau.network.peers import API_VERSION, MAX_PACKET, Connection
 
 
@@ -21,8 +22,21 @@ def hello(identity: Identity) -> Any:
     )
 
 
+JOB_KINDS = ("announce", "bid", "bid_decision", "execution_update", "result_decision", "cancel",
+             "sync", "log")  # fmt: skip
+
+
 def network(identity: Identity, handler: Any = None) -> Network:
-    return Network(identity, hello(identity), handler or (lambda sender, msg: None))
+    """A Network whose job messages (taken from any peer) go to `handler(sender, message)`."""
+    net = Network(identity, hello(identity))
+    for kind in JOB_KINDS:
+
+        def deliver(sender: str, body: Any, kind: str = kind) -> None:
+            if handler is not None:
+                handler(sender, peer_pb2.PeerMessage(**{kind: body}))
+
+        net.dispatcher.register(kind, deliver, ANY_PEER)
+    return net
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +318,7 @@ def test_send_to_itself_is_delivered_on_the_loop(a: Identity, b: Identity) -> No
                 raise RuntimeError("a handler's failure is logged, not raised")
             arrived.set()
 
-        net = Network(a, hello(a), handler)
+        net = network(a, handler)
         assert net.send(a.node_id, bid=peer_pb2.Bid(job_id="boom"))
         assert net.send(a.node_id, bid=peer_pb2.Bid(job_id="j-1", willing=True))
         assert got == []  # not called from within send

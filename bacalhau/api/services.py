@@ -64,7 +64,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     @streaming
     async def Logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for c in self.jobs.logs(request.job_id, follow=request.follow):
-            yield client_pb2.LogChunk(stream=c.stream, data=c.data, execution_id=c.execution_id)
+            stream: Any = c.stream  # 1 stdout, 2 stderr: the proto enum's values
+            yield client_pb2.LogChunk(stream=stream, data=c.data, execution_id=c.execution_id)
 
     @unary
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -75,8 +76,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     async def GetResults(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        holders: list[str] = []
         if request.cid:
-            cid_text, holders = str(CID.parse(request.cid)), []
+            cid_text = str(CID.parse(request.cid))
         else:
             cid_text, holders = self.results.job_result(self.jobs.get(request.job_id))
         root = await self.results.ensure_dag(cid_text, holders)

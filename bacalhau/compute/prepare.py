@@ -39,7 +39,7 @@ async def prepare_request(
     for g in got:
         if isinstance(g, BaseException):
             raise g
-    fetched = dict(zip(wanted, got[1:], strict=True))
+    fetched: dict[str, Path] = dict(zip(wanted, got[1:], strict=True))  # type: ignore[arg-type]
     return {
         **defaults,
         "inputs": got[0],

@@ -117,7 +117,7 @@ class Network:
         self._closing = False
         d = self.dispatcher
         d.register("hello", lambda sender, body: None, NOBODY, relayable=False)
-        d.register("heartbeat", self._status.__setitem__, ANY_PEER, relayable=False)
+        d.register("heartbeat", self._on_heartbeat, ANY_PEER, relayable=False)
         d.register("peer_list", self._on_peer_list, ANY_PEER, relayable=False)
         d.register("gossip", self.gossip.receive, ANY_PEER, relayable=False)
 
@@ -166,6 +166,9 @@ class Network:
                 signature=self.identity.sign(payload),
             )
         )
+
+    def _on_heartbeat(self, sender: str, heartbeat: Any) -> None:
+        self._status[sender] = heartbeat
 
     def _on_peer_list(self, sender: str, peers: Any) -> None:
         self.gossip.heard(sender, [p.node_id for p in peers.peers])

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bacalhau import layout
 from bacalhau._pb.bacalhau.v1 import (
     client_pb2,
     client_pb2_grpc,
@@ -91,12 +92,14 @@ class Node:
         """Open the stores, bind the gRPC port, start dialing peers."""
         cfg = self.config
         loop = asyncio.get_running_loop()
-        self.store = LmdbDatastore(cfg.data_dir / "datastore")
-        self.blockstore = Blockstore(cfg.data_dir / "blocks")
+        self.store = LmdbDatastore(cfg.data_dir / layout.DATASTORE_DIR)
+        self.blockstore = Blockstore(cfg.data_dir / layout.BLOCKS_DIR)
         self.watch = JobWatch(loop)
         self.store.add_listener(self.watch.committed)
         ctx = EngineContext(
-            cache_dir=cfg.data_dir / "cache", docker_pull=cfg.docker_pull, node_id=self.node_id
+            cache_dir=cfg.data_dir / layout.CACHE_DIR,
+            docker_pull=cfg.docker_pull,
+            node_id=self.node_id,
         )
         executors = {name: get_engine(name).make_executor(ctx) for name in cfg.engines}
         executors = {n: e for n, e in executors.items() if e.is_installed()}
@@ -147,7 +150,7 @@ class Node:
         self.input_cache_misses = Counter(
             "bacalhau_input_cache_misses_total", "Input acquires that started a fetch."
         )
-        scratch = cfg.data_dir / "scratch"
+        scratch = cfg.data_dir / layout.SCRATCH_DIR
         # One fetch per DAG at a time on this node, for inputs and for results alike.
         self.dags = DagFetcher(self.network, self.blockstore, self.block_bytes_received)
         inputs = InputCache(
@@ -193,12 +196,12 @@ class Node:
         client = ClientServicer(
             jobs=self.jobs,
             results=self.results,
-            data=DataService(self.blockstore, cfg.data_dir / "tmp"),
+            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR),
             info=info,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
-        peer = PeerServicer(network=self.network, results=self.results)
-        peer_pb2_grpc.add_PeerServiceServicer_to_server(peer, self._server)
+        peers = PeerServicer(network=self.network, results=self.results)
+        peer_pb2_grpc.add_PeerServiceServicer_to_server(peers, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [

@@ -263,13 +263,13 @@ class Ledger:
             tx.add_event(event(job, _EVENT_OF[state], ex, detail))
             if state == E.RESULT_PROPOSED:
                 outgoing = self._verify(tx, job, ex.shard)
-            again = None
+            requeue: Any = None
             if state == E.FAILED and current == E.BID_ACCEPTED and NO_RECORD in u.message:
-                again = self._replace(tx, job, u.message, ex.node_id)
-            if again is None:
+                requeue = self._replace(tx, job, u.message, ex.node_id)
+            if requeue is None:
                 self._settle(tx, job)
             tx.put_job(job)
-            return outgoing, again
+            return outgoing, requeue
 
         return await self._write(write)
 

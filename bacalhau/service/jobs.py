@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bacalhau import spec as jobspec
-from bacalhau.content.cid import CID
 from bacalhau.datastore import Datastore
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
+from bacalhau.engines import blockstore_head
 from bacalhau.engines import get as get_engine
 from bacalhau.errors import UsageError
 from bacalhau.models import JobState
@@ -61,10 +61,7 @@ class JobService:
 
     def _check(self, spec: Any) -> None:
         jobspec.check(spec)
-
-        def head(cid_text: str) -> bytes:
-            return next(self._results.cat(bytes(CID.parse(cid_text))), b"")
-
+        head = blockstore_head(self._results.blockstore.get)
         problems = get_engine(spec.engine).check_stored(spec, head)
         if problems:
             raise jobspec.SpecError(problems)
