@@ -141,7 +141,7 @@ def test_make_executor(tmp_path: Path) -> None:
     assert isinstance(noop, NoopExecutor) and noop.is_installed()
     wasm = get("wasm").make_executor(ctx)
     assert isinstance(wasm, WasmExecutor) and wasm.is_installed()
-    assert get("wasm").make_executor(ctx) is not wasm  # a new one each time
+    assert get("wasm").make_executor(ctx) is wasm  # shared, one per cache folder
     docker = get("docker").make_executor(ctx)  # connects to no engine until used
     assert isinstance(docker, DockerExecutor)
     assert (docker.pull, docker.node_id) == ("never", "n-1")

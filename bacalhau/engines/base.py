@@ -59,9 +59,12 @@ class Engine(abc.ABC):
         """Why this engine declines `spec` on a node with `executor` ("" if not); no errors."""
         return ""
 
-    @abc.abstractmethod
     def make_executor(self, ctx: EngineContext) -> Executor:
-        """A new executor for this engine; raises ExecutorError if it is not installed."""
+        """This engine's executor (shared per cache folder: `executor.get_executor`); raises
+        ExecutorError if it is not installed."""
+        from bacalhau.executor import get_executor
+
+        return get_executor(self.name, cache_dir=ctx.cache_dir)
 
 
 def blockstore_head(get: Callable[[bytes], bytes]) -> Head:

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bacalhau.engines.base import Engine, EngineContext
+from bacalhau.engines.base import Engine
 from bacalhau.spec import Problem, check_noop
 
 if TYPE_CHECKING:
-    from bacalhau.executor.base import Executor
+    pass
 
 
 class NoopEngine(Engine):
@@ -25,9 +25,3 @@ class NoopEngine(Engine):
     ) -> dict[str, Any]:
         """See Engine.to_request: nothing engine-specific."""
         return {}
-
-    def make_executor(self, ctx: EngineContext) -> Executor:
-        """A NoopExecutor; no errors."""
-        from bacalhau.executor.noop import NoopExecutor
-
-        return NoopExecutor()

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bacalhau.engines.base import Engine, EngineContext
+from bacalhau.engines.base import Engine
 from bacalhau.spec import Problem, check_python
 
 if TYPE_CHECKING:
-    from bacalhau.executor.base import Executor
+    pass
 
 
 class PythonEngine(Engine):
@@ -38,16 +38,3 @@ class PythonEngine(Engine):
             "args": list(p.args),
             "env": dict(p.env),
         }
-
-    def make_executor(self, ctx: EngineContext) -> Executor:
-        """A PythonExecutor compiling into `ctx.cache_dir/python`; raises ExecutorError if
-        wasmtime is not installed."""
-        from bacalhau.executor.base import ExecutorError
-
-        try:
-            from bacalhau.executor.python import PythonExecutor
-        except ImportError as e:
-            raise ExecutorError(
-                "the python executor is not installed", hint="pip install 'wasmtime>=48'"
-            ) from e
-        return PythonExecutor(ctx.cache_dir / "python" if ctx.cache_dir else None)

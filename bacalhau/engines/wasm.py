@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacalhau.content.errors import ContentError, NotFound
-from bacalhau.engines.base import Engine, EngineContext, Head
+from bacalhau.engines.base import Engine, Head
 from bacalhau.spec import WASM_MAGIC, Problem, check_wasm
 
 if TYPE_CHECKING:
-    from bacalhau.executor.base import Executor
+    pass
 
 
 class WasmEngine(Engine):
@@ -58,15 +58,3 @@ class WasmEngine(Engine):
             "args": list(spec.wasm.args),
             "env": dict(spec.wasm.env),
         }
-
-    def make_executor(self, ctx: EngineContext) -> Executor:
-        """A WasmExecutor; raises ExecutorError if wasmtime is not installed."""
-        from bacalhau.executor.base import ExecutorError
-
-        try:
-            from bacalhau.executor.wasm import WasmExecutor
-        except ImportError as e:
-            raise ExecutorError(
-                "the wasm executor is not installed", hint="pip install 'wasmtime>=48'"
-            ) from e
-        return WasmExecutor()
