@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bacalhau.datastore.base import SCHEMA_VERSION
 from tests._wait import wait_for
+from tests._web import QuietHandler, serve, stop
 from tests.integration.conftest import ECHO_WASM, Ctl, start_node, wait_connected
 
 
@@ -119,13 +121,23 @@ def test_a_lost_nodes_execution_is_run_elsewhere(tmp_path: Path):
     b = start_node(tmp_path / "b", name="b", peers=(a.address,))
     c = start_node(tmp_path / "c", name="c", peers=(a.address,))
     nodes = {b.node_id: b, c.node_id: c}
+    # The job's URL input is held back until the first node is gone, so it cannot finish first.
+    gate = threading.Event()
+
+    class Gated(QuietHandler):
+        def do_GET(self) -> None:
+            gate.wait(60)
+            self._send(200, b"data")
+
+    server, base = serve(Gated)
     try:
         wait_connected([a, b, c])
         ctl = Ctl(a.address, tmp_path)
-        res = ctl("wasm", "run", "--no-wait", str(ECHO_WASM), "long", "job")
+        res = ctl("wasm", "run", "--no-wait", "-u", f"{base}/in.txt", str(ECHO_WASM), "long", "job")
         job_id = res.stdout.split()[0]
         first = wait_for(lambda: _running_on(ctl, job_id), 30, "the job to start")
         nodes.pop(first).stop(signal.SIGKILL)
+        gate.set()
         (other,) = nodes.values()
 
         # a notices within seconds that the node stopped answering
@@ -143,6 +155,8 @@ def test_a_lost_nodes_execution_is_run_elsewhere(tmp_path: Path):
         assert [e["node_id"] for e in published] == [other.node_id]
         assert ctl("logs", job_id).stdout == "long job\n"
     finally:
+        gate.set()
+        stop(server)
         a.stop()
         b.stop()
         c.stop()
