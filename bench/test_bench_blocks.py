@@ -3,7 +3,7 @@
 Node A is a real `bacalhaud` process holding a file of BENCH_BLOCKS_MIB MiB (random bytes,
 256 KiB blocks). Node B is a real Node run in this process (on its own event loop thread), with
 a fresh data dir each round: the time is from asking B for the DAG until every block is
-verified against its CID and stored durably in B's blockstore (`Node.ensure_dag`, the path
+verified against its CID and stored durably in B's blockstore (`ResultService.ensure_dag`, the path
 inputs and `get` take). The baseline, in the same run: a gRPC server in another process streams
 the same bytes from memory in 1 MiB messages to a client here that only counts them. A second
 baseline is one thread of sha256 over the same bytes, since each block is hashed twice on the
