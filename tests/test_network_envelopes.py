@@ -408,6 +408,18 @@ def test_gossip_is_checked_delivered_once_and_refused_when_bad(a: Identity, b: I
     assert refused == ["forged", "replayed", "malformed"] and len(got) == 2
 
 
+def test_a_broadcast_is_not_delivered_to_a_node_with_a_stream_to_its_origin(
+    a: Identity, b: Identity
+) -> None:
+    got: list[str] = []
+    net = network(b, lambda sender, msg: got.append(sender))
+    net._conns[a.node_id] = [Connection(outbound=True, node_id=a.node_id)]  # a reached b directly
+    net.gossip.receive("12D3KooWRelay", gossip_of(a, "*", message_id="m-1"))
+    assert got == []  # a sent it to b on their stream already
+    net.gossip.receive("12D3KooWRelay", gossip_of(a, b.node_id, message_id="m-2"))
+    assert got == [a.node_id]  # addressed to b: delivered however it came
+
+
 def test_gossip_goes_only_towards_nodes_the_origin_cannot_reach(a: Identity, b: Identity) -> None:
     net = network(b)
     assert not net.gossip.unreached()

@@ -137,7 +137,12 @@ class GossipRouter:
         if key in self._seen:
             return
         self._remember(key)
-        if packet.recipient in (self._net.node_id, BROADCAST):
+        # A broadcast is for the nodes the origin has no stream to: one with a stream got it
+        # directly (a job announcement twice would be bid on twice).
+        for_us = packet.recipient == self._net.node_id or (
+            packet.recipient == BROADCAST and origin not in self._net.connected()
+        )
+        if for_us:
             for msg in packet.messages:  # what may travel as gossip: the dispatch table says
                 self._net.dispatcher.dispatch(origin, msg, relayed=True)
         if packet.recipient != self._net.node_id and gossip.hops > 0:
