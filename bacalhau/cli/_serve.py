@@ -8,6 +8,7 @@ import logging
 import signal
 
 from bacalhau import engines as engine_registry
+from bacalhau import spec
 from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.errors import BacalhauError, UsageError
 
@@ -33,6 +34,16 @@ def serve(args: argparse.Namespace) -> int:
         engine_registry.get(engine)  # UsageError naming the engines there are
     if not 0 <= args.port <= 65535:
         raise UsageError(f"bad port {args.port}")
+    if not 0 < args.max_job_timeout <= spec.MAX_TIMEOUT_S:  # also refuses nan
+        raise UsageError(
+            f"--max-job-timeout must be above 0 and at most {spec.MAX_TIMEOUT_S}, "
+            f"not {args.max_job_timeout:g}"
+        )
+    max_spec = _size(args.max_spec_size, "--max-spec-size")
+    if not 0 < max_spec <= spec.MAX_SPEC_BYTES:
+        raise UsageError(
+            f"--max-spec-size must be above 0 and at most {spec.MAX_SPEC_BYTES} bytes (1Mi)"
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -55,6 +66,8 @@ def serve(args: argparse.Namespace) -> int:
         nvidia_smi=args.nvidia_smi,
         input_cache_bytes=_size(args.input_cache_size, "--input-cache-size"),
         url_max_bytes=_size(args.url_max_size, "--url-max-size"),
+        max_job_timeout_s=args.max_job_timeout,
+        max_spec_bytes=max_spec,
     )
     return asyncio.run(_run(Node(config)))
 

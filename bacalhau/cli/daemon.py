@@ -100,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"GPUs this node {what}",
         )
     serve.add_argument(
+        "--max-job-timeout",
+        type=float,
+        default=86400,
+        metavar="S",
+        help="the longest timeout a job submitted here may ask for, in seconds (default and "
+        "most: 86400, 24 h)",
+    )
+    serve.add_argument(
+        "--max-spec-size",
+        default="1Mi",
+        metavar="SIZE",
+        help="the largest job spec this node takes (default and most: 1Mi; a spec travels to "
+        "peers in one packet)",
+    )
+    serve.add_argument(
         "--max-parallel",
         type=int,
         default=0,

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bacalhau import layout
+from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import (
     client_pb2,
     client_pb2_grpc,
@@ -72,6 +73,8 @@ class NodeConfig:
     nvidia_smi: str | None = None  # the nvidia-smi to ask for GPUs (default: on PATH)
     input_cache_bytes: int = 0  # cap on cached inputs no job holds (0: no cap)
     url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
+    max_job_timeout_s: float = jobspec.MAX_TIMEOUT_S  # the longest timeout a job may ask for
+    max_spec_bytes: int = jobspec.MAX_SPEC_BYTES  # the largest spec this node takes
 
 
 class Node:
@@ -185,6 +188,8 @@ class Node:
             watch=self.watch,
             results=self.results,
             on_submit=self.submitted.inc,
+            max_timeout_s=cfg.max_job_timeout_s,
+            max_spec_bytes=cfg.max_spec_bytes,
         )
         info = InfoService(
             node_id=self.node_id,

@@ -41,12 +41,16 @@ class JobService:
         watch: JobWatch,
         results: ResultService,
         on_submit: Callable[[], None] = lambda: None,
+        max_timeout_s: float = jobspec.MAX_TIMEOUT_S,
+        max_spec_bytes: int = jobspec.MAX_SPEC_BYTES,
     ) -> None:
         self._store = store
         self._requester = requester
         self._watch = watch
         self._results = results
         self._on_submit = on_submit
+        self._max_timeout_s = max_timeout_s
+        self._max_spec_bytes = max_spec_bytes
 
     async def submit(self, spec: Any, client_id: str = "") -> Any:
         """Check `spec` and store the job; the job once durable.
@@ -61,17 +65,33 @@ class JobService:
 
     def _check(self, spec: Any) -> None:
         jobspec.check(spec)
-        head = blockstore_head(self._results.blockstore.get)
-        problems = get_engine(spec.engine).check_stored(spec, head)
+        problems = jobspec.check_size(spec, self._max_spec_bytes)
+        if spec.timeout_seconds > self._max_timeout_s:
+            problems.append(
+                jobspec.Problem(
+                    "timeout_seconds",
+                    f"timeout {spec.timeout_seconds:g} s is above this node's maximum of "
+                    f"{self._max_timeout_s:g} s",
+                    "ask for less, or submit to a node that allows more",
+                )
+            )
+        if not problems:  # the stored data only of a spec the node would take
+            head = blockstore_head(self._results.blockstore.get)
+            problems = get_engine(spec.engine).check_stored(spec, head)
         if problems:
             raise jobspec.SpecError(problems)
 
     async def cancel(self, job_id: str, reason: str = "") -> Any:
-        """Cancel a job. Raises JobNotFound, JobStateError if it is final already."""
-        return await self._requester.cancel(job_id, reason)
+        """Cancel a job. Raises SpecError for a malformed ID, JobNotFound, JobStateError if it
+        is final already."""
+        return await self._requester.cancel(self.get(job_id).id, reason[:1000])
 
     def get(self, job_id: str) -> Any:
-        """The job (`job_id` may be a unique prefix). Raises JobNotFound, AmbiguousID."""
+        """The job (`job_id` may be a unique prefix). Raises SpecError for an empty, overlong
+        or garbled ID, JobNotFound, AmbiguousID."""
+        problems = jobspec.check_id(job_id)
+        if problems:
+            raise jobspec.SpecError(problems)
         return self._store.get_job(job_id)
 
     def events(self, job_id: str, after_seq: int = 0) -> list[Any]:
@@ -120,7 +140,7 @@ class JobService:
         self, job_id: str, after_seq: int = 0, follow: bool = False
     ) -> AsyncIterator[Any]:
         """The job's events after `after_seq`; with `follow`, new ones until it is final."""
-        job_id = self._store.get_job(job_id).id
+        job_id = self.get(job_id).id
         seq = after_seq
         while True:
             waiter = self._watch.waiter(job_id)
@@ -141,7 +161,7 @@ class JobService:
     async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[LogChunk]:
         """The job's stdout and stderr: with `follow`, live while it runs, then the rest from
         its result. Raises NotFound when the result's blocks cannot be had."""
-        job = self._store.get_job(job_id)
+        job = self.get(job_id)
         sent = {stream: 0 for _, stream in _LOG_STREAMS}  # bytes sent live
         live_id = ""
         if follow:

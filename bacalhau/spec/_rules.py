@@ -22,12 +22,41 @@ MAX_INPUTS = 20_000
 # Announcements and decisions carry the spec in signed packets of at most 4 MiB.
 MAX_INPUTS_BYTES = 1 << 20
 WASM_MAGIC = b"\0asm"
+# A whole spec travels in one signed peer packet (at most 4 MiB) with room to spare.
+MAX_SPEC_BYTES = 1 << 20
+MAX_ID_LENGTH = 128  # job and execution IDs (ours are 38 characters)
 
 # Result entries every job has; an output folder may not take their names.
 RESERVED_OUTPUT_NAMES = frozenset({"stdout", "stderr", "exitCode"})
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _OUTPUT_NAME_HINT = "use letters, digits, '_', '.', '-'; not stdout, stderr or exitCode"
 _SPLIT_HINT = "split the job, or put the files in one folder and give its CID"
+
+
+def check_size(spec: Any, limit: int = MAX_SPEC_BYTES) -> list[Problem]:
+    """A problem if the encoded spec is larger than `limit` bytes."""
+    size = spec.ByteSize()
+    if size <= limit:
+        return []
+    return [
+        Problem(
+            "spec",
+            f"the spec takes {size} bytes, more than the {limit} a node takes",
+            "pass data as inputs (a CID or a URL), not in arguments or environment variables",
+        )
+    ]
+
+
+def check_id(text: str, field: str = "job_id") -> list[Problem]:
+    """A problem if `text` is not a plausible job or execution ID (or a prefix of one):
+    empty, longer than MAX_ID_LENGTH, or with characters other than printable ASCII."""
+    if not text:
+        return [Problem(field, f"{field} is required", "give a job ID, or a unique prefix of one")]
+    if len(text) > MAX_ID_LENGTH:
+        return [Problem(field, f"{field} of {len(text)} characters is longer than {MAX_ID_LENGTH}")]
+    if not (text.isascii() and text.isprintable()) or " " in text:
+        return [Problem(field, f"{field} {text[:40]!r} has characters no ID has")]
+    return []
 
 
 def cid_problems(field: str, text: str) -> list[Problem]:

@@ -10,6 +10,7 @@ from bacalhau.spec._rules import (
     check_inputs,
     check_outputs,
     check_resources,
+    check_size,
     check_timeout,
 )
 from bacalhau.spec._sections import ENGINES, SECTIONS
@@ -38,7 +39,8 @@ def validate(spec: Any) -> list[Problem]:
     problems += check_resources(
         cpu=r.cpu, gpu=r.gpu, memory_bytes=r.memory_bytes, disk_bytes=r.disk_bytes
     )
-    return problems
+    # Checked last, and only alone: a list of inputs over its own limit already says why.
+    return problems or check_size(spec)
 
 
 def check(spec: Any) -> None:
