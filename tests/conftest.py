@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -78,3 +79,13 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def stranger() -> Iterator[Any]:
+    """A peer of the test's own with a fresh identity (tests._peer.Stranger), closed after."""
+    from tests._peer import Stranger
+
+    s = Stranger()
+    yield s
+    s.close()

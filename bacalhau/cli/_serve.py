@@ -39,6 +39,13 @@ def serve(args: argparse.Namespace) -> int:
             f"--max-job-timeout must be above 0 and at most {spec.MAX_TIMEOUT_S}, "
             f"not {args.max_job_timeout:g}"
         )
+    for flag, value in (
+        ("--bid-window", args.bid_window),
+        ("--queue-timeout", args.queue_timeout),
+        ("--node-lost-timeout", args.node_lost_timeout),
+    ):
+        if not 0 < value <= spec.MAX_TIMEOUT_S:  # also refuses nan
+            raise UsageError(f"{flag} must be above 0 and at most {spec.MAX_TIMEOUT_S} s")
     max_spec = _size(args.max_spec_size, "--max-spec-size")
     if not 0 < max_spec <= spec.MAX_SPEC_BYTES:
         raise UsageError(
@@ -59,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
         node_lost_s=args.node_lost_timeout,
+        queue_timeout_s=args.queue_timeout,
         mdns=args.mdns,
         advertise=args.advertise,
         limits=Limits(total=resources("total"), job=resources("job")),

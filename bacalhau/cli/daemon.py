@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for bids before selecting (default 0.5 s)",
     )
     serve.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=300,
+        metavar="S",
+        help="how long a job may wait for a node willing to run it before it fails with each "
+        "node's reason (default 300 s)",
+    )
+    serve.add_argument(
         "--node-lost-timeout",
         type=float,
         default=10.0,

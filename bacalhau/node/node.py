@@ -66,6 +66,7 @@ class NodeConfig:
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
+    queue_timeout_s: float = 300.0  # how long a job may wait for a willing node
     advertise: str = ""  # the address peers should dial, if not the one served on
     mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
     limits: Limits = field(default_factory=Limits)  # --limit-total-* and --limit-job-*
@@ -139,6 +140,7 @@ class Node:
             store=self.store,
             bid_window_s=cfg.bid_window_s,
             node_lost_s=cfg.node_lost_s,
+            queue_timeout_s=cfg.queue_timeout_s,
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."

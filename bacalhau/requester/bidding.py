@@ -30,7 +30,8 @@ class Round:
     answered: set[str] = field(default_factory=set)
     willing: list[WillingBid] = field(default_factory=list)
     declines: list[str] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.TimerHandle | None = None  # the bid window; None once it closed
+    deadline: asyncio.TimerHandle | None = None  # --queue-timeout: fail if nobody is willing
     gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
 
     @property

@@ -45,12 +45,14 @@ class Requester:
         store: Datastore,
         bid_window_s: float = 0.5,
         node_lost_s: float = 10.0,
+        queue_timeout_s: float = 300.0,
     ) -> None:
         self._net = network
         self._store = store
         self.ledger = Ledger(store, network.node_id, get_verifier("noop"))
         self._bid_window_s = bid_window_s
         self._node_lost_s = node_lost_s
+        self._queue_timeout_s = queue_timeout_s
         self._rounds: dict[tuple[str, int], Round] = {}
         self._lost: dict[str, asyncio.TimerHandle] = {}  # disconnected nodes, until given up
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -166,12 +168,16 @@ class Requester:
     def _announce(self, job: Any) -> None:
         for shard in range(shard_count(job)):
             rnd = Round(job_id=job.id, shard=shard, spec=job.spec)
+            self._close_round(rnd.key)  # a round still open from before: its timers go too
             self._rounds[rnd.key] = rnd
             for node_id in [self._net.node_id, *self._net.connected()]:
                 self._ask(rnd, node_id)
             announce = peer_pb2.JobAnnouncement(job_id=job.id, shard=shard, spec=job.spec)
             rnd.gossiped = self._net.broadcast(announce=announce)
             rnd.timer = self._loop.call_later(self._bid_window_s, self._window_closed, rnd.key)
+            rnd.deadline = self._loop.call_later(
+                self._queue_timeout_s, self._queue_timed_out, rnd.key
+            )
 
     def _ask(self, rnd: Round, node_id: str) -> None:
         announce = peer_pb2.JobAnnouncement(job_id=rnd.job_id, shard=rnd.shard, spec=rnd.spec)
@@ -197,7 +203,8 @@ class Requester:
         else:
             rnd.declines.append(f"{short(sender)}: {bid.reason}")
         self._spawn(self.ledger.record_bid(sender, bid), "recording a bid")
-        if rnd.complete:
+        # Every node asked answered; or a willing bid came after the window closed empty.
+        if rnd.complete or (bid.willing and rnd.timer is None):
             self._select(rnd.key)
 
     def _window_closed(self, key: tuple[str, int]) -> None:
@@ -209,21 +216,31 @@ class Requester:
             self._select(key)
         # else: keep waiting for a willing bid, from the nodes asked or from new peers
 
+    def _queue_timed_out(self, key: tuple[str, int]) -> None:
+        """Nobody was willing within --queue-timeout: the job fails with every reason."""
+        rnd = self._rounds.get(key)
+        if rnd is None:
+            return
+        rnd.deadline = None
+        for node_id in sorted(rnd.asked - rnd.answered):
+            rnd.declines.append(f"{short(node_id)}: did not answer")
+        self._select(key, f"within {self._queue_timeout_s:g} s ")
+
     def _close_round(self, key: tuple[str, int]) -> Round | None:
         rnd = self._rounds.pop(key, None)
-        if rnd is not None and rnd.timer is not None:
-            rnd.timer.cancel()
+        if rnd is not None:
+            for timer in (rnd.timer, rnd.deadline):
+                if timer is not None:
+                    timer.cancel()
         return rnd
 
-    def _select(self, key: tuple[str, int]) -> None:
+    def _select(self, key: tuple[str, int], waited: str = "") -> None:
         rnd = self._close_round(key)
         assert rnd is not None
         if not rnd.willing:
             reasons = "; ".join(rnd.declines) or "no node answered"
-            self._spawn(
-                self.ledger.fail(rnd.job_id, f"no node can run this job ({reasons})"),
-                "failing a job",
-            )
+            message = f"no node can run this job {waited}({reasons})"
+            self._spawn(self.ledger.fail(rnd.job_id, message), "failing a job")
             return
         chosen = rnd.choose(max(1, rnd.spec.deal.concurrency))
 
