@@ -17,6 +17,7 @@ from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
 from bacalhau.errors import UsageError
 from bacalhau.network import Network
+from bacalhau.network.blocks import check_want
 from bacalhau.service import DataService, InfoService, JobService, ResultService
 
 
@@ -141,5 +142,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     async def GetBlocks(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for block in self.results.blocks(list(request.cids), recursive=request.recursive):
+        cids = list(request.cids)
+        check_want(cids)
+        async for block in self.results.blocks(cids, recursive=request.recursive):
             yield block

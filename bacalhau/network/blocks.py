@@ -15,12 +15,14 @@ from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
 from bacalhau.content.errors import ContentError, NotFound
+from bacalhau.errors import UsageError
 
 if TYPE_CHECKING:
     from bacalhau.network.peers import Network
 
 _BATCH_BYTES = 4 << 20
 WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
+MAX_WANT = 1024  # CIDs a node takes in one GetBlocks request (it sends at most WANT_BATCH)
 COMMIT_BYTES = 32 << 20  # verified blocks stored (synced) together
 
 
@@ -70,6 +72,17 @@ async def serve_blocks(
                 yield peer_pb2.Block(cid=cid, data=data)
     finally:
         reading.cancel()
+
+
+def check_want(cids: list[bytes]) -> None:
+    """Raise UsageError for a GetBlocks request a node will not serve: no CIDs, more than
+    MAX_WANT, or one CID twice (a request must not make a node send a block twice)."""
+    if not cids:
+        raise UsageError("GetBlocks names no CID")
+    if len(cids) > MAX_WANT:
+        raise UsageError(f"GetBlocks names {len(cids)} CIDs, more than {MAX_WANT}")
+    if len(set(cids)) != len(cids):
+        raise UsageError("GetBlocks names a CID more than once")
 
 
 async def fetch_blocks(
