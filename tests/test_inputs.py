@@ -17,6 +17,7 @@ from bacalhau.compute.inputs import InputCache
 from bacalhau.content import Importer, dag
 from bacalhau.content.cid import CID
 from bacalhau.data import UrlError, UrlFetcher, file_name, mount_paths, parse_url_list
+from bacalhau.data.url import public_address
 from bacalhau.errors import UsageError
 from bacalhau.identity import Identity
 from bacalhau.network import Network
@@ -165,7 +166,7 @@ def web() -> Iterator[Web]:
 
 @pytest.fixture
 def fetcher() -> UrlFetcher:
-    return UrlFetcher(max_bytes=MIB, backoff_s=0.01, timeout_s=5)
+    return UrlFetcher(max_bytes=MIB, backoff_s=0.01, timeout_s=5, allow_private=True)
 
 
 def test_download_and_retry(web: Web, fetcher: UrlFetcher, tmp_path: Path):
@@ -197,14 +198,37 @@ def test_download_failures(
     assert not (tmp_path / "dest").exists()
 
 
+def test_by_default_downloads_reach_only_public_addresses(web: Web, tmp_path: Path):
+    """What a connection really reached is checked (for every redirect hop too, since each
+    opens its own): a loopback server is refused before a byte is sent, and not retried."""
+    f = UrlFetcher(backoff_s=0.01)
+    before = web.hits.get("/ok", 0)
+    with pytest.raises(UrlError) as err:
+        f.fetch(web.base + "/ok", tmp_path / "x")
+    assert "127.0.0.1 is not a public address" in str(err.value)
+    assert "--allow-private-urls" in str(err.value) and not err.value.retryable
+    assert web.hits.get("/ok", 0) == before and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("ip", "public"),
+    [("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+     ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.251", False),
+     ("::1", False), ("fe80::1%eth0", False), ("fd00::1", False), ("::ffff:10.0.0.1", False),
+     ("93.184.216.34", True), ("2a00:1450::1", True)],
+)  # fmt: skip
+def test_public_addresses(ip: str, public: bool):
+    assert public_address(ip) is public
+
+
 def test_connection_refused_is_retried_then_reported(tmp_path: Path):
-    f = UrlFetcher(retries=2, backoff_s=0.01, timeout_s=2)
+    f = UrlFetcher(retries=2, backoff_s=0.01, timeout_s=2, allow_private=True)
     with pytest.raises(UrlError, match="cannot connect"):
         f.fetch("http://127.0.0.1:1/x", tmp_path / "x")
 
 
 def test_url_inputs_in_cache_single_flight_and_folder(web: Web, tmp_path: Path, blocks: Blockstore):
-    cache = make_cache(tmp_path, blocks, fetcher=UrlFetcher(backoff_s=0.01))
+    cache = make_cache(tmp_path, blocks, fetcher=UrlFetcher(backoff_s=0.01, allow_private=True))
     before = web.hits.get("/ok", 0)
     urls = [(web.base + "/ok", "/inputs/ok"), (web.base + "/ok", "/inputs/ok_1")]
 
@@ -342,7 +366,9 @@ def provider_case(
         bad = pb.InputSpec(source="ipfs", cid="Qmnotacid")
     else:
         (tmp_path / "tmp").mkdir()
-        provider = UrlProvider(blocks, UrlFetcher(backoff_s=0.01), tmp_path / "tmp")
+        provider = UrlProvider(
+            blocks, UrlFetcher(backoff_s=0.01, allow_private=True), tmp_path / "tmp"
+        )
         good = pb.InputSpec(source="url", url=web.base + "/ok")
         missing = pb.InputSpec(source="url", url=web.base + "/404")
         bad = pb.InputSpec(source="url", url="ftp://127.0.0.1/x")
@@ -398,7 +424,7 @@ def test_url_downloads_are_bounded_in_parallel(tmp_path: Path, blocks: Blockstor
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     (tmp_path / "tmp").mkdir()
-    provider = UrlProvider(blocks, UrlFetcher(), tmp_path / "tmp", parallel=3)
+    provider = UrlProvider(blocks, UrlFetcher(allow_private=True), tmp_path / "tmp", parallel=3)
     got: list[object] = []
 
     async def main() -> None:

@@ -74,6 +74,7 @@ def serve(args: argparse.Namespace) -> int:
         nvidia_smi=args.nvidia_smi,
         input_cache_bytes=_size(args.input_cache_size, "--input-cache-size"),
         url_max_bytes=_size(args.url_max_size, "--url-max-size"),
+        allow_private_urls=args.allow_private_urls,
         max_job_timeout_s=args.max_job_timeout,
         max_spec_bytes=max_spec,
     )

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"GPUs this node {what}",
         )
     serve.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let URL inputs reach loopback, private, link-local and other non-public "
+        "addresses (off by default: a job could read this node's own services or its LAN)",
+    )
+    serve.add_argument(
         "--max-job-timeout",
         type=float,
         default=86400,

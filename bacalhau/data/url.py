@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import ipaddress
 import itertools
 import os
 import random
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -69,8 +72,61 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def public_address(ip: str) -> bool:
+    """Whether `ip` is a public unicast address (not loopback, private, link-local such as
+    169.254.169.254, carrier-grade NAT, multicast, reserved or unspecified)."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_global and not addr.is_multicast
+
+
+class _PublicOnly(OSError):
+    """A connection reached an address downloads may not go to (raised inside urllib)."""
+
+
+def _connect_public(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+    """`socket.create_connection` that refuses, once connected and before a byte is sent, a
+    peer that is not public: what the connection really reached counts, however the name
+    resolved, so redirects and DNS answers cannot lead a download inside."""
+    sock = socket.create_connection(address, *args, **kwargs)
+    peer = sock.getpeername()[0]
+    if not public_address(peer):
+        sock.close()
+        named = "" if address[0] == peer else f"{address[0]} is "
+        raise _PublicOnly(f"{named}{peer} is not a public address")
+    return sock
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect_public  # http.client's own hook for connecting
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect_public
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_PublicHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
+
+
 class UrlFetcher:
-    """Downloads URLs to files, within limits."""
+    """Downloads URLs to files, within limits.
+
+    Unless `allow_private`, every connection (each redirect hop too) must reach a public
+    unicast address: a URL input cannot read a node's own services, its LAN or a cloud
+    metadata address.
+    """
 
     def __init__(
         self,
@@ -80,6 +136,7 @@ class UrlFetcher:
         retries: int = 3,
         backoff_s: float = 0.2,
         stop: threading.Event | None = None,
+        allow_private: bool = False,
     ) -> None:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
@@ -87,7 +144,10 @@ class UrlFetcher:
         self.backoff_s = backoff_s
         self._stop = stop or threading.Event()
         # No ProxyHandler from the environment: requests go where the URL says, nowhere else.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Redirects())
+        handlers: list[Any] = [urllib.request.ProxyHandler({}), _Redirects()]
+        if not allow_private:
+            handlers += [_PublicHTTPHandler(), _PublicHTTPSHandler()]
+        self._opener = urllib.request.build_opener(*handlers)
 
     def stop(self) -> None:
         """Make downloads in progress (and their retries) fail now, and any later ones."""
@@ -129,6 +189,12 @@ class UrlFetcher:
             raise
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, _PublicOnly):
+                raise UrlError(
+                    f"cannot download {url[:300]}: {reason}",
+                    hint="URL inputs must be on the public internet (a node started with "
+                    "--allow-private-urls takes others)",
+                ) from None
             raise _error(url, f"cannot connect: {reason}", True) from None
         with resp:
             length = resp.headers.get("Content-Length")

@@ -74,6 +74,7 @@ class NodeConfig:
     nvidia_smi: str | None = None  # the nvidia-smi to ask for GPUs (default: on PATH)
     input_cache_bytes: int = 0  # cap on cached inputs no job holds (0: no cap)
     url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
+    allow_private_urls: bool = False  # URL inputs may reach loopback, LAN and link-local hosts
     max_job_timeout_s: float = jobspec.MAX_TIMEOUT_S  # the longest timeout a job may ask for
     max_spec_bytes: int = jobspec.MAX_SPEC_BYTES  # the largest spec this node takes
 
@@ -163,7 +164,9 @@ class Node:
             self.blockstore,
             scratch / "inputs",
             max_bytes=cfg.input_cache_bytes,
-            fetcher=UrlFetcher(max_bytes=cfg.url_max_bytes or 1 << 62),
+            fetcher=UrlFetcher(
+                max_bytes=cfg.url_max_bytes or 1 << 62, allow_private=cfg.allow_private_urls
+            ),
             received=self.block_bytes_received,
             dags=self.dags,
             hits=self.input_cache_hits,

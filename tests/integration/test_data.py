@@ -112,7 +112,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(
         tmp_path_factory.mktemp("data"),
         3,
-        args=("--metrics-port", "0", "--url-max-size", str(URL_MAX)),
+        args=("--metrics-port", "0", "--url-max-size", str(URL_MAX), "--allow-private-urls"),
     )
     yield c
     c.close()

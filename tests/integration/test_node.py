@@ -118,8 +118,8 @@ def test_lost_node_fails_its_execution_when_no_other_can_run_it(tmp_path: Path):
 
 def test_a_lost_nodes_execution_is_run_elsewhere(tmp_path: Path):
     a = start_node(tmp_path / "a", name="a", args=("--engines", "noop", "--node-lost-timeout", "1"))
-    b = start_node(tmp_path / "b", name="b", peers=(a.address,))
-    c = start_node(tmp_path / "c", name="c", peers=(a.address,))
+    b = start_node(tmp_path / "b", name="b", peers=(a.address,), args=("--allow-private-urls",))
+    c = start_node(tmp_path / "c", name="c", peers=(a.address,), args=("--allow-private-urls",))
     nodes = {b.node_id: b, c.node_id: c}
     # The job's URL input is held back until the first node is gone, so it cannot finish first.
     gate = threading.Event()

@@ -53,7 +53,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cache = compiled_cache(tmp_path_factory)
     for i in range(2):
         seed_node(root / f"node-{i}", cache)
-    c = Cluster(root, 2, args=("--engines", "python"))
+    c = Cluster(root, 2, args=("--engines", "python", "--allow-private-urls"))
     yield c
     c.close()
 
