@@ -1,21 +1,24 @@
 """A Python client for a node's ClientService (what bacalhauctl uses).
 
-Every gRPC failure becomes a `ClientError` with one line saying what went wrong and what to do.
+Every call is signed with the user's key (`bacalhau.callsign`; the key is created on first use
+at $BACALHAU_USER_KEY or ~/.bacalhau/user.key). Every gRPC failure becomes a `ClientError` with
+one line saying what went wrong and what to do.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import grpc
+from google.protobuf.message_factory import GetMessageClass
 
-from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc
+from bacalhau import callsign
+from bacalhau._pb.bacalhau.v1 import client_pb2
 from bacalhau.errors import BacalhauError
+from bacalhau.identity import Identity
 
 DEFAULT_API = "127.0.0.1:1234"
 UPLOAD_CHUNK = 1 << 20
@@ -44,27 +47,80 @@ def default_api() -> str:
     return os.environ.get("BACALHAU_API") or DEFAULT_API
 
 
-def default_client_id() -> str:
-    """``$BACALHAU_CLIENT_ID``, else ``user@host``: who submitted a job, for `list --client`."""
-    env = os.environ.get("BACALHAU_CLIENT_ID")
-    if env:
-        return env
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+def default_user_key() -> Path:
+    """``$BACALHAU_USER_KEY``, else ``~/.bacalhau/user.key``."""
+    env = os.environ.get("BACALHAU_USER_KEY")
+    return Path(env) if env else Path.home() / ".bacalhau" / "user.key"
+
+
+def load_user_key(path: Path | None = None) -> Identity:
+    """The user's key, created (mode 0600) on first use. Raises IdentityError."""
+    return Identity.load_or_create_file(path or default_user_key(), "user key")
+
+
+class ClientStub:
+    """ClientService calls, each signed with `key`: the same call signatures as the generated
+    stub (`stub.Submit(request, timeout=...)`), for any channel."""
+
+    def __init__(self, channel: grpc.Channel, key: Identity) -> None:
+        service = client_pb2.DESCRIPTOR.services_by_name["ClientService"]
+        for m in service.methods:
+            path = f"/{service.full_name}/{m.name}"
+            reply = GetMessageClass(m.output_type).FromString
+            call: Callable[..., Any]
+            if m.client_streaming:
+                streaming = channel.stream_unary(
+                    path, request_serializer=_serialize, response_deserializer=reply
+                )
+                call = _signed_stream(streaming, key, path)
+            elif m.server_streaming:
+                call = _signed(channel.unary_stream(path, None, reply), key, path)
+            else:
+                call = _signed(channel.unary_unary(path, None, reply), key, path)
+            setattr(self, m.name, call)
+
+    def __getattr__(self, name: str) -> Any:  # the methods are set in __init__
+        raise AttributeError(name)
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
+
+
+def _signed(multi_callable: Any, key: Identity, path: str) -> Callable[..., Any]:
+    def call(request: Any, timeout: float | None = None) -> Any:
+        body = _serialize(request)  # signed and sent as these very bytes
+        return multi_callable(body, timeout=timeout, metadata=callsign.sign(key, path, body))
+
+    return call
+
+
+def _signed_stream(multi_callable: Any, key: Identity, path: str) -> Callable[..., Any]:
+    def call(requests: Iterator[Any], timeout: float | None = None) -> Any:
+        return multi_callable(requests, timeout=timeout, metadata=callsign.sign(key, path, None))
+
+    return call
 
 
 class Client:
     """Talks to one node. Methods raise ClientError."""
 
-    def __init__(self, api: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api: str | None = None,
+        *,
+        timeout: float = 30.0,
+        user_key: Identity | Path | None = None,
+    ) -> None:
+        """`user_key`: the key that signs every call (an Identity, or a key file created on
+        first use); default: `default_user_key()`. Raises IdentityError for an unreadable
+        key file."""
         self.api = api or default_api()
         self.timeout = timeout
-        self.client_id = default_client_id()
+        self.key = user_key if isinstance(user_key, Identity) else load_user_key(user_key)
+        self.user_id = self.key.node_id
         self._channel = grpc.insecure_channel(self.api, options=_OPTIONS)
-        self._stub = client_pb2_grpc.ClientServiceStub(self._channel)
+        self._stub = ClientStub(self._channel, self.key)
 
     def close(self) -> None:
         self._channel.close()
@@ -112,7 +168,7 @@ class Client:
         return self._call(self._stub.NodeInfo, client_pb2.NodeInfoRequest())
 
     def submit(self, spec: Any) -> Any:
-        req = client_pb2.SubmitRequest(spec=spec, client_id=self.client_id)
+        req = client_pb2.SubmitRequest(spec=spec)
         return self._call(self._stub.Submit, req)
 
     def get_job(self, job_id: str, *, wait: bool = False) -> Any:
@@ -130,11 +186,18 @@ class Client:
         limit: int = 0,
         states: list[Any] | None = None,
         client_id: str = "",
+        all_users: bool = False,
         cursor: str = "",
     ) -> Any:
-        """ListJobsResponse: a page of jobs (newest first) and the cursor of the next."""
+        """ListJobsResponse: a page of jobs (newest first) and the cursor of the next: this
+        user's, or `client_id`'s, or with `all_users` everyone's."""
         req = client_pb2.ListJobsRequest(
-            all=all, limit=limit, states=states or [], client_id=client_id, cursor=cursor
+            all=all,
+            limit=limit,
+            states=states or [],
+            client_id=client_id,
+            all_users=all_users,
+            cursor=cursor,
         )
         return self._call(self._stub.ListJobs, req)
 

@@ -63,26 +63,31 @@ class Identity:
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Identity:
         """Load `data_dir/node.key`, creating it (and `data_dir`) if missing; IdentityError."""
-        path = data_dir / KEY_FILE
+        return cls.load_or_create_file(data_dir / KEY_FILE)
+
+    @classmethod
+    def load_or_create_file(cls, path: Path, what: str = "node key") -> Identity:
+        """Load the key file `path`, creating it (and its folder) if missing; IdentityError
+        naming `what` (e.g. "user key")."""
         try:
-            return cls._load(path)
+            return cls._load(path, what)
         except FileNotFoundError:
             pass
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise IdentityError(
-                f"cannot create data directory {data_dir}: {e.strerror}",
-                hint="check its permissions or choose another --data-dir",
+                f"cannot create the folder of {what} {path}: {e.strerror}",
+                hint="check its permissions, or choose another place for the key",
             ) from None
         identity = cls.generate()
-        if identity._store(path):
+        if identity._store(path, what):
             return identity
         # Another process created the key between our read and our link: use theirs.
         try:
-            return cls._load(path)
+            return cls._load(path, what)
         except FileNotFoundError:
-            raise IdentityError(f"node key {path} vanished while being created") from None
+            raise IdentityError(f"{what} {path} vanished while being created") from None
 
     @property
     def public_key_bytes(self) -> bytes:
@@ -105,23 +110,23 @@ class Identity:
         return self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     @classmethod
-    def _load(cls, path: Path) -> Identity:
+    def _load(cls, path: Path, what: str = "node key") -> Identity:
         """Read a key file; FileNotFoundError passes through, anything else is IdentityError."""
-        hint = "restore it from a backup, or delete it to give this node a new identity"
+        hint = "restore it from a backup, or delete it to get a new identity"
         try:
             seed = path.read_bytes()
         except FileNotFoundError:
             raise
         except OSError as e:
-            raise IdentityError(f"cannot read node key {path}: {e.strerror}", hint=hint) from None
+            raise IdentityError(f"cannot read {what} {path}: {e.strerror}", hint=hint) from None
         if len(seed) != SEED_LEN:
             raise IdentityError(
-                f"node key {path} is corrupt: {len(seed)} bytes, expected a {SEED_LEN}-byte seed",
+                f"{what} {path} is corrupt: {len(seed)} bytes, expected a {SEED_LEN}-byte seed",
                 hint=hint,
             )
         return cls.from_seed(seed)
 
-    def _store(self, path: Path) -> bool:
+    def _store(self, path: Path, what: str = "node key") -> bool:
         """Write the key to `path` durably; False if a key file already exists there."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
@@ -141,8 +146,8 @@ class Identity:
             return True
         except OSError as e:
             raise IdentityError(
-                f"cannot create node key {path}: {e.strerror}",
-                hint="check the data directory's permissions and free space",
+                f"cannot create {what} {path}: {e.strerror}",
+                hint="check the folder's permissions and free space",
             ) from None
         finally:
             with contextlib.suppress(OSError):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+# Every client call is signed with a user key (~/.bacalhau/user.key by default): the suite's
+# clients, in this process and in the bacalhauctl processes it starts, use one of their own.
+_USER_KEY_DIR = tempfile.mkdtemp(prefix="bacalhau-user-")
+atexit.register(shutil.rmtree, _USER_KEY_DIR, True)
+os.environ["BACALHAU_USER_KEY"] = os.path.join(_USER_KEY_DIR, "user.key")
 RESULTS: dict[str, float] = {}  # name -> mean seconds
 MEDIANS: dict[str, float] = {}  # name -> median seconds
 NOTES: dict[str, float] = {}  # name -> a figure that is not a time (see the `note` fixture)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,11 @@ settings.register_profile("bacalhau", deadline=None)
 settings.load_profile("bacalhau")
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every client call is signed with a user key (~/.bacalhau/user.key by default): the suite's
+# clients, in this process and in the bacalhauctl processes it starts, use one of their own.
+_USER_KEY_DIR = tempfile.mkdtemp(prefix="bacalhau-user-")
+atexit.register(shutil.rmtree, _USER_KEY_DIR, True)
+os.environ["BACALHAU_USER_KEY"] = os.path.join(_USER_KEY_DIR, "user.key")
 # A copy of ../shared/test-vectors (CIDs computed by kubo), so the suite runs from any clone;
 # test_vectors_copy_is_current checks it against the shared one where that is present.
 VECTORS = ROOT / "tests" / "vectors"

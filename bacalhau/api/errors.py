@@ -9,9 +9,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from bacalhau.callsign import CallRefused
 from bacalhau.content.errors import InvalidCID, NotFound, UnsupportedCID
 from bacalhau.datastore import AmbiguousID, JobNotFound
 from bacalhau.errors import BacalhauError, JobStateError, UsageError
+from bacalhau.service.callers import Forbidden
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,6 +26,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (UnsupportedCID, grpc.StatusCode.INVALID_ARGUMENT),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (CallRefused, grpc.StatusCode.UNAUTHENTICATED),
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2_grpc
+from bacalhau.api.auth import caller
 from bacalhau.api.errors import streaming, unary
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
@@ -19,6 +20,7 @@ from bacalhau.errors import UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
 from bacalhau.service import DataService, InfoService, JobService, ResultService
+from bacalhau.service.callers import Forbidden
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
@@ -32,19 +34,23 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @unary
     async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        job = await self.jobs.submit(request.spec, request.client_id)
+        job = await self.jobs.submit(request.spec, caller())
         return client_pb2.SubmitResponse(job_id=job.id, job=job)
 
     @unary
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        job = self.jobs.get(request.job_id)
+        who = caller()
+        job = self.jobs.describe(request.job_id, who)
         if request.wait:
-            job = await self.jobs.wait_final(job.id)
+            await self.jobs.wait_final(job.id)
+            job = self.jobs.describe(job.id, who)
         return client_pb2.GetJobResponse(job=job, events=self.jobs.events(job.id))
 
     @unary
     async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         page = self.jobs.list(
+            caller(),
+            all_users=request.all_users,
             states=frozenset(request.states),
             all=request.all,
             client_id=request.client_id,
@@ -70,7 +76,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @unary
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        job = await self.jobs.cancel(request.job_id, request.reason)
+        job = await self.jobs.cancel(request.job_id, caller(), request.reason)
         return client_pb2.CancelResponse(job=job)
 
     @streaming
@@ -90,7 +96,10 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            self.jobs.access.check_submit(caller(), "upload data")
             cid, size = await self.data.add(request_iterator)
+        except Forbidden as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except (UsageError, ContentError) as exc:  # ContentError: a corrupt CAR
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OSError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
 from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.cli._render import describe_text, dump, job_doc, time_text
-from bacalhau.client import Client
+from bacalhau.client import Client, default_user_key, load_user_key
 from bacalhau.content.cid import CID
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.models import JobState
@@ -33,7 +33,14 @@ from bacalhau.spec import (
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.api)
+    return Client(args.api, user_key=args.user_key)
+
+
+def whoami(args: argparse.Namespace) -> int:
+    path = args.user_key or default_user_key()
+    key = load_user_key(path)
+    _print({"user_id": key.node_id, "key": str(path)}, args, key.node_id + "\n")
+    return 0
 
 
 def _print(doc: Any, args: argparse.Namespace, text: str) -> None:
@@ -276,7 +283,13 @@ def list_jobs(args: argparse.Namespace) -> int:
         raise UsageError(f"-n must not be negative, not {args.n}")
     with _client(args) as c:
         states = [JobState(s).pb for s in args.state]
-        page = c.list_jobs(all=args.all, limit=args.n, states=states, client_id=args.client)
+        page = c.list_jobs(
+            all=args.all,
+            limit=args.n,
+            states=states,
+            client_id=args.client,
+            all_users=args.all_users,
+        )
     docs = [job_doc(j) for j in page.jobs]
     lines = []
     for d in docs:

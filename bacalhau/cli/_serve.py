@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from bacalhau import engines as engine_registry
 from bacalhau import spec
 from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.errors import BacalhauError, UsageError
+from bacalhau.identity import IdentityError, public_key_from_node_id
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -77,8 +79,37 @@ def serve(args: argparse.Namespace) -> int:
         allow_private_urls=args.allow_private_urls,
         max_job_timeout_s=args.max_job_timeout,
         max_spec_bytes=max_spec,
+        admin_keys=frozenset(_ids(args.admin_keys, "--admin-keys")),
+        allow_clients=None
+        if args.allow_clients is None
+        else frozenset(_ids(args.allow_clients, "--allow-clients")),
     )
     return asyncio.run(_run(Node(config)))
+
+
+def _ids(path: Path | None, flag: str) -> list[str]:
+    """The user or node IDs in a file: one per line, '#' starts a comment. UsageError naming
+    the file and line of anything else."""
+    if path is None:
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag}: cannot read {path}: {getattr(e, 'strerror', e)}") from None
+    ids = []
+    for n, line in enumerate(text.splitlines(), 1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        try:
+            public_key_from_node_id(word)
+        except IdentityError:
+            raise UsageError(
+                f"{flag}: {path} line {n}: {word[:60]!r} is not an ID",
+                hint="one ID per line, as 'bacalhauctl whoami' or 'bacalhauctl id' prints it",
+            ) from None
+        ids.append(word)
+    return ids
 
 
 def _size(text: str, flag: str) -> int:

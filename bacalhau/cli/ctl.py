@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", choices=FORMATS, default="text", help="output format (default: text)"
     )
     parser.add_argument(
+        "--user-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the Ed25519 key that signs your calls and owns your jobs, created on first use "
+        "(default: $BACALHAU_USER_KEY or ~/.bacalhau/user.key)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=default_data_dir(),
@@ -83,6 +91,7 @@ def _add_job_commands(sub: Any) -> None:
     common.add_argument("--output", choices=FORMATS, default=argparse.SUPPRESS)
     add = functools.partial(sub.add_parser, parents=[common])
     add("id", help="print the node's ID")
+    add("whoami", help="print your user ID (from your user key; no node is asked)")
     add("peers", help="list the node's peers")
 
     flags = _run_flags(common)
@@ -123,7 +132,7 @@ def _add_job_commands(sub: Any) -> None:
     engines = run_cmd.add_subparsers(dest="run_command", metavar="ENGINE", required=True)
     _python_cmds.add_parser(engines, flags)
 
-    ls = add("list", help="list jobs submitted to the node (active ones by default)")
+    ls = add("list", help="list your jobs on the node (active ones by default)")
     ls.add_argument("--all", action="store_true", help="include finished jobs")
     ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
     ls.add_argument(
@@ -133,7 +142,12 @@ def _add_job_commands(sub: Any) -> None:
         choices=("pending", "running", "completed", "failed", "cancelled"),
         help="only jobs in this state (repeatable)",
     )
-    ls.add_argument("--client", default="", metavar="ID", help="only jobs submitted by ID")
+    ls.add_argument(
+        "--all-users",
+        action="store_true",
+        help="every user's jobs, not only yours (their env values hidden)",
+    )
+    ls.add_argument("--client", default="", metavar="ID", help="only jobs of this user ID")
 
     describe = add("describe", help="a job's state, executions and events")
     describe.add_argument("job", metavar="JOB")
@@ -218,6 +232,7 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 _JOB_COMMANDS = {
     "id": "node_id",
+    "whoami": "whoami",
     "peers": "peers",
     "wasm": "wasm_run",
     "docker": "docker_run",

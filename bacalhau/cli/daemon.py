@@ -106,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
         "addresses (off by default: a job could read this node's own services or its LAN)",
     )
     serve.add_argument(
+        "--admin-keys",
+        type=Path,
+        metavar="FILE",
+        help="user IDs (one per line, '#' comments) that may cancel any job and see every "
+        "job's env values",
+    )
+    serve.add_argument(
+        "--allow-clients",
+        type=Path,
+        metavar="FILE",
+        help="only these user IDs (one per line, '#' comments) may submit jobs and upload "
+        "data here (default: any signed client)",
+    )
+    serve.add_argument(
         "--max-job-timeout",
         type=float,
         default=86400,

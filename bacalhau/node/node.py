@@ -23,6 +23,7 @@ from bacalhau._pb.bacalhau.v1 import (
     types_pb2,
 )
 from bacalhau.api import ClientServicer, PeerServicer
+from bacalhau.api.auth import SignedCalls
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute.capacity import Allocator, Limits, detect
 from bacalhau.compute.inputs import InputCache
@@ -41,6 +42,7 @@ from bacalhau.node.peer_table import PeerTable
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
 from bacalhau.requester.node import Requester
 from bacalhau.service import (
+    Access,
     DataService,
     InfoService,
     JobService,
@@ -77,6 +79,8 @@ class NodeConfig:
     allow_private_urls: bool = False  # URL inputs may reach loopback, LAN and link-local hosts
     max_job_timeout_s: float = jobspec.MAX_TIMEOUT_S  # the longest timeout a job may ask for
     max_spec_bytes: int = jobspec.MAX_SPEC_BYTES  # the largest spec this node takes
+    admin_keys: frozenset[str] = frozenset()  # user IDs that may cancel and see any job
+    allow_clients: frozenset[str] | None = None  # user IDs that may submit (None: anyone)
 
 
 class Node:
@@ -117,7 +121,13 @@ class Node:
         machine = await asyncio.to_thread(detect, cfg.data_dir, cfg.nvidia_smi)
         allocator = Allocator(machine, cfg.limits)
         total = allocator.total
-        self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self.client_calls_refused = Counter(
+            "bacalhau_client_calls_refused_total",
+            "Client calls refused before their handler: unsigned, badly signed, stale or replayed.",
+        )
+        access = Access(admins=cfg.admin_keys, submitters=cfg.allow_clients)
+        signed = SignedCalls(access, on_refused=self.client_calls_refused.inc)
+        self._server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[signed])
         port = self._server.add_insecure_port(f"{_host_for_bind(cfg.host)}:{cfg.port}")
         self.address = f"{_host_for_bind(cfg.host)}:{port}"
         hello = peer_pb2.Hello(
@@ -195,6 +205,7 @@ class Node:
             on_submit=self.submitted.inc,
             max_timeout_s=cfg.max_job_timeout_s,
             max_spec_bytes=cfg.max_spec_bytes,
+            access=access,
         )
         info = InfoService(
             node_id=self.node_id,
@@ -269,6 +280,7 @@ class Node:
             callback=lambda: {(): float(self.compute.queued)},
         )
         registry.register(self.submitted)
+        registry.register(self.client_calls_refused)
         rejected = Counter(
             "bacalhau_peer_packets_rejected_total",
             "Peer packets refused (forged, malformed, oversized, replayed, ...).",

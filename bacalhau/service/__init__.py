@@ -4,6 +4,7 @@ waiting, watching, logs, results, data ingest and node info (`jobs`, `results`, 
 
 from __future__ import annotations
 
+from bacalhau.service.callers import Access, Caller, Forbidden
 from bacalhau.service.data import DataService
 from bacalhau.service.info import InfoService, NodeView, PeerView
 from bacalhau.service.jobs import JobService, LogChunk
@@ -11,7 +12,10 @@ from bacalhau.service.results import ResultService, result_execution
 from bacalhau.service.watch import JobWatch
 
 __all__ = [
+    "Access",
+    "Caller",
     "DataService",
+    "Forbidden",
     "InfoService",
     "JobService",
     "JobWatch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from bacalhau.errors import UsageError
 from bacalhau.models import JobState
 from bacalhau.requester.logs import STDERR, STDOUT
 from bacalhau.requester.node import Requester
+from bacalhau.service.callers import Access, Caller, check_owner, view
 from bacalhau.service.results import ResultService, result_execution
 from bacalhau.service.watch import JobWatch
 
@@ -43,6 +45,7 @@ class JobService:
         on_submit: Callable[[], None] = lambda: None,
         max_timeout_s: float = jobspec.MAX_TIMEOUT_S,
         max_spec_bytes: int = jobspec.MAX_SPEC_BYTES,
+        access: Access | None = None,
     ) -> None:
         self._store = store
         self._requester = requester
@@ -51,15 +54,17 @@ class JobService:
         self._on_submit = on_submit
         self._max_timeout_s = max_timeout_s
         self._max_spec_bytes = max_spec_bytes
+        self.access = access or Access()
 
-    async def submit(self, spec: Any, client_id: str = "") -> Any:
-        """Check `spec` and store the job; the job once durable.
+    async def submit(self, spec: Any, caller: Caller) -> Any:
+        """Check `spec` and store the job, owned by `caller`; the job once durable.
 
-        Raises SpecError naming what is wrong, NotFound for data the engine needs on this
-        node (a wasm module) that is not here.
+        Raises Forbidden if the caller may not submit here, SpecError naming what is wrong,
+        NotFound for data the engine needs on this node (a wasm module) that is not here.
         """
+        self.access.check_submit(caller)
         await asyncio.to_thread(self._check, spec)
-        job = await self._requester.submit(spec, client_id[:256])
+        job = await self._requester.submit(spec, caller.user_id)
         self._on_submit()
         return job
 
@@ -81,10 +86,16 @@ class JobService:
         if problems:
             raise jobspec.SpecError(problems)
 
-    async def cancel(self, job_id: str, reason: str = "") -> Any:
-        """Cancel a job. Raises SpecError for a malformed ID, JobNotFound, JobStateError if it
-        is final already."""
-        return await self._requester.cancel(self.get(job_id).id, reason[:1000])
+    async def cancel(self, job_id: str, caller: Caller, reason: str = "") -> Any:
+        """Cancel a job. Raises SpecError for a malformed ID, JobNotFound, Forbidden unless
+        the caller owns it, JobStateError if it is final already."""
+        job = self.get(job_id)
+        check_owner(caller, job, "cancel")
+        return await self._requester.cancel(job.id, reason[:1000])
+
+    def describe(self, job_id: str, caller: Caller) -> Any:
+        """The job as `caller` may see it (env values hidden from all but its owner)."""
+        return view(self.get(job_id), caller)
 
     def get(self, job_id: str) -> Any:
         """The job (`job_id` may be a unique prefix). Raises SpecError for an empty, overlong
@@ -111,7 +122,9 @@ class JobService:
 
     def list(
         self,
+        caller: Caller,
         *,
+        all_users: bool = False,
         states: frozenset[int] = frozenset(),
         all: bool = False,
         client_id: str = "",
@@ -120,7 +133,8 @@ class JobService:
         limit: int = 0,
         cursor: str = "",
     ) -> Any:
-        """A page of jobs (active ones unless `all` or `states`). Raises UsageError for a
+        """A page of jobs (active ones unless `all` or `states`) of user `client_id`, else of
+        the caller unless `all_users`, as the caller may see them. Raises UsageError for a
         cursor that is not one this node gave."""
         try:
             bytes.fromhex(cursor)
@@ -128,13 +142,14 @@ class JobService:
             raise UsageError(f"bad cursor {cursor!r}") from None
         query = JobQuery(
             states=states or (frozenset() if all else ACTIVE_JOB_STATES),
-            client_id=client_id,
+            client_id=client_id or ("" if all_users else caller.user_id),
             labels=labels or {},
             oldest_first=oldest_first,
             limit=limit,
             cursor=cursor,
         )
-        return self._store.query_jobs(query)
+        page = self._store.query_jobs(query)
+        return dataclasses.replace(page, jobs=[view(job, caller) for job in page.jobs])
 
     async def watch_events(
         self, job_id: str, after_seq: int = 0, follow: bool = False

@@ -17,7 +17,7 @@ import wasmtime
 
 from bacalhau._pb.bacalhau.v1 import types_pb2
 from bacalhau.cli._download import download_result
-from bacalhau.client import Client
+from bacalhau.client import Client, ClientStub, load_user_key
 from bacalhau.content import Importer
 from bacalhau.content.cid import CID
 from tests._web import QuietHandler, serve, stop
@@ -446,7 +446,7 @@ def test_interrupted_get_resumes(net: Cluster, big_result: tuple[str, str], tmp_
 def test_folder_upload_refuses_unsafe_paths(net: Cluster, tmp_path: Path):
     import grpc
 
-    from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc
+    from bacalhau._pb.bacalhau.v1 import client_pb2
 
     def upload(path: str) -> Any:
         reqs = [
@@ -455,7 +455,7 @@ def test_folder_upload_refuses_unsafe_paths(net: Cluster, tmp_path: Path):
             client_pb2.AddDataRequest(chunk=b"escaped"),
         ]
         with grpc.insecure_channel(net[0].address) as ch:
-            return client_pb2_grpc.ClientServiceStub(ch).AddData(iter(reqs), timeout=10)
+            return ClientStub(ch, load_user_key()).AddData(iter(reqs), timeout=10)
 
     for bad in ("../escape", "a/../../escape", "/etc/x", "a//b", "."):
         with pytest.raises(grpc.RpcError) as err:
