@@ -27,12 +27,12 @@ import binascii
 import hashlib
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Final
 
 from bacalhau.errors import BacalhauError
 from bacalhau.identity import Identity, IdentityError, public_key_from_node_id, verify
+from bacalhau.replay import REPEATED, ReplayWindow
 
 PREFIX: Final = "bacalhau-call-v1"
 USER: Final = "bacalhau-user"
@@ -42,7 +42,7 @@ SIGNATURE: Final = "bacalhau-signature"
 KEYS: Final = (USER, TIME, NONCE, SIGNATURE)
 NONCE_BYTES: Final = 16
 MAX_SKEW_S: Final = 300.0  # how far a call's time may be from the node's clock, either way
-MAX_SEEN: Final = 200_000  # nonces remembered; more raise the oldest time still taken
+MAX_SEEN: Final = 200_000  # nonces remembered (see bacalhau.replay)
 EMPTY_DIGEST: Final = hashlib.sha256(b"").hexdigest()
 
 
@@ -78,19 +78,12 @@ def sign(
 
 
 class Verifier:
-    """Checks signed calls: signature, clock skew, and that no (user, nonce) is taken twice.
-
-    Nonces are remembered for as long as their call's time is within the skew window. When more
-    than `max_seen` are remembered, the oldest are forgotten and calls signed at or before the
-    newest forgotten time are refused as stale: memory stays bounded and a replay is never
-    taken, at the cost of a shorter window under a flood.
-    """
+    """Checks signed calls: signature, clock skew, and that no (user, nonce) is taken twice
+    (`bacalhau.replay.ReplayWindow`: bounded memory, a replay never taken)."""
 
     def __init__(self, *, max_skew_s: float = MAX_SKEW_S, max_seen: int = MAX_SEEN) -> None:
         self.max_skew_ms = int(max_skew_s * 1000)
-        self.max_seen = max_seen
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # by time taken
-        self._floor_ms = 0  # calls signed at or before this time are refused
+        self.seen = ReplayWindow(self.max_skew_ms, max_seen)
 
     def check(
         self, metadata: Mapping[str, str], method: str, body: bytes | None, now_ms: int
@@ -126,37 +119,19 @@ class Verifier:
             raise CallRefused(
                 "the call's signature does not match its user, method, time, nonce and request"
             )
-        if abs(t - now_ms) > self.max_skew_ms:
+        verdict = self.seen.check((user, nonce), t, now_ms)
+        if verdict == REPEATED:
+            raise CallRefused("this call was taken already (its nonce was used); sign it again")
+        if verdict is not None and abs(t - now_ms) > self.max_skew_ms:
             raise CallRefused(
                 f"the call was signed {abs(t - now_ms) / 1000:.0f} s "
                 f"{'ago' if t < now_ms else 'in the future'}; a node takes calls signed within "
                 f"{self.max_skew_ms / 1000:.0f} s of its clock",
                 hint="check this machine's clock",
             )
-        self._forget(now_ms)
-        if t <= self._floor_ms:
-            raise CallRefused(
-                "the call was signed too long ago for this busy node; sign it again",
-            )
-        key = (user, nonce)
-        if key in self._seen:
-            raise CallRefused("this call was taken already (its nonce was used); sign it again")
-        self._seen[key] = t
-        if len(self._seen) > self.max_seen:
-            _, oldest = self._seen.popitem(last=False)
-            # Not above now: a caller's own future-dated calls must not lock others out.
-            self._floor_ms = max(self._floor_ms, min(oldest, now_ms))
+        if verdict is not None:
+            raise CallRefused("the call was signed too long ago for this busy node; sign it again")
         return user
-
-    def _forget(self, now_ms: int) -> None:
-        """Drop nonces whose calls are outside the window (no longer taken anyway)."""
-        cutoff = now_ms - self.max_skew_ms
-        while self._seen:
-            key, t = next(iter(self._seen.items()))
-            if t >= cutoff:
-                break
-            del self._seen[key]
-            self._floor_ms = max(self._floor_ms, t)
 
 
 def _is_hex(text: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -181,7 +182,14 @@ def test_a_key_that_does_not_match_the_claimed_sender_is_refused(
     a: Identity, b: Identity, c: Identity, net_b: Network
 ) -> None:
     # C signs, correctly, a packet that claims to come from A.
-    packet = peer_pb2.PeerPacket(sender=a.node_id, recipient=b.node_id, seq=1, messages=[bid()])
+    packet = peer_pb2.PeerPacket(
+        sender=a.node_id,
+        recipient=b.node_id,
+        seq=1,
+        messages=[bid()],
+        nonce=os.urandom(16),
+        time_unix_nano=time.time_ns(),
+    )
     assert_refused(net_b, inbound(a), signed(c, packet), "claiming to be from")
     assert_refused(net_b, Connection(outbound=False), signed(c, packet), "claiming to be from")
     # A's own signature over the same packet is accepted.
@@ -237,6 +245,34 @@ def test_a_packet_from_another_node_on_an_established_stream_is_refused(
     assert net_b._open(inbound(c), env).sender == c.node_id
 
 
+def test_a_packet_taken_before_is_refused_on_any_stream(
+    a: Identity, b: Identity, net_b: Network
+) -> None:
+    env = sealed(a, b.node_id)
+    assert net_b._open(inbound(a), env).seq == 1
+    # A new stream (its sequence starts again) does not make the same packet new.
+    assert_refused(net_b, inbound(a), env, "taken before")
+
+
+def test_a_packet_far_from_the_clock_or_without_a_nonce_is_refused(
+    a: Identity, b: Identity, net_b: Network
+) -> None:
+    def packet(**fields: Any) -> Any:
+        base = {"sender": a.node_id, "recipient": b.node_id, "seq": 1, "messages": [bid()],
+                "nonce": os.urandom(16), "time_unix_nano": time.time_ns()}  # fmt: skip
+        return signed(a, peer_pb2.PeerPacket(**{**base, **fields}))
+
+    ten_minutes = 600 * 10**9
+    assert_refused(net_b, inbound(a), packet(time_unix_nano=time.time_ns() - ten_minutes),
+                   "behind this node's clock")  # fmt: skip
+    assert_refused(net_b, inbound(a), packet(time_unix_nano=time.time_ns() + ten_minutes),
+                   "ahead of this node's clock")  # fmt: skip
+    assert_refused(net_b, inbound(a), packet(time_unix_nano=0), "behind")
+    for nonce in (b"", b"x" * 15, b"x" * 17):
+        assert_refused(net_b, inbound(a), packet(nonce=nonce), "without a nonce")
+    assert net_b._open(inbound(a), packet()).sender == a.node_id
+
+
 # -- Hello and registration -----------------------------------------------------------------
 
 
@@ -244,37 +280,87 @@ def test_the_first_message_must_be_hello(a: Identity, b: Identity) -> None:
     for first in (sealed(a, ""), sealed(a, "", bid(), hello_msg(a))):
         net = network(b)
         with pytest.raises(PeerProtocolError, match="must be Hello"):
-            net._register(Connection(outbound=False), first)
+            net._check_hello(Connection(outbound=False), first)
         assert net.connected() == []
-    empty = signed(a, peer_pb2.PeerPacket(sender=a.node_id, seq=1))
+    empty = signed(
+        a,
+        peer_pb2.PeerPacket(
+            sender=a.node_id, seq=1, nonce=os.urandom(16), time_unix_nano=time.time_ns()
+        ),
+    )
     with pytest.raises(PeerProtocolError, match="must be Hello"):
-        network(b)._register(Connection(outbound=False), empty)
+        network(b)._check_hello(Connection(outbound=False), empty)
 
 
-def test_an_inbound_hello_registers_the_peer_and_answers(a: Identity, b: Identity) -> None:
-    net = network(b)
+def handshake(net_a: Network, net_b: Network, *with_hello: Any) -> tuple[Connection, Connection]:
+    """A dials B, as `_dial_once` and `serve_stream` do: Hello each way, each answered."""
+    dialer, listener = Connection(outbound=True), Connection(outbound=False)
+    dialer.challenge = net_a._send_packet(dialer, "", [hello_msg(net_a.identity), *with_hello])
+    hello_a = net_b._check_hello(listener, dialer.queue.get_nowait())
+    listener.node_id = hello_a.sender
+    net_b._answer(listener, hello_a)
+    hello_b = net_a._check_hello(dialer, listener.queue.get_nowait())
+    net_a._answer(dialer, hello_b)
+    net_a._register(dialer, hello_b)
+    answer = net_b._open(listener, dialer.queue.get_nowait())
+    net_b._confirm(listener, answer)
+    net_b._register(listener, hello_a)
+    return dialer, listener
+
+
+def test_a_hello_registers_the_peer_once_each_side_answered(a: Identity, b: Identity) -> None:
+    net_a, net_b = network(a), network(b)
     joined: list[str] = []
-    net.on_connect.append(joined.append)
+    net_b.on_connect.append(joined.append)
+    dialer, listener = handshake(net_a, net_b)
+    assert listener.node_id == a.node_id and listener.address == "127.0.0.1:1"
+    assert dialer.node_id == b.node_id
+    assert net_b.connected() == [a.node_id] and joined == [a.node_id]
+    assert net_a.connected() == [b.node_id]
+    assert net_a.status_of(b.node_id) is not None  # B's status came with its Hello
+    # what came with a Hello besides a status is handed on for delivery
     conn = Connection(outbound=False)
-    extra = net._register(conn, sealed(a, "", hello_msg(a), bid("j-7")))
-    assert [m.bid.job_id for m in extra] == ["j-7"]  # what came with the Hello, for delivery
-    assert conn.node_id == a.node_id and conn.address == "127.0.0.1:1"
-    assert net.connected() == [a.node_id] and joined == [a.node_id]
-    # The answer is B's Hello, addressed to A and signed so that A accepts it.
-    reply = conn.queue.get_nowait()
-    packet = network(a)._open(Connection(outbound=True), reply)
-    assert packet.sender == b.node_id and packet.recipient == a.node_id
-    assert [m.WhichOneof("body") for m in packet.messages] == ["hello", "heartbeat"]
-    assert packet.messages[0].hello.node_id == b.node_id
-    # a status that comes with a Hello is kept, not handed on
-    net_a = network(a)
-    assert net_a._register(Connection(outbound=True), reply) == []
-    assert net_a.status_of(b.node_id) is not None
+    hello = network(b)._check_hello(conn, sealed(a, "", hello_msg(a), bid("j-7")))
+    assert [m.bid.job_id for m in network(b)._register(conn, hello)] == ["j-7"]
+
+
+def test_a_hello_that_does_not_answer_ours_is_refused(a: Identity, b: Identity) -> None:
+    """A Hello captured from another stream (answering another dialer) is worth nothing."""
+    net_a, net_b = network(a), network(b)
+    other = Connection(outbound=True)
+    other.challenge = net_a._send_packet(other, "", [hello_msg(a)])
+    listener = Connection(outbound=False)
+    hello_a = net_b._check_hello(listener, other.queue.get_nowait())
+    net_b._answer(listener, hello_a)
+    b_hello = listener.queue.get_nowait()  # B's Hello answers `other`'s, not ours
+    mine = Connection(outbound=True)
+    mine.challenge = net_a._send_packet(mine, "", [hello_msg(a)])
+    with pytest.raises(PeerProtocolError, match="does not answer ours"):
+        net_a._check_hello(mine, b_hello)
+    assert net_a.connected() == []
+
+
+def test_a_replayed_hello_whose_sender_cannot_answer_is_refused(a: Identity, b: Identity) -> None:
+    """The dialed side registers a peer only when the dialer answers its Hello."""
+    net_b = network(b)
+    hello = sealed(a, "", hello_msg(a))
+    listener = Connection(outbound=False)
+    packet = net_b._check_hello(listener, hello)
+    listener.node_id = packet.sender
+    net_b._answer(listener, packet)
+    # Whoever replays A's Hello cannot sign A's answer; a packet of A's that does not carry the
+    # challenge (say, a later one captured elsewhere) is not an answer.
+    with pytest.raises(PeerProtocolError, match="did not answer this node's Hello"):
+        net_b._confirm(listener, net_b._open(listener, sealed(a, b.node_id, seq=2)))
+    assert net_b.connected() == []
+    # The same Hello again, on a new stream, is refused outright.
+    with pytest.raises(PeerProtocolError, match="taken before"):
+        net_b._check_hello(Connection(outbound=False), hello)
 
 
 def test_a_hello_from_oneself_is_refused(b: Identity, net_b: Network) -> None:
     with pytest.raises(PeerProtocolError, match="itself"):
-        net_b._register(Connection(outbound=False), sealed(b, "", hello_msg(b)))
+        net_b._check_hello(Connection(outbound=False), sealed(b, "", hello_msg(b)))
     assert net_b.connected() == []
 
 
@@ -283,10 +369,7 @@ def test_handshake_then_messages_sent_together_share_one_packet(a: Identity, b: 
 
     async def main() -> Any:
         net_a, net_b = network(a), network(b)
-        dialer, listener = Connection(outbound=True), Connection(outbound=False)
-        net_a._send_packet(dialer, "", [hello_msg(a)])  # as _dial_once opens
-        assert net_b._register(listener, dialer.queue.get_nowait()) == []
-        assert net_a._register(dialer, listener.queue.get_nowait()) == []
+        dialer, listener = handshake(net_a, net_b)
         assert net_a.connected() == [b.node_id] and net_b.connected() == [a.node_id]
 
         for n in range(3):
@@ -297,7 +380,7 @@ def test_handshake_then_messages_sent_together_share_one_packet(a: Identity, b: 
         return net_b._open(listener, env)
 
     packet = asyncio.run(main())
-    assert packet.sender == a.node_id and packet.recipient == b.node_id and packet.seq == 2
+    assert packet.sender == a.node_id and packet.recipient == b.node_id and packet.seq == 3
     assert [m.bid.job_id for m in packet.messages] == ["j-0", "j-1", "j-2"]
 
 
@@ -367,7 +450,7 @@ def test_a_peer_with_another_api_version_is_refused_with_a_reason(a: Identity, b
     env = sealed(a, "", peer_pb2.PeerMessage(hello=other))
     net = network(b)
     with pytest.raises(PeerProtocolError, match="speaks API v9; this node speaks v1") as err:
-        net._register(Connection(outbound=False), env)
+        net._check_hello(Connection(outbound=False), env)
     assert err.value.reason == "version" and net.connected() == []
 
 
@@ -405,7 +488,7 @@ def test_gossip_is_checked_delivered_once_and_refused_when_bad(a: Identity, b: I
     stale = gossip_of(a, b.node_id, message_id="m-6", time_unix_nano=time.time_ns() - 10**12)
     net.gossip.receive(relay, stale)
     net.gossip.receive(relay, peer_pb2.Gossip(envelope=b"\xff\x00", hops=1))
-    assert refused == ["forged", "replayed", "malformed"] and len(got) == 2
+    assert refused == ["forged", "stale", "malformed"] and len(got) == 2
 
 
 def test_a_broadcast_is_not_delivered_to_a_node_with_a_stream_to_its_origin(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.compute.capacity import Allocator, Resources
 from bacalhau.compute.inputs import InputCache
@@ -82,7 +83,7 @@ class Bidder:
         )
         if not reason:  # data locality: what of the job's inputs this node holds already
             bid.local_input_bytes, bid.local_inputs = self._inputs.local_share(
-                [i.cid for i in a.spec.inputs if i.source in ("", "ipfs")]
+                jobspec.locality_cids(a.spec)
             )
         return bid
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import Importer, dag
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 FETCH_PATIENCE_S = 30.0
 URL_PARALLEL = 8  # downloads at once per node
-LOCALITY_CHECKS = 256  # inputs looked up to say in a bid how much of a job's data is here
 
 
 @dataclass
@@ -159,10 +159,10 @@ class InputCache:
     def local_share(self, cids: list[str]) -> tuple[int, int]:
         """(bytes, count) of these inputs this node holds already: written out in the cache,
         or in the blockstore (going by the root block, sized from the root's links). A hint
-        for bid selection, kept cheap: at most LOCALITY_CHECKS CIDs, one LMDB read each, no
+        for bid selection, kept cheap: at most spec.LOCALITY_CHECKS CIDs, one LMDB read each, no
         hashing; bad CIDs count as not held."""
         size = count = 0
-        for text in cids[:LOCALITY_CHECKS]:
+        for text in cids[: jobspec.LOCALITY_CHECKS]:
             entry = self._entries.get(text)
             if entry is not None:
                 size += entry.size
@@ -175,7 +175,7 @@ class InputCache:
                 node = dag.decode(root, self._blocks.get(root, verify=False))
             except BacalhauError:
                 continue
-            size += node.filesize or sum(link.tsize for link in node.links)
+            size += node.declared_size
             count += 1
         return size, count
 

@@ -36,6 +36,12 @@ class UnixFSNode:
     data: bytes | None
     filesize: int | None
 
+    @property
+    def declared_size(self) -> int:
+        """What the block says its DAG weighs: a file's size, else its links' sizes (not
+        checked until the DAG is fetched)."""
+        return self.filesize or sum(link.tsize for link in self.links)
+
 
 def decode(cid: bytes, block: bytes) -> UnixFSNode:
     """Decode a raw or dag-pb block. Raises CorruptData or UnsupportedCID."""

@@ -12,9 +12,7 @@ node passes a message on at most once, to at most `FANOUT` peers: O(N) copies, n
 from __future__ import annotations
 
 import random
-import time
 import uuid
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
@@ -22,6 +20,7 @@ from google.protobuf.message import DecodeError
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.identity import node_id_from_public_key, verify
 from bacalhau.models import now_ns
+from bacalhau.replay import REPEATED, ReplayWindow
 
 if TYPE_CHECKING:
     from bacalhau.network.peers import Network
@@ -30,7 +29,7 @@ GOSSIP_HOPS = 3
 FANOUT = 3
 BROADCAST = "*"
 MAX_AGE_NS = 300 * 10**9  # older (or that far in the future) gossip is dropped as a replay
-_SEEN_MAX = 16384
+_SEEN_MAX = 65536  # (origin, message ID) pairs remembered (see bacalhau.replay)
 
 
 class GossipRouter:
@@ -39,7 +38,7 @@ class GossipRouter:
     def __init__(self, net: Network) -> None:
         self._net = net
         self.neighbors: dict[str, set[str]] = {}  # peer -> whom it said it is connected to
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen = ReplayWindow(MAX_AGE_NS, _SEEN_MAX)
         self.relayed = 0  # gossip messages this node sent or passed on
 
     # -- what peers told us ----------------------------------------------------------------
@@ -80,7 +79,6 @@ class GossipRouter:
             public_key=self._net.identity.public_key_bytes,
             signature=self._net.identity.sign(payload),
         )
-        self._remember((self._net.node_id, message_id))
         sealed = env.SerializeToString()
         return self._forward(sealed, recipient, self._net.node_id, "", GOSSIP_HOPS)
 
@@ -130,13 +128,12 @@ class GossipRouter:
             return
         if origin == self._net.node_id or not packet.message_id:
             return
-        if abs(time.time_ns() - packet.time_unix_nano) > MAX_AGE_NS:
-            self._net.refused(PeerProtocolError("stale gossip", "replayed"))
+        verdict = self._seen.check((origin, packet.message_id), packet.time_unix_nano, now_ns())
+        if verdict == REPEATED:  # the same gossip by another path: not an offence
             return
-        key = (origin, packet.message_id)
-        if key in self._seen:
+        if verdict is not None:
+            self._net.refused(PeerProtocolError("stale gossip", "stale"))
             return
-        self._remember(key)
         # A broadcast is for the nodes the origin has no stream to: one with a stream got it
         # directly (a job announcement twice would be bid on twice).
         for_us = packet.recipient == self._net.node_id or (
@@ -147,8 +144,3 @@ class GossipRouter:
                 self._net.dispatcher.dispatch(origin, msg, relayed=True)
         if packet.recipient != self._net.node_id and gossip.hops > 0:
             self._forward(gossip.envelope, packet.recipient, origin, came_from, gossip.hops - 1)
-
-    def _remember(self, key: tuple[str, str]) -> None:
-        self._seen[key] = None
-        if len(self._seen) > _SEEN_MAX:
-            self._seen.popitem(last=False)

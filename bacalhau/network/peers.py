@@ -3,8 +3,14 @@
 Messages travel in packets: what is queued for a peer when the event loop comes round is packed
 into one `PeerPacket`, signed with the sender's ed25519 key and carried in an `Envelope` with
 that key. A receiver refuses a packet whose key does not give the node ID it claims, whose
-signature is wrong, which is meant for another node, or whose sequence number does not grow
-(a replay on the stream), and closes that stream. Both sides send Hello first.
+signature is wrong, which is meant for another node, whose sequence number does not grow (a
+replay on the stream), whose time is more than `PACKET_WINDOW_S` from the receiver's clock, or
+whose nonce it has taken before on any stream, and closes that stream.
+
+Both sides send Hello first, and each answers the other's: the dialed side's Hello carries the
+dialer's Hello nonce in `ack`, and the dialer's next packet carries the dialed side's. A stream
+counts (the peer is connected and alive) only once its Hello was answered that way, so a
+captured Hello replayed on a new stream is worth nothing: its sender is not there to answer.
 
 Messages a node sends to itself are delivered on the event loop without a network hop, so the
 requester and compute roles of one node talk the same way as those of two nodes.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ from bacalhau.identity import Identity, node_id_from_public_key, verify
 from bacalhau.models import now_ns
 from bacalhau.network.dispatch import ANY_PEER, NOBODY, Dispatcher
 from bacalhau.network.gossip import GossipRouter
+from bacalhau.replay import FUTURE, REPEATED, STALE, ReplayWindow
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +62,16 @@ HEARTBEAT_S = 4.0  # every stream carries something at least this often
 DEAD_AFTER_S = 12.0  # a stream silent this long is closed: the peer is not alive
 _DISCOVERED_PATIENCE_S = 60.0  # how long to keep dialling an address heard from a peer
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 2.0
+PACKET_WINDOW_S = 120.0  # how far a packet's time may be from the receiver's clock
+NONCE_BYTES = 16
+_MAX_NONCES = 100_000  # packet nonces remembered across streams (see bacalhau.replay)
 
 
 class PeerProtocolError(Exception):
     """A peer sent something that breaks the protocol; its stream is closed.
 
     `reason` is one word for metrics: forged, malformed, oversized, replayed, misaddressed,
-    version, protocol.
+    version, protocol, stale.
     """
 
     def __init__(self, message: str, reason: str = "protocol") -> None:
@@ -80,6 +91,7 @@ class Connection:
     pending: list[Any] = field(default_factory=list)  # messages for the next packet
     sent_seq: int = 0
     recv_seq: int = 0
+    challenge: bytes = b""  # the nonce of our Hello's packet: the peer must answer it
     last_recv: float = 0.0  # time.monotonic() of the last packet received
     call: Any = None  # the client call of an outbound stream, to cancel it
 
@@ -115,6 +127,7 @@ class Network:
         self.gossip = GossipRouter(self)
         self.packets_sent = 0
         self._closing = False
+        self._nonces = ReplayWindow(int(PACKET_WINDOW_S * 1e9), _MAX_NONCES)
         d = self.dispatcher
         d.register("hello", lambda sender, body: None, NOBODY, relayable=False)
         d.register("heartbeat", self._on_heartbeat, ANY_PEER, relayable=False)
@@ -148,15 +161,21 @@ class Network:
             messages, conn.pending = conn.pending, []
             self._send_packet(conn, conn.node_id, messages)
 
-    def _send_packet(self, conn: Connection, recipient: str, messages: list[Any]) -> None:
+    def _send_packet(
+        self, conn: Connection, recipient: str, messages: list[Any], ack: bytes = b""
+    ) -> bytes:
+        """Seal and queue one packet; its nonce."""
         self.packets_sent += 1
         conn.sent_seq += 1
+        nonce = os.urandom(NONCE_BYTES)
         packet = peer_pb2.PeerPacket(
             sender=self.node_id,
             recipient=recipient,
             seq=conn.sent_seq,
             time_unix_nano=now_ns(),
             messages=messages,
+            nonce=nonce,
+            ack=ack,
         )
         payload = packet.SerializeToString()
         conn.queue.put_nowait(
@@ -166,6 +185,7 @@ class Network:
                 signature=self.identity.sign(payload),
             )
         )
+        return nonce
 
     def _on_heartbeat(self, sender: str, heartbeat: Any) -> None:
         self._status[sender] = heartbeat
@@ -203,17 +223,36 @@ class Network:
             raise PeerProtocolError(f"{sender} wrote on the stream of {conn.node_id}", "forged")
         if packet.seq <= conn.recv_seq:
             raise PeerProtocolError(f"{sender} replayed packet {packet.seq}", "replayed")
+        if len(packet.nonce) != NONCE_BYTES:
+            raise PeerProtocolError(f"{sender} sent a packet without a nonce", "malformed")
+        verdict = self._nonces.check((sender, packet.nonce), packet.time_unix_nano, now_ns())
+        if verdict == REPEATED:
+            raise PeerProtocolError(f"{sender} sent a packet taken before", "replayed")
+        if verdict is not None:
+            off = abs(now_ns() - packet.time_unix_nano) / 1e9
+            when = "ahead of" if verdict == FUTURE else "behind"
+            raise PeerProtocolError(
+                f"a packet from {sender} dated {off:.0f} s {when} this node's clock (peers "
+                f"must be within {PACKET_WINDOW_S:.0f} s of each other)"
+                if verdict != STALE or off > PACKET_WINDOW_S
+                else f"a packet from {sender} dated before what this busy node still checks",
+                "stale",
+            )
         conn.recv_seq = packet.seq
         conn.last_recv = time.monotonic()
         return packet
 
-    def _register(self, conn: Connection, hello_env: Any) -> list[Any]:
-        """Check the peer's Hello and add the connection; return messages that came with it."""
+    def _check_hello(self, conn: Connection, hello_env: Any) -> Any:
+        """Check the peer's Hello packet (and, from a dialed node, that it answers ours)."""
         packet = self._open(conn, hello_env)
         if not packet.messages or packet.messages[0].WhichOneof("body") != "hello":
             raise PeerProtocolError("the first message on a peer stream must be Hello")
         if packet.sender == self.node_id:
             raise PeerProtocolError("connected to itself")
+        if conn.outbound and packet.ack != conn.challenge:
+            raise PeerProtocolError(
+                f"{packet.sender}'s Hello does not answer ours (a replay?)", "replayed"
+            )
         hello = packet.messages[0].hello
         if hello.api_version != API_VERSION:
             raise PeerProtocolError(
@@ -221,15 +260,35 @@ class Network:
                 f"{hello.api_version or 'unknown'}; this node speaks {API_VERSION}",
                 "version",
             )
-        conn.node_id = packet.sender
-        conn.hello = hello
+        return packet
+
+    def _answer(self, conn: Connection, packet: Any) -> None:
+        """Answer the peer's Hello packet: ours (dialed side) or a status (dialer), with `ack`."""
+        if conn.outbound:
+            status = peer_pb2.PeerMessage(heartbeat=self.status())
+            self._send_packet(conn, packet.sender, [status], ack=packet.nonce)
+        else:
+            hello = peer_pb2.PeerMessage(hello=self._hello)
+            status = peer_pb2.PeerMessage(heartbeat=self.status())
+            conn.challenge = self._send_packet(
+                conn, packet.sender, [hello, status], ack=packet.nonce
+            )
+
+    def _confirm(self, conn: Connection, packet: Any) -> None:
+        """Check that the dialer's packet after its Hello answers ours."""
+        if packet.ack != conn.challenge:
+            raise PeerProtocolError(
+                f"{packet.sender} did not answer this node's Hello (a replayed Hello?)",
+                "replayed",
+            )
+
+    def _register(self, conn: Connection, hello_packet: Any) -> list[Any]:
+        """Add the connection of a checked Hello; return messages that came with it."""
+        conn.node_id = hello_packet.sender
+        conn.hello = hello_packet.messages[0].hello
         conn.address = conn.hello.address or conn.address
         self._addresses[conn.node_id] = conn.address
         self._last_seen[conn.node_id] = now_ns()
-        if not conn.outbound:  # answer with our Hello (and status) before anything else
-            hello = peer_pb2.PeerMessage(hello=self._hello)
-            status = peer_pb2.PeerMessage(heartbeat=self.status())
-            self._send_packet(conn, conn.node_id, [hello, status])
         first = conn.node_id not in self._conns
         self._conns.setdefault(conn.node_id, []).append(conn)
         log.info("peer %s connected (%s)", conn.node_id, conn.address)
@@ -238,7 +297,7 @@ class Network:
             for cb in self.on_connect:
                 cb(conn.node_id)
         extra = []
-        for msg in packet.messages[1:]:  # a status that came with the Hello is kept here
+        for msg in hello_packet.messages[1:]:  # a status that came with the Hello is kept here
             if msg.WhichOneof("body") == "heartbeat":
                 self._status[conn.node_id] = msg.heartbeat
             else:
@@ -277,17 +336,28 @@ class Network:
         """The server side of Connect: yields what this node sends on the stream."""
         conn = Connection(outbound=False)
         try:
-            first = await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S)
-            extra = self._register(conn, first)
+            hello = self._check_hello(
+                conn, await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S)
+            )
+            conn.node_id = hello.sender  # later packets must come from it
+            self._answer(conn, hello)
+            yield await conn.queue.get()  # our Hello, before waiting for the answer to it
+            answer = self._open(conn, await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S))
+            self._confirm(conn, answer)
+            extra = self._register(conn, hello)
         except PeerProtocolError as e:
             self.refused(e)
             log.warning("refused a peer stream: %s", e)
             return
         except (TimeoutError, StopAsyncIteration) as e:
-            log.warning("refused a peer stream: %s", e or "no Hello")
+            log.warning("refused a peer stream: %s", e or "its Hello, or the answer to ours, "
+                        "did not come")  # fmt: skip
             return
-        for msg in extra:
-            self.dispatcher.dispatch(conn.node_id, msg)
+        for msg in (*extra, *answer.messages):
+            if msg.WhichOneof("body") == "heartbeat":
+                self._status[conn.node_id] = msg.heartbeat
+            else:
+                self.dispatcher.dispatch(conn.node_id, msg)
         reader = asyncio.ensure_future(self._read_then_close(conn, requests))
         try:
             while (env := await conn.queue.get()) is not None:
@@ -368,7 +438,7 @@ class Network:
             peer_pb2.PeerMessage(hello=self._hello),
             peer_pb2.PeerMessage(heartbeat=self.status()),  # the dialled side learns it at once
         ]
-        self._send_packet(conn, "", opening)
+        conn.challenge = self._send_packet(conn, "", opening)
 
         async def outgoing() -> AsyncIterator[Any]:
             while (env := await conn.queue.get()) is not None:
@@ -380,7 +450,9 @@ class Network:
             first = await asyncio.wait_for(call.read(), _HELLO_TIMEOUT_S)
             if first is grpc.aio.EOF:
                 raise PeerProtocolError("the peer closed the stream before Hello")
-            for msg in self._register(conn, first):
+            hello = self._check_hello(conn, first)
+            self._answer(conn, hello)
+            for msg in self._register(conn, hello):
                 self.dispatcher.dispatch(conn.node_id, msg)
             try:
                 await self._read(conn, _reads(call))

@@ -28,10 +28,13 @@ from bacalhau.blockstore import Blockstore
 from bacalhau.compute.capacity import Allocator, Limits, detect
 from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.node import Compute, ComputeConfig
+from bacalhau.content import dag
+from bacalhau.content.cid import CID
 from bacalhau.data import DEFAULT_MAX_BYTES, UrlFetcher
 from bacalhau.datastore import LmdbDatastore
 from bacalhau.engines import EngineContext
 from bacalhau.engines import get as get_engine
+from bacalhau.errors import BacalhauError
 from bacalhau.identity import Identity
 from bacalhau.layout import ADDRESS_FILE
 from bacalhau.models import JobState
@@ -146,12 +149,19 @@ class Node:
         )
         self.network = Network(self.identity, hello, Dispatcher())
         self.peers = PeerTable(self.store, self.network)
+        self.bids_refused = Counter(
+            "bacalhau_bids_refused_total",
+            "Bids refused for an impossible claim (more input data held than the job has); "
+            "the bidder's bids are then refused for an hour.",
+        )
         self.requester = Requester(
             network=self.network,
             store=self.store,
             bid_window_s=cfg.bid_window_s,
             node_lost_s=cfg.node_lost_s,
             queue_timeout_s=cfg.queue_timeout_s,
+            input_size=self._input_size,
+            on_bid_refused=lambda node_id: self.bids_refused.inc(),
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
@@ -253,6 +263,16 @@ class Node:
         _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")
         log.info("node %s serving on %s", self.node_id, self.address)
 
+    def _input_size(self, cid_text: str) -> int | None:
+        """What the DAG under a CID weighs by its root block here; None if not here."""
+        try:
+            root = bytes(CID.parse(cid_text))
+            if not self.blockstore.has(root):
+                return None
+            return dag.decode(root, self.blockstore.get(root, verify=False)).declared_size
+        except BacalhauError:
+            return None
+
     def _start_metrics(self) -> None:
         registry = Registry()
 
@@ -281,6 +301,7 @@ class Node:
         )
         registry.register(self.submitted)
         registry.register(self.client_calls_refused)
+        registry.register(self.bids_refused)
         rejected = Counter(
             "bacalhau_peer_packets_rejected_total",
             "Peer packets refused (forged, malformed, oversized, replayed, ...).",

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.datastore import Datastore
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
@@ -33,6 +35,7 @@ T = TypeVar("T")
 __all__ = ["JobStateError", "Requester"]
 
 _FINAL_JOB_STATES = frozenset(s.pb for s in JobState if s.is_terminal)
+MARKED_S = 3600.0  # how long the bids of a node that made an impossible claim are refused
 
 
 class Requester:
@@ -46,7 +49,12 @@ class Requester:
         bid_window_s: float = 0.5,
         node_lost_s: float = 10.0,
         queue_timeout_s: float = 300.0,
+        input_size: Callable[[str], int | None] = lambda cid: None,
+        on_bid_refused: Callable[[str], None] = lambda node_id: None,
     ) -> None:
+        """`input_size(cid)`: what the DAG under `cid` weighs, as far as this node can tell
+        (None: unknown); it bounds the locality bidders claim. `on_bid_refused(node_id)` is
+        called for each bid refused for an impossible claim."""
         self._net = network
         self._store = store
         self.ledger = Ledger(store, network.node_id, get_verifier("noop"))
@@ -56,6 +64,9 @@ class Requester:
         self._rounds: dict[tuple[str, int], Round] = {}
         self._lost: dict[str, asyncio.TimerHandle] = {}  # disconnected nodes, until given up
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._input_size = input_size
+        self._on_bid_refused = on_bid_refused
+        self._marked: dict[str, float] = {}  # node -> until when its bids are refused
         network.on_connect.append(self._on_peer_connected)
         network.on_disconnect.append(self._on_peer_disconnected)
         self.logs = LiveLogs()
@@ -198,6 +209,17 @@ class Requester:
                 self._net.send(sender, bid_decision=decision)
             return
         rnd.answered.add(sender)
+        if bid.willing and (lie := self._impossible(sender, rnd.spec, bid)):
+            log.warning("refused a bid from %s on %s: %s", sender, bid.job_id, lie)
+            self._on_bid_refused(sender)
+            decision = peer_pb2.BidDecision(
+                job_id=bid.job_id, shard=bid.shard, accepted=False, reason=f"bid refused: {lie}"
+            )
+            self._net.send(sender, bid_decision=decision)
+            refused = peer_pb2.Bid()
+            refused.CopyFrom(bid)
+            refused.willing, refused.reason = False, f"bid refused: {lie}"
+            bid = refused
         if bid.willing:
             rnd.willing.append(WillingBid(sender, bid.queued, bid.local_input_bytes))
         else:
@@ -206,6 +228,36 @@ class Requester:
         # Every node asked answered; or a willing bid came after the window closed empty.
         if rnd.complete or (bid.willing and rnd.timer is None):
             self._select(rnd.key)
+
+    def _impossible(self, sender: str, spec: Any, bid: Any) -> str:
+        """Why a willing bid cannot be true, or ""; a node that lied is marked for a while.
+
+        A bid says how much of the job's data its node holds (`local_inputs` CIDs,
+        `local_input_bytes`), and the most local node wins. The claim cannot exceed the job's
+        CID inputs, nor what they weigh as far as this node can tell (the roots it holds say;
+        an input it cannot size counts as the most a spec allows)."""
+        now = time.monotonic()
+        if self._marked.get(sender, 0.0) > now:
+            return "this node made an impossible claim before; its bids are refused for now"
+        cids = jobspec.locality_cids(spec)
+        lie = ""
+        if bid.local_inputs > len(cids):
+            lie = f"it claims to hold {bid.local_inputs} of the job's {len(cids)} CID inputs"
+        elif bid.local_input_bytes and not bid.local_inputs:
+            lie = f"it claims {bid.local_input_bytes} bytes of inputs in none of them"
+        elif bid.local_input_bytes:
+            sizes = [self._input_size(cid) for cid in cids]
+            most = sum(jobspec.MAX_BYTES if n is None else n for n in sizes)
+            if bid.local_input_bytes > most:
+                lie = (
+                    f"it claims to hold {bid.local_input_bytes} bytes of inputs that weigh at "
+                    f"most {most}"
+                )
+        if lie:
+            self._marked[sender] = now + MARKED_S
+            if len(self._marked) > 10_000:
+                self._marked = {n: t for n, t in self._marked.items() if t > now}
+        return lie
 
     def _window_closed(self, key: tuple[str, int]) -> None:
         rnd = self._rounds.get(key)

@@ -18,6 +18,7 @@ from bacalhau.spec._python import (
     check_program,
 )
 from bacalhau.spec._rules import (
+    LOCALITY_CHECKS,
     MAX_BYTES,
     MAX_CONCURRENCY,
     MAX_CPU,
@@ -38,6 +39,7 @@ from bacalhau.spec._rules import (
     check_resources,
     check_size,
     check_timeout,
+    locality_cids,
 )
 from bacalhau.spec._sections import (
     ENGINES,
@@ -55,6 +57,7 @@ __all__ = [
     "GUEST_APP",
     "GUEST_BOOT",
     "GUEST_TMP",
+    "LOCALITY_CHECKS",
     "MAX_BYTES",
     "MAX_CONCURRENCY",
     "MAX_CPU",
@@ -89,6 +92,7 @@ __all__ = [
     "check_url",
     "check_wasm",
     "file_name",
+    "locality_cids",
     "mount_paths",
     "parse_url_list",
     "validate",

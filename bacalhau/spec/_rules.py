@@ -254,3 +254,12 @@ def _in_range(field: str, what: str, value: float, maximum: int, unit: str) -> l
             Problem(field, f"{what} {_num(value)}{unit} is above the maximum of {maximum}{unit}")
         ]
     return []
+
+
+LOCALITY_CHECKS = 256  # CID inputs looked at to say how much of a job's data a node holds
+
+
+def locality_cids(spec: Any) -> list[str]:
+    """The CID inputs a bid's locality claim is about: those a node may already hold, at most
+    LOCALITY_CHECKS (the bidder counts these; the requester bounds the claim by them)."""
+    return [i.cid for i in spec.inputs if i.source in ("", "ipfs")][:LOCALITY_CHECKS]

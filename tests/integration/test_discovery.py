@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,11 @@ def _hello_packet(ident: Identity, seq: int) -> Any:
         node_id=ident.node_id, version="test", address="127.0.0.1:9", api_version=API_VERSION
     )
     return peer_pb2.PeerPacket(
-        sender=ident.node_id, seq=seq, messages=[peer_pb2.PeerMessage(hello=hello)]
+        sender=ident.node_id,
+        seq=seq,
+        messages=[peer_pb2.PeerMessage(hello=hello)],
+        nonce=os.urandom(16),
+        time_unix_nano=time.time_ns(),
     )
 
 
@@ -161,7 +166,11 @@ def test_bad_packets_are_refused_counted_and_the_node_keeps_serving(tmp_path: Pa
             recipient=node.node_id,
             seq=1,
             messages=[peer_pb2.PeerMessage(heartbeat=peer_pb2.Heartbeat())],
+            nonce=os.urandom(16),
+            time_unix_nano=time.time_ns(),
         )
+        stale = _hello_packet(me, 1)
+        stale.time_unix_nano -= 600 * 10**9  # signed ten minutes ago
         oversized = _envelope(me, peer_pb2.PeerPacket(sender=me.node_id, seq=1))
         oversized.payload += b"\x00" * (MAX_PACKET + 1)
         streams = {
@@ -170,6 +179,7 @@ def test_bad_packets_are_refused_counted_and_the_node_keeps_serving(tmp_path: Pa
             "oversized": [oversized],
             # a packet whose sequence number does not grow on the stream
             "replayed": [good, _envelope(me, replay)],
+            "stale": [_envelope(me, stale)],
         }
         with grpc.insecure_channel(node.address, options=[
             ("grpc.max_send_message_length", 16 << 20)
@@ -187,7 +197,7 @@ def test_bad_packets_are_refused_counted_and_the_node_keeps_serving(tmp_path: Pa
             )
             return {reason: float(n) for reason, n in found}
 
-        got = wait_for(lambda: len(counted()) >= 4 and counted(), 10, "the refusals counted")
+        got = wait_for(lambda: len(counted()) >= 5 and counted(), 10, "the refusals counted")
         assert got == {reason: 1.0 for reason in streams}
         assert node.info().node_id  # still serving
         assert node.proc.poll() is None

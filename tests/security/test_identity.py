@@ -88,7 +88,7 @@ def test_a_flood_of_calls_keeps_memory_bounded_and_never_takes_a_replay() -> Non
     first = [_signed(ALICE, t=1_000_000 + i) for i in range(300)]
     for i, md in enumerate(first):
         v.check(md, NODE_INFO, b"", 1_000_000 + i)
-    assert len(v._seen) <= 100
+    assert len(v.seen) <= 100
     for md in first:  # forgotten or remembered, none is taken again
         with pytest.raises(CallRefused):
             v.check(md, NODE_INFO, b"", 1_000_400)

@@ -1,0 +1,134 @@
+"""Peers cannot lie about time or place: a captured Hello replayed on new streams does not make
+its node look alive, and a bid claiming more of a job's data than there is loses, on real nodes
+over real streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc, types_pb2
+from bacalhau.client import Client
+from bacalhau.identity import Identity
+from bacalhau.network.dispatch import ANY_PEER
+from bacalhau.network.peers import API_VERSION, Connection, Network
+from tests._wait import wait_for
+from tests.integration.conftest import NodeProc, metrics, start_node
+
+
+def _captured_hello(victim: Identity) -> peer_pb2.Envelope:
+    """The Hello envelope the victim's own network code puts on the wire when it dials."""
+    hello = peer_pb2.Hello(
+        node_id=victim.node_id, version="0", address="127.0.0.1:9", api_version=API_VERSION
+    )
+    net = Network(victim, hello)
+    conn = Connection(outbound=True)
+    net._send_packet(conn, "", [peer_pb2.PeerMessage(hello=hello)])
+    env: peer_pb2.Envelope = conn.queue.get_nowait()
+    return env
+
+
+def test_a_replayed_hello_never_makes_its_node_alive(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    try:
+        victim = Identity.generate()
+        hello = _captured_hello(victim)
+        with grpc.insecure_channel(node.address) as ch:
+            connect = peer_pb2_grpc.PeerServiceStub(ch).Connect
+
+            def once() -> Iterator[peer_pb2.Envelope]:
+                yield hello  # the attacker cannot sign the answer to the node's Hello
+
+            # First use: the node answers with its Hello (a challenge), and waits for an
+            # answer only the victim could sign. The stream ends without one.
+            answers = list(connect(once(), timeout=20))
+            assert len(answers) == 1
+            answer = peer_pb2.PeerPacket.FromString(answers[0].payload)
+            assert answer.ack == peer_pb2.PeerPacket.FromString(hello.payload).nonce
+            # Replays on new streams are refused outright.
+            for _ in range(3):
+                assert list(connect(once(), timeout=20)) == []
+
+        def refused() -> float:
+            return metrics(node).get('bacalhau_peer_packets_rejected_total{reason="replayed"}', 0)
+
+        assert wait_for(lambda: refused() >= 3, 10, "the replays counted")
+        peers = {p.node_id: p for p in node.info().peers}
+        assert victim.node_id not in peers or not peers[victim.node_id].alive
+    finally:
+        node.stop()
+
+
+def _lies_in_bids(stranger: Any, **claim: int) -> list[str]:
+    """Make the stranger answer every announcement with a willing bid claiming `claim`;
+    the jobs it was asked about."""
+    asked: list[str] = []
+
+    def on_announce(sender: str, a: Any) -> None:
+        asked.append(a.job_id)
+        bid = peer_pb2.Bid(job_id=a.job_id, shard=a.shard, willing=True, queued=0, **claim)
+        stranger.net.send(sender, bid=bid)
+
+    stranger.net.dispatcher.register("announce", on_announce, ANY_PEER)
+    return asked
+
+
+def _run_noop(node: NodeProc) -> Any:
+    """Submit a job only the node's own noop engine runs; the GetJobResponse once final."""
+    spec = types_pb2.JobSpec(
+        engine="noop", outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")]
+    )
+    with Client(node.address) as c:
+        return c.wait(c.submit(spec).job_id)
+
+
+def test_a_bid_claiming_more_data_than_the_job_has_is_refused(
+    tmp_path: Path, stranger: Any
+) -> None:
+    """A fresh identity claiming 2^62 bytes of a job without inputs does not win it over an
+    honest node; its later bids are refused too, whatever they claim."""
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    try:
+        asked = _lies_in_bids(stranger, local_input_bytes=1 << 62, local_inputs=1)
+        stranger.dial(node)
+        for expected in (
+            "it claims to hold 1 of the job's 0 CID inputs",
+            "made an impossible claim before",
+        ):
+            done = _run_noop(node)
+            assert done.job.state == types_pb2.JOB_STATE_COMPLETED, done.job
+            ran = {ex.node_id for ex in done.job.executions if ex.result_cid}
+            assert ran == {node.node_id}
+            refusals = [e.detail for e in done.events if "bid refused" in e.detail]
+            assert len(refusals) == 1 and expected in refusals[0], refusals
+        assert len(asked) == 2
+        assert metrics(node)["bacalhau_bids_refused_total"] == 2
+    finally:
+        node.stop()
+
+
+def test_a_locality_claim_is_bounded_by_what_the_inputs_weigh(
+    tmp_path: Path, stranger: Any
+) -> None:
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    try:
+        (tmp_path / "in.txt").write_bytes(b"x" * 1000)
+        with Client(node.address) as c:
+            cid = c.add_file(tmp_path / "in.txt").cid  # the requester holds it: 1000 bytes
+        _lies_in_bids(stranger, local_input_bytes=1001, local_inputs=1)
+        stranger.dial(node)
+        spec = types_pb2.JobSpec(
+            engine="noop",
+            inputs=[types_pb2.InputSpec(source="ipfs", cid=cid, mount_path="/inputs/in.txt")],
+            outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+        )
+        with Client(node.address) as c:
+            done = c.wait(c.submit(spec).job_id)
+        assert done.job.state == types_pb2.JOB_STATE_COMPLETED, done.job
+        refusals = [e.detail for e in done.events if "bid refused" in e.detail]
+        assert refusals and "1001 bytes of inputs that weigh at most 1000" in refusals[0]
+    finally:
+        node.stop()
