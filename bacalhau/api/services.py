@@ -144,7 +144,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     async def Connect(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for env in self.network.serve_stream(request_iterator):
+        async for env in self.network.serve_stream(request_iterator, source=context.peer()):
             yield env
 
     @streaming

@@ -36,6 +36,8 @@ def serve(args: argparse.Namespace) -> int:
         engine_registry.get(engine)  # UsageError naming the engines there are
     if not 0 <= args.port <= 65535:
         raise UsageError(f"bad port {args.port}")
+    if not 1 <= args.max_peers <= 100_000:
+        raise UsageError(f"--max-peers must be 1 to 100000, not {args.max_peers}")
     if not 0 < args.max_job_timeout <= spec.MAX_TIMEOUT_S:  # also refuses nan
         raise UsageError(
             f"--max-job-timeout must be above 0 and at most {spec.MAX_TIMEOUT_S}, "
@@ -83,6 +85,10 @@ def serve(args: argparse.Namespace) -> int:
         allow_clients=None
         if args.allow_clients is None
         else frozenset(_ids(args.allow_clients, "--allow-clients")),
+        max_peers=args.max_peers,
+        trusted_peers=None
+        if args.trusted_peers is None
+        else frozenset(_ids(args.trusted_peers, "--trusted-peers")),
     )
     return asyncio.run(_run(Node(config)))
 

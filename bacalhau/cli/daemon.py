@@ -120,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
         "data here (default: any signed client)",
     )
     serve.add_argument(
+        "--max-peers",
+        type=int,
+        default=100,
+        metavar="N",
+        help="peers connected at once (default 100); the peer table keeps at most 10x as "
+        "many, forgetting first those whose results were never accepted",
+    )
+    serve.add_argument(
+        "--trusted-peers",
+        type=Path,
+        metavar="FILE",
+        help="only these node IDs (one per line, '#' comments) may connect, in either "
+        "direction: for private networks (default: any node)",
+    )
+    serve.add_argument(
         "--max-job-timeout",
         type=float,
         default=86400,

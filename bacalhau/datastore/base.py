@@ -93,6 +93,8 @@ class Tx(Protocol):
 
     def put_peer(self, record: records_pb2.PeerRecord) -> None: ...
 
+    def delete_peer(self, node_id: str) -> None: ...
+
 
 class Datastore(Protocol):
     """Jobs, their events, and this node's own executions.

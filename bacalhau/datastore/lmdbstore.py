@@ -189,6 +189,9 @@ class _Tx:
         db = self._s._db[b"peers"]
         self._txn.put(record.node_id.encode(), record.SerializeToString(), db=db)
 
+    def delete_peer(self, node_id: str) -> None:
+        self._txn.delete(node_id.encode(), db=self._s._db[b"peers"])
+
 
 class LmdbDatastore(GroupWriter):
     """`Datastore` on an LMDB environment in `path` (a directory, created if missing).

@@ -48,14 +48,17 @@ class _Layer:
     jobs: dict[str, types_pb2.Job] = field(default_factory=dict)
     events: dict[str, list[types_pb2.Event]] = field(default_factory=dict)
     local: dict[str, records_pb2.LocalExecution] = field(default_factory=dict)
-    peers: dict[str, records_pb2.PeerRecord] = field(default_factory=dict)
+    peers: dict[str, records_pb2.PeerRecord | None] = field(default_factory=dict)  # None: gone
 
-    def absorb(self, other: _Layer) -> None:
+    def absorb(self, other: _Layer, bottom: bool = False) -> None:
         self.jobs.update(other.jobs)
         for job_id, events in other.events.items():
             self.events.setdefault(job_id, []).extend(events)
         self.local.update(other.local)
         self.peers.update(other.peers)
+        if bottom:  # nothing below to hide: a deletion is just an absence
+            for node_id in [n for n, rec in self.peers.items() if rec is None]:
+                del self.peers[node_id]
 
 
 class _Tx:
@@ -123,11 +126,15 @@ class _Tx:
     def get_peer(self, node_id: str) -> records_pb2.PeerRecord | None:
         for layer in reversed(self._layers):
             if node_id in layer.peers:
-                return copy.deepcopy(layer.peers[node_id])
+                rec = layer.peers[node_id]
+                return None if rec is None else copy.deepcopy(rec)
         return None
 
     def put_peer(self, record: records_pb2.PeerRecord) -> None:
         self.own.peers[record.node_id] = copy.deepcopy(record)
+
+    def delete_peer(self, node_id: str) -> None:
+        self.own.peers[node_id] = None
 
 
 class MemoryDatastore(GroupWriter):
@@ -155,7 +162,7 @@ class MemoryDatastore(GroupWriter):
                 outcomes.append((fut, True, value))
                 events.extend(tx.events)
         with self._lock:
-            self._committed.absorb(pending)
+            self._committed.absorb(pending, bottom=True)
         return outcomes, events
 
     # -- reads (stored objects are never changed, only replaced, so copies may be taken
@@ -220,7 +227,7 @@ class MemoryDatastore(GroupWriter):
     def list_peers(self) -> list[records_pb2.PeerRecord]:
         with self._lock:
             records = sorted(self._committed.peers.items(), key=lambda kv: kv[0].encode())
-        return [copy.deepcopy(record) for _, record in records]
+        return [copy.deepcopy(record) for _, record in records if record is not None]
 
     def count_jobs_by_state(self) -> dict[int, int]:
         with self._lock:

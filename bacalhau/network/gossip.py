@@ -128,6 +128,9 @@ class GossipRouter:
             return
         if origin == self._net.node_id or not packet.message_id:
             return
+        if self._net.trusted is not None and origin not in self._net.trusted:
+            self._net.refused(PeerProtocolError(f"gossip from untrusted {origin}", "untrusted"))
+            return
         verdict = self._seen.check((origin, packet.message_id), packet.time_unix_nano, now_ns())
         if verdict == REPEATED:  # the same gossip by another path: not an offence
             return

@@ -63,6 +63,8 @@ DEAD_AFTER_S = 12.0  # a stream silent this long is closed: the peer is not aliv
 _DISCOVERED_PATIENCE_S = 60.0  # how long to keep dialling an address heard from a peer
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 2.0
 PACKET_WINDOW_S = 120.0  # how far a packet's time may be from the receiver's clock
+MAX_PEERS = 100  # peers connected at once (serve --max-peers)
+NEW_IDS_PER_MINUTE = 10  # identities never seen before, per source address, per minute
 NONCE_BYTES = 16
 _MAX_NONCES = 100_000  # packet nonces remembered across streams (see bacalhau.replay)
 
@@ -71,7 +73,7 @@ class PeerProtocolError(Exception):
     """A peer sent something that breaks the protocol; its stream is closed.
 
     `reason` is one word for metrics: forged, malformed, oversized, replayed, misaddressed,
-    version, protocol, stale.
+    version, protocol, stale, untrusted, full, rate.
     """
 
     def __init__(self, message: str, reason: str = "protocol") -> None:
@@ -128,6 +130,10 @@ class Network:
         self.packets_sent = 0
         self._closing = False
         self._nonces = ReplayWindow(int(PACKET_WINDOW_S * 1e9), _MAX_NONCES)
+        self.max_peers = MAX_PEERS
+        self.trusted: frozenset[str] | None = None  # serve --trusted-peers: only these
+        self._seen_ids: set[str] = set()  # identities that completed a Hello here
+        self._new_ids: dict[str, list[float]] = {}  # source host -> when new identities came
         d = self.dispatcher
         d.register("hello", lambda sender, body: None, NOBODY, relayable=False)
         d.register("heartbeat", self._on_heartbeat, ANY_PEER, relayable=False)
@@ -262,6 +268,34 @@ class Network:
             )
         return packet
 
+    def _admit(self, sender: str, source: str) -> None:
+        """Whether a peer that sent a good Hello may have a stream: trusted (if a list is
+        set), room under --max-peers, and not one of too many new identities from its address.
+        Raises PeerProtocolError."""
+        if self.trusted is not None and sender not in self.trusted:
+            raise PeerProtocolError(
+                f"{sender} is not one of this node's --trusted-peers", "untrusted"
+            )
+        if sender not in self._conns and len(self._conns) >= self.max_peers:
+            raise PeerProtocolError(
+                f"{sender} refused: this node has its --max-peers {self.max_peers} peers", "full"
+            )
+        if sender in self._seen_ids:
+            return
+        host = source.split(":", 1)[-1].rsplit(":", 1)[0] if source else ""
+        now = time.monotonic()
+        recent = [t for t in self._new_ids.get(host, []) if now - t < 60.0]
+        if len(recent) >= NEW_IDS_PER_MINUTE:
+            raise PeerProtocolError(
+                f"{sender} refused: {len(recent)} new identities came from {host or '?'} in the "
+                "last minute",
+                "rate",
+            )
+        recent.append(now)
+        self._new_ids[host] = recent
+        if len(self._new_ids) > 4096:  # many addresses: keep those with recent arrivals
+            self._new_ids = {h: ts for h, ts in self._new_ids.items() if ts and now - ts[-1] < 60.0}
+
     def _answer(self, conn: Connection, packet: Any) -> None:
         """Answer the peer's Hello packet: ours (dialed side) or a status (dialer), with `ack`."""
         if conn.outbound:
@@ -290,6 +324,7 @@ class Network:
         self._addresses[conn.node_id] = conn.address
         self._last_seen[conn.node_id] = now_ns()
         first = conn.node_id not in self._conns
+        self._seen_ids.add(conn.node_id)
         self._conns.setdefault(conn.node_id, []).append(conn)
         log.info("peer %s connected (%s)", conn.node_id, conn.address)
         if first:
@@ -332,13 +367,17 @@ class Network:
             for msg in packet.messages:
                 self.dispatcher.dispatch(conn.node_id, msg)
 
-    async def serve_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """The server side of Connect: yields what this node sends on the stream."""
+    async def serve_stream(
+        self, requests: AsyncIterator[Any], source: str = ""
+    ) -> AsyncIterator[Any]:
+        """The server side of Connect: yields what this node sends on the stream. `source` is
+        the dialer's address as gRPC gives it ("ipv4:127.0.0.1:5555")."""
         conn = Connection(outbound=False)
         try:
             hello = self._check_hello(
                 conn, await asyncio.wait_for(anext(requests), _HELLO_TIMEOUT_S)
             )
+            self._admit(hello.sender, source)
             conn.node_id = hello.sender  # later packets must come from it
             self._answer(conn, hello)
             yield await conn.queue.get()  # our Hello, before waiting for the answer to it
@@ -395,6 +434,8 @@ class Network:
             or node_id in self._conns
             or address in self._dialing
             or self.node_id > node_id
+            or len(self._conns) >= self.max_peers
+            or (self.trusted is not None and node_id not in self.trusted)
         ):
             return
         self._dialing.add(address)
@@ -451,6 +492,11 @@ class Network:
             if first is grpc.aio.EOF:
                 raise PeerProtocolError("the peer closed the stream before Hello")
             hello = self._check_hello(conn, first)
+            if self.trusted is not None and hello.sender not in self.trusted:
+                raise PeerProtocolError(
+                    f"{hello.sender} at {address} is not one of this node's --trusted-peers",
+                    "untrusted",
+                )
             self._answer(conn, hello)
             for msg in self._register(conn, hello):
                 self.dispatcher.dispatch(conn.node_id, msg)

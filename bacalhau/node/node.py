@@ -40,7 +40,7 @@ from bacalhau.layout import ADDRESS_FILE
 from bacalhau.models import JobState
 from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
 from bacalhau.network.dispatch import Dispatcher
-from bacalhau.network.peers import API_VERSION
+from bacalhau.network.peers import API_VERSION, MAX_PEERS
 from bacalhau.node.peer_table import PeerTable
 from bacalhau.observability import Counter, Gauge, Registry, start_http_server
 from bacalhau.requester.node import Requester
@@ -84,6 +84,8 @@ class NodeConfig:
     max_spec_bytes: int = jobspec.MAX_SPEC_BYTES  # the largest spec this node takes
     admin_keys: frozenset[str] = frozenset()  # user IDs that may cancel and see any job
     allow_clients: frozenset[str] | None = None  # user IDs that may submit (None: anyone)
+    max_peers: int = MAX_PEERS  # peers connected at once; the peer table keeps 10x as many
+    trusted_peers: frozenset[str] | None = None  # only these node IDs may connect (None: any)
 
 
 class Node:
@@ -148,7 +150,9 @@ class Node:
             ),
         )
         self.network = Network(self.identity, hello, Dispatcher())
-        self.peers = PeerTable(self.store, self.network)
+        self.network.max_peers = cfg.max_peers
+        self.network.trusted = cfg.trusted_peers
+        self.peers = PeerTable(self.store, self.network, max_records=10 * cfg.max_peers)
         self.bids_refused = Counter(
             "bacalhau_bids_refused_total",
             "Bids refused for an impossible claim (more input data held than the job has); "

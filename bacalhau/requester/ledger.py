@@ -280,6 +280,10 @@ class Ledger:
             ex = find(job, verdict.execution_id)
             accepted = verdict.accepted
             set_execution_state(ex, E.RESULT_ACCEPTED if accepted else E.RESULT_REJECTED)
+            peer = tx.get_peer(ex.node_id) if accepted else None
+            if peer is not None:  # a record of work done: it keeps the peer in the table
+                peer.results_accepted += 1
+                tx.put_peer(peer)
             kind = "ResultAccepted" if accepted else "ResultRejected"
             tx.add_event(event(job, kind, ex, verdict.reason))
             decision = peer_pb2.ResultDecision(

@@ -14,7 +14,8 @@ from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc, types_pb2
 from bacalhau.client import Client
 from bacalhau.identity import Identity
 from bacalhau.network.dispatch import ANY_PEER
-from bacalhau.network.peers import API_VERSION, Connection, Network
+from bacalhau.network.peers import API_VERSION, NEW_IDS_PER_MINUTE, Connection, Network
+from tests._peer import Stranger
 from tests._wait import wait_for
 from tests.integration.conftest import NodeProc, metrics, start_node
 
@@ -131,4 +132,69 @@ def test_a_locality_claim_is_bounded_by_what_the_inputs_weigh(
         refusals = [e.detail for e in done.events if "bid refused" in e.detail]
         assert refusals and "1001 bytes of inputs that weigh at most 1000" in refusals[0]
     finally:
+        node.stop()
+
+
+def _strangers(n: int) -> list[Stranger]:
+    return [Stranger() for _ in range(n)]
+
+
+def _refusals(node: NodeProc, reason: str) -> float:
+    return metrics(node).get(f'bacalhau_peer_packets_rejected_total{{reason="{reason}"}}', 0.0)
+
+
+def test_a_node_takes_at_most_max_peers_and_few_new_identities_per_address(
+    tmp_path: Path,
+) -> None:
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0",
+                                            "--max-peers", "3"))  # fmt: skip
+    crowd = _strangers(4)
+    try:
+        for s in crowd[:3]:
+            s.dial(node)
+        crowd[3].loop.call_soon_threadsafe(crowd[3].net.dial, node.address)
+        wait_for(lambda: _refusals(node, "full") >= 1, 15, "the fourth peer refused")
+        assert crowd[3].net.connected() == []
+        alive = {p.node_id for p in node.info().peers if p.alive}
+        assert alive == {s.net.node_id for s in crowd[:3]}
+    finally:
+        for s in crowd:
+            s.close()
+        node.stop()
+
+
+def test_many_new_identities_from_one_address_are_refused(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    crowd = _strangers(NEW_IDS_PER_MINUTE + 1)
+    try:
+        for s in crowd[:NEW_IDS_PER_MINUTE]:
+            s.dial(node)
+        last = crowd[-1]
+        last.loop.call_soon_threadsafe(last.net.dial, node.address)
+        wait_for(lambda: _refusals(node, "rate") >= 1, 15, "the eleventh identity refused")
+        assert last.net.connected() == []
+        assert _alive(node) == {s.net.node_id for s in crowd[:NEW_IDS_PER_MINUTE]}
+    finally:
+        for s in crowd:
+            s.close()
+        node.stop()
+
+
+def _alive(node: NodeProc) -> set[str]:
+    return {p.node_id for p in node.info().peers if p.alive}
+
+
+def test_trusted_peers_keeps_everyone_else_out(tmp_path: Path) -> None:
+    friend, other = _strangers(2)
+    (tmp_path / "trusted").write_text(f"{friend.net.node_id}\n")
+    trusted = ("--trusted-peers", str(tmp_path / "trusted"))
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0", *trusted))
+    try:
+        friend.dial(node)
+        other.loop.call_soon_threadsafe(other.net.dial, node.address)
+        wait_for(lambda: _refusals(node, "untrusted") >= 1, 15, "the stranger refused")
+        assert _alive(node) == {friend.net.node_id}
+    finally:
+        friend.close()
+        other.close()
         node.stop()
