@@ -111,15 +111,25 @@ class Client:
         *,
         timeout: float = 30.0,
         user_key: Identity | Path | None = None,
+        tls: bool = False,
+        tls_ca: bytes | None = None,
     ) -> None:
         """`user_key`: the key that signs every call (an Identity, or a key file created on
-        first use); default: `default_user_key()`. Raises IdentityError for an unreadable
+        first use); default: `default_user_key()`. With `tls` (or `tls_ca`, PEM roots; default
+        the system's) the node is reached over TLS. Raises IdentityError for an unreadable
         key file."""
         self.api = api or default_api()
         self.timeout = timeout
         self.key = user_key if isinstance(user_key, Identity) else load_user_key(user_key)
         self.user_id = self.key.node_id
-        self._channel = grpc.insecure_channel(self.api, options=_OPTIONS)
+        self.tls = tls or tls_ca is not None
+        self._channel = (
+            grpc.secure_channel(
+                self.api, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=_OPTIONS
+            )
+            if self.tls
+            else grpc.insecure_channel(self.api, options=_OPTIONS)
+        )
         self._stub = ClientStub(self._channel, self.key)
 
     def close(self) -> None:
@@ -140,7 +150,16 @@ class Client:
             return ClientError(
                 f"cannot reach a node at {self.api}",
                 code=code,
-                hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one",
+                hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one"
+                + ("" if self.tls else "; if it serves TLS, pass --tls-ca (or --tls)"),
+            )
+        if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details.lower() or "tls" in
+                                                    details.lower() or "handshake" in
+                                                    details.lower()):  # fmt: skip
+            return ClientError(
+                f"no TLS connection to {self.api}: {details.splitlines()[0][:200]}",
+                code=code,
+                hint="does the node serve TLS, and does --tls-ca hold the CA of its certificate?",
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return ClientError(

@@ -4,6 +4,7 @@ cancel."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,14 @@ from bacalhau.spec import (
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.api, user_key=args.user_key)
+    ca_path = args.tls_ca or (Path(p) if (p := os.environ.get("BACALHAU_TLS_CA")) else None)
+    ca = None
+    if ca_path is not None:
+        try:
+            ca = ca_path.read_bytes()
+        except OSError as e:
+            raise UsageError(f"--tls-ca: cannot read {ca_path}: {e.strerror}") from None
+    return Client(args.api, user_key=args.user_key, tls=args.tls, tls_ca=ca)
 
 
 def whoami(args: argparse.Namespace) -> int:

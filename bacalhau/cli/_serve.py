@@ -55,6 +55,13 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--max-spec-size must be above 0 and at most {spec.MAX_SPEC_BYTES} bytes (1Mi)"
         )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        raise UsageError(
+            "--tls-ca checks peers' certificates: serve TLS too (--tls-cert, --tls-key)"
+        )
+    tls_cert, tls_key, tls_ca = _tls(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -86,11 +93,66 @@ def serve(args: argparse.Namespace) -> int:
         if args.allow_clients is None
         else frozenset(_ids(args.allow_clients, "--allow-clients")),
         max_peers=args.max_peers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         trusted_peers=None
         if args.trusted_peers is None
         else frozenset(_ids(args.trusted_peers, "--trusted-peers")),
     )
     return asyncio.run(_run(Node(config)))
+
+
+def _tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """--tls-cert, --tls-key and --tls-ca, read and checked: PEM, a key that is the
+    certificate's. UsageError naming the flag otherwise."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        raise UsageError("--tls-ca checks peers' certificates: serve TLS too (--tls-cert)")
+    cert, key, ca = (_pem(p, f) for p, f in ((args.tls_cert, "--tls-cert"),
+                     (args.tls_key, "--tls-key"), (args.tls_ca, "--tls-ca")))  # fmt: skip
+    if cert is None or key is None:
+        return None, None, None
+    try:
+        leaf = x509.load_pem_x509_certificate(cert)
+    except ValueError:
+        raise UsageError(f"--tls-cert: {args.tls_cert} holds no readable certificate") from None
+    try:
+        private = load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise UsageError(
+            f"--tls-key: {args.tls_key} holds no readable key (an encrypted key is not taken)"
+        ) from None
+    raw = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*raw) != leaf.public_key().public_bytes(*raw):
+        raise UsageError(f"--tls-key: {args.tls_key} is not the key of {args.tls_cert}")
+    if ca is not None:
+        try:
+            x509.load_pem_x509_certificates(ca)
+        except ValueError:
+            raise UsageError(f"--tls-ca: {args.tls_ca} holds no readable certificate") from None
+    return cert, key, ca
+
+
+def _pem(path: Path | None, flag: str) -> bytes | None:
+    """A PEM file's bytes; UsageError if unreadable or not PEM."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot read {path}: {e.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise UsageError(f"{flag}: {path} is not a PEM file", hint="see docs/security.md, TLS")
+    return data
 
 
 def _ids(path: Path | None, flag: str) -> list[str]:

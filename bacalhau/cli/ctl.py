@@ -29,6 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", choices=FORMATS, default="text", help="output format (default: text)"
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="reach the node over TLS, its certificate checked against the system's CAs",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="reach the node over TLS, its certificate checked against these CA certificates "
+        "(default: $BACALHAU_TLS_CA)",
+    )
+    parser.add_argument(
         "--user-key",
         type=Path,
         default=None,

@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         "direction: for private networks (default: any node)",
     )
     serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve TLS on the port (clients and peers) with this certificate chain; peers "
+        "are then dialled over TLS too (see docs/security.md)",
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
+    serve.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="the CA certificates peers' TLS certificates must chain to (default: the system's)",
+    )
+    serve.add_argument(
         "--max-job-timeout",
         type=float,
         default=86400,

@@ -132,6 +132,7 @@ class Network:
         self._nonces = ReplayWindow(int(PACKET_WINDOW_S * 1e9), _MAX_NONCES)
         self.max_peers = MAX_PEERS
         self.trusted: frozenset[str] | None = None  # serve --trusted-peers: only these
+        self.tls: grpc.ChannelCredentials | None = None  # dial peers over TLS with these
         self._seen_ids: set[str] = set()  # identities that completed a Hello here
         self._new_ids: dict[str, list[float]] = {}  # source host -> when new identities came
         d = self.dispatcher
@@ -516,7 +517,11 @@ class Network:
         """A shared channel to `address`."""
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = (
+                grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                if self.tls is None
+                else grpc.aio.secure_channel(address, self.tls, options=CHANNEL_OPTIONS)
+            )
             self._channels[address] = ch
         return ch
 

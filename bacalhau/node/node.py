@@ -86,6 +86,9 @@ class NodeConfig:
     allow_clients: frozenset[str] | None = None  # user IDs that may submit (None: anyone)
     max_peers: int = MAX_PEERS  # peers connected at once; the peer table keeps 10x as many
     trusted_peers: frozenset[str] | None = None  # only these node IDs may connect (None: any)
+    tls_cert: bytes | None = None  # PEM: serve TLS (both services) with this chain ...
+    tls_key: bytes | None = None  # ... and key; peers are then dialled over TLS too
+    tls_ca: bytes | None = None  # PEM roots that peers' certificates must chain to (None: system)
 
 
 class Node:
@@ -133,7 +136,12 @@ class Node:
         access = Access(admins=cfg.admin_keys, submitters=cfg.allow_clients)
         signed = SignedCalls(access, on_refused=self.client_calls_refused.inc)
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[signed])
-        port = self._server.add_insecure_port(f"{_host_for_bind(cfg.host)}:{cfg.port}")
+        bind = f"{_host_for_bind(cfg.host)}:{cfg.port}"
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            creds = grpc.ssl_server_credentials([(cfg.tls_key, cfg.tls_cert)])
+            port = self._server.add_secure_port(bind, creds)
+        else:
+            port = self._server.add_insecure_port(bind)
         self.address = f"{_host_for_bind(cfg.host)}:{port}"
         hello = peer_pb2.Hello(
             node_id=self.node_id,
@@ -152,6 +160,8 @@ class Node:
         self.network = Network(self.identity, hello, Dispatcher())
         self.network.max_peers = cfg.max_peers
         self.network.trusted = cfg.trusted_peers
+        if cfg.tls_cert is not None:  # peers serve TLS too: verify them with --tls-ca
+            self.network.tls = grpc.ssl_channel_credentials(root_certificates=cfg.tls_ca)
         self.peers = PeerTable(self.store, self.network, max_records=10 * cfg.max_peers)
         self.bids_refused = Counter(
             "bacalhau_bids_refused_total",

@@ -31,6 +31,7 @@ class NodeProc:
     proc: subprocess.Popen[bytes]
     address: str
     node_id: str
+    tls_ca: bytes | None = None  # PEM: the node serves TLS, its certificate from this CA
 
     @property
     def log(self) -> str:
@@ -47,12 +48,17 @@ class NodeProc:
             raise AssertionError(f"{self.name} did not stop on signal {sig}") from None
 
     def info(self) -> Any:
-        with Client(self.address, timeout=5) as c:
+        with Client(self.address, timeout=5, tls_ca=self.tls_ca) as c:
             return c.node_info()
 
 
 def start_node(
-    data_dir: Path, *, name: str = "node", peers: tuple[str, ...] = (), args: tuple[str, ...] = ()
+    data_dir: Path,
+    *,
+    name: str = "node",
+    peers: tuple[str, ...] = (),
+    args: tuple[str, ...] = (),
+    tls_ca: bytes | None = None,
 ) -> NodeProc:
     data_dir.mkdir(parents=True, exist_ok=True)
     addr_file = data_dir / "api.addr"
@@ -75,13 +81,13 @@ def start_node(
         if proc.poll() is not None:
             raise AssertionError(f"{name} exited: {(data_dir / 'node.log').read_text()}")
         address = addr_file.read_text().strip()
-        with Client(address, timeout=5) as c:
+        with Client(address, timeout=5, tls_ca=tls_ca) as c:
             node_id = c.node_info().node_id
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    return NodeProc(name, data_dir, proc, address, node_id)
+    return NodeProc(name, data_dir, proc, address, node_id, tls_ca)
 
 
 def metrics(node: NodeProc) -> dict[str, float]:
