@@ -32,6 +32,7 @@ from bacalhau.content.cid import CID
 from bacalhau.datastore import Datastore
 from bacalhau.errors import BacalhauError
 from bacalhau.executor import Executor
+from bacalhau.executor.base import DEFAULT_DISK_LIMIT
 from bacalhau.models import ExecutionState, now_ns, pb
 from bacalhau.network import Network, rpc_error_line
 from bacalhau.network.dispatch import ANY_PEER, MayFrom
@@ -50,6 +51,9 @@ class ComputeConfig:
     default_timeout_s: float = 600.0
     memory_limit_bytes: int = 256 << 20
     stdout_limit_bytes: int = 1 << 20
+    # what a job that asks for no disk may write and read by CID (0: the node's
+    # --limit-job-disk, else DEFAULT_DISK_LIMIT)
+    disk_limit_bytes: int = 0
 
 
 @dataclass
@@ -327,6 +331,9 @@ class Compute:
             "timeout_s": cfg.default_timeout_s,
             "memory_limit_bytes": cfg.memory_limit_bytes,
             "stdout_limit_bytes": cfg.stdout_limit_bytes,
+            "disk_limit_bytes": (
+                cfg.disk_limit_bytes or self.allocator.job_limit.disk_bytes or DEFAULT_DISK_LIMIT
+            ),
         }
 
     # -- lifecycle ----------------------------------------------------------------------
