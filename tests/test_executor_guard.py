@@ -12,7 +12,8 @@ import pytest
 wasmtime = pytest.importorskip("wasmtime")
 
 from bacalhau.executor import RunRequest, WasmExecutor  # noqa: E402
-from bacalhau.executor.guard import ENTRY_BYTES, folder_bytes, size_text  # noqa: E402
+from bacalhau.executor.guard import ENTRY_BYTES, folder_bytes  # noqa: E402
+from bacalhau.spec import size_text  # noqa: E402
 from tests.test_executor_wasm import O_CREAT_TRUNC, RIGHT_WRITE, wasi_module  # noqa: E402
 
 MIB = 1 << 20

@@ -77,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         allow_private_urls=args.allow_private_urls,
         max_job_timeout_s=args.max_job_timeout,
         max_spec_bytes=max_spec,
+        max_upload_bytes=_size(args.max_upload_size, "--max-upload-size"),
     )
     return asyncio.run(_run(Node(config)))
 

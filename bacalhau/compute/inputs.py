@@ -41,9 +41,9 @@ from bacalhau.data import (
     UrlProvider,
 )
 from bacalhau.errors import BacalhauError
-from bacalhau.executor.guard import size_text
 from bacalhau.network import DagFetcher, Network
 from bacalhau.network.blocks import Tally
+from bacalhau.spec import size_text
 
 log = logging.getLogger(__name__)
 

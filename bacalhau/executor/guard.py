@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bacalhau.executor.base import RunRequest, RunResult
+from bacalhau.spec import size_text
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ _READ = 1 << 20
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 NOT_EXITED = -1  # RunResult.exit_code when the program did not exit on its own
-
-
-def size_text(n: int) -> str:
-    """`n` bytes in the largest binary unit that keeps it readable: 1 GiB, 512 KiB, 1000 B."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.4g} {unit}"
-    return f"{n} B"
 
 
 def folder_bytes(folders: Sequence[Path]) -> int:

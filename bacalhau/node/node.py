@@ -47,6 +47,7 @@ from bacalhau.service import (
     JobWatch,
     ResultService,
 )
+from bacalhau.service.data import DEFAULT_MAX_UPLOAD
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class NodeConfig:
     allow_private_urls: bool = False  # URL inputs may reach loopback, LAN and link-local hosts
     max_job_timeout_s: float = jobspec.MAX_TIMEOUT_S  # the longest timeout a job may ask for
     max_spec_bytes: int = jobspec.MAX_SPEC_BYTES  # the largest spec this node takes
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD  # the largest upload (AddData) it takes; 0: any
 
 
 class Node:
@@ -206,7 +208,7 @@ class Node:
         client = ClientServicer(
             jobs=self.jobs,
             results=self.results,
-            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR),
+            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR, cfg.max_upload_bytes),
             info=info,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)

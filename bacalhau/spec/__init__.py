@@ -38,6 +38,7 @@ from bacalhau.spec._rules import (
     check_resources,
     check_size,
     check_timeout,
+    size_text,
 )
 from bacalhau.spec._sections import (
     ENGINES,
@@ -91,5 +92,6 @@ __all__ = [
     "file_name",
     "mount_paths",
     "parse_url_list",
+    "size_text",
     "validate",
 ]

@@ -254,3 +254,11 @@ def _in_range(field: str, what: str, value: float, maximum: int, unit: str) -> l
             Problem(field, f"{what} {_num(value)}{unit} is above the maximum of {maximum}{unit}")
         ]
     return []
+
+
+def size_text(n: int) -> str:
+    """`n` bytes in the largest binary unit that keeps it readable: 1 GiB, 512 KiB, 1000 B."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.4g} {unit}"
+    return f"{n} B"
