@@ -202,3 +202,45 @@ def test_cleanup_removes_what_a_crashed_node_left(
 def test_bad_pull_policy() -> None:
     with pytest.raises(ExecutorError, match="pull policy"):
         DockerExecutor(pull="always")
+
+
+def test_stdout_past_the_disk_limit_stops_the_container(
+    client: Any, executor: DockerExecutor, tmp_path: Path
+) -> None:
+    res = run(executor, tmp_path, "cat /dev/zero", disk_limit_bytes=16 * MIB)
+    assert res.exit_code == -1
+    assert res.error is not None and res.error.startswith("output limit of 16 MiB exceeded")
+    assert len(res.stdout) == MIB and res.stdout_truncated
+    no_containers_left(client, executor)
+
+
+def test_an_output_folder_past_the_disk_limit_stops_the_container(
+    client: Any, executor: DockerExecutor, tmp_path: Path
+) -> None:
+    res = run(
+        executor,
+        tmp_path,
+        "cat /dev/zero > /outputs/big",
+        outputs=[("outputs", "/outputs")],
+        disk_limit_bytes=16 * MIB,
+    )
+    assert res.error is not None and res.error.startswith("output limit of 16 MiB exceeded")
+    assert list((res.outputs_dir / "outputs").iterdir()) == []
+    no_containers_left(client, executor)
+
+
+def test_no_log_file_is_kept(client: Any, executor: DockerExecutor, tmp_path: Path) -> None:
+    """Output reaches the node through the attach stream alone: the engine keeps no log file
+    that a chatty container could grow past any limit."""
+    seen: list[str] = []
+
+    def look(stream: int, data: bytes) -> None:
+        if not seen:
+            found = containers_labelled(client, LABEL_NODE, executor.node_id)
+            seen.extend(
+                client.containers.get(c.id).attrs["HostConfig"]["LogConfig"]["Type"] for c in found
+            )
+
+    res = run(executor, tmp_path, "echo hi; sleep 1", on_log=look)
+    assert res.ok and res.stdout == b"hi\n"
+    assert seen == ["none"]

@@ -242,12 +242,12 @@ def test_exception_and_exit_code(run: Runner):
 
 
 def test_output_limit(tmp_path: Path, executor: PythonExecutor):
-    small = PythonExecutor(executor.interpreter.cache_file.parent, max_disk_bytes=1 << 20)  # type: ignore[union-attr]
-    # 2 MiB, then wait (a real sleep) for the watchdog's next look at what was written
+    # 2 MiB, then wait (a real sleep) for the guard's next look at what was written
     code = "import time\nopen('/tmp/big', 'wb').write(bytes(2 << 20))\ntime.sleep(60)"
-    res = small.run(RunRequest(workdir=tmp_path, code=code, timeout_s=30))
+    req = RunRequest(workdir=tmp_path, code=code, timeout_s=30, disk_limit_bytes=1 << 20)
+    res = executor.run(req)
     assert res.exit_code == -1 and res.error is not None
-    assert res.error.startswith("output limit exceeded: the program wrote more than 1 MiB")
+    assert res.error.startswith("output limit of 1 MiB exceeded")
 
 
 def test_stdout_is_capped(run: Runner):

@@ -6,11 +6,18 @@ download leaves that file; the next `get` into the same DEST reads back the whol
 it (a torn last record is cut off), tells the node which blocks it has, and receives only the
 rest. Once every block is there, the tree is written under `DEST.partial/` and renamed to
 DEST in one step, then the partial folder is removed.
+
+Room: as soon as the root block is here, the result's size (the root's own account of it)
+is checked against the free space (its blocks, then its files: twice the size); while the
+tree is written, the bytes are counted against the free space too (a root can lie, and one
+block named a million times is written out a million times). Either stops `get` with one
+line; so does a disk that fills anyway, and then nothing of the download is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -25,11 +32,13 @@ from typing import IO
 from bacalhau.client import Client
 from bacalhau.content import dag
 from bacalhau.content.cid import CID
-from bacalhau.content.errors import ContentError, CorruptData
+from bacalhau.content.errors import ContentError, CorruptData, TooLarge
 from bacalhau.errors import BacalhauError, UsageError
+from bacalhau.spec import size_text
 
 _HEAD = struct.Struct(">HI")  # CID length, data length
 _SYNC_BYTES = 16 << 20
+_SPARE = 64 << 20  # left free on the destination's disk
 
 Progress = Callable[[int, int], None]  # (bytes so far, total bytes or 0 if not known yet)
 
@@ -48,14 +57,25 @@ def download_result(
     """Fetch job `job_id`'s result into `dest` (which must not exist, or be an empty folder).
 
     Raises UsageError if `dest` is in the way, CorruptData if the node sends a block that
-    does not match its CID or leaves one out, ClientError if the node fails.
+    does not match its CID or leaves one out, ClientError if the node fails, BacalhauError
+    if the result does not fit in the free space (see the module doc).
     """
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
     partial = dest.with_name(dest.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     with _exclusive(partial / "lock", dest):
-        return _download(c, job_id, dest, partial, progress)
+        try:
+            return _download(c, job_id, dest, partial, progress)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BacalhauError(
+                f"the disk filled while writing the result of {job_id} under {dest.parent}; "
+                "nothing of it was kept",
+                hint="free some space, or pick --output-dir on another disk",
+            ) from None
 
 
 @contextlib.contextmanager
@@ -93,6 +113,7 @@ def _download(
                 if chunk.root_cid:
                     root = chunk.root_cid
                     total = _total(f, blocks, root)
+                    _check_room(job_id, partial, total, resumed)
                     continue
                 cid, data = bytes(chunk.cid), chunk.data
                 dag.check_block(cid, data)
@@ -104,6 +125,7 @@ def _download(
                 received += len(data)
                 if not total:
                     total = _total(f, blocks, root)
+                    _check_room(job_id, partial, total, resumed + received)
                 if unsynced >= _SYNC_BYTES:
                     f.flush()
                     os.fsync(f.fileno())
@@ -126,7 +148,17 @@ def _download(
                 raise CorruptData(f"the node did not send block {CID.from_bytes(cid)}")
             return _read(r, *where)
 
-        dag.export(block, bytes(CID.parse(root)), tree)
+        free = shutil.disk_usage(partial).free
+        try:
+            dag.export(block, bytes(CID.parse(root)), tree, max_bytes=max(free - _SPARE, 1))
+        except TooLarge:
+            shutil.rmtree(tree, ignore_errors=True)
+            raise BacalhauError(
+                f"the result of {job_id} expands to more than the {size_text(free)} free "
+                f"under {dest.parent} (its root said {size_text(total)}); nothing of it was "
+                "written",
+                hint="free some space, or pick --output-dir on another disk",
+            ) from None
     if dest.exists():
         dest.rmdir()
     tree.replace(dest)
@@ -135,6 +167,21 @@ def _download(
 
 
 Blocks = dict[bytes, tuple[int, int]]  # CID -> (offset, length) of its bytes in the file
+
+
+def _check_room(job_id: str, partial: Path, total: int, have: int) -> None:
+    """Refuse a result whose blocks and files would not fit in the free space."""
+    if not total:
+        return
+    need = max(total - have, 0) + total  # the blocks still to come, then the files
+    free = shutil.disk_usage(partial).free
+    if need + _SPARE > free:
+        raise BacalhauError(
+            f"the result of {job_id} is {size_text(total)} and needs {size_text(need)} "
+            f"here (its blocks, then its files); {size_text(free)} is free under "
+            f"{partial.parent}",
+            hint="free some space, or pick --output-dir on another disk",
+        )
 
 
 def _read(f: IO[bytes], offset: int, length: int) -> bytes:

@@ -99,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
         trusted_peers=None
         if args.trusted_peers is None
         else frozenset(_ids(args.trusted_peers, "--trusted-peers")),
+        max_upload_bytes=_size(args.max_upload_size, "--max-upload-size"),
     )
     return asyncio.run(_run(Node(config)))
 

@@ -207,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest file a URL input may be; a longer download fails the job "
         "(default 1Gi; 0: no limit)",
     )
+    serve.add_argument(
+        "--max-upload-size",
+        default="10Gi",
+        metavar="SIZE",
+        help="largest upload (bacalhauctl add, or a job's local files) this node takes, "
+        "counted as it streams in, each file or folder 512 bytes at least; a larger one is "
+        "refused and nothing of it kept (default 10Gi; 0: no limit)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
     dev = sub.add_parser(

@@ -31,6 +31,7 @@ from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import Importer, dag
 from bacalhau.content.cid import CID
+from bacalhau.content.errors import TooLarge
 from bacalhau.content.importer import Node as ImportedNode
 from bacalhau.data import (
     InputRequest,
@@ -43,6 +44,7 @@ from bacalhau.data import (
 from bacalhau.errors import BacalhauError
 from bacalhau.network import DagFetcher, Network
 from bacalhau.network.blocks import Tally
+from bacalhau.spec import size_text
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +165,20 @@ class InputCache:
         hashing; bad CIDs count as not held."""
         size = count = 0
         for text in cids[: jobspec.LOCALITY_CHECKS]:
+            # The root's declared size, as the requester reckons it (it bounds the claim by
+            # the same rule); the written-out size only when the root is not here.
             entry = self._entries.get(text)
+            try:
+                root = bytes(CID.parse(text))
+                if self._blocks.has(root):
+                    size += dag.declared_size(root, self._blocks.get(root, verify=False))
+                    count += 1
+                    continue
+            except BacalhauError:
+                continue
             if entry is not None:
                 size += entry.size
                 count += 1
-                continue
-            try:
-                root = bytes(CID.parse(text))
-                if not self._blocks.has(root):
-                    continue
-                node = dag.decode(root, self._blocks.get(root, verify=False))
-            except BacalhauError:
-                continue
-            size += node.declared_size
-            count += 1
         return size, count
 
     def refs(self, cid_text: str) -> int:
@@ -184,11 +186,15 @@ class InputCache:
         entry = self._entries.get(cid_text)
         return entry.refs if entry is not None else 0
 
-    async def acquire(self, cid_text: str, requester: str) -> Path:
+    async def acquire(self, cid_text: str, requester: str, max_bytes: int = 0) -> Path:
         """The CID's content as a local path, held until `release(path)`.
 
-        Fetched from `requester` or peers if needed. Raises NotFound (naming the CID) when
-        no peer can send it, CorruptData if a peer sends bad blocks, InvalidCID.
+        Fetched from `requester` or peers if needed. With `max_bytes` (a job's disk limit),
+        the root's declared size is checked before anything below it is fetched, and the
+        bytes fetched and written out are counted as they come, so a root that lies cannot
+        take more either. Raises TooLarge (naming the CID and both sizes), NotFound (naming
+        the CID) when no peer can send it, CorruptData if a peer sends bad blocks,
+        InvalidCID.
         """
         cid_text = str(CID.parse(cid_text))
         entry = self._entries.get(cid_text)
@@ -196,7 +202,7 @@ class InputCache:
             fut = self._fetches.get(cid_text)
             if fut is None:
                 self._misses.inc()
-                fut = asyncio.ensure_future(self._fetch_to(cid_text, requester))
+                fut = asyncio.ensure_future(self._fetch_to(cid_text, requester, max_bytes))
                 self._fetches[cid_text] = fut
                 fut.add_done_callback(lambda _: self._fetches.pop(cid_text, None))
             else:
@@ -204,6 +210,8 @@ class InputCache:
             entry = await asyncio.shield(fut)
         else:
             self._hits.inc()
+        if max_bytes and entry.size > max_bytes:  # written out for a job allowed more
+            raise _too_large(cid_text, entry.size, max_bytes)
         entry.refs += 1
         entry.used = next(self._tick)
         return entry.path
@@ -265,20 +273,33 @@ class InputCache:
         tsize = len(block) + sum(link.tsize for link in node.links)
         return ImportedNode(cid, tsize, node.filesize or 0)
 
-    async def _fetch_to(self, cid_text: str, requester: str) -> _Entry:
+    async def _fetch_to(self, cid_text: str, requester: str, max_bytes: int) -> _Entry:
         """Fetch the DAG (from the requester first), then write it out atomically."""
         root = bytes(CID.parse(cid_text))
         spec = pb.InputSpec(source="ipfs", cid=cid_text)
-        await self.providers["ipfs"].resolve(InputRequest(spec, requester))
+        try:
+            if max_bytes:
+                await self.dags.fetch(
+                    root, [requester], patience_s=FETCH_PATIENCE_S, max_bytes=max_bytes
+                )
+            declared = (await self.providers["ipfs"].resolve(InputRequest(spec, requester))).size
+        except TooLarge as e:
+            declared = e.size or await asyncio.to_thread(self._declared, root)
+            raise _too_large(cid_text, e.size, max_bytes, declared) from None
+        if max_bytes and declared > max_bytes:  # it was here already: checked now
+            raise _too_large(cid_text, declared, max_bytes)
         path = self._root / cid_text
 
         def write() -> int:
             tmp = self._tmp / f"{cid_text}.{threading.get_ident()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                dag.export(self._blocks.get, root, tmp)
+                dag.export(self._blocks.get, root, tmp, max_bytes=max_bytes)
                 size = _size(tmp)
                 tmp.replace(path)
+            except TooLarge:
+                _remove(tmp)
+                raise _too_large(cid_text, 0, max_bytes, declared) from None
             except BaseException:
                 _remove(tmp)
                 raise
@@ -290,6 +311,11 @@ class InputCache:
         self._by_path[path] = cid_text
         self._evict(keep=(cid_text,))
         return entry
+
+    def _declared(self, root: bytes) -> int:
+        with contextlib.suppress(BacalhauError):
+            return dag.declared_size(root, self._blocks.get(root, verify=False))
+        return 0
 
     def _evict(self, keep: Iterable[str] = ()) -> None:
         """Remove unheld entries, least recently used first, until under the cap."""
@@ -318,6 +344,18 @@ class InputCache:
             fut = asyncio.ensure_future(asyncio.to_thread(_remove, doomed))
             self._evicting.add(fut)
             fut.add_done_callback(self._evicting.discard)
+
+
+def _too_large(cid: str, size: int, limit: int, declared: int = 0) -> TooLarge:
+    """The one line a job fails with when an input does not fit its disk limit."""
+    if size:
+        what = f"is {size_text(size)}"
+    else:
+        what = f"expands to more than that (its root says {size_text(declared)})"
+    return TooLarge(
+        f"input {cid} {what}, above the job's disk limit of {size_text(limit)}",
+        hint="ask for more disk (resources.disk), up to the node's --limit-job-disk",
+    )
 
 
 def _size(path: Path) -> int:

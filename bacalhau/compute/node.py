@@ -32,6 +32,7 @@ from bacalhau.content.cid import CID
 from bacalhau.datastore import Datastore
 from bacalhau.errors import BacalhauError
 from bacalhau.executor import Executor
+from bacalhau.executor.base import DEFAULT_DISK_LIMIT
 from bacalhau.models import ExecutionState, now_ns, pb
 from bacalhau.network import Network, rpc_error_line
 from bacalhau.network.dispatch import ANY_PEER, MayFrom
@@ -50,6 +51,12 @@ class ComputeConfig:
     default_timeout_s: float = 600.0
     memory_limit_bytes: int = 256 << 20
     stdout_limit_bytes: int = 1 << 20
+    # what a job that asks for no disk may write and read by CID (0: the node's
+    # --limit-job-disk, else DEFAULT_DISK_LIMIT)
+    disk_limit_bytes: int = 0
+    # after a restart, how long an unfinished execution waits for its requester to say it is
+    # still wanted before it is failed here (never run blindly)
+    resume_wait_s: float = 300.0
 
 
 @dataclass
@@ -99,7 +106,10 @@ class Compute:
             max_parallel=config.max_parallel,
         )
         self._active: dict[str, _Active] = {}
+        # unfinished at a restart, waiting for the requester to say they are still wanted
+        self._unconfirmed: dict[str, tuple[Any, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        network.on_connect.append(self._ask_again)
         requester = MayFrom("the requester of this execution", self._from_requester)
         d = network.dispatcher
         d.register("announce", self._on_announce, ANY_PEER)
@@ -218,6 +228,9 @@ class Compute:
         active = self._active.get(c.execution_id)
         if active is not None:
             active.cancel.set()
+        if (waiting := self._confirmed(c.execution_id)) is not None:  # not wanted any more
+            reason = c.reason or "cancelled by its requester"
+            self._spawn(self.records.advance(waiting, E.CANCELLED, f"not run again: {reason}"))
 
     def _on_sync(self, sender: str, sync: Any) -> None:
         """A requester asks where executions stand (it restarted, or we reconnected)."""
@@ -240,6 +253,7 @@ class Compute:
     def _resume_or_report(self, sender: str, rec: Any) -> None:
         if rec.requester_node_id != sender:
             return
+        self._confirmed(rec.execution.id)  # the requester named it: it is still wanted
         state = E.of(rec.execution.state)
         if state in (E.BID_ACCEPTED, E.RUNNING) and rec.execution.id not in self._active:
             self._active[rec.execution.id] = _Active(sender, rec.spec)
@@ -253,12 +267,49 @@ class Compute:
             self.records.report(rec)
 
     async def recover(self) -> None:
-        """Run again what a restart cut short; finish publishing accepted results."""
+        """Take up what a restart cut short: finish publishing accepted results; ask the
+        requester of each unfinished execution whether it is still wanted (it may have
+        failed it and placed it elsewhere meanwhile) and run it again only if it says so."""
+        loop = asyncio.get_running_loop()
         for rec in await self.records.list():
             state = E.of(rec.execution.state)
-            if state in (E.BID_ACCEPTED, E.RUNNING, E.RESULT_ACCEPTED):
-                log.info("resuming execution %s (%s)", rec.execution.id, state.value)
+            ex = rec.execution
+            if state == E.RESULT_ACCEPTED:
+                log.info("finishing execution %s (%s)", ex.id, state.value)
                 self._resume_or_report(rec.requester_node_id, rec)
+            elif state in (E.BID_ACCEPTED, E.RUNNING) and ex.id not in self._unconfirmed:
+                log.info("asking whether execution %s (%s) is still wanted", ex.id, state.value)
+                timer = loop.call_later(self.config.resume_wait_s, self._not_confirmed, ex.id)
+                self._unconfirmed[ex.id] = (rec, timer)
+                self._ask_still_wanted(rec)
+
+    def _ask_still_wanted(self, rec: Any) -> None:
+        ex = rec.execution
+        q = peer_pb2.StillWanted(job_id=ex.job_id, execution_id=ex.id)
+        self._net.send(rec.requester_node_id, still_wanted=q)
+
+    def _ask_again(self, node_id: str) -> None:
+        """A requester (re)connected: ask it about the executions waiting on it."""
+        for rec, _ in list(self._unconfirmed.values()):
+            if rec.requester_node_id == node_id:
+                self._ask_still_wanted(rec)
+
+    def _confirmed(self, execution_id: str) -> Any:
+        """Stop waiting on the requester for `execution_id`; its record if it was waiting."""
+        waiting = self._unconfirmed.pop(execution_id, None)
+        if waiting is None:
+            return None
+        waiting[1].cancel()
+        return waiting[0]
+
+    def _not_confirmed(self, execution_id: str) -> None:
+        rec = self._confirmed(execution_id)
+        if rec is not None:
+            why = (
+                f"not run again: its requester did not say within "
+                f"{self.config.resume_wait_s:g} s of a restart that it is still wanted"
+            )
+            self._spawn(self.records.advance(rec, E.FAILED, why))
 
     # -- running ------------------------------------------------------------------------
 
@@ -327,6 +378,9 @@ class Compute:
             "timeout_s": cfg.default_timeout_s,
             "memory_limit_bytes": cfg.memory_limit_bytes,
             "stdout_limit_bytes": cfg.stdout_limit_bytes,
+            "disk_limit_bytes": (
+                cfg.disk_limit_bytes or self.allocator.job_limit.disk_bytes or DEFAULT_DISK_LIMIT
+            ),
         }
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -349,6 +403,9 @@ class Compute:
         """
         for active in self._active.values():
             active.cancel.set()
+        for _, timer in self._unconfirmed.values():
+            timer.cancel()  # still unconfirmed: the next start asks again
+        self._unconfirmed.clear()
         self.inputs.close()
         tasks: list[asyncio.Future[Any]] = [*self._tasks, *self.inputs.pending]
         if tasks:

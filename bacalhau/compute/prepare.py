@@ -31,9 +31,10 @@ async def prepare_request(
     spec, requester, ex = record.spec, record.requester_node_id, record.execution
     engine = get_engine(spec.engine)
     wanted = engine.data_cids(spec)
+    disk = spec.resources.disk_bytes or defaults["disk_limit_bytes"]
     got = await asyncio.gather(
-        _mounts(record, inputs, held),
-        *(_hold(inputs, requester, held, c) for c in wanted.values()),
+        _mounts(record, inputs, held, disk),
+        *(_hold(inputs, requester, held, c, disk) for c in wanted.values()),
         return_exceptions=True,
     )
     for g in got:
@@ -46,13 +47,16 @@ async def prepare_request(
         "outputs": [(o.name, o.path) for o in spec.outputs],
         "timeout_s": spec.timeout_seconds or defaults["timeout_s"],
         "memory_limit_bytes": spec.resources.memory_bytes or defaults["memory_limit_bytes"],
+        "disk_limit_bytes": disk,
         "cpu": spec.resources.cpu,
         **engine.to_request(spec, fetched, ex.job_id, ex.id),
     }
 
 
-async def _mounts(record: Any, inputs: InputCache, held: list[Path]) -> list[tuple[Path, str]]:
-    """The job's inputs as (local path, guest path).
+async def _mounts(
+    record: Any, inputs: InputCache, held: list[Path], disk: int
+) -> list[tuple[Path, str]]:
+    """The job's inputs as (local path, guest path); each input by CID at most `disk` bytes.
 
     URL inputs that share a mount folder are mounted as one folder, in the place of the
     first of them; their CIDs are recorded in the execution's `inputs`.
@@ -75,7 +79,7 @@ async def _mounts(record: Any, inputs: InputCache, held: list[Path]) -> list[tup
     cids = [i for i in spec.inputs if i.source != "url"]
     has_urls = len(cids) < len(spec.inputs)
     got = await asyncio.gather(
-        *(_hold(inputs, requester, held, i.cid) for i in cids),
+        *(_hold(inputs, requester, held, i.cid, disk) for i in cids),
         *([by_url()] if has_urls else []),
         return_exceptions=True,
     )
@@ -95,8 +99,10 @@ async def _mounts(record: Any, inputs: InputCache, held: list[Path]) -> list[tup
     return out
 
 
-async def _hold(inputs: InputCache, requester: str, held: list[Path], cid_text: str) -> Path:
-    path = await inputs.acquire(cid_text, requester)
+async def _hold(
+    inputs: InputCache, requester: str, held: list[Path], cid_text: str, disk: int
+) -> Path:
+    path = await inputs.acquire(cid_text, requester, disk)
     held.append(path)
     return path
 

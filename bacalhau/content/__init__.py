@@ -9,6 +9,7 @@ from bacalhau.content.errors import (
     InvalidCID,
     NotFound,
     PathImportError,
+    TooLarge,
     UnsupportedCID,
 )
 from bacalhau.content.importer import BlockSink, Importer, ImportOptions, Node, parse_chunker
@@ -24,6 +25,7 @@ __all__ = [
     "Node",
     "NotFound",
     "PathImportError",
+    "TooLarge",
     "UnsupportedCID",
     "parse_chunker",
 ]

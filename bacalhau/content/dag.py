@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from bacalhau._fast import dagpb
 from bacalhau.content.cid import CID, DAG_PB, RAW
-from bacalhau.content.errors import ContentError, CorruptData, UnsupportedCID
+from bacalhau.content.errors import ContentError, CorruptData, TooLarge, UnsupportedCID
 
 GetBlock = Callable[[bytes], bytes]
+ENTRY_BYTES = 512  # what `export` counts a file, folder or symlink as at least
 
 
 class NotAFile(ContentError):
@@ -35,12 +36,6 @@ class UnixFSNode:
     links: list[Link]
     data: bytes | None
     filesize: int | None
-
-    @property
-    def declared_size(self) -> int:
-        """What the block says its DAG weighs: a file's size, else its links' sizes (not
-        checked until the DAG is fetched)."""
-        return self.filesize or sum(link.tsize for link in self.links)
 
 
 def decode(cid: bytes, block: bytes) -> UnixFSNode:
@@ -104,23 +99,59 @@ def walk(get: GetBlock, root: bytes) -> Iterator[tuple[bytes, bytes]]:
         stack.extend(link.cid for link in reversed(node.links))
 
 
-def export(get: GetBlock, root: bytes, dest: str | os.PathLike[str]) -> None:
-    """Write the file, folder or symlink at ``root`` to ``dest`` (which must not exist).
+def declared_size(cid: bytes, block: bytes) -> int:
+    """The size the root block of a DAG says the DAG has: a file's UnixFS filesize, else the
+    sum of its links' Tsizes (a folder). It can lie; `export` counts what is really written."""
+    node = decode(cid, block)
+    return node.filesize or sum(link.tsize for link in node.links) or len(block)
 
+
+def export(get: GetBlock, root: bytes, dest: str | os.PathLike[str], *, max_bytes: int = 0) -> int:
+    """Write the file, folder or symlink at ``root`` to ``dest`` (which must not exist);
+    return the bytes written, each file, folder or symlink counting `ENTRY_BYTES` at least.
+
+    With `max_bytes`, stops with TooLarge as soon as more would be written (what was written
+    stays: the caller removes it). A DAG that names one block many times is written out that
+    many times, so its size on disk can be far above the blocks it holds.
     Raises CorruptData if a name in the DAG could escape ``dest`` (``/``, ``.``, ``..``).
     """
+    budget = _Budget(root, max_bytes)
+    _export(get, root, os.fspath(dest), budget)
+    return budget.used
+
+
+class _Budget:
+    def __init__(self, root: bytes, limit: int) -> None:
+        self.root = root
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        self.used += n
+        if self.limit and self.used > self.limit:
+            raise TooLarge(
+                f"{CID.from_bytes(self.root)} holds more than {self.limit} bytes "
+                "(files count 512 bytes at least)"
+            )
+
+
+def _export(get: GetBlock, root: bytes, path: str, budget: _Budget) -> None:
     node = decode(root, get(root))
-    path = os.fspath(dest)
+    budget.take(ENTRY_BYTES)
     if node.type in (dagpb.T_DIRECTORY,):
         os.mkdir(path)
         for link in node.links:
             name = link.name.decode("utf-8", "surrogateescape")
             if not name or "/" in name or name in (".", "..") or "\0" in name:
                 raise CorruptData(f"unsafe name {name!r} in folder {CID.from_bytes(root)}")
-            export(get, link.cid, os.path.join(path, name))
+            _export(get, link.cid, os.path.join(path, name), budget)
     elif node.type == dagpb.T_SYMLINK:
         os.symlink((node.data or b"").decode("utf-8", "surrogateescape"), path)
     else:
         with open(path, "xb") as f:
+            credit = ENTRY_BYTES  # taken already
             for chunk in _file_bytes(get, node):
+                covered = min(credit, len(chunk))
+                credit -= covered
+                budget.take(len(chunk) - covered)
                 f.write(chunk)

@@ -27,3 +27,12 @@ class CorruptData(ContentError):
 
 class NotFound(ContentError):
     """A block is not in the blockstore."""
+
+
+class TooLarge(ContentError):
+    """A DAG is, or turns out to be, larger than the room it may take. `size` is what its root
+    declares when that is the reason (0 when the DAG turned out larger than declared)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, size: int = 0) -> None:
+        super().__init__(message, hint=hint)
+        self.size = size

@@ -17,6 +17,7 @@ from bacalhau.errors import BacalhauError
 from bacalhau.spec import OUTPUT_NAME as OUTPUT_NAME  # re-exported: it was defined here
 
 MIB = 1024 * 1024
+DEFAULT_DISK_LIMIT = 1 << 30  # what a run may write when neither job nor node says
 
 
 class ExecutorError(BacalhauError):
@@ -42,7 +43,9 @@ class RunRequest:
     (name, guest_path) pairs, each mounted writable onto `workdir/outputs/<name>`. In a wasm
     guest, preopened directories get file descriptors from 3 upwards: the inputs first, then
     the outputs, each in the order given. `stdout_limit_bytes` caps what `RunResult` keeps
-    of stdout and, separately, of stderr. `fuel` of None means no instruction budget.
+    of stdout and, separately, of stderr. `disk_limit_bytes` caps what the run writes, stdout,
+    stderr and output folders together (`guard.RunGuard`, the one place every engine's limits
+    are enforced). `fuel` of None means no instruction budget.
 
     Engine-specific parts: `module` (wasm); `image`, `entrypoint`, `working_dir`, `cpu`,
     `gpu_devices`, `labels` (docker); `context`, `program`, `code`, `deterministic` (python).
@@ -58,6 +61,7 @@ class RunRequest:
     memory_limit_bytes: int = 256 * MIB
     fuel: int | None = None
     stdout_limit_bytes: int = MIB
+    disk_limit_bytes: int = DEFAULT_DISK_LIMIT
     workdir: Path = field(default_factory=_scratch_dir)
     # docker
     image: str = ""
@@ -83,6 +87,8 @@ class RunRequest:
             raise ExecutorError(f"fuel must be positive, not {self.fuel}")
         if self.stdout_limit_bytes < 0:
             raise ExecutorError(f"stdout limit must not be negative: {self.stdout_limit_bytes}")
+        if self.disk_limit_bytes <= 0:
+            raise ExecutorError(f"disk limit must be positive, not {self.disk_limit_bytes}")
         names = [name for name, _ in self.outputs]
         for name in names:
             if not OUTPUT_NAME.match(name):

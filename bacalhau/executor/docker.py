@@ -2,8 +2,9 @@
 
 A run creates one container: no network, every capability dropped, no new privileges, a pids
 limit, the job's memory (swap included) and cpu limits, inputs bind-mounted read-only and each
-output an empty writable folder under the run's workdir. Output is read from the container's
-attach stream as it is written: kept up to the size cap and handed to `on_log`. Every
+output an empty writable folder under the run's workdir, no log file. Output is read from the
+container's attach stream as it is written, through the run guard (`guard.py`: timeout,
+cancel, and stdout, stderr and output folders counted against the disk limit). Every
 container carries the labels `bacalhau.node`, `bacalhau.job` and `bacalhau.execution`;
 `cleanup` removes what a crashed node left behind. The engine is the one `DOCKER_HOST`
 names (the local socket by default).
@@ -30,10 +31,10 @@ from bacalhau.executor.base import (
     RunResult,
     prepare_outputs,
 )
+from bacalhau.executor.guard import NOT_EXITED, RunGuard
 
 log = logging.getLogger(__name__)
 
-NOT_EXITED = -1
 PULL_POLICIES = ("never", "missing")
 LABEL_NODE = "bacalhau.node"
 LABEL_JOB = "bacalhau.job"
@@ -215,6 +216,8 @@ class DockerExecutor:
             "mem_limit": req.memory_limit_bytes,
             "memswap_limit": req.memory_limit_bytes,  # no swap beyond the limit
             "detach": True,
+            # Output is read from the attach stream; a log file would grow without bound.
+            "log_config": docker.types.LogConfig(type="none"),
             "stdin_open": False,
             "tty": False,
         }
@@ -236,12 +239,18 @@ class DockerExecutor:
     def _run_container(
         self, container: Any, req: RunRequest, outputs_dir: Path, cancel: threading.Event
     ) -> RunResult:
-        out = _Capture(1, req.stdout_limit_bytes, req)
-        err = _Capture(2, req.stdout_limit_bytes, req)
-        # Attach before start, so that nothing written early is missed.
-        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        def interrupt() -> None:
+            with contextlib.suppress(Exception):
+                container.kill()
+
+        guard = RunGuard(
+            req, cancel, folders=[outputs_dir / n for n, _ in req.outputs], interrupt=interrupt
+        )
+        # Attached before start, so nothing written is missed (the log driver is "none":
+        # nothing is kept on the engine's disk).
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=False, demux=True)
         reader = threading.Thread(
-            target=_pump, args=(stream, out, err), name="container-output", daemon=True
+            target=_pump, args=(stream, guard), name="container-output", daemon=True
         )
         exited = threading.Event()
         status: dict[str, Any] = {}
@@ -253,84 +262,37 @@ class DockerExecutor:
                 status["error"] = _reason(e)
             exited.set()
 
-        try:
-            container.start()
-        except docker.errors.APIError as e:
-            raise ExecutorError(f"the container did not start: {_reason(e)}") from None
-        reader.start()
-        threading.Thread(target=wait, name="container-wait", daemon=True).start()
-        deadline = time.monotonic() + req.timeout_s
+        with guard:
+            try:
+                container.start()
+            except docker.errors.APIError as e:
+                raise ExecutorError(f"the container did not start: {_reason(e)}") from None
+            reader.start()
+            threading.Thread(target=wait, name="container-wait", daemon=True).start()
+            while not exited.wait(_POLL_S) and guard.reason is None:
+                pass
+            exited.wait(30)  # stopped by the guard: the kill takes a moment
+            reader.join(timeout=10)
         error: str | None = None
-        while not exited.wait(_POLL_S):
-            if cancel.is_set():
-                error = "cancelled"
-            elif time.monotonic() >= deadline:
-                error = f"timed out after {req.timeout_s:g} s"
-            else:
-                continue
-            with contextlib.suppress(Exception):
-                container.kill()
-            exited.wait(30)
-            break
-        reader.join(timeout=10)
-        if "error" in status and error is None:
+        if "error" in status:
             error = f"lost the container: {status['error']}"
         code = int(status.get("StatusCode", NOT_EXITED))
-        if error is None and code != 0:
+        if guard.reason is None and error is None and code != 0:
             error, code_stands = _oom_reason(container, code, req.memory_limit_bytes >> 20)
         else:
-            code_stands = error is None
+            code_stands = error is None  # (the guard's reason sets its own code)
         if not code_stands:
             code = NOT_EXITED
-        return RunResult(
-            exit_code=code,
-            stdout=out.data(),
-            stderr=err.data(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            outputs_dir=outputs_dir,
-            error=error,
-        )
+        return guard.result(outputs_dir, code, error)
 
 
-class _Capture:
-    """Keeps up to `cap` bytes of one stream and passes every chunk to the log sink."""
-
-    def __init__(self, stream: int, cap: int, req: RunRequest) -> None:
-        self.stream = stream
-        self.cap = cap
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.truncated = False
-        self.sink = req.on_log
-
-    def add(self, chunk: bytes) -> None:
-        room = self.cap - self.size
-        if len(chunk) > room:
-            self.truncated = True
-            chunk_kept = chunk[: max(room, 0)]
-        else:
-            chunk_kept = chunk
-        if chunk_kept:
-            self.parts.append(chunk_kept)
-            self.size += len(chunk_kept)
-        if self.sink is not None:
-            with contextlib.suppress(Exception):
-                self.sink(self.stream, chunk)
-
-    def data(self) -> bytes:
-        return b"".join(self.parts)
-
-
-def _pump(
-    stream: Iterator[tuple[bytes | None, bytes | None]], out: _Capture, err: _Capture
-) -> None:
+def _pump(stream: Iterator[tuple[bytes | None, bytes | None]], guard: RunGuard) -> None:
     with contextlib.suppress(Exception):
         for stdout, stderr in stream:
             if stdout:
-                out.add(stdout)
+                guard.wrote(1, stdout)
             if stderr:
-                err.add(stderr)
+                guard.wrote(2, stderr)
 
 
 def _oom_reason(container: Any, code: int, limit_mib: int) -> tuple[str | None, bool]:

@@ -13,8 +13,9 @@ cache. What the guest sees:
   environment (sorted by name), plus `PYTHONDONTWRITEBYTECODE=1` and `PYTHONPATH`; nothing
   from the host.
 
-Output goes to files in the workdir; `RunRequest.on_log`, when given, gets it as it is written
-(looked at 20 times a second), up to the stdout limit.
+Output goes through the run guard (`guard.py`: the run's timeout and disk limit), which keeps
+the first part of each stream in the workdir; `RunRequest.on_log`, when given, gets it as it is
+written.
 
 Deterministic runs (`RunRequest.deterministic`) also get `PYTHONHASHSEED=0`, the virtual
 clocks, seeded randomness and instant sleeps of `_wasi_shims`, directory listings
@@ -26,7 +27,6 @@ and is not deterministic. Every run's sleeps are bounded by its timeout and by c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -34,7 +34,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path, PurePosixPath
 
 import wasmtime
@@ -54,20 +53,12 @@ from bacalhau.executor.base import (
     RunResult,
     prepare_outputs,
 )
-from bacalhau.executor.wasm import (
-    NOT_EXITED,
-    OutputTail,
-    _one_line,
-    preopen_mounts,
-    result_from_files,
-)
+from bacalhau.executor.guard import NOT_EXITED, RunGuard
+from bacalhau.executor.wasm import _one_line, close, outputs_folders, preopen_mounts
 from bacalhau.spec import GUEST_APP, GUEST_BOOT, GUEST_TMP
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_DISK = 1 << 30
-_POLL_S = 0.05  # how often the watchdog looks at cancel
-_DISK_POLL_S = 0.25  # and at what the run has written
 _TAIL_BYTES = 8192
 
 # Imported by `site` at start-up in deterministic runs (from GUEST_BOOT, first on PYTHONPATH).
@@ -197,14 +188,11 @@ class PythonExecutor:
         cache_dir: Path | None = None,
         *,
         interpreter: Path | None = None,
-        max_disk_bytes: int = DEFAULT_MAX_DISK,
     ) -> None:
         """`cache_dir` keeps the compiled interpreter across processes (private to the node);
-        `interpreter` replaces the packaged one (it must still be the pinned build);
-        `max_disk_bytes` caps what a run writes (stdout, stderr, outputs and /tmp)."""
+        `interpreter` replaces the packaged one (it must still be the pinned build)."""
         self.interpreter = CompiledInterpreter(interpreter, cache_dir)
         self._cache_dir = cache_dir
-        self.max_disk_bytes = max_disk_bytes
         self._boot: Path | None = None
         self._lock = threading.Lock()
 
@@ -232,9 +220,10 @@ class PythonExecutor:
         """Run `req`'s program to completion (see `Executor.run`).
 
         The result's exit code is the interpreter's; `error` names the cause of a failure:
-        "timed out after N s", "cancelled", "out of memory: ...", "output limit exceeded:
-        ...", "Python exception: <last line of the traceback> ..." (exit code 1; the
-        traceback is in stderr), "trap: ..."; it is None for a plain non-zero exit.
+        "timed out after N s", "cancelled", "out of memory: ...", "output limit of N
+        exceeded: ..." (stdout, stderr, outputs and /tmp together), "Python exception: <last
+        line of the traceback> ..." (exit code 1; the traceback is in stderr), "trap: ...";
+        it is None for a plain non-zero exit. Its limits are the `RunGuard`'s.
 
         Raises InterpreterError if the interpreter is missing or tampered with, and
         ExecutorError if the request is malformed (no program or code, a program outside
@@ -252,90 +241,37 @@ class PythonExecutor:
         boot = self._boot_dir() if req.deterministic else None
         engine = wasmtime.Engine(engine_config())
         module = self.interpreter.load(engine)
-        try:
-            wasi = self._wasi(req, argv, outputs_dir, tmp, boot)
-        except (OSError, wasmtime.WasmtimeError) as e:
-            raise ExecutorError(f"cannot mount the job's folders: {_one_line(e)}") from e
-        store = wasmtime.Store(engine)
         stop = threading.Event()
-        clocks = _wasi_shims.Clocks(deterministic=req.deterministic, stop=stop)
-        store.set_wasi(wasi)
-        store.set_limits(memory_size=req.memory_limit_bytes)
-        store.set_epoch_deadline(1)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
-        _wasi_shims.define(linker, clocks)
 
-        done = threading.Event()
-        stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
-        written = [req.workdir / "stdout", req.workdir / "stderr", outputs_dir, tmp]
-        tail = OutputTail(req) if req.on_log is not None else None
+        def interrupt() -> None:
+            stop.set()  # ends a sleep in progress
+            engine.increment_epoch()
 
-        def watchdog() -> None:
-            deadline = time.monotonic() + req.timeout_s
-            next_disk_check = time.monotonic() + _DISK_POLL_S
-            while True:
-                if tail is not None:
-                    tail.pump()
-                now = time.monotonic()
-                if cancel is not None and cancel.is_set():
-                    stopped.append("cancelled")
-                elif now >= deadline:
-                    stopped.append(f"timed out after {req.timeout_s:g} s")
-                elif now >= next_disk_check and _size(written) > self.max_disk_bytes:
-                    stopped.append(
-                        f"output limit exceeded: the program wrote more than "
-                        f"{_mib(self.max_disk_bytes)} (stdout, stderr, outputs and /tmp)"
-                    )
-                else:
-                    if now >= next_disk_check:
-                        next_disk_check = now + _DISK_POLL_S
-                    if done.wait(min(deadline - now, _POLL_S)):
-                        return
-                    continue
-                stop.set()  # ends a sleep in progress
-                engine.increment_epoch()
-                return
-
-        watcher = threading.Thread(target=watchdog, name="python-watchdog", daemon=True)
-        watcher.start()
+        folders = [*outputs_folders(req, outputs_dir), tmp]
+        guard = RunGuard(req, cancel, folders=folders, interrupt=interrupt)
+        store: wasmtime.Store | None = None
         exit_code, error = 0, None
-        try:
-            instance = linker.instantiate(store, module)
-            memory = instance.exports(store)["memory"]
-            clocks.memory = memory if isinstance(memory, wasmtime.Memory) else None
-            start = instance.exports(store)["_start"]
-            assert isinstance(start, wasmtime.Func)
-            start(store)
-        except wasmtime.ExitTrap as e:
-            exit_code = e.code
-        except wasmtime.Trap as e:
-            exit_code = NOT_EXITED
-            if e.trap_code == wasmtime.TrapCode.INTERRUPT and stopped:
-                error = stopped[0]
-            else:
-                error = f"trap: {_one_line(e)}"
-        except wasmtime.WasmtimeError as e:
-            exit_code = NOT_EXITED
-            message = _one_line(e)
-            if "exceeds memory limits" in message or "memory minimum size" in message:
-                error = (
-                    f"out of memory: the interpreter does not fit in the "
-                    f"{_mib(req.memory_limit_bytes)} memory limit ({message})"
-                )
-            else:
-                error = f"error: {message}"
-        finally:
-            done.set()
-            watcher.join()
-            if tail is not None:
-                tail.pump()
-        if stopped and error is None:  # stopped as it exited: still the watchdog's cause
-            exit_code, error = NOT_EXITED, stopped[0]
+        with guard:
+            try:
+                try:
+                    wasi = self._wasi(req, argv, outputs_dir, tmp, boot, guard)
+                except (OSError, wasmtime.WasmtimeError) as e:
+                    raise ExecutorError(f"cannot mount the job's folders: {_one_line(e)}") from e
+                store = wasmtime.Store(engine)
+                clocks = _wasi_shims.Clocks(deterministic=req.deterministic, stop=stop)
+                store.set_wasi(wasi)
+                store.set_limits(memory_size=req.memory_limit_bytes)
+                store.set_epoch_deadline(1)
+                linker = wasmtime.Linker(engine)
+                linker.define_wasi()
+                _wasi_shims.define(linker, clocks)
+                exit_code, error = _start(linker, store, module, clocks, req)
+            finally:
+                close(store, engine)  # the guest's files, closed now
         trapped = error is not None and error.startswith("trap")
-        if (error is None and exit_code != 0) or trapped:
+        if guard.reason is None and ((error is None and exit_code != 0) or trapped):
             error = _diagnose(exit_code, _tail(req.workdir / "stderr"), req) or error
-        return result_from_files(req, outputs_dir, exit_code, error)
+        return guard.result(outputs_dir, exit_code, error)
 
     # -- the guest's world ----------------------------------------------------------------
 
@@ -377,13 +313,19 @@ class PythonExecutor:
         return sorted(env.items())
 
     def _wasi(
-        self, req: RunRequest, argv: list[str], outputs_dir: Path, tmp: Path, boot: Path | None
+        self,
+        req: RunRequest,
+        argv: list[str],
+        outputs_dir: Path,
+        tmp: Path,
+        boot: Path | None,
+        guard: RunGuard,
     ) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
         wasi.argv = argv
         wasi.env = self._env(req, boot)
-        wasi.stdout_file = str(req.workdir / "stdout")
-        wasi.stderr_file = str(req.workdir / "stderr")
+        wasi.stdout_file = guard.pipe(1)
+        wasi.stderr_file = guard.pipe(2)
         if req.context is not None:
             wasi.preopen_dir(str(req.context), GUEST_APP, False)
         wasi.preopen_dir(str(tmp), GUEST_TMP, True)
@@ -505,21 +447,35 @@ def _tail(path: Path) -> str:
         return ""
 
 
-def _size(paths: list[Path]) -> int:
-    total = 0
-    for path in paths:
-        try:
-            if path.is_dir():
-                for root, _dirs, files in os.walk(path):
-                    for name in files:
-                        with contextlib.suppress(OSError):
-                            total += os.lstat(os.path.join(root, name)).st_size
-            else:
-                total += path.stat().st_size
-        except OSError:
-            pass
-    return total
-
-
 def _mib(n: int) -> str:
     return f"{n / 2**20:g} MiB"
+
+
+def _start(
+    linker: wasmtime.Linker,
+    store: wasmtime.Store,
+    module: wasmtime.Module,
+    clocks: _wasi_shims.Clocks,
+    req: RunRequest,
+) -> tuple[int, str | None]:
+    """Run the interpreter; (exit code, why it did not exit on its own or None)."""
+    try:
+        instance = linker.instantiate(store, module)
+        memory = instance.exports(store)["memory"]
+        clocks.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        start = instance.exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        start(store)
+    except wasmtime.ExitTrap as e:
+        return e.code, None
+    except wasmtime.Trap as e:
+        return NOT_EXITED, f"trap: {_one_line(e)}"  # an interrupt: the guard's reason wins
+    except wasmtime.WasmtimeError as e:
+        message = _one_line(e)
+        if "exceeds memory limits" in message or "memory minimum size" in message:
+            return NOT_EXITED, (
+                f"out of memory: the interpreter does not fit in the "
+                f"{_mib(req.memory_limit_bytes)} memory limit ({message})"
+            )
+        return NOT_EXITED, f"error: {message}"
+    return 0, None

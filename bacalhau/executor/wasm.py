@@ -10,16 +10,17 @@ that directory must be private to this node, because deserializing trusts its co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import threading
-import time
 from pathlib import Path, PurePosixPath
 
 import wasmtime
 
+from bacalhau.executor import _wasi_shims
 from bacalhau.executor.base import (
     ExecutorError,
     InvalidModule,
@@ -27,13 +28,12 @@ from bacalhau.executor.base import (
     RunResult,
     prepare_outputs,
 )
+from bacalhau.executor.guard import NOT_EXITED, RunGuard
 from bacalhau.spec import WASM_MAGIC as WASM_MAGIC  # re-exported: it was defined here
 
 log = logging.getLogger(__name__)
 WASI_MODULE = "wasi_snapshot_preview1"
-NOT_EXITED = -1  # RunResult.exit_code when the guest did not exit on its own
 _UNLIMITED_FUEL = 2**64 - 1
-_POLL_S = 0.01  # how often the watchdog looks at the cancel event
 
 
 def _config() -> wasmtime.Config:
@@ -47,64 +47,6 @@ def _one_line(e: BaseException) -> str:
     """wasmtime's messages span lines, with the cause last; keep the cause."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[-1] if lines else type(e).__name__
-
-
-def _read_capped(path: Path, cap: int) -> tuple[bytes, bool]:
-    try:
-        with path.open("rb") as f:
-            data = f.read(cap + 1)
-    except FileNotFoundError:
-        return b"", False
-    return data[:cap], len(data) > cap
-
-
-def result_from_files(
-    req: RunRequest, outputs_dir: Path, exit_code: int, error: str | None
-) -> RunResult:
-    """The run's result, stdout and stderr read (capped) from the files the guest wrote."""
-    stdout, stdout_truncated = _read_capped(req.workdir / "stdout", req.stdout_limit_bytes)
-    stderr, stderr_truncated = _read_capped(req.workdir / "stderr", req.stdout_limit_bytes)
-    return RunResult(
-        exit_code=exit_code,
-        stdout=stdout,
-        stderr=stderr,
-        stdout_truncated=stdout_truncated,
-        stderr_truncated=stderr_truncated,
-        outputs_dir=outputs_dir,
-        error=error,
-    )
-
-
-class OutputTail:
-    """Hands what a guest writes to its stdout and stderr files to `on_log`, up to the cap.
-
-    `pump` is called from a run's watchdog while the guest runs, then once after it stopped.
-    """
-
-    def __init__(self, req: RunRequest) -> None:
-        assert req.on_log is not None
-        self._sink = req.on_log
-        self._cap = req.stdout_limit_bytes
-        self._files = {1: req.workdir / "stdout", 2: req.workdir / "stderr"}
-        self._sent = {1: 0, 2: 0}
-
-    def pump(self) -> None:
-        for stream, path in self._files.items():
-            offset = self._sent[stream]
-            if offset >= self._cap:
-                continue
-            try:
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    data = f.read(self._cap - offset)
-            except OSError:
-                continue
-            if data:
-                self._sent[stream] = offset + len(data)
-                try:
-                    self._sink(stream, data)
-                except Exception:  # a failing sink must not stop the run's watchdog
-                    log.exception("passing on a run's output failed")
 
 
 def preopen_mounts(wasi: wasmtime.WasiConfig, req: RunRequest, outputs_dir: Path) -> None:
@@ -208,12 +150,12 @@ class WasmExecutor:
                 (self._cache_dir / f"{key}.cwasm").unlink(missing_ok=True)
             return wasmtime.Module.deserialize(engine, self.compile(wasm))
 
-    def _wasi(self, req: RunRequest, outputs_dir: Path) -> wasmtime.WasiConfig:
+    def _wasi(self, req: RunRequest, outputs_dir: Path, guard: RunGuard) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
         wasi.argv = [req.module.name if req.module else "main", *req.args]
         wasi.env = list(req.env.items())
-        wasi.stdout_file = str(req.workdir / "stdout")
-        wasi.stderr_file = str(req.workdir / "stderr")
+        wasi.stdout_file = guard.pipe(1)
+        wasi.stderr_file = guard.pipe(2)
         # Preopens get fds 3, 4, ... in this order: inputs, then outputs.
         preopen_mounts(wasi, req, outputs_dir)
         return wasi
@@ -222,9 +164,10 @@ class WasmExecutor:
         """Run `req`'s module to completion (see `Executor.run`).
 
         Exit code is the guest's (0 if `_start` returns), or -1 with `error` set to
-        "timed out after N s", "cancelled", "out of fuel", "memory limit exceeded: ..." or
-        "trap: ..." when the guest did not exit on its own. A guest blocked in a host call
-        is stopped when that call returns.
+        "timed out after N s", "cancelled", "output limit of N exceeded: ...", "out of
+        fuel", "memory limit exceeded: ..." or "trap: ..." when the guest did not exit on
+        its own. Its limits are the `RunGuard`'s; sleeps (`poll_oneoff`) end when it stops
+        the run, and a write it is blocked in fails.
 
         Raises InvalidModule if the module is not runnable WebAssembly (see `compile`), and
         ExecutorError if the request is malformed or the workdir cannot be prepared.
@@ -233,68 +176,72 @@ class WasmExecutor:
         outputs_dir = prepare_outputs(req)
         engine = wasmtime.Engine(_config())
         module = self._load(engine, req)
-        try:
-            wasi = self._wasi(req, outputs_dir)
-        except (OSError, wasmtime.WasmtimeError) as e:
-            raise ExecutorError(f"cannot mount the job's folders: {_one_line(e)}") from e
-        store = wasmtime.Store(engine)
-        store.set_wasi(wasi)
-        store.set_limits(memory_size=req.memory_limit_bytes)
-        store.set_fuel(req.fuel if req.fuel is not None else _UNLIMITED_FUEL)
-        store.set_epoch_deadline(1)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
+        stop = threading.Event()
 
-        done = threading.Event()
-        stopped: list[str] = []  # why the watchdog interrupted the guest, if it did
-        tail = OutputTail(req) if req.on_log is not None else None
-        poll = cancel is not None or tail is not None
+        def interrupt() -> None:
+            stop.set()  # ends a sleep in progress
+            engine.increment_epoch()
 
-        def watchdog() -> None:
-            deadline = time.monotonic() + req.timeout_s
-            while True:
-                if tail is not None:
-                    tail.pump()
-                remaining = deadline - time.monotonic()
-                if cancel is not None and cancel.is_set():
-                    stopped.append("cancelled")
-                elif remaining <= 0:
-                    stopped.append(f"timed out after {req.timeout_s:g} s")
-                elif done.wait(min(remaining, _POLL_S) if poll else remaining):
-                    return
-                else:
-                    continue
-                engine.increment_epoch()
-                return
-
-        watcher = threading.Thread(target=watchdog, name="wasm-watchdog", daemon=True)
-        watcher.start()
+        guard = RunGuard(
+            req, cancel, folders=outputs_folders(req, outputs_dir), interrupt=interrupt
+        )
+        store: wasmtime.Store | None = None
         exit_code, error = 0, None
-        try:
-            instance = linker.instantiate(store, module)
-            start = instance.exports(store)["_start"]
-            assert isinstance(start, wasmtime.Func)
-            start(store)
-        except wasmtime.ExitTrap as e:
-            exit_code = e.code
-        except wasmtime.Trap as e:
-            exit_code = NOT_EXITED
-            if e.trap_code == wasmtime.TrapCode.INTERRUPT and stopped:
-                error = stopped[0]
-            elif e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
-                error = "out of fuel"
-            else:
-                error = f"trap: {_one_line(e)}"
-        except wasmtime.WasmtimeError as e:
-            exit_code = NOT_EXITED
-            message = _one_line(e)
-            if "exceeds memory limits" in message:
-                error = f"memory limit exceeded: {message}"
-            else:
-                error = f"error: {message}"
-        finally:
-            done.set()
-            watcher.join()
-            if tail is not None:
-                tail.pump()
-        return result_from_files(req, outputs_dir, exit_code, error)
+        with guard:
+            try:
+                try:
+                    wasi = self._wasi(req, outputs_dir, guard)
+                except (OSError, wasmtime.WasmtimeError) as e:
+                    raise ExecutorError(f"cannot mount the job's folders: {_one_line(e)}") from e
+                store = wasmtime.Store(engine)
+                store.set_wasi(wasi)
+                store.set_limits(memory_size=req.memory_limit_bytes)
+                store.set_fuel(req.fuel if req.fuel is not None else _UNLIMITED_FUEL)
+                store.set_epoch_deadline(1)
+                linker = wasmtime.Linker(engine)
+                linker.define_wasi()
+                _wasi_shims.define(linker, _wasi_shims.Clocks(deterministic=False, stop=stop))
+                exit_code, error = _start(linker, store, module)
+            finally:
+                # Closes the guest's files now (its pipes, files in its folders), not when
+                # the collector gets to them: a removed file's space comes back at once.
+                close(store, engine)
+        return guard.result(outputs_dir, exit_code, error)
+
+
+def outputs_folders(req: RunRequest, outputs_dir: Path) -> list[Path]:
+    """The writable folders of a run, whose size counts towards its disk limit."""
+    return [outputs_dir / name for name, _ in req.outputs]
+
+
+def close(store: wasmtime.Store | None, engine: wasmtime.Engine) -> None:
+    """Free a run's store (and with it the guest's open files) and engine now."""
+    with contextlib.suppress(Exception):
+        if store is not None:
+            store.close()
+    with contextlib.suppress(Exception):
+        engine.close()
+
+
+def _start(
+    linker: wasmtime.Linker, store: wasmtime.Store, module: wasmtime.Module
+) -> tuple[int, str | None]:
+    """Run `_start`; (exit code, why the guest did not exit on its own or None)."""
+    try:
+        instance = linker.instantiate(store, module)
+        start = instance.exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        start(store)
+    except wasmtime.ExitTrap as e:
+        return e.code, None
+    except wasmtime.Trap as e:
+        if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return NOT_EXITED, "out of fuel"
+        # an interrupt's cause is the guard's reason, which the result takes
+        return NOT_EXITED, f"trap: {_one_line(e)}"
+    except wasmtime.WasmtimeError as e:
+        message = _one_line(e)
+        if "exceeds memory limits" in message:
+            return NOT_EXITED, f"memory limit exceeded: {message}"
+        return NOT_EXITED, f"error: {message}"
+    return 0, None

@@ -14,7 +14,7 @@ from bacalhau.blockstore import Blockstore
 from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
-from bacalhau.content.errors import ContentError, NotFound
+from bacalhau.content.errors import ContentError, NotFound, TooLarge
 from bacalhau.errors import UsageError
 
 if TYPE_CHECKING:
@@ -146,8 +146,13 @@ async def fetch_dag(
     *,
     patience_s: float = 0.0,
     received: Tally | None = None,
+    max_bytes: int = 0,
 ) -> None:
     """Make the DAG under `root` local, from `holders` and every connected peer.
+
+    With `max_bytes`, the root's declared size (`dag.declared_size`) is checked as soon as
+    the root is here, before anything below it is asked for, and the fetch stops once more
+    block bytes than that came: both raise TooLarge (what came stays stored, unpinned).
 
     Every candidate is asked for the root block at once; those that have it become sources.
     The DAG is then fetched level by level: the blocks of a level that are not stored yet
@@ -168,7 +173,7 @@ async def fetch_dag(
         sources, errors, holders_answered = await _find_sources(net, root, holders, received)
         if sources:
             try:
-                await _fetch_levels(store, root, sources, received, errors)
+                await _fetch_levels(store, root, sources, received, errors, max_bytes)
                 return
             except NotFound as e:
                 if loop.time() >= deadline:
@@ -198,8 +203,11 @@ class DagFetcher:
     def pending(self) -> list[asyncio.Future[None]]:
         return list(self._inflight.values())
 
-    async def fetch(self, root: bytes, holders: list[str], *, patience_s: float = 0.0) -> None:
-        """See `fetch_dag`; raises what it raises."""
+    async def fetch(
+        self, root: bytes, holders: list[str], *, patience_s: float = 0.0, max_bytes: int = 0
+    ) -> None:
+        """See `fetch_dag`; raises what it raises. A caller joining a fetch in flight gets
+        that fetch's `max_bytes`: check the size again if it needs a lower one."""
         fut = self._inflight.get(root)
         if fut is None:
             fut = asyncio.ensure_future(
@@ -210,6 +218,7 @@ class DagFetcher:
                     holders,
                     patience_s=patience_s,
                     received=self._received,
+                    max_bytes=max_bytes,
                 )
             )
             self._inflight[root] = fut
@@ -304,16 +313,27 @@ class _Sink:
     when a group is ready). `flush` stores what is left and waits for all of it; it raises
     what storing raised (a full disk)."""
 
-    def __init__(self, store: Blockstore) -> None:
+    def __init__(self, store: Blockstore, root: bytes = b"", max_bytes: int = 0) -> None:
         self.store = store
+        self.root = root
+        self.max_bytes = max_bytes
+        self.total = 0  # block bytes added, for `max_bytes`
         self.pending: list[tuple[bytes, bytes]] = []
         self.size = 0
         self.lock = asyncio.Lock()
         self.writes: list[asyncio.Future[None]] = []
 
     async def add(self, blocks: list[tuple[bytes, bytes]]) -> None:
+        """Raises TooLarge once more than `max_bytes` came (0: no limit)."""
+        added = sum(len(d) for _, d in blocks)
+        self.total += added
+        if self.max_bytes and self.total > self.max_bytes:
+            raise TooLarge(
+                f"{CID.from_bytes(self.root)} is larger than its root says: more than "
+                f"{self.max_bytes} bytes of blocks came"
+            )
         self.pending.extend(blocks)
-        self.size += sum(len(d) for _, d in blocks)
+        self.size += added
         if self.size >= COMMIT_BYTES:
             if len(self.writes) >= 2:  # bounded memory: wait for the oldest group
                 await self.writes.pop(0)
@@ -343,8 +363,9 @@ async def _fetch_levels(
     sources: list[tuple[str, grpc.aio.Channel]],
     received: Tally | None,
     errors: list[str],
+    max_bytes: int = 0,
 ) -> None:
-    sink = _Sink(store)
+    sink = _Sink(store, root, max_bytes)
     level = [root]
     try:
         while level:
@@ -352,10 +373,22 @@ async def _fetch_levels(
             if need:
                 below += await _fetch_spread(sink, need, sources, received, errors)
                 await sink.flush()
+            if level == [root] and max_bytes:  # the root is here: what does it say?
+                _check_declared(store, root, max_bytes)
             level = below
     finally:
         await sink.flush()  # what was verified stays: a later fetch resumes from there
     await sink.flush(pin=root)
+
+
+def _check_declared(store: Blockstore, root: bytes, max_bytes: int) -> None:
+    size = dag.declared_size(root, store.get(root, verify=False))
+    if size > max_bytes:
+        raise TooLarge(
+            f"{CID.from_bytes(root)} is {size} bytes by its root, above the {max_bytes} "
+            "bytes it may take",
+            size=size,
+        )
 
 
 async def _fetch_spread(

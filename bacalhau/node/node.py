@@ -52,6 +52,7 @@ from bacalhau.service import (
     JobWatch,
     ResultService,
 )
+from bacalhau.service.data import DEFAULT_MAX_UPLOAD
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class NodeConfig:
     tls_cert: bytes | None = None  # PEM: serve TLS (both services) with this chain ...
     tls_key: bytes | None = None  # ... and key; peers are then dialled over TLS too
     tls_ca: bytes | None = None  # PEM roots that peers' certificates must chain to (None: system)
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD  # the largest upload (AddData) it takes; 0: any
 
 
 class Node:
@@ -241,7 +243,7 @@ class Node:
         client = ClientServicer(
             jobs=self.jobs,
             results=self.results,
-            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR),
+            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR, cfg.max_upload_bytes),
             info=info,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
@@ -283,7 +285,7 @@ class Node:
             root = bytes(CID.parse(cid_text))
             if not self.blockstore.has(root):
                 return None
-            return dag.decode(root, self.blockstore.get(root, verify=False)).declared_size
+            return dag.declared_size(root, self.blockstore.get(root, verify=False))
         except BacalhauError:
             return None
 

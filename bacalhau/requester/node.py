@@ -78,6 +78,11 @@ class Requester:
             MayFrom("the compute node of this execution", self._from_compute_node),
         )
         d.register(
+            "still_wanted",
+            self._on_still_wanted,
+            MayFrom("the compute node of this execution", self._from_compute_node),
+        )
+        d.register(
             "log",
             self._on_log,
             MayFrom("the compute node of this execution, while the job runs", self._live_log),
@@ -320,6 +325,24 @@ class Requester:
                 self._announce(again)
 
         self._spawn(self.ledger.update(sender, u), "recording an execution update", send)
+
+    def _on_still_wanted(self, sender: str, q: Any) -> None:
+        """A restarted compute node asks before running an execution again: the decision
+        again if this node still waits on it there, else a cancel saying where it stands."""
+        job = self._job(q.job_id)
+        ex = next((e for e in job.executions if e.id == q.execution_id), None) if job else None
+        if ex is None:
+            return
+        state = E.of(ex.state)
+        if not JobState.of(job.state).is_terminal and state in (E.BID_ACCEPTED, E.RUNNING):
+            decision = peer_pb2.BidDecision(
+                job_id=job.id, shard=ex.shard, execution_id=ex.id, accepted=True
+            )
+            self._net.send(sender, bid_decision=decision)
+            return
+        reason = f"the execution is {state.value} at its requester"
+        msg = peer_pb2.CancelExecution(job_id=job.id, execution_id=ex.id, reason=reason)
+        self._net.send(sender, cancel=msg)
 
     def _on_log(self, sender: str, msg: Any) -> None:
         self.logs.add(msg.job_id, msg.execution_id, msg.stream, msg.offset, msg.data)

@@ -1,5 +1,10 @@
 """Data ingest: an upload (a file, a folder entry by entry, or a CAR) into this node's
-blockstore, pinned, as the CID kubo would give it."""
+blockstore, pinned, as the CID kubo would give it.
+
+An upload is at most `max_bytes` (`serve --max-upload-size`), counted as it streams in: file
+bytes, and each entry (file or folder) as `ENTRY_BYTES` at least, so a million empty files
+count too. One over it is refused at once (INVALID_ARGUMENT, one line) and what came of it
+is removed."""
 
 from __future__ import annotations
 
@@ -16,24 +21,31 @@ from bacalhau.content.cid import CID
 from bacalhau.content.errors import NotFound
 from bacalhau.errors import UsageError
 
+DEFAULT_MAX_UPLOAD = 10 << 30
+ENTRY_BYTES = 512  # what an entry of a folder upload counts as at least
+
 
 class DataService:
-    """Stores what clients upload; scratch space under `tmp_dir`."""
+    """Stores what clients upload; scratch space under `tmp_dir`; at most `max_bytes` an
+    upload (0: no limit)."""
 
-    def __init__(self, blockstore: Blockstore, tmp_dir: Path) -> None:
+    def __init__(
+        self, blockstore: Blockstore, tmp_dir: Path, max_bytes: int = DEFAULT_MAX_UPLOAD
+    ) -> None:
         self._blocks = blockstore
         self._tmp = tmp_dir
+        self.max_bytes = max_bytes
 
     async def add(self, items: AsyncIterator[Any]) -> tuple[str, int]:
         """Store an AddData stream; (root CID, bytes received).
 
-        Raises UsageError for a malformed stream (see `_receive`), ContentError for a corrupt
-        CAR, OSError when it cannot be stored.
+        Raises UsageError for a malformed stream (see `_receive`) or one over `max_bytes`,
+        ContentError for a corrupt CAR, OSError when it cannot be stored.
         """
         self._tmp.mkdir(exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="upload-", dir=self._tmp))
         try:
-            header, target, size = await _receive(items, work)
+            header, target, size = await _receive(items, work, self.max_bytes)
             if header.car:
                 cid = await asyncio.to_thread(self._add_car, str(target))
                 return str(CID.from_bytes(cid)), size
@@ -77,16 +89,30 @@ class DataService:
         return root
 
 
-async def _receive(items: AsyncIterator[Any], work: Path) -> tuple[Any, Path, int]:
+async def _receive(
+    items: AsyncIterator[Any], work: Path, max_bytes: int = 0
+) -> tuple[Any, Path, int]:
     """Write an AddData stream under `work`: (header, the file or folder, bytes received).
 
     Raises UsageError for a stream that does not start with a header, chunks of a folder
-    before any file entry, or an entry path that is absolute or has '.', '..' or empty parts.
+    before any file entry, an entry path that is absolute or has '.', '..' or empty parts,
+    or more than `max_bytes` (entries counting ENTRY_BYTES each; 0: no limit).
     """
     header = None
     target = work / "upload"
     f: Any = None
-    size = 0
+    size = counted = 0
+
+    def count(n: int) -> None:
+        nonlocal counted
+        counted += n
+        if max_bytes and counted > max_bytes:
+            raise UsageError(
+                f"upload refused: more than this node's limit of {max_bytes} bytes "
+                "(files, and each file or folder 512 bytes at least)",
+                hint="ask the node's operator (serve --max-upload-size), or send less",
+            )
+
     try:
         async for item in items:
             kind = item.WhichOneof("item")
@@ -105,6 +131,7 @@ async def _receive(items: AsyncIterator[Any], work: Path) -> tuple[Any, Path, in
             elif kind == "entry":
                 if not header.folder:
                     raise UsageError("AddData: entries are for folders (header.folder)")
+                count(ENTRY_BYTES)
                 parts = item.entry.path.split("/")
                 if not all(_safe_part(p) for p in parts):
                     raise UsageError(f"AddData: unsafe path {item.entry.path[:200]!r}")
@@ -120,6 +147,7 @@ async def _receive(items: AsyncIterator[Any], work: Path) -> tuple[Any, Path, in
             else:
                 if f is None:
                     raise UsageError("AddData: file bytes before any file entry")
+                count(len(item.chunk))
                 f.write(item.chunk)
                 size += len(item.chunk)
     except FileExistsError as e:

@@ -40,6 +40,7 @@ from bacalhau.spec._rules import (
     check_size,
     check_timeout,
     locality_cids,
+    size_text,
 )
 from bacalhau.spec._sections import (
     ENGINES,
@@ -95,5 +96,6 @@ __all__ = [
     "locality_cids",
     "mount_paths",
     "parse_url_list",
+    "size_text",
     "validate",
 ]

@@ -263,3 +263,11 @@ def locality_cids(spec: Any) -> list[str]:
     """The CID inputs a bid's locality claim is about: those a node may already hold, at most
     LOCALITY_CHECKS (the bidder counts these; the requester bounds the claim by them)."""
     return [i.cid for i in spec.inputs if i.source in ("", "ipfs")][:LOCALITY_CHECKS]
+
+
+def size_text(n: int) -> str:
+    """`n` bytes in the largest binary unit that keeps it readable: 1 GiB, 512 KiB, 1000 B."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.4g} {unit}"
+    return f"{n} B"

@@ -92,10 +92,10 @@ def start_node(
 
 def metrics(node: NodeProc) -> dict[str, float]:
     """The node's Prometheus samples (started with --metrics-port; over loopback, no proxy)."""
-    port = re.search(r"metrics on http://[^:]+:(\d+)/", node.log)
-    assert port, node.log
+    ports = re.findall(r"metrics on http://[^:]+:(\d+)/", node.log)  # the last start's
+    assert ports, node.log
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as resp:
+    with opener.open(f"http://127.0.0.1:{ports[-1]}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out = {}
     for line in text.splitlines():
