@@ -19,7 +19,7 @@ from bacalhau.client import Client, ClientError
 from bacalhau.content import CID, CorruptData, Importer, NotFound
 from bacalhau.content.car import write_car
 from tests.conftest import CliResult, assert_one_line_error, pattern
-from tests.integration.conftest import ECHO_WASM, Ctl, NodeProc, start_node
+from tests.integration.conftest import ECHO_WASM, Ctl, NodeProc, start_node, wait_connected
 
 FILE_SIZE = 700_000  # three 256 KiB chunks under a root
 Run = Callable[..., CliResult]  # the real bacalhauctl with its own data directory (`ctl`)
@@ -258,3 +258,25 @@ def test_a_job_input_corrupt_on_the_node_fails_naming_it(node: NodeProc, tmp_pat
     line = res.one_line_error()
     assert f"block {CID.from_bytes(root)} is corrupt on this node" in line, line
     assert "not connected" not in line
+
+
+def test_a_node_fetches_its_corrupt_block_again_from_a_peer(node: NodeProc, tmp_path: Path) -> None:
+    data = tmp_path / "shared.bin"
+    data.write_bytes(b"held by both " + pattern(FILE_SIZE))
+    root, leaves = dag_of(data)
+    other = start_node(tmp_path / "other", name="other", peers=(node.address,))
+    try:
+        wait_connected([node, other])
+        for n in (node, other):
+            with Client(n.address) as c:
+                c.add_file(data)
+        flip(other.data_dir / "blocks", leaves[2])
+        with Client(other.address) as c:
+            chunks = list(c.results(cid=str(CID.from_bytes(root))))
+        blocks = {bytes(ch.cid): ch.data for ch in chunks if ch.cid}
+        assert set(blocks) == {root, *leaves}
+        assert all(cid_v0(block) == cid for cid, block in blocks.items())
+        res = Ctl(other.address, tmp_path)("--data-dir", str(other.data_dir), "repo", "verify")
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        other.stop()
