@@ -89,14 +89,18 @@ def _add_repo_commands(sub: Any) -> None:
         "dropped from the index (pins stay), so 'bacalhauctl add' or 'car import' of the data, "
         "or a node fetching it from a peer, stores it again; it then exits 0. Safe while a "
         "node runs on DATA_DIR: only committed blocks are read, and a block is dropped under "
-        "the blockstore's write lock, only if nobody rewrote it meanwhile.",
+        "the blockstore's write lock, only if nobody rewrote it meanwhile; the node then "
+        "treats it as missing.",
     )
     verify.add_argument(
         "--repair", action="store_true", help="drop corrupt blocks so they can be stored again"
     )
     verify.add_argument("--output", choices=FORMATS, default=argparse.SUPPRESS)
     verify.add_argument(
-        "--data-dir", type=Path, default=argparse.SUPPRESS, help="as before the command"
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the node's (or add's) data directory (default: $BACALHAU_DATA_DIR or ~/.bacalhau)",
     )
 
 
