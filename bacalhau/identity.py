@@ -164,6 +164,8 @@ def node_id_from_public_key(pub: bytes) -> str:
 def public_key_from_node_id(node_id: str) -> bytes:
     """The raw Ed25519 public key named by a peer ID; raises IdentityError if malformed."""
     hint = "an Ed25519 node ID is 52 base58 characters starting with 12D3KooW"
+    if len(node_id) > 64:  # base58 decoding is quadratic: refuse a huge one before decoding
+        raise IdentityError(f"node ID {node_id[:60]!r}... is too long", hint=hint)
     try:
         raw = b58decode(node_id)
     except InvalidCID:

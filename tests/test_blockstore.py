@@ -48,7 +48,7 @@ def test_corruption_is_detected_on_read(tmp_path: Path) -> None:
     data = bytearray(pack.read_bytes())
     data[50] ^= 1
     pack.write_bytes(bytes(data))
-    with Blockstore(tmp_path) as store, pytest.raises(CorruptData, match="corrupt on disk"):
+    with Blockstore(tmp_path) as store, pytest.raises(CorruptData, match="corrupt on this node"):
         store.get(cid_v0(b"A" * 100))
 
 

@@ -75,17 +75,19 @@ def read_varint(const unsigned char[:] buf, Py_ssize_t pos):
     cdef int shift = 0
     cdef Py_ssize_t end = buf.shape[0]
     cdef unsigned char b
+    if pos < 0:  # indexing is unchecked here: never read before the buffer
+        raise DecodeError("negative position")
     while True:
         if pos >= end:
             raise DecodeError("truncated varint")
         b = buf[pos]
         pos += 1
+        if shift == 63 and b > 1:
+            raise DecodeError("varint longer than 64 bits")
         result |= (<uint64_t>(b & 0x7F)) << shift
         if not b & 0x80:
             return result, pos
         shift += 7
-        if shift > 63:
-            raise DecodeError("varint longer than 64 bits")
 
 
 def leaf_envelope(uint64_t size):
@@ -202,13 +204,14 @@ cdef inline Py_ssize_t _rv(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_
             raise DecodeError("truncated varint")
         b = buf[pos]
         pos += 1
+        # The tenth byte may add only the 64th bit: anything more overflows 64 bits.
+        if shift == 63 and b > 1:
+            raise DecodeError("varint longer than 64 bits")
         result |= (<uint64_t>(b & 0x7F)) << shift
         if not b & 0x80:
             out[0] = result
             return pos
         shift += 7
-        if shift > 63:
-            raise DecodeError("varint longer than 64 bits")
 
 
 cdef inline Py_ssize_t _ld(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t* start) except -1:
@@ -286,7 +289,8 @@ def decode_unixfs(data):
     cdef const unsigned char[:] buf = data
     cdef Py_ssize_t pos = 0, end = buf.shape[0], s, e, p
     cdef uint64_t key, field, wire, v
-    cdef long long utype = -1
+    cdef uint64_t utype = 0
+    cdef bint typed = False
     cdef list blocksizes = []
     payload = None
     filesize = None
@@ -295,8 +299,8 @@ def decode_unixfs(data):
         field = key >> 3
         wire = key & 7
         if field == 1 and wire == 0:
-            pos = _rv(buf, pos, end, &v)
-            utype = <long long>v
+            pos = _rv(buf, pos, end, &utype)
+            typed = True
         elif field == 2 and wire == 2:
             e = _ld(buf, pos, end, &s)
             payload = bytes(buf[s:e])
@@ -316,7 +320,7 @@ def decode_unixfs(data):
             pos = e
         else:
             pos = _skip(buf, pos, end, wire)
-    if utype < 0:
+    if not typed:
         raise DecodeError("UnixFS message without a Type")
     return utype, payload, filesize, blocksizes
 

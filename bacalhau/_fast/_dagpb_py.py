@@ -43,17 +43,20 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     end = len(buf)
+    if pos < 0:
+        raise DecodeError("negative position")
     while True:
         if pos >= end:
             raise DecodeError("truncated varint")
         b = buf[pos]
         pos += 1
+        # The tenth byte may add only the 64th bit: anything more overflows 64 bits.
+        if shift == 63 and b > 1:
+            raise DecodeError("varint longer than 64 bits")
         result |= (b & 0x7F) << shift
         if not b & 0x80:
             return result, pos
         shift += 7
-        if shift > 63:
-            raise DecodeError("varint longer than 64 bits")
 
 
 def _bytes_field(tag: int, value: bytes) -> bytes:
@@ -169,7 +172,7 @@ def _decode_link(body: bytes) -> tuple[bytes, bytes, int]:
 
 def decode_unixfs(data: bytes) -> tuple[int, bytes | None, int | None, list[int]]:
     """Decode a UnixFS Data message into (type, data, filesize, blocksizes)."""
-    utype = -1
+    utype = -1  # any uint64 once read
     payload: bytes | None = None
     filesize: int | None = None
     blocksizes: list[int] = []

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from bacalhau.callsign import CallRefused
-from bacalhau.content.errors import InvalidCID, NotFound, UnsupportedCID
+from bacalhau.content.errors import CorruptData, InvalidCID, NotFound, UnsupportedCID
 from bacalhau.datastore import AmbiguousID, JobNotFound
 from bacalhau.errors import BacalhauError, JobStateError, UsageError
 from bacalhau.service.callers import Forbidden
@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (JobNotFound, grpc.StatusCode.NOT_FOUND),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (CorruptData, grpc.StatusCode.DATA_LOSS),
     (AmbiguousID, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidCID, grpc.StatusCode.INVALID_ARGUMENT),
     (UnsupportedCID, grpc.StatusCode.INVALID_ARGUMENT),

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from bacalhau.blockstore._packs import Batch, Blockstore, BlockstoreError
+from bacalhau.blockstore._packs import (
+    REPAIR_HINT,
+    Batch,
+    Blockstore,
+    BlockstoreError,
+    CorruptBlock,
+    VerifyReport,
+)
 
-__all__ = ["Batch", "Blockstore", "BlockstoreError"]
+__all__ = [
+    "REPAIR_HINT",
+    "Batch",
+    "Blockstore",
+    "BlockstoreError",
+    "CorruptBlock",
+    "VerifyReport",
+]

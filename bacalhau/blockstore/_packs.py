@@ -11,6 +11,10 @@ grows, and once more at the end), and only then commits the index in one synced 
 transaction. A block is therefore visible only once its bytes are on disk: after a crash or
 ``kill -9``, bytes past the last committed end of a pack are cut off when the next writer
 starts, and no reader ever sees a partial block. Every read is checked against its CID.
+
+A block that is already stored is checked when it is put again: if its bytes on disk no longer
+hash to its CID, the new copy is appended and indexed instead (so adding the data again
+repairs it). `verify` checks every block; `drop` removes corrupt ones from the index.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,6 +46,8 @@ _LOC = struct.Struct("<IQI")  # pack id, offset, length
 _END = struct.Struct("<Q")
 _CURRENT = b"current-pack"
 MAP_SIZE = 1 << 36  # address space only: LMDB's file grows with what is stored
+_VERIFY_CHUNK = 1024  # index entries read per read transaction by `verify`
+REPAIR_HINT = "run 'bacalhauctl repo verify --repair' or add the data again"
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
@@ -56,6 +63,31 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
 
 class BlockstoreError(ContentError):
     """The blockstore cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class CorruptBlock:
+    """A stored block whose bytes do not hash to its CID (or cannot be read back whole)."""
+
+    multihash: bytes
+    pack: int
+    offset: int
+    length: int
+    reason: str  # "hash mismatch", "truncated" or "pack missing"
+
+    @property
+    def cid(self) -> CID:
+        """The block as a CIDv0 (blocks are stored by multihash, whatever their codec)."""
+        return CID.from_bytes(self.multihash)
+
+
+@dataclass
+class VerifyReport:
+    """What `Blockstore.verify` found."""
+
+    blocks: int = 0
+    bytes: int = 0
+    corrupt: list[CorruptBlock] = field(default_factory=list)
 
 
 def _multihash(cid: bytes) -> bytes:
@@ -126,13 +158,96 @@ class Blockstore:
                 hint="add the data first, or fetch it from a node that has it",
             )
         pack, offset, length = _LOC.unpack(loc)
-        data = os.pread(self._reader(pack), length, offset)
+        try:
+            data = os.pread(self._reader(pack), length, offset)
+        except FileNotFoundError:
+            data = b""
         if len(data) != length or (verify and hashlib.sha256(data).digest() != mh[2:]):
             raise CorruptData(
-                f"block {CID.from_bytes(cid)} is corrupt on disk (pack {pack}, offset {offset})",
-                hint="remove it and add the data again",
+                f"block {CID.from_bytes(cid)} is corrupt on this node "
+                f"(pack {pack}, offset {offset})",
+                hint=REPAIR_HINT,
             )
         return data
+
+    def locate(self, cid: bytes) -> tuple[int, int, int] | None:
+        """Where the block is stored: (pack, offset, length), or None if it is not."""
+        with self._env.begin(db=self._blocks) as txn:
+            loc = txn.get(_multihash(cid))
+        return None if loc is None else _LOC.unpack(loc)
+
+    def pack_path(self, pack: int) -> Path:
+        """The file of pack number `pack`."""
+        return self._pack_path(pack)
+
+    def is_corrupt(self, cid: bytes) -> bool:
+        """True if the block is stored but its bytes do not hash to its CID."""
+        mh = _multihash(cid)
+        with self._env.begin(db=self._blocks) as txn:
+            loc = txn.get(mh)
+        return loc is not None and self._check(mh, bytes(loc)) is not None
+
+    def _check(self, mh: bytes, loc: bytes) -> CorruptBlock | None:
+        """None if the block at `loc` hashes to `mh`, else what is wrong with it."""
+        pack, offset, length = _LOC.unpack(loc)
+        try:
+            data = os.pread(self._reader(pack), length, offset)
+        except FileNotFoundError:
+            return CorruptBlock(mh, pack, offset, length, "pack missing")
+        if len(data) != length:
+            return CorruptBlock(mh, pack, offset, length, "truncated")
+        if hashlib.sha256(data).digest() != mh[2:]:
+            return CorruptBlock(mh, pack, offset, length, "hash mismatch")
+        return None
+
+    def verify(self, *, workers: int | None = None) -> VerifyReport:
+        """Read every stored block and check it against its CID.
+
+        Reads committed blocks only, a chunk of the index per read transaction, so it is safe
+        while a node or another writer uses the store. Raises BlockstoreError if a pack
+        cannot be read (other than missing: that makes its blocks corrupt).
+        """
+        report = VerifyReport()
+        pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1))
+        try:
+            after = b""
+            while True:
+                with self._env.begin(db=self._blocks) as txn:
+                    cur = txn.cursor()
+                    entries: list[tuple[bytes, bytes]] = []
+                    if cur.set_range(after) if after else cur.first():
+                        for key, value in cur:
+                            if key == after:
+                                continue
+                            entries.append((bytes(key), bytes(value)))
+                            if len(entries) >= _VERIFY_CHUNK:
+                                break
+                if not entries:
+                    return report
+                after = entries[-1][0]
+                # In pack order, so the reads are mostly sequential; hashlib frees the GIL.
+                entries.sort(key=lambda e: _LOC.unpack(e[1])[:2])
+                for (_, loc), bad in zip(
+                    entries, pool.map(lambda e: self._check(*e), entries), strict=True
+                ):
+                    report.blocks += 1
+                    report.bytes += _LOC.unpack(loc)[2]
+                    if bad is not None:
+                        report.corrupt.append(bad)
+        except OSError as exc:
+            raise BlockstoreError(
+                f"cannot read the blockstore at {self.root}: {exc.strerror or exc}",
+                hint="check the data directory's permissions and the disk",
+            ) from None
+        finally:
+            pool.shutdown()
+
+    def drop(self, blocks: list[CorruptBlock]) -> int:
+        """Remove corrupt blocks from the index (their bytes stay in the packs, unreachable),
+        so they can be fetched or added again; pins are kept. A block that was rewritten
+        since it was found corrupt is left alone. Returns how many were removed."""
+        with self.batch() as batch:
+            return sum(batch.drop_at(b.multihash, b.pack, b.offset) for b in blocks)
 
     def _reader(self, pack: int) -> int:
         with self._readers_lock:
@@ -205,8 +320,10 @@ class Batch:
         self._writer: ThreadPoolExecutor | None = None
         self._inflight: deque[Future[None]] = deque()
         self._blocks = store._blocks
+        self._first = 0  # the pack this batch started in (at offset `_start`)
         self.blocks_written = 0
         self.bytes_written = 0
+        self.blocks_repaired = 0
 
     def __enter__(self) -> Batch:
         store = self._store
@@ -233,7 +350,7 @@ class Batch:
             os.ftruncate(fd, end)
         os.lseek(fd, end, os.SEEK_SET)
         if not self._touched:
-            self._start = end
+            self._first, self._start = pack, end
         self._pack, self._fd, self._offset = pack, fd, end
         self._touched[pack] = fd
         self._txn.put(_CURRENT, b"%d" % pack, db=store._meta)
@@ -243,8 +360,15 @@ class Batch:
         mh = cid if cid[:2] == b"\x12\x20" else _multihash(cid)
         txn = self._txn
         # The write transaction sees this batch's own puts too: one lookup dedupes both.
-        if txn.get(mh, db=self._blocks) is not None:
-            return
+        loc = txn.get(mh, db=self._blocks)
+        if loc is not None:
+            # A block stored before is read back and hashed (the only cost over a plain
+            # lookup, paid only for blocks already present): if it is corrupt on disk, the
+            # new copy is written and indexed in its place. This batch's own blocks are
+            # taken as they are (their bytes may not be written yet).
+            if self._ours(loc) or self._store._check(mh, bytes(loc)) is None:
+                return
+            self.blocks_repaired += 1
         length = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
         if self._offset + length > PACK_LIMIT and self._offset > 0:
             self._finish_pack()
@@ -261,6 +385,19 @@ class Batch:
             # Let the disk catch up while hashing goes on, so the final sync is short.
             self._synced_at = self.bytes_written
             self._submit(os.fdatasync, self._fd)
+
+    def _ours(self, loc: bytes) -> bool:
+        pack: int
+        offset: int
+        pack, offset, _ = _LOC.unpack(loc)
+        return pack > self._first or (pack == self._first and offset >= self._start)
+
+    def drop_at(self, mh: bytes, pack: int, offset: int) -> bool:
+        """Remove block `mh` from the index if it is still the copy at (pack, offset)."""
+        loc = self._txn.get(mh, db=self._blocks)
+        if loc is None or _LOC.unpack(loc)[:2] != (pack, offset):
+            return False
+        return bool(self._txn.delete(mh, db=self._blocks))
 
     def pin(self, cid: bytes) -> None:
         """Pin a root in this batch."""

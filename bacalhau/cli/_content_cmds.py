@@ -1,4 +1,5 @@
-"""bacalhauctl commands on content: add, cat, car export/import (local blockstore)."""
+"""bacalhauctl commands on content: add, cat, car export/import, repo verify (local
+blockstore)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from bacalhau.blockstore import Blockstore
+from bacalhau.blockstore import Blockstore, BlockstoreError
 from bacalhau.content import CID, Importer, ImportOptions, Node, dag, parse_chunker
 from bacalhau.content import car as carfile
 from bacalhau.errors import UsageError
@@ -105,3 +106,51 @@ def _import_from(inp: BinaryIO, args: argparse.Namespace) -> int:
     if not roots:
         print(f"imported {count} blocks")
     return 0
+
+
+def repo_verify(args: argparse.Namespace) -> int:
+    blocks = args.data_dir / "blocks"
+    if not (blocks / "index").is_dir():
+        raise BlockstoreError(
+            f"no blockstore at {blocks}",
+            hint="give the data directory of a node or of 'bacalhauctl add' with --data-dir",
+        )
+    with _blockstore(args.data_dir) as store:
+        report = store.verify()
+        dropped = store.drop(report.corrupt) if args.repair and report.corrupt else 0
+    if args.output != "text":
+        from bacalhau.cli._render import dump
+
+        doc = {
+            "blocks": report.blocks,
+            "bytes": report.bytes,
+            "corrupt": [
+                {
+                    "cid": str(b.cid),
+                    "pack": b.pack,
+                    "offset": b.offset,
+                    "length": b.length,
+                    "reason": b.reason,
+                }
+                for b in report.corrupt
+            ],
+            "dropped": dropped,
+        }
+        sys.stdout.write(dump(doc, args.output))
+    else:
+        sys.stdout.writelines(f"{b.cid}\n" for b in report.corrupt)
+        checked = f"{report.blocks} blocks ({report.bytes / (1 << 20):.1f} MiB)"
+        if not report.corrupt:
+            summary = f"checked {checked}: none is corrupt"
+        elif args.repair:
+            summary = (
+                f"checked {checked}: dropped {dropped} corrupt; add the data again or let a "
+                "node fetch it from a peer"
+            )
+        else:
+            summary = (
+                f"checked {checked}: {len(report.corrupt)} corrupt (listed on stdout); run "
+                "'bacalhauctl repo verify --repair' to drop them, then add the data again"
+            )
+        print(summary, file=sys.stderr)
+    return 1 if report.corrupt and not args.repair else 0

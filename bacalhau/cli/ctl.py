@@ -93,8 +93,36 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="verify and store every block of a CAR v1 file; pin its roots"
     )
     imp.add_argument("file", metavar="FILE", help="the CAR file, or - for stdin")
+    _add_repo_commands(sub)
     _add_job_commands(sub)
     return parser
+
+
+def _add_repo_commands(sub: Any) -> None:
+    repo = sub.add_parser("repo", help="check the local blockstore")
+    repo_sub = repo.add_subparsers(dest="repo_command", metavar="COMMAND", required=True)
+    verify = repo_sub.add_parser(
+        "verify",
+        help="check every stored block against its CID; --repair drops corrupt ones",
+        description="Read every block in DATA_DIR/blocks and check that it hashes to its CID. "
+        "Prints each corrupt block's CID on a line (as CIDv0: blocks are stored by multihash) "
+        "and a summary on stderr; exits 1 if any is corrupt. With --repair, corrupt blocks are "
+        "dropped from the index (pins stay), so 'bacalhauctl add' or 'car import' of the data, "
+        "or a node fetching it from a peer, stores it again; it then exits 0. Safe while a "
+        "node runs on DATA_DIR: only committed blocks are read, and a block is dropped under "
+        "the blockstore's write lock, only if nobody rewrote it meanwhile; the node then "
+        "treats it as missing.",
+    )
+    verify.add_argument(
+        "--repair", action="store_true", help="drop corrupt blocks so they can be stored again"
+    )
+    verify.add_argument("--output", choices=FORMATS, default=argparse.SUPPRESS)
+    verify.add_argument(
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the node's (or add's) data directory (default: $BACALHAU_DATA_DIR or ~/.bacalhau)",
+    )
 
 
 def _add_job_commands(sub: Any) -> None:
@@ -284,6 +312,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.car_command == "export":
             return _content_cmds.car_export(args)
         return _content_cmds.car_import(args)
+    if args.command == "repo":
+        return _content_cmds.repo_verify(args)
     raise AssertionError(args.command)
 
 

@@ -74,7 +74,16 @@ class _Cbor:
         if major == 4:
             return [self.item(depth + 1) for _ in range(n)]
         if major == 5:
-            return {self.item(depth + 1): self.item(depth + 1) for _ in range(n)}
+            out: dict[str, object] = {}
+            for _ in range(n):
+                # dag-cbor keys are text; a list or map as a key cannot even be hashed.
+                key = self.item(depth + 1)
+                if not isinstance(key, str):
+                    raise CorruptData("CAR header has a map key that is not a string")
+                if key in out:
+                    raise CorruptData(f"CAR header repeats the key {key[:40]!r}")
+                out[key] = self.item(depth + 1)
+            return out
         if major == 6 and n == 42:
             raw = self.item(depth + 1)
             if not isinstance(raw, bytes) or not raw.startswith(b"\x00"):
@@ -92,8 +101,10 @@ def decode_header(data: bytes) -> list[CID]:
         header = parser.item()
     except ContentError as exc:
         raise CorruptData(f"not a CAR file: {exc.message}") from None
-    if not isinstance(header, dict) or header.get("version") != 1:
+    version = header.get("version") if isinstance(header, dict) else None
+    if type(version) is not int or version != 1:  # True == 1, but is not the integer 1
         raise CorruptData("not a CAR v1 file (header has no version 1)")
+    assert isinstance(header, dict)
     roots = header.get("roots")
     if not isinstance(roots, list) or not all(isinstance(r, CID) for r in roots):
         raise CorruptData("CAR header has no valid roots")

@@ -14,6 +14,10 @@ RAW: Final = 0x55
 DAG_CBOR: Final = 0x71
 SHA2_256: Final = 0x12
 SHA256_LEN: Final = 32
+# The longest CID string there can be (base16 of a CIDv1 with a 10-byte codec varint is 91
+# characters), with room to spare; longer text is refused before it is decoded (base58 decoding
+# is quadratic: a megabyte of it would take minutes).
+MAX_CID_TEXT: Final = 128
 
 CODEC_NAMES: Final = {DAG_PB: "dag-pb", RAW: "raw", DAG_CBOR: "dag-cbor"}
 
@@ -58,6 +62,15 @@ def _b32decode(text: str) -> bytes:
         raise InvalidCID("not valid base32") from None
 
 
+def _read_minimal(data: bytes, pos: int) -> tuple[int, int]:
+    """A varint that is minimally encoded, as multiformats requires: otherwise one CID would
+    have several binary forms. Raises dagpb.DecodeError."""
+    value, end = dagpb.read_varint(data, pos)
+    if end - pos > 1 and data[end - 1] == 0:
+        raise dagpb.DecodeError("varint is not minimally encoded")
+    return value, end
+
+
 class CID:
     """A content identifier: version, codec and a sha2-256 multihash."""
 
@@ -95,12 +108,12 @@ class CID:
                 if end > len(data):
                     raise InvalidCID("truncated CIDv0")
                 return cls(0, DAG_PB, bytes(data[pos + 2 : end])), end
-            version, pos = dagpb.read_varint(data, pos)
+            version, pos = _read_minimal(data, pos)
             if version != 1:
                 raise UnsupportedCID(f"CID version {version} is not supported")
-            codec, pos = dagpb.read_varint(data, pos)
-            mh_code, pos = dagpb.read_varint(data, pos)
-            mh_len, pos = dagpb.read_varint(data, pos)
+            codec, pos = _read_minimal(data, pos)
+            mh_code, pos = _read_minimal(data, pos)
+            mh_len, pos = _read_minimal(data, pos)
         except dagpb.DecodeError as exc:
             raise InvalidCID(f"malformed CID: {exc}") from None
         if mh_code != SHA2_256:
@@ -115,6 +128,8 @@ class CID:
         text = text.strip()
         if not text:
             raise InvalidCID("empty CID")
+        if len(text) > MAX_CID_TEXT:
+            raise InvalidCID(f"{len(text)} characters is too long for a CID")
         if len(text) == 46 and text.startswith("Qm"):
             raw = b58decode(text)
             if len(raw) != 34 or raw[:2] != PREFIX_V0:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
-from bacalhau.blockstore import Blockstore
+from bacalhau.blockstore import REPAIR_HINT, Blockstore
 from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
-from bacalhau.content.errors import ContentError, NotFound, TooLarge
+from bacalhau.content.errors import ContentError, CorruptData, NotFound, TooLarge
 from bacalhau.errors import UsageError
 
 if TYPE_CHECKING:
@@ -114,13 +114,28 @@ async def fetch_blocks(
 
 
 def missing(store: Blockstore, root: bytes) -> bool:
-    """True if any block of the DAG under `root` is not stored locally."""
+    """True if any block of the DAG under `root` is not stored locally (or is corrupt)."""
+    return _local_state(store, root)[0]
+
+
+def _local_state(store: Blockstore, root: bytes) -> tuple[bool, bytes | None]:
+    """(whether a block of the DAG under `root` is missing or corrupt here, the first block
+    found corrupt on this node's disk, if one is)."""
+    corrupt: list[bytes] = []
+
+    def get(cid: bytes) -> bytes:
+        try:
+            return store.get(cid)
+        except CorruptData:
+            corrupt.append(cid)
+            raise
+
     try:
-        for _ in dag.walk(store.get, root):
+        for _ in dag.walk(get, root):
             pass
     except (NotFound, ContentError):
-        return True
-    return False
+        return True, corrupt[0] if corrupt else None
+    return False, None
 
 
 def rpc_error_line(e: BaseException) -> str:
@@ -162,9 +177,11 @@ async def fetch_dag(
 
     Keeps trying (backing off) for `patience_s` seconds while no peer has the root, so a
     holder that restarts or reconnects meanwhile still serves it; stops at once when every
-    holder answered "not here". Raises NotFound naming the CID (with each peer's answer).
+    holder answered "not here". Raises NotFound naming the CID (with each peer's answer), or
+    CorruptData naming a block whose copy on this node is corrupt when no peer could send it.
     """
-    if not await asyncio.to_thread(missing, store, root):
+    incomplete, corrupt = await asyncio.to_thread(_local_state, store, root)
+    if not incomplete:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
@@ -181,6 +198,12 @@ async def fetch_dag(
                 errors.append(str(e))
                 holders_answered = False
         if loop.time() >= deadline or holders_answered:
+            if corrupt is not None:
+                raise CorruptData(
+                    f"block {CID.from_bytes(corrupt)} is corrupt on this node and no peer "
+                    "could send it",
+                    hint=REPAIR_HINT,
+                )
             raise NotFound(
                 f"{CID.from_bytes(root)} is not on this node and no peer could send it",
                 hint="; ".join(errors) or "no peer is connected",
@@ -235,8 +258,10 @@ async def _find_sources(
     holders_answered = True
     asked: list[tuple[str, grpc.aio.Channel]] = []
     for node_id in dict.fromkeys([*holders, *net.connected()]):
+        if node_id == net.node_id:  # this node: what it has, fetch_dag has looked at
+            continue
         channel = net.channel_to(node_id) if net.is_connected(node_id) else None
-        if channel is None or node_id == net.node_id:
+        if channel is None:
             errors.append(f"{node_id[-8:]}: not connected")
             holders_answered = holders_answered and node_id not in holders
             continue
@@ -284,16 +309,20 @@ def _only_data(block: bytes) -> bool:
 
 
 def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Split a level into (blocks to fetch, links of the blocks already stored)."""
+    """Split a level into (blocks to fetch, links of the blocks already stored). A block
+    stored corrupt here is fetched again (storing it rewrites the bad copy)."""
     need, below = [], []
     for cid in level:
         if CID.from_bytes(cid).codec == RAW:
-            if not store.has(cid):
+            if not store.has(cid) or store.is_corrupt(cid):
                 need.append(cid)
-        elif store.has(cid):
-            below.extend(_links(cid, store.get(cid)))
-        else:
+            continue
+        try:
+            block = store.get(cid)
+        except (NotFound, CorruptData):
             need.append(cid)
+            continue
+        below.extend(_links(cid, block))
     return need, below
 
 
