@@ -14,6 +14,7 @@ import functools
 import hashlib
 import io
 import random
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,11 +272,26 @@ def _packet_seeds() -> list[bytes]:
     bid = pb.PeerMessage(bid=pb.Bid(job_id="j-1", shard=2, willing=True, queued=3))
     hello = pb.PeerMessage(hello=pb.Hello(node_id=sender.node_id, api_version="v1"))
     out = []
-    for recipient, messages in ((net.node_id, [bid]), ("", [hello]), (net.node_id, [bid, bid])):
+    cases = ((net.node_id, [bid]), ("", [hello]), (net.node_id, [bid, bid]))
+    for i, (recipient, messages) in enumerate(cases):
+        # Fresh (a packet's time must be near the receiver's clock) with a nonce of its own.
         packet = pb.PeerPacket(sender=sender.node_id, recipient=recipient, seq=1,
-                               messages=messages, message_id="m-1")  # fmt: skip
+                               messages=messages, message_id=f"m-{i}",
+                               nonce=hashlib.sha256(b"nonce %d" % i).digest()[:16],
+                               time_unix_nano=time.time_ns())  # fmt: skip
         out.append(packet.SerializeToString())
     return out
+
+
+def _receiver() -> Any:
+    """The receiving Network, forgetting the packets it took (every input is judged alone)."""
+    from bacalhau.network.peers import _MAX_NONCES, PACKET_WINDOW_S
+    from bacalhau.replay import ReplayWindow
+
+    _, net, _ = _peers()
+    net._nonces = ReplayWindow(int(PACKET_WINDOW_S * 1e9), _MAX_NONCES)
+    net.gossip._seen = ReplayWindow(net.gossip._seen.window, net.gossip._seen.max_keys)
+    return net
 
 
 def signed_packet(data: bytes) -> None:
@@ -283,7 +299,8 @@ def signed_packet(data: bytes) -> None:
     PeerProtocolError, and never raises anything else; so does gossip carrying it."""
     from bacalhau.network.peers import Connection
 
-    sender, net, pb = _peers()
+    sender, _, pb = _peers()
+    net = _receiver()
     env = pb.Envelope(payload=data, public_key=sender.public_key_bytes, signature=sender.sign(data))
     try:
         net._open(Connection(outbound=False), env)
@@ -306,7 +323,8 @@ def envelope(data: bytes) -> None:
     PeerProtocolError from Network._open; gossip of the same bytes never raises."""
     from bacalhau.network.peers import Connection
 
-    _, net, pb = _peers()
+    _, _, pb = _peers()
+    net = _receiver()
     net.gossip.receive("fuzz", pb.Gossip(envelope=data, hops=1))
     net._open(Connection(outbound=False), pb.Envelope.FromString(data))
 
