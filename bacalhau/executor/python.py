@@ -54,7 +54,7 @@ from bacalhau.executor.base import (
     prepare_outputs,
 )
 from bacalhau.executor.guard import NOT_EXITED, RunGuard
-from bacalhau.executor.wasm import _one_line, close, outputs_folders, preopen_mounts
+from bacalhau.executor.wasm import Interrupter, _one_line, outputs_folders, preopen_mounts
 from bacalhau.spec import GUEST_APP, GUEST_BOOT, GUEST_TMP
 
 log = logging.getLogger(__name__)
@@ -242,11 +242,7 @@ class PythonExecutor:
         engine = wasmtime.Engine(engine_config())
         module = self.interpreter.load(engine)
         stop = threading.Event()
-
-        def interrupt() -> None:
-            stop.set()  # ends a sleep in progress
-            engine.increment_epoch()
-
+        interrupt = Interrupter(engine, stop)
         folders = [*outputs_folders(req, outputs_dir), tmp]
         guard = RunGuard(req, cancel, folders=folders, interrupt=interrupt)
         store: wasmtime.Store | None = None
@@ -267,7 +263,7 @@ class PythonExecutor:
                 _wasi_shims.define(linker, clocks)
                 exit_code, error = _start(linker, store, module, clocks, req)
             finally:
-                close(store, engine)  # the guest's files, closed now
+                interrupt.close(store)  # the guest's files, closed now
         trapped = error is not None and error.startswith("trap")
         if guard.reason is None and ((error is None and exit_code != 0) or trapped):
             error = _diagnose(exit_code, _tail(req.workdir / "stderr"), req) or error

@@ -52,21 +52,29 @@ def _one_line(e: BaseException) -> str:
 def preopen_mounts(wasi: wasmtime.WasiConfig, req: RunRequest, outputs_dir: Path) -> None:
     """Preopen the inputs (read-only), then the outputs (writable), in the order given.
 
-    A folder input is mounted as it is; a file input is staged alone (hard-linked, else
-    copied) in a folder under the workdir, mounted at the file's guest parent.
+    A folder input is mounted as it is. File inputs are staged (hard-linked, else copied) in
+    one folder per top-level guest folder, at their paths below it, and that folder is
+    mounted there: `/inputs/a.txt` and `/inputs/d/b.txt` are both in the one `/inputs` (a
+    shard's files, say), listable as in a job given the whole folder.
     """
-    for i, (host, guest) in enumerate(req.inputs):
+    stages: dict[str, Path] = {}
+    for host, guest in req.inputs:
         if host.is_dir():
             wasi.preopen_dir(str(host), guest, False)
-        else:  # a single file: stage it alone in a folder mounted at its guest parent
-            stage = req.workdir / "inputs" / str(i)
+            continue
+        path = PurePosixPath(guest)
+        top = str(PurePosixPath("/", *path.parts[1:2])) if len(path.parts) > 2 else str(path.parent)
+        stage = stages.get(top)
+        if stage is None:
+            stage = stages[top] = req.workdir / "inputs" / str(len(stages))
             stage.mkdir(parents=True, exist_ok=True)
-            target = stage / PurePosixPath(guest).name
-            try:
-                os.link(host, target)
-            except OSError:
-                shutil.copyfile(host, target)
-            wasi.preopen_dir(str(stage), str(PurePosixPath(guest).parent), False)
+            wasi.preopen_dir(str(stage), top, False)
+        target = stage / path.relative_to(top)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(host, target)
+        except OSError:
+            shutil.copyfile(host, target)
     for name, guest in req.outputs:
         wasi.preopen_dir(str(outputs_dir / name), guest, True)
 
@@ -177,11 +185,7 @@ class WasmExecutor:
         engine = wasmtime.Engine(_config())
         module = self._load(engine, req)
         stop = threading.Event()
-
-        def interrupt() -> None:
-            stop.set()  # ends a sleep in progress
-            engine.increment_epoch()
-
+        interrupt = Interrupter(engine, stop)
         guard = RunGuard(
             req, cancel, folders=outputs_folders(req, outputs_dir), interrupt=interrupt
         )
@@ -205,13 +209,36 @@ class WasmExecutor:
             finally:
                 # Closes the guest's files now (its pipes, files in its folders), not when
                 # the collector gets to them: a removed file's space comes back at once.
-                close(store, engine)
+                interrupt.close(store)
         return guard.result(outputs_dir, exit_code, error)
 
 
 def outputs_folders(req: RunRequest, outputs_dir: Path) -> list[Path]:
     """The writable folders of a run, whose size counts towards its disk limit."""
     return [outputs_dir / name for name, _ in req.outputs]
+
+
+class Interrupter:
+    """Stops a run from the guard's thread (ends a sleep, interrupts the guest at its next
+    epoch check) and closes the run's store and engine: never both at once, and never an
+    interrupt after the close (the engine's memory is gone then)."""
+
+    def __init__(self, engine: wasmtime.Engine, stop: threading.Event) -> None:
+        self._engine = engine
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self) -> None:
+        self._stop.set()  # ends a sleep in progress
+        with self._lock:
+            if not self._closed:
+                self._engine.increment_epoch()
+
+    def close(self, store: wasmtime.Store | None) -> None:
+        with self._lock:
+            self._closed = True
+            close(store, self._engine)
 
 
 def close(store: wasmtime.Store | None, engine: wasmtime.Engine) -> None:
