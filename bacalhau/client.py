@@ -228,8 +228,8 @@ class Client:
         req = client_pb2.WatchEventsRequest(job_id=job_id, follow=follow, after_seq=after_seq)
         return self._stream(self._stub.WatchEvents, req, None if follow else self.timeout)
 
-    def logs(self, job_id: str, *, follow: bool) -> Iterator[Any]:
-        req = client_pb2.LogsRequest(job_id=job_id, follow=follow)
+    def logs(self, job_id: str, *, follow: bool, shard: int | None = None) -> Iterator[Any]:
+        req = client_pb2.LogsRequest(job_id=job_id, follow=follow, shard=shard)
         return self._stream(self._stub.Logs, req, None if follow else self.timeout)
 
     def results(self, job_id: str = "", cid: str = "", have: Iterable[bytes] = ()) -> Iterator[Any]:

@@ -156,3 +156,24 @@ def new_id(prefix: str) -> str:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def shard_states(job: Any) -> list[str]:
+    """Each shard's state, by index: completed (an execution of it published), running (one is
+    selected and not finished), failed or cancelled (the job ended without its result), else
+    pending (waiting for a node, or to be tried again)."""
+    count = job.shard_count or 1
+    states = ["pending"] * count
+    ended = JobState.of(job.state) in (JobState.FAILED, JobState.CANCELLED)
+    for ex in job.executions:
+        if ex.shard >= count:
+            continue
+        state = ExecutionState.of(ex.state)
+        if state == ExecutionState.PUBLISHED:
+            states[ex.shard] = "completed"
+        elif state.is_active and states[ex.shard] != "completed":
+            states[ex.shard] = "running"
+    if ended:
+        final = JobState.of(job.state).value
+        states = [s if s == "completed" else final for s in states]
+    return states

@@ -70,7 +70,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @streaming
     async def Logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for c in self.jobs.logs(request.job_id, follow=request.follow):
+        shard = request.shard if request.HasField("shard") else None
+        async for c in self.jobs.logs(request.job_id, follow=request.follow, shard=shard):
             stream: Any = c.stream  # 1 stdout, 2 stderr: the proto enum's values
             yield client_pb2.LogChunk(stream=stream, data=c.data, execution_id=c.execution_id)
 

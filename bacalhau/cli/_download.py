@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bacalhau.client import Client
 from bacalhau.content import dag
@@ -52,9 +52,11 @@ class Downloaded:
 
 
 def download_result(
-    c: Client, job_id: str, dest: Path, *, progress: Progress | None = None
+    c: Client, job_id: str, dest: Path, *, progress: Progress | None = None, result_cid: str = ""
 ) -> Downloaded:
-    """Fetch job `job_id`'s result into `dest` (which must not exist, or be an empty folder).
+    """Fetch job `job_id`'s result (or, with `result_cid`, that result DAG of the job's) into
+    `dest`
+    (which must not exist, or be an empty folder).
 
     Raises UsageError if `dest` is in the way, CorruptData if the node sends a block that
     does not match its CID or leaves one out, ClientError if the node fails, BacalhauError
@@ -66,7 +68,7 @@ def download_result(
     partial.mkdir(parents=True, exist_ok=True)
     with _exclusive(partial / "lock", dest):
         try:
-            return _download(c, job_id, dest, partial, progress)
+            return _download(c, job_id, dest, partial, progress, result_cid)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -96,7 +98,12 @@ def _exclusive(lock: Path, dest: Path) -> Iterator[None]:
 
 
 def _download(
-    c: Client, job_id: str, dest: Path, partial: Path, progress: Progress | None
+    c: Client,
+    job_id: str,
+    dest: Path,
+    partial: Path,
+    progress: Progress | None,
+    result_cid: str = "",
 ) -> Downloaded:
     if dest.exists() and any(dest.iterdir()):  # finished by another get meanwhile
         raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
@@ -109,7 +116,8 @@ def _download(
     with open(store, "a+b") as f:
         unsynced = 0
         try:
-            for chunk in c.results(job_id=job_id, have=blocks.keys()):
+            asked = {"cid": result_cid} if result_cid else {"job_id": job_id}
+            for chunk in c.results(**asked, have=blocks.keys()):
                 if chunk.root_cid:
                     root = chunk.root_cid
                     total = _total(f, blocks, root)
@@ -167,6 +175,107 @@ def _download(
 
 
 Blocks = dict[bytes, tuple[int, int]]  # CID -> (offset, length) of its bytes in the file
+
+_LOGS = ("stdout", "stderr")
+
+
+def download_shards(
+    c: Client,
+    job: Any,
+    dest: Path,
+    *,
+    keep_last: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """A sharded job's results into `dest`: `per_shard/N/` with each shard's own result, and
+    merged in shard order: each output folder with the files of every shard, `stdout` and
+    `stderr` concatenated, `exitCode` the first non-zero one (else 0).
+
+    Each shard's download resumes like `download_result` (under DEST.shards/ until the whole
+    tree is there). A file that two shards both wrote is an error naming both, unless
+    `keep_last` (the later shard's is kept). Raises UsageError, BacalhauError, ClientError."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest} exists and is not an empty folder", hint="pick --output-dir")
+    results = _shard_results(job)
+    work = dest.with_name(dest.name + ".shards")
+    tree = work / "tree"
+    per = tree / "per_shard"
+    per.mkdir(parents=True, exist_ok=True)
+    for shard, cid in enumerate(results):
+        target = per / str(shard)
+        if not target.exists():  # a finished shard's folder appears whole, in one rename
+            download_result(c, job.id, target, progress=progress, result_cid=cid)
+    for entry in list(tree.iterdir()):  # an interrupted merge: start it again
+        if entry.name != "per_shard":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    _merge(tree, len(results), keep_last)
+    if dest.exists():
+        dest.rmdir()
+    tree.replace(dest)
+    shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def _shard_results(job: Any) -> list[str]:
+    """Each shard's result CID (of a published execution), in shard order."""
+    from bacalhau.models import ExecutionState
+
+    published = ExecutionState.PUBLISHED.pb
+    found: dict[int, str] = {}
+    for ex in job.executions:
+        if ex.state == published and ex.result_cid:
+            found.setdefault(ex.shard, ex.result_cid)
+    missing = [s for s in range(job.shard_count) if s not in found]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise BacalhauError(
+            f"job {job.id} has no result for shard(s) {shown}",
+            hint="wait for it to complete ('bacalhauctl describe' shows each shard's state)",
+        )
+    return [found[s] for s in range(job.shard_count)]
+
+
+def _merge(tree: Path, count: int, keep_last: bool) -> None:
+    """Merge `tree/per_shard/0..count-1` into `tree` (see `download_shards`)."""
+    owner: dict[str, int] = {}  # merged file -> the shard it came from
+    logs = {name: open(tree / name, "wb") for name in _LOGS}  # noqa: SIM115 - closed below
+    exit_code = "0"
+    try:
+        for shard in range(count):
+            own = tree / "per_shard" / str(shard)
+            for name in _LOGS:
+                if (own / name).is_file():
+                    with open(own / name, "rb") as log:
+                        shutil.copyfileobj(log, logs[name])
+            code = (own / "exitCode").read_text().strip() if (own / "exitCode").is_file() else ""
+            if exit_code == "0" and code not in ("", "0"):
+                exit_code = code
+            for volume in sorted(p for p in own.iterdir() if p.is_dir()):
+                for src in sorted(volume.rglob("*")):
+                    rel = src.relative_to(own)
+                    out = tree / rel
+                    if src.is_dir():
+                        out.mkdir(parents=True, exist_ok=True)
+                        continue
+                    key = rel.as_posix()
+                    if key in owner:
+                        if not keep_last:
+                            raise BacalhauError(
+                                f"shards {owner[key]} and {shard} both wrote {key}",
+                                hint="make each shard write its own file names, or pass "
+                                "--merge keep-last to keep the later shard's",
+                            )
+                        out.unlink()
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(src, out)
+                    except OSError:
+                        shutil.copyfile(src, out)
+                    owner[key] = shard
+    finally:
+        for out_file in logs.values():
+            out_file.close()
+    (tree / "exitCode").write_text(exit_code)
 
 
 def _check_room(job_id: str, partial: Path, total: int, have: int) -> None:

@@ -44,6 +44,24 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.api, user_key=args.user_key, tls=args.tls, tls_ca=ca)
 
 
+def _sharding(args: argparse.Namespace) -> Any:
+    """The ShardingSpec of the --sharding-* flags; UsageError for numbers out of range."""
+    for flag, value in (
+        ("--sharding-batch-size", args.sharding_batch_size),
+        ("--shard-retries", args.shard_retries),
+    ):
+        if value is not None and value < (1 if flag == "--sharding-batch-size" else 0):
+            raise UsageError(f"{flag} must be at least {1 if 'batch' in flag else 0}, not {value}")
+    sharding = types_pb2.ShardingSpec(
+        glob_pattern=args.sharding_glob_pattern or "",
+        base_path=args.sharding_base_path or "",
+        batch_size=args.sharding_batch_size or 0,
+    )
+    if args.shard_retries is not None:
+        sharding.retries = args.shard_retries
+    return sharding
+
+
 def whoami(args: argparse.Namespace) -> int:
     path = args.user_key or default_user_key()
     key = load_user_key(path)
@@ -183,6 +201,7 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
     problems += check_timeout(args.timeout or 0)
     problems += check_resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory)
     problems += check_concurrency(args.concurrency)
+    sharding = _sharding(args)
     if problems:
         raise SpecError(problems)
     inputs = [_parse_input(text) for text in args.inputs]
@@ -207,6 +226,7 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
             timeout_seconds=args.timeout or 0,
             node_selector=selector,
             resources=types_pb2.Resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory),
+            sharding=sharding,
         )
         build(c, spec, env)
         check(spec)  # the node's own rules, before it is asked
@@ -315,13 +335,15 @@ def describe(args: argparse.Namespace) -> int:
     with _client(args) as c:
         resp = c.get_job(args.job)
     doc = job_doc(resp.job, list(resp.events))
-    _print(doc, args, describe_text(doc))
+    _print(doc, args, describe_text(doc, by_shard=args.shards))
     return 0
 
 
 def logs(args: argparse.Namespace) -> int:
+    if args.shard is not None and args.shard < 0:
+        raise UsageError(f"--shard must be 0 or more, not {args.shard}")
     with _client(args) as c:
-        for chunk in c.logs(args.job, follow=args.follow):
+        for chunk in c.logs(args.job, follow=args.follow, shard=args.shard):
             out = sys.stdout if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT else sys.stderr
             out.buffer.write(chunk.data)
             out.flush()
@@ -338,10 +360,26 @@ def cancel(args: argparse.Namespace) -> int:
 
 def get(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        job_id = c.get_job(args.job).job.id
-        dest = _download(c, job_id, args.output_dir)
+        job = c.get_job(args.job).job
+        if job.shard_count > 1:
+            dest = _download_shards(c, job, args.output_dir, keep_last=args.merge == "keep-last")
+        else:
+            dest = _download(c, job.id, args.output_dir)
     print(dest)
     return 0
+
+
+def _download_shards(c: Client, job: Any, output_dir: Path | None, *, keep_last: bool) -> Path:
+    from bacalhau.cli._download import ProgressBar, download_shards
+
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    try:
+        return download_shards(
+            c, job, output_dir or Path(job.id), keep_last=keep_last, progress=bar
+        )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _download(c: Client, job_id: str, output_dir: Path | None) -> Path:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from typing import Any
 
-from bacalhau.models import ExecutionState, JobState
+from bacalhau.models import ExecutionState, JobState, shard_states
 
 
 def time_text(ns: int) -> str | None:
@@ -107,6 +108,8 @@ def job_doc(job: Any, events: list[Any] | None = None) -> dict[str, Any]:
         "spec": spec_doc(job.spec),
         "executions": [execution_doc(ex) for ex in job.executions],
     }
+    states = shard_states(job)
+    doc["shards"] = {"count": len(states), "by_state": dict(Counter(states))}
     if events is not None:
         doc["events"] = [event_doc(ev) for ev in events]
     return doc
@@ -121,7 +124,8 @@ def dump(doc: Any, fmt: str) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
-def describe_text(doc: dict[str, Any]) -> str:
+def describe_text(doc: dict[str, Any], *, by_shard: bool = False) -> str:
+    """The text of `describe`; a sharded job's executions only with `by_shard`, by shard."""
     lines = [
         f"ID:         {doc['id']}",
         f"State:      {doc['state']}",
@@ -133,9 +137,25 @@ def describe_text(doc: dict[str, Any]) -> str:
         f"Created:    {doc['created_at']}",
         f"Engine:     {doc['spec']['engine']}"
         + (f"  {doc['spec']['docker']['image']}" if "docker" in doc["spec"] else ""),
-        "Executions:",
     ]
-    for ex in doc["executions"]:
+    shards = doc["shards"]
+    if shards["count"] > 1:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(shards["by_state"].items()))
+        lines.append(f"Shards:     {shards['count']}: {counts}")
+    executions = doc["executions"]
+    if shards["count"] > 1:
+        if by_shard:
+            executions = sorted(executions, key=lambda e: e["shard"])
+        else:
+            executions = []
+            lines.append("            (each shard's executions: describe --shards)")
+    if executions or shards["count"] <= 1:
+        lines.append("Executions:")
+    last = None
+    for ex in executions:
+        if shards["count"] > 1 and ex["shard"] != last:
+            last = ex["shard"]
+            lines.append(f"  shard {last}:")
         line = f"  {ex['id']}  node {ex['node_id'][-8:]}  {ex['state']}"
         if ex["exit_code"] is not None:
             line += f"  exit {ex['exit_code']}"

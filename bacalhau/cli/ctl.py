@@ -192,18 +192,36 @@ def _add_job_commands(sub: Any) -> None:
 
     describe = add("describe", help="a job's state, executions and events")
     describe.add_argument("job", metavar="JOB")
+    describe.add_argument(
+        "--shards", action="store_true", help="a sharded job's executions, shard by shard"
+    )
     logs = add("logs", help="a job's stdout and stderr")
     logs.add_argument("job", metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
+    logs.add_argument(
+        "--shard",
+        type=int,
+        metavar="N",
+        help="a sharded job's shard N only (default: every shard's, in shard order)",
+    )
     get = add(
         "get",
         help="download a job's result (stdout, stderr, exitCode, output folders)",
         description="Download a job's result folder from the network, every block checked "
         "against its CID, with progress on a terminal. An interrupted get leaves "
-        "DIR.partial/; running it again resumes from there. DIR appears whole or not at all.",
+        "DIR.partial/; running it again resumes from there. DIR appears whole or not at all. "
+        "A sharded job's result is each shard's under per_shard/N/, and merged in shard "
+        "order: output folders, stdout and stderr.",
     )
     get.add_argument("job", metavar="JOB")
     get.add_argument("--output-dir", type=Path, metavar="DIR", help="default: ./JOB_ID")
+    get.add_argument(
+        "--merge",
+        choices=("error", "keep-last"),
+        default="error",
+        help="a sharded job's file that two shards both wrote: an error (default), or the "
+        "later shard's kept",
+    )
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
 
@@ -263,6 +281,26 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=[],
         metavar="K=V",
         help="run only on nodes with these labels",
+    )
+    run.add_argument(
+        "--sharding-glob-pattern",
+        metavar="PATTERN",
+        help="shard the job: the files under the base path matching PATTERN (relative to it; "
+        "'**' crosses folders), sorted, in batches; each batch runs alone",
+    )
+    run.add_argument(
+        "--sharding-base-path",
+        metavar="/PATH",
+        help="where the files to shard are mounted (default /inputs)",
+    )
+    run.add_argument(
+        "--sharding-batch-size", type=int, metavar="N", help="files per shard (default 1)"
+    )
+    run.add_argument(
+        "--shard-retries",
+        type=int,
+        metavar="N",
+        help="tries of a failed shard on other nodes before the job fails (default 2)",
     )
     run.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
     run.add_argument("--id-only", action="store_true", help="print the job ID and return")

@@ -11,6 +11,9 @@ from bacalhau._fast import dagpb
 from bacalhau.content.cid import CID, DAG_PB, RAW
 from bacalhau.content.errors import ContentError, CorruptData, TooLarge, UnsupportedCID
 
+DIRECTORY = dagpb.T_DIRECTORY  # UnixFS node types, as `UnixFSNode.type` gives them
+SYMLINK = dagpb.T_SYMLINK
+
 GetBlock = Callable[[bytes], bytes]
 ENTRY_BYTES = 512  # what `export` counts a file, folder or symlink as at least
 

@@ -12,7 +12,7 @@ from bacalhau.errors import BacalhauError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2: the peer table
+SCHEMA_VERSION = 3  # 2: the peer table; 3: shards of sharded jobs
 MAX_TEXT = 4096  # longest message, event detail or stderr tail kept in a record
 
 
@@ -95,6 +95,10 @@ class Tx(Protocol):
 
     def delete_peer(self, node_id: str) -> None: ...
 
+    def put_shard(self, shard: types_pb2.Shard) -> None: ...
+
+    def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None: ...
+
 
 class Datastore(Protocol):
     """Jobs, their events, and this node's own executions.
@@ -131,6 +135,10 @@ class Datastore(Protocol):
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None: ...
 
     def list_local(self) -> list[records_pb2.LocalExecution]: ...
+
+    def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
+        """Shard `index` of job `job_id` (exact ID), or None."""
+        ...
 
     def list_peers(self) -> list[records_pb2.PeerRecord]:
         """The peer table, by node ID."""

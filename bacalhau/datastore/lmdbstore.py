@@ -10,6 +10,7 @@ Layout (named databases):
   events       job_id + 0x00 + be64(seq) -> Event              (append-only per job)
   local        execution_id -> LocalExecution                  (executions this node runs)
   peers        node_id -> PeerRecord                           (the peer table)
+  shards       job_id + 0x00 + be32(index) -> Shard           (a sharded job's files)
 
 Writes queue up for the writer thread, which runs everything queued in one LMDB write
 transaction (each function in its own nested transaction, so a failing one leaves no trace),
@@ -56,10 +57,14 @@ _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
 _SCHEMA_KEY = b"schema_version"
 _DBS = (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client", b"job_states", b"events",
-        b"local", b"peers")  # fmt: skip
+        b"local", b"peers", b"shards")  # fmt: skip
 
 # Migrations: MIGRATIONS[v] takes a store at version v to v + 1 inside one write transaction.
 Migration = Callable[["LmdbDatastore", lmdb.Transaction], None]
+
+
+def _shard_key(job_id: str, index: int) -> bytes:
+    return job_id.encode() + b"\x00" + _BE32.pack(index)
 
 
 def _event_key(job_id: str, seq: int) -> bytes:
@@ -191,6 +196,14 @@ class _Tx:
 
     def delete_peer(self, node_id: str) -> None:
         self._txn.delete(node_id.encode(), db=self._s._db[b"peers"])
+
+    def put_shard(self, shard: types_pb2.Shard) -> None:
+        key = _shard_key(shard.job_id, shard.index)
+        self._txn.put(key, shard.SerializeToString(), db=self._s._db[b"shards"])
+
+    def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
+        raw = self._txn.get(_shard_key(job_id, index), db=self._s._db[b"shards"])
+        return None if raw is None else types_pb2.Shard.FromString(bytes(raw))
 
 
 class LmdbDatastore(GroupWriter):
@@ -474,6 +487,11 @@ class LmdbDatastore(GroupWriter):
             cur = txn.cursor(db=self._db[b"local"])
             return [records_pb2.LocalExecution.FromString(bytes(v)) for _, v in cur]
 
+    def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
+        with self._read() as txn:
+            raw = txn.get(_shard_key(job_id, index), db=self._db[b"shards"])
+            return None if raw is None else types_pb2.Shard.FromString(bytes(raw))
+
     def list_peers(self) -> list[records_pb2.PeerRecord]:
         with self._read() as txn:
             cur = txn.cursor(db=self._db[b"peers"])
@@ -557,4 +575,12 @@ def _migrate_1_to_2(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
     """Schema 2 adds the `peers` database, which opening the environment created empty."""
 
 
-_MIGRATIONS: dict[int, Migration] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+def _migrate_2_to_3(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
+    """Schema 3 adds the `shards` database, which opening the environment created empty."""
+
+
+_MIGRATIONS: dict[int, Migration] = {
+    0: _migrate_0_to_1,
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}

@@ -49,6 +49,7 @@ class _Layer:
     events: dict[str, list[types_pb2.Event]] = field(default_factory=dict)
     local: dict[str, records_pb2.LocalExecution] = field(default_factory=dict)
     peers: dict[str, records_pb2.PeerRecord | None] = field(default_factory=dict)  # None: gone
+    shards: dict[tuple[str, int], types_pb2.Shard] = field(default_factory=dict)
 
     def absorb(self, other: _Layer, bottom: bool = False) -> None:
         self.jobs.update(other.jobs)
@@ -56,6 +57,7 @@ class _Layer:
             self.events.setdefault(job_id, []).extend(events)
         self.local.update(other.local)
         self.peers.update(other.peers)
+        self.shards.update(other.shards)
         if bottom:  # nothing below to hide: a deletion is just an absence
             for node_id in [n for n, rec in self.peers.items() if rec is None]:
                 del self.peers[node_id]
@@ -135,6 +137,15 @@ class _Tx:
 
     def delete_peer(self, node_id: str) -> None:
         self.own.peers[node_id] = None
+
+    def put_shard(self, shard: types_pb2.Shard) -> None:
+        self.own.shards[(shard.job_id, shard.index)] = copy.deepcopy(shard)
+
+    def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
+        for layer in reversed(self._layers):
+            if (job_id, index) in layer.shards:
+                return copy.deepcopy(layer.shards[(job_id, index)])
+        return None
 
 
 class MemoryDatastore(GroupWriter):
@@ -223,6 +234,11 @@ class MemoryDatastore(GroupWriter):
         with self._lock:
             records = sorted(self._committed.local.items(), key=lambda kv: kv[0].encode())
         return [copy.deepcopy(record) for _, record in records]
+
+    def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
+        with self._lock:
+            shard = self._committed.shards.get((job_id, index))
+        return None if shard is None else copy.deepcopy(shard)
 
     def list_peers(self) -> list[records_pb2.PeerRecord]:
         with self._lock:

@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+LOCAL_BONUS = 2  # holding a job's inputs is worth this many queued executions
+
 
 @dataclass(frozen=True)
 class WillingBid:
@@ -33,6 +35,7 @@ class Round:
     timer: asyncio.TimerHandle | None = None  # the bid window; None once it closed
     deadline: asyncio.TimerHandle | None = None  # --queue-timeout: fail if nobody is willing
     gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
+    exclude: set[str] = field(default_factory=set)  # nodes the shard failed on: not chosen
 
     @property
     def key(self) -> tuple[str, int]:
@@ -43,10 +46,17 @@ class Round:
         """Every node asked has answered (and nobody else may)."""
         return self.answered >= self.asked and not self.gossiped
 
-    def choose(self, want: int) -> set[str]:
-        """The `want` best willing nodes: data locality first (nodes that hold more of the
-        inputs need not fetch them), then the shortest queue; ties broken at random."""
+    def choose(self, want: int, placed: dict[str, int] | None = None) -> set[str]:
+        """The `want` best willing nodes: the shortest queue, counting what this requester
+        placed there since (`placed`), where holding the inputs counts as `LOCAL_BONUS`
+        fewer queued (a node need not fetch them); then the one that holds more of them;
+        ties broken at random."""
+        placed = placed or {}
         bids = list(self.willing)
         random.shuffle(bids)
-        ranked = sorted(bids, key=lambda b: (-b.local_input_bytes, b.queued))
-        return {b.node_id for b in ranked[:want]}
+
+        def key(b: WillingBid) -> tuple[int, int]:
+            load = b.queued + placed.get(b.node_id, 0)
+            return (load - (LOCAL_BONUS if b.local_input_bytes else 0), -b.local_input_bytes)
+
+        return {b.node_id for b in sorted(bids, key=key)[:want]}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import BacalhauError, JobStateError
@@ -52,8 +53,49 @@ def event(job: Any, type_: str, ex: Any = None, detail: str = "", node_id: str =
 
 
 def shard_count(job: Any) -> int:
-    """How many shards the job has (1 until jobs can be sharded)."""
-    return 1
+    """How many shards the job has (1 unless it is sharded)."""
+    return job.shard_count or 1
+
+
+def unplaced_shards(job: Any) -> list[int]:
+    """The shards with no execution that is running or published (placed anew on requeue)."""
+    placed = {ex.shard for ex in job.executions if _placed(ex)}
+    return [s for s in range(shard_count(job)) if s not in placed]
+
+
+def to_place(job: Any) -> list[int]:
+    """The shards to place (again): nothing placed, and tries left. A shard tries again after
+    its node was lost up to MAX_REPLACEMENTS times; a sharded job's shard also after it failed,
+    up to its retries (`spec.retries`)."""
+    out = []
+    sharded = jobspec.is_sharded(job.spec)
+    for s in unplaced_shards(job):
+        mine = [ex for ex in job.executions if ex.shard == s]
+        lost = sum(LOST in ex.message or NO_RECORD in ex.message for ex in mine)
+        failed = sum(ex.state == E.FAILED.pb for ex in mine) - lost
+        if lost > MAX_REPLACEMENTS:
+            continue
+        if failed > (jobspec.retries(job.spec) if sharded else 0):
+            continue
+        out.append(s)
+    return out
+
+
+def _ranges(shards: list[int]) -> str:
+    """1,2,3,7 -> '1-3, 7' (at most a few ranges shown)."""
+    runs: list[list[int]] = []
+    for s in sorted(shards):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    text = [f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:5]]
+    return ", ".join(text) + (", ..." if len(runs) > 5 else "")
+
+
+def failed_on(job: Any, shard: int) -> set[str]:
+    """The nodes an execution of `shard` failed on (a retry goes elsewhere)."""
+    return {ex.node_id for ex in job.executions if ex.shard == shard and ex.state == E.FAILED.pb}
 
 
 def find(job: Any, execution_id: str) -> Any:
@@ -86,8 +128,9 @@ class Ledger:
 
     # -- submit, cancel, restart ----------------------------------------------------------
 
-    async def create(self, spec: Any, client_id: str) -> Any:
-        """Store a new pending job; return it once durable."""
+    async def create(self, spec: Any, client_id: str, shards: list[list[Any]] | None = None) -> Any:
+        """Store a new pending job (with its shards' inputs, if sharded); return it once
+        durable."""
         now = now_ns()
         job = pb.Job(
             id=new_id("j"),
@@ -97,9 +140,12 @@ class Ledger:
             requester_node_id=self.node_id,
             create_time_unix_nano=now,
             update_time_unix_nano=now,
+            shard_count=len(shards) if shards else 0,
         )
 
         def write(tx: Tx) -> Any:
+            for index, inputs in enumerate(shards or []):
+                tx.put_shard(pb.Shard(job_id=job.id, index=index, inputs=inputs))
             tx.put_job(job)
             tx.add_event(event(job, "JobCreated", node_id=self.node_id))
             return job
@@ -266,6 +312,8 @@ class Ledger:
             requeue: Any = None
             if state == E.FAILED and current == E.BID_ACCEPTED and NO_RECORD in u.message:
                 requeue = self._replace(tx, job, u.message, ex.node_id)
+            elif state == E.FAILED and jobspec.is_sharded(job.spec):
+                requeue = self._retry(tx, job, ex)
             if requeue is None:
                 self._settle(tx, job)
             tx.put_job(job)
@@ -319,13 +367,35 @@ class Ledger:
         return await self._write(write)
 
     def _replace(self, tx: Tx, job: Any, message: str, node_id: str) -> Any:
-        """The job, if nothing else is placed and it may be placed again (an event says so)."""
-        placed = any(_placed(ex) for ex in job.executions)
-        tries = sum(LOST in ex.message or NO_RECORD in ex.message for ex in job.executions)
-        if placed or tries > MAX_REPLACEMENTS:
+        """The job, if a shard of it has nothing placed and may be placed again (an event
+        says so), else None."""
+        shards = to_place(job)
+        if not shards:
             return None
-        detail = f"{message}: asking the other nodes (attempt {tries + 1})"
+        tries = max(
+            sum(ex.shard == s and (LOST in ex.message or NO_RECORD in ex.message)
+                for ex in job.executions)
+            for s in shards
+        )  # fmt: skip
+        which = "" if shard_count(job) == 1 else f" (shards {_ranges(shards)})"
+        detail = f"{message}: asking the other nodes{which} (attempt {tries + 1})"
         tx.add_event(event(job, "JobRequeued", detail=detail, node_id=node_id))
+        return job
+
+    def _retry(self, tx: Tx, job: Any, ex: Any) -> Any:
+        """The job, if the failed execution's shard may be tried again on another node (an
+        event says so), else None."""
+        shard = ex.shard
+        if any(_placed(e) for e in job.executions if e.shard == shard):
+            return None  # another execution of the shard is still on it
+        failures = sum(e.shard == shard and e.state == E.FAILED.pb for e in job.executions)
+        if failures > jobspec.retries(job.spec):
+            return None
+        detail = (
+            f"shard {shard} failed on node {short(ex.node_id)}: trying another node "
+            f"(retry {failures} of {jobspec.retries(job.spec)})"
+        )
+        tx.add_event(event(job, "ShardRequeued", ex, detail))
         return job
 
     def _settle(self, tx: Tx, job: Any) -> None:
@@ -343,11 +413,15 @@ class Ledger:
         failed = [ex for ex in job.executions if E.of(ex.state) in (E.FAILED, E.CANCELLED)]
         if not failed:
             return
-        ex = failed[-1]
+        lost = [ex for ex in failed if ex.shard not in published]
+        ex = (lost or failed)[-1]
         message = ex.message or E.of(ex.state).value
         if ex.stderr_tail:
             message += f"; stderr: {ex.stderr_tail.splitlines()[-1][:300]}"
         message = f"execution on node {short(ex.node_id)} failed: {message}"
+        if shard_count(job) > 1:
+            tries = sum(e.shard == ex.shard for e in failed)
+            message = f"shard {ex.shard} of {shard_count(job)} failed ({tries} tries): {message}"
         set_job_state(job, JobState.FAILED, message)
         tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
 

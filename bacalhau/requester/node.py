@@ -24,7 +24,14 @@ from bacalhau.models import ExecutionState, JobState
 from bacalhau.network import Network
 from bacalhau.network.dispatch import MayFrom
 from bacalhau.requester.bidding import Round, WillingBid
-from bacalhau.requester.ledger import Decision, Ledger, shard_count, short
+from bacalhau.requester.ledger import (
+    Decision,
+    Ledger,
+    failed_on,
+    shard_count,
+    short,
+    to_place,
+)
 from bacalhau.requester.logs import LiveLogs
 from bacalhau.verifier import get as get_verifier
 
@@ -67,6 +74,7 @@ class Requester:
         self._input_size = input_size
         self._on_bid_refused = on_bid_refused
         self._marked: dict[str, float] = {}  # node -> until when its bids are refused
+        self._placed: dict[str, int] = {}  # node -> executions placed there, not done yet
         network.on_connect.append(self._on_peer_connected)
         network.on_disconnect.append(self._on_peer_disconnected)
         self.logs = LiveLogs()
@@ -124,9 +132,12 @@ class Requester:
 
     # -- client requests ----------------------------------------------------------------
 
-    async def submit(self, spec: Any, client_id: str = "") -> Any:
-        """Store a new job (pending) and announce it; return it once it is durable."""
-        job = await self.ledger.create(spec, client_id)
+    async def submit(
+        self, spec: Any, client_id: str = "", shards: list[list[Any]] | None = None
+    ) -> Any:
+        """Store a new job (pending; with its shards' inputs if sharded) and announce it;
+        return it once it is durable."""
+        job = await self.ledger.create(spec, client_id, shards)
         self._announce(job)
         return job
 
@@ -181,14 +192,26 @@ class Requester:
 
     # -- bidding ------------------------------------------------------------------------
 
+    def _spec_of(self, job: Any, shard: int) -> Any:
+        """What shard `shard` of the job runs: the job's spec, or for a sharded job the
+        shard's own (its files, its index and count in the environment)."""
+        if shard_count(job) <= 1 and not jobspec.is_sharded(job.spec):
+            return job.spec
+        stored = self._store.get_shard(job.id, shard)
+        inputs = list(stored.inputs) if stored is not None else []
+        return jobspec.shard_spec(job.spec, shard, shard_count(job), inputs)
+
     def _announce(self, job: Any) -> None:
-        for shard in range(shard_count(job)):
-            rnd = Round(job_id=job.id, shard=shard, spec=job.spec)
+        """Ask for bids on every shard of the job that has nothing placed and tries left;
+        nodes a shard failed on are not asked again for it."""
+        for shard in to_place(job):
+            spec = self._spec_of(job, shard)
+            rnd = Round(job_id=job.id, shard=shard, spec=spec, exclude=failed_on(job, shard))
             self._close_round(rnd.key)  # a round still open from before: its timers go too
             self._rounds[rnd.key] = rnd
             for node_id in [self._net.node_id, *self._net.connected()]:
                 self._ask(rnd, node_id)
-            announce = peer_pb2.JobAnnouncement(job_id=job.id, shard=shard, spec=job.spec)
+            announce = peer_pb2.JobAnnouncement(job_id=job.id, shard=shard, spec=spec)
             rnd.gossiped = self._net.broadcast(announce=announce)
             rnd.timer = self._loop.call_later(self._bid_window_s, self._window_closed, rnd.key)
             rnd.deadline = self._loop.call_later(
@@ -225,6 +248,16 @@ class Requester:
             refused.CopyFrom(bid)
             refused.willing, refused.reason = False, f"bid refused: {lie}"
             bid = refused
+        if bid.willing and sender in rnd.exclude:
+            decision = peer_pb2.BidDecision(
+                job_id=bid.job_id, shard=bid.shard, accepted=False,
+                reason=f"shard {bid.shard} failed on this node before",
+            )  # fmt: skip
+            self._net.send(sender, bid_decision=decision)
+            declined = peer_pb2.Bid()
+            declined.CopyFrom(bid)
+            declined.willing, declined.reason = False, f"shard {bid.shard} failed there before"
+            bid = declined
         if bid.willing:
             rnd.willing.append(WillingBid(sender, bid.queued, bid.local_input_bytes))
         else:
@@ -296,10 +329,13 @@ class Requester:
         assert rnd is not None
         if not rnd.willing:
             reasons = "; ".join(rnd.declines) or "no node answered"
-            message = f"no node can run this job {waited}({reasons})"
+            what = f"shard {rnd.shard} of this job" if jobspec.is_sharded(rnd.spec) else "this job"
+            message = f"no node can run {what} {waited}({reasons})"
             self._spawn(self.ledger.fail(rnd.job_id, message), "failing a job")
             return
-        chosen = rnd.choose(max(1, rnd.spec.deal.concurrency))
+        chosen = rnd.choose(max(1, rnd.spec.deal.concurrency), self._placed)
+        for node_id in chosen:
+            self._placed[node_id] = self._placed.get(node_id, 0) + 1
 
         def send(decisions: list[Decision]) -> None:
             for d in decisions:
@@ -317,6 +353,9 @@ class Requester:
     # -- execution progress ----------------------------------------------------------------
 
     def _on_update(self, sender: str, u: Any) -> None:
+        if E.of(u.state) in (E.RESULT_PROPOSED, E.FAILED, E.CANCELLED) and self._placed.get(sender):
+            self._placed[sender] -= 1  # done computing: no longer in its queue
+
         def send(result: tuple[list[tuple[str, Any]], Any]) -> None:
             outgoing, again = result
             for node_id, decision in outgoing:
@@ -373,6 +412,7 @@ class Requester:
     def _give_up_on(self, node_id: str) -> None:
         """`node_id` stayed away too long: fail what it was running and place it again."""
         self._lost.pop(node_id, None)
+        self._placed.pop(node_id, None)
 
         def replace(jobs: list[Any]) -> None:
             for job in jobs:

@@ -19,10 +19,20 @@ from bacalhau.requester.logs import STDERR, STDOUT
 from bacalhau.requester.node import Requester
 from bacalhau.service.callers import Access, Caller, check_owner, view
 from bacalhau.service.results import ResultService, result_execution
+from bacalhau.service.shards import expand
 from bacalhau.service.watch import JobWatch
 
 _LOG_STREAMS = (("stdout", STDOUT), ("stderr", STDERR))
 _LOG_CHUNK = 64 << 10
+
+
+def _with(job: Any, executions: list[Any]) -> Any:
+    """A copy of `job` with only `executions` (to pick one shard's result)."""
+    out = type(job)()
+    out.CopyFrom(job)
+    del out.executions[:]
+    out.executions.extend(executions)
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,16 @@ class JobService:
         """
         self.access.check_submit(caller)
         await asyncio.to_thread(self._check, spec)
-        job = await self._requester.submit(spec, caller.user_id)
+        shards = None
+        if jobspec.is_sharded(spec):
+            shards = await expand(spec, self._results.blockstore, self._fetch)
+        job = await self._requester.submit(spec, caller.user_id, shards)
         self._on_submit()
         return job
+
+    async def _fetch(self, cid_text: str) -> None:
+        """Bring the DAG of an input here (from any peer) to cut it into shards."""
+        await self._results.ensure_dag(cid_text, [])
 
     def _check(self, spec: Any) -> None:
         jobspec.check(spec)
@@ -173,10 +190,30 @@ class JobService:
             finally:
                 self._watch.forget(job_id, waiter)
 
-    async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[LogChunk]:
+    async def logs(
+        self, job_id: str, follow: bool = False, shard: int | None = None
+    ) -> AsyncIterator[LogChunk]:
         """The job's stdout and stderr: with `follow`, live while it runs, then the rest from
-        its result. Raises NotFound when the result's blocks cannot be had."""
+        its result. A sharded job's are each shard's in shard order (or shard `shard`'s
+        only), from their results (`follow` waits for the job to end first). Raises NotFound
+        when the result's blocks cannot be had, UsageError for a shard the job has not."""
         job = self.get(job_id)
+        count = job.shard_count or 1
+        if shard is not None and not 0 <= shard < count:
+            raise UsageError(
+                f"job {job.id} has {count} shard{'s' * (count > 1)}: there is no shard {shard}",
+                hint=f"shards are numbered 0 to {count - 1}",
+            )
+        if count > 1:
+            if follow:
+                job = await self.wait_final(job.id)
+            for s in range(count) if shard is None else [shard]:
+                mine = [ex for ex in job.executions if ex.shard == s]
+                ex = result_execution(_with(job, mine))
+                if ex is not None:
+                    async for chunk in self._result_logs(ex, {STDOUT: 0, STDERR: 0}):
+                        yield chunk
+            return
         sent = {stream: 0 for _, stream in _LOG_STREAMS}  # bytes sent live
         live_id = ""
         if follow:
@@ -187,6 +224,11 @@ class JobService:
         ex = result_execution(job)
         if ex is None or (live_id and ex.id != live_id):
             return
+        async for chunk in self._result_logs(ex, sent):
+            yield chunk
+
+    async def _result_logs(self, ex: Any, sent: dict[int, int]) -> AsyncIterator[LogChunk]:
+        """stdout and stderr from an execution's result, less the bytes already `sent`."""
         root = await self._results.ensure_dag(ex.result_cid, [ex.node_id])
         for name, stream in _LOG_STREAMS:
             cid = self._results.child(root, name)

@@ -14,6 +14,7 @@ from bacalhau.spec._rules import (
     check_timeout,
 )
 from bacalhau.spec._sections import ENGINES, SECTIONS
+from bacalhau.spec._sharding import check_sharding
 
 
 def validate(spec: Any) -> list[Problem]:
@@ -35,6 +36,7 @@ def validate(spec: Any) -> list[Problem]:
     problems += check_outputs(spec.outputs)
     problems += check_concurrency(spec.deal.concurrency)
     problems += check_timeout(spec.timeout_seconds)
+    problems += check_sharding(spec)
     r = spec.resources
     problems += check_resources(
         cpu=r.cpu, gpu=r.gpu, memory_bytes=r.memory_bytes, disk_bytes=r.disk_bytes

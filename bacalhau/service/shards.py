@@ -1,0 +1,84 @@
+"""Cutting a sharded job into shards at submit: its inputs under the base path expanded into
+their files, matched, sorted and batched (the rules are `bacalhau.spec`'s sharding rules).
+
+Inputs by CID are walked through their folder blocks, which must be on this node or are fetched
+from peers first; inputs by URL are one file each, at their mount paths. A file's input in a
+shard is the file's own CID (or URL), mounted where the file is in the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import PurePosixPath
+from typing import Any
+
+from bacalhau import spec as jobspec
+from bacalhau.blockstore import Blockstore
+from bacalhau.content import dag
+from bacalhau.content.cid import CID
+
+MAX_FILES = 1_000_000  # files a sharded job's inputs may expand to
+_SHOWN = 5  # paths named when a pattern matches none
+
+
+async def expand(
+    spec: Any, blockstore: Blockstore, fetch: Callable[[str], Awaitable[object]]
+) -> list[list[Any]]:
+    """The shards of `spec` (each a list of InputSpec, one per file). `fetch(cid)` brings the
+    DAG of an input into `blockstore` if it is not here. Raises SpecError when no file matches
+    or there are too many, NotFound when an input's DAG cannot be had."""
+    inside, _ = jobspec.sharded_inputs(spec)
+    base = jobspec.base_path(spec)
+    files: list[tuple[str, Any]] = []
+    for inp in inside:
+        if inp.source == "url":
+            files.append((_relative(inp.mount_path, base), inp))
+            continue
+        await fetch(inp.cid)
+        root = bytes(CID.parse(inp.cid))
+        for rel, cid in _files(blockstore, root):
+            mount = str(PurePosixPath(inp.mount_path, rel)) if rel else inp.mount_path
+            one = type(inp)(source="ipfs", cid=cid, mount_path=mount)  # an InputSpec
+            files.append((_relative(mount, base), one))
+            if len(files) > MAX_FILES:
+                raise _problem(f"the inputs under {base} hold more than {MAX_FILES} files")
+    pattern = spec.sharding.glob_pattern
+    matched = [(path, inp) for path, inp in files if jobspec.glob_match(pattern, path)]
+    if not matched:
+        seen = ", ".join(sorted(p for p, _ in files)[:_SHOWN]) or "no files at all"
+        more = f" (and {len(files) - _SHOWN} more)" if len(files) > _SHOWN else ""
+        raise _problem(
+            f"no file under {base} matches {pattern!r}; paths there: {seen}{more}",
+            "patterns are relative to the base path; '**/' matches any folders",
+        )
+    batches = jobspec.cut(matched, jobspec.batch_size(spec))
+    if len(batches) > jobspec.MAX_SHARDS:
+        raise _problem(
+            f"{len(matched)} files in batches of {jobspec.batch_size(spec)} make "
+            f"{len(batches)} shards, more than {jobspec.MAX_SHARDS}",
+            "raise --sharding-batch-size",
+        )
+    return [[inp for _, inp in batch] for batch in batches]
+
+
+def _problem(message: str, hint: str = "") -> jobspec.SpecError:
+    return jobspec.SpecError([jobspec.Problem("sharding.glob_pattern", message, hint)])
+
+
+def _relative(mount: str, base: str) -> str:
+    return str(PurePosixPath(mount).relative_to(base)) if mount != base else ""
+
+
+def _files(blockstore: Blockstore, root: bytes) -> Iterator[tuple[str, str]]:
+    """(path below the root, file CID) of every file of the DAG at `root`; "" for a root that
+    is a file itself. Symlinks are left out."""
+    stack: list[tuple[str, bytes]] = [("", root)]
+    while stack:
+        path, cid = stack.pop()
+        node = dag.decode(cid, blockstore.get(cid))
+        if node.type == dag.DIRECTORY:
+            for link in reversed(node.links):
+                name = link.name.decode("utf-8", "replace")
+                stack.append((f"{path}/{name}" if path else name, bytes(link.cid)))
+        elif node.type != dag.SYMLINK:
+            yield path, str(CID.from_bytes(cid))

@@ -1,0 +1,118 @@
+"""Sharded jobs on a real 3-node network: a 100-file folder uploaded to one node, cut into 10
+shards, run across the nodes (each shard seeing only its files, at their paths), merged by
+`get` into what the unsharded job gives; failed shards retried elsewhere, then named."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._docker import TEST_IMAGE, docker_client
+from tests.integration.conftest import Ctl, NodeProc, start_node, wait_connected
+
+DOCKER_ARGS = ("--engines", "docker", "--docker-pull", "never")
+# Per file: its word count, in a file named after it; and the shard's own index and files.
+COUNT = (
+    "for f in $(find /inputs -type f | sort); do "
+    "n=$(wc -w < $f); echo $n > /outputs/$(basename $f).count; done; "
+    "echo shard=$BACALHAU_SHARD_INDEX/$BACALHAU_SHARD_COUNT files=$(find /inputs -type f | wc -l)"
+)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
+    docker_client()
+    root = tmp_path_factory.mktemp("shard-nodes")
+    nodes: list[NodeProc] = []
+    try:
+        for i in range(3):
+            peers = (nodes[0].address,) if nodes else ()
+            nodes.append(start_node(root / f"n{i}", name=f"n{i}", peers=peers, args=DOCKER_ARGS))
+        wait_connected(nodes)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("texts") / "texts"
+    for i in range(100):
+        sub = d / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"t{i:03d}.txt").write_text(" ".join(["word"] * (i + 1)) + "\n")
+    (d / "README.md").write_text("not a text file to count\n")
+    return d
+
+
+def _run(ctl: Ctl, *args: str) -> tuple[Any, str]:
+    res = ctl("docker", "run", *args, timeout=240)
+    return res, res.stdout.split()[0] if res.stdout.split() else ""
+
+
+def _outputs(d: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((d / "outputs").iterdir())}
+
+
+def test_a_sharded_job_gives_the_unsharded_jobs_output(
+    net: list[NodeProc], folder: Path, tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, whole = _run(ctl, "-v", f"{folder}:/inputs", TEST_IMAGE, "sh", "-c", COUNT)
+    assert res.returncode == 0, res.stderr
+    res, sharded = _run(
+        ctl, "-v", f"{folder}:/inputs", "--sharding-glob-pattern", "**/*.txt",
+        "--sharding-batch-size", "10", TEST_IMAGE, "sh", "-c", COUNT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", sharded)
+    assert doc["shards"]["count"] == 10 and doc["shards"]["by_state"] == {"completed": 10}
+    ran_on = {e["node_id"] for e in doc["executions"] if e["state"] == "published"}
+    assert len(ran_on) >= 2  # spread over the network
+
+    assert ctl("get", whole, "--output-dir", str(tmp_path / "whole")).returncode == 0
+    got = ctl("get", sharded, "--output-dir", str(tmp_path / "sharded"))
+    assert got.returncode == 0, got.stderr
+    merged = _outputs(tmp_path / "sharded")
+    expected = {k: v for k, v in _outputs(tmp_path / "whole").items() if k.endswith(".txt.count")}
+    assert merged == expected and len(merged) == 100  # README.md matched no shard
+    stdout = (tmp_path / "sharded" / "stdout").read_text().splitlines()
+    assert stdout == [f"shard={i}/10 files=10" for i in range(10)]  # in shard order
+    for i in range(10):
+        own = tmp_path / "sharded" / "per_shard" / str(i)
+        assert len(list((own / "outputs").iterdir())) == 10
+    logs = ctl("logs", sharded, "--shard", "3")
+    assert logs.stdout.strip() == "shard=3/10 files=10"
+
+
+def test_no_matching_file_is_one_line_naming_the_pattern(
+    net: list[NodeProc], folder: Path, tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, _ = _run(ctl, "-v", f"{folder}:/inputs", "--sharding-glob-pattern", "*.csv",
+                  TEST_IMAGE, "true")  # fmt: skip
+    line = res.one_line_error()
+    assert "no file under /inputs matches '*.csv'" in line and "README.md" in line
+
+
+def test_a_shard_that_fails_everywhere_fails_the_job_by_name(
+    net: list[NodeProc], folder: Path, tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    script = 'if [ "$BACALHAU_SHARD_INDEX" = 2 ]; then echo broken >&2; exit 7; fi'
+    res, job = _run(
+        ctl, "-v", f"{folder}:/inputs", "--sharding-glob-pattern", "a/*.txt",
+        "--sharding-batch-size", "10", TEST_IMAGE, "sh", "-c", script,
+    )  # fmt: skip
+    assert res.returncode != 0
+    doc = ctl.json("describe", job)
+    assert doc["state"] == "failed"
+    assert "shard 2 of 5 failed (3 tries)" in doc["message"], doc["message"]
+    tried = {e["node_id"] for e in doc["executions"] if e["shard"] == 2}
+    assert len(tried) == 3  # once on each node: a retry goes elsewhere
+    assert json.dumps(doc).count("ShardRequeued") == 2
