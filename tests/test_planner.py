@@ -339,13 +339,13 @@ def test_twins_agree_on_corrupted_input(inst: Instance, data: st.DataObject) -> 
     """Any array may be cut, stretched or hold any value: same result or same error."""
     kw = inst.args()
     name = data.draw(st.sampled_from(sorted(kw)))
-    values = list(kw[name])
-    if values and data.draw(st.booleans()):
+    values: list[int] = list(kw[name])
+    change_one: bool = bool(values) and data.draw(st.booleans())
+    if change_one:
         values[data.draw(st.integers(0, len(values) - 1))] = data.draw(st.integers(-3, 50))
     else:
-        values = values[: data.draw(st.integers(0, len(values)))] + data.draw(
-            st.lists(st.integers(-3, 50), max_size=2)
-        )
+        cut = data.draw(st.integers(0, len(values)))
+        values = values[:cut] + data.draw(st.lists(st.integers(-3, 50), max_size=2))
     kw[name] = array(kw[name].typecode, values)
     outcomes = []
     for mod in (_compiled, _planner_py):
