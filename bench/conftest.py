@@ -137,6 +137,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"{RESULTS[name] * 1e3:.3f} ms mean (of {N_JOBS} jobs)"
                 )
     _python_summary(tr)
+    _planner_summary(tr)
     if "block_exchange" in RESULTS:
         from bench.test_bench_blocks import SIZE_MIB
 
@@ -208,4 +209,26 @@ def _python_summary(tr: pytest.TerminalReporter) -> None:
         tr.write_line(
             f"{'python job p50':>22}: {py_job * 1e3:8.1f} ms submit-to-completed (1 node) = "
             f"{py_job / wasm_job:.2f}x a trivial wasm job ({wasm_job * 1e3:.1f} ms)"
+        )
+
+
+def _planner_summary(tr: pytest.TerminalReporter) -> None:
+    """The shard planner (bench/test_bench_planner.py): compiled against its pure twin."""
+    compiled, pure = MEDIANS.get("planner_compiled"), MEDIANS.get("planner_pure")
+    if not compiled and not pure:
+        return
+    from bench.test_bench_planner import NODES, SHARDS
+
+    what = f"{SHARDS:,} shards over {NODES:,} nodes"
+    if compiled:
+        local = NOTES.get("planner_local")
+        extra = f", {100 * local:.1f}% on a holder" if local is not None else ""
+        tr.write_line(
+            f"{'planner, compiled':>22}: {compiled * 1e3:8.1f} ms p50 for {what} "
+            f"({SHARDS / compiled / 1e6:.1f} M shards/s{extra})"
+        )
+    if pure:
+        ratio = f" = {pure / compiled:.1f}x the compiled twin" if compiled else ""
+        tr.write_line(
+            f"{'planner, pure twin':>22}: {pure:8.2f} s p50 on the same input (baseline){ratio}"
         )

@@ -1,8 +1,9 @@
 """The compiled hot path, with pure-Python twins.
 
-``from bacalhau._fast import dagpb`` gives the compiled module when it is built and
-``BACALHAU_PUREPYTHON`` is unset (or ``0``); otherwise the pure twin, which gives identical
-results. ``COMPILED`` says which one is in use.
+``from bacalhau._fast import dagpb, planner`` gives the compiled modules when they are built and
+``BACALHAU_PUREPYTHON`` is unset (or ``0``); otherwise the pure twins, which give identical
+results. ``COMPILED`` says which ones are in use: all compiled or all pure, never a mix (a
+build that compiled only some of them falls back to the pure twins for all).
 """
 
 from __future__ import annotations
@@ -10,19 +11,19 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from bacalhau._fast import _dagpb_py
+from bacalhau._fast import _dagpb_py, _planner_py
 
 
-def _pick() -> tuple[ModuleType, bool]:
+def _pick() -> tuple[ModuleType, ModuleType, bool]:
     if os.environ.get("BACALHAU_PUREPYTHON", "") not in ("", "0"):
-        return _dagpb_py, False
+        return _dagpb_py, _planner_py, False
     try:
-        from bacalhau._fast import _dagpb  # type: ignore[attr-defined]
+        from bacalhau._fast import _dagpb, _planner  # type: ignore[attr-defined]
     except ImportError:
-        return _dagpb_py, False
-    return _dagpb, True
+        return _dagpb_py, _planner_py, False
+    return _dagpb, _planner, True
 
 
-dagpb, COMPILED = _pick()
+dagpb, planner, COMPILED = _pick()
 
-__all__ = ["COMPILED", "dagpb"]
+__all__ = ["COMPILED", "dagpb", "planner"]
