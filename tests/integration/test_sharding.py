@@ -5,6 +5,8 @@ shards, run across the nodes (each shard seeing only its files, at their paths),
 from __future__ import annotations
 
 import json
+import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests._docker import TEST_IMAGE, docker_client
+from tests._wait import wait_for
 from tests.integration.conftest import Ctl, NodeProc, start_node, wait_connected
 
 DOCKER_ARGS = ("--engines", "docker", "--docker-pull", "never")
@@ -116,3 +119,51 @@ def test_a_shard_that_fails_everywhere_fails_the_job_by_name(
     tried = {e["node_id"] for e in doc["executions"] if e["shard"] == 2}
     assert len(tried) == 3  # once on each node: a retry goes elsewhere
     assert json.dumps(doc).count("ShardRequeued") == 2
+
+
+def test_killing_a_node_re_places_only_its_shards(folder: Path, tmp_path: Path) -> None:
+    """A node that runs some shards dies: after --node-lost-timeout only those shards are
+    placed again; shards done or running elsewhere are not run twice."""
+    docker_client()
+    args = (*DOCKER_ARGS, "--node-lost-timeout", "2")
+    nodes: list[NodeProc] = []
+    try:
+        for i in range(3):
+            peers = (nodes[0].address,) if nodes else ()
+            nodes.append(start_node(tmp_path / f"n{i}", name=f"n{i}", peers=peers, args=args))
+        wait_connected(nodes)
+        ctl = Ctl(nodes[0].address, tmp_path)
+        res, job = _run(
+            ctl, "--no-wait", "-v", f"{folder}:/inputs", "--sharding-glob-pattern", "a/*.txt",
+            "--sharding-batch-size", "5", TEST_IMAGE, "sh", "-c", "sleep 3; echo done",
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+
+        def running_elsewhere() -> Any:
+            doc = ctl.json("describe", job)
+            on = {e["node_id"] for e in doc["executions"] if e["state"] == "running"}
+            return nodes[2].node_id in on and doc
+
+        wait_for(running_elsewhere, 60, "a shard to run on n2")
+        nodes[2].stop(signal.SIGKILL)
+        done = wait_for(
+            lambda: (d := ctl.json("describe", job))["state"] in ("completed", "failed") and d,
+            120,
+            "the job to end",
+        )
+        assert done["state"] == "completed", done["message"]
+        victim = {
+            e["shard"]
+            for e in done["executions"]
+            if e["node_id"] == nodes[2].node_id and "did not come back" in (e["message"] or "")
+        }
+        assert victim  # what n2 was running when it died
+        runs = Counter(e["shard"] for e in done["executions"] if e["state"] != "bid_rejected")
+        assert all(runs[s] == 2 for s in victim), runs  # placed again, once
+        assert all(n == 1 for s, n in runs.items() if s not in victim), runs
+        requeued = [e for e in done["events"] if e["type"] == "JobRequeued"]
+        assert requeued and all(str(sorted(victim)[0]) in e["detail"] for e in requeued)
+    finally:
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.stop()
