@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bacalhau import spec as jobspec
+from bacalhau._fast import planner
 from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.datastore import Datastore
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
@@ -23,7 +25,7 @@ from bacalhau.errors import BacalhauError, JobStateError
 from bacalhau.models import ExecutionState, JobState
 from bacalhau.network import Network
 from bacalhau.network.dispatch import MayFrom
-from bacalhau.requester.bidding import Round, WillingBid
+from bacalhau.requester.bidding import LOCAL_BONUS, Round, WillingBid
 from bacalhau.requester.ledger import (
     Decision,
     Ledger,
@@ -75,6 +77,7 @@ class Requester:
         self._on_bid_refused = on_bid_refused
         self._marked: dict[str, float] = {}  # node -> until when its bids are refused
         self._placed: dict[str, int] = {}  # node -> executions placed there, not done yet
+        self._planning: dict[str, list[Round]] = {}  # job -> shard rounds closed this tick
         network.on_connect.append(self._on_peer_connected)
         network.on_disconnect.append(self._on_peer_disconnected)
         self.logs = LiveLogs()
@@ -333,7 +336,51 @@ class Requester:
             message = f"no node can run {what} {waited}({reasons})"
             self._spawn(self.ledger.fail(rnd.job_id, message), "failing a job")
             return
-        chosen = rnd.choose(max(1, rnd.spec.deal.concurrency), self._placed)
+        want = max(1, rnd.spec.deal.concurrency)
+        if jobspec.is_sharded(rnd.spec) and want == 1:
+            # Shards whose rounds close together are placed together, by the planner.
+            batch = self._planning.setdefault(rnd.job_id, [])
+            if not batch:
+                self._loop.call_soon(self._plan, rnd.job_id)
+            batch.append(rnd)
+            return
+        self._place(rnd, rnd.choose(want, self._placed))
+
+    def _plan(self, job_id: str) -> None:
+        """Place the shards of a job whose rounds closed in one go (`bacalhau._fast.planner`):
+        each to a willing bidder, up to each node's fair share of the work (plus
+        LOCAL_BONUS), a node holding its data first, spreading the load (each node's queue
+        plus what this requester placed there); any the plan leaves out by `Round.choose`."""
+        rounds = self._planning.pop(job_id, [])
+        nodes = sorted({b.node_id for r in rounds for b in r.willing})
+        index = {n: i for i, n in enumerate(nodes)}
+        queued: dict[str, int] = {}
+        holders: list[list[int]] = []
+        others: list[list[int]] = []
+        for r in rounds:
+            willing = {b.node_id for b in r.willing}
+            for b in r.willing:
+                queued[b.node_id] = min(queued.get(b.node_id, b.queued), b.queued)
+            holders.append([index[b.node_id] for b in r.willing if b.local_input_bytes])
+            others.append([i for n, i in index.items() if n not in willing])
+        load = [min(queued[n] + self._placed.get(n, 0), 1 << 40) for n in nodes]
+        # Each node's fair share of the work (what is queued and these shards), and a little
+        # more where a shard's data is: locality first, but not all on one holder.
+        fair = -(-(len(rounds) + sum(load)) // len(nodes)) + LOCAL_BONUS
+        placed = planner.plan(
+            array("q", [1] * len(rounds)),
+            *_csr(holders),
+            array("q", [max(fair - n, 0) for n in load]),
+            array("q", [1 << 62] * len(nodes)),
+            array("q", load),
+            None,
+            *_csr(others),
+        )
+        for r, at in zip(rounds, placed, strict=True):
+            self._place(r, {nodes[at]} if at >= 0 else r.choose(1, self._placed))
+
+    def _place(self, rnd: Round, chosen: set[str]) -> None:
+        """Tell the ledger (then the bidders) whom the round chose."""
         for node_id in chosen:
             self._placed[node_id] = self._placed.get(node_id, 0) + 1
 
@@ -452,3 +499,13 @@ class Requester:
         for timer in self._lost.values():
             timer.cancel()
         self._lost.clear()
+
+
+def _csr(rows: list[list[int]]) -> tuple[array[int], array[int]]:
+    """Lists of node indices as the planner's (offsets, nodes)."""
+    offsets = array("q", [0])
+    flat = array("i")
+    for row in rows:
+        flat.extend(row)
+        offsets.append(len(flat))
+    return offsets, flat
