@@ -15,7 +15,7 @@ import pytest
 
 from tests._docker import TEST_IMAGE, docker_client
 from tests._wait import wait_for
-from tests.integration.conftest import Ctl, NodeProc, start_node, wait_connected
+from tests.integration.conftest import ROOT, Ctl, NodeProc, start_node, wait_connected
 
 DOCKER_ARGS = ("--engines", "docker", "--docker-pull", "never")
 # Per file: its word count, in a file named after it; and the shard's own index and files.
@@ -167,3 +167,30 @@ def test_killing_a_node_re_places_only_its_shards(folder: Path, tmp_path: Path) 
         for n in nodes:
             if n.proc.poll() is None:
                 n.stop()
+
+
+def test_the_wordcount_example_runs_as_the_readme_says(tmp_path: Path) -> None:
+    """examples/wordcount, sharded by 2 on a python node: every file counted once, in order."""
+    node = start_node(tmp_path / "n", args=("--engines", "python"))
+    try:
+        ctl = Ctl(node.address, ROOT)
+        res = ctl(
+            "run", "python", "--sharding-glob-pattern", "*.txt", "--sharding-batch-size", "2",
+            "-v", "examples/wordcount/texts:/inputs", "examples/wordcount/count.py", timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        out = tmp_path / "out"
+        assert ctl("get", res.stdout.split()[0], "--output-dir", str(out)).returncode == 0
+        texts = sorted((ROOT / "examples" / "wordcount" / "texts").iterdir())
+        lines = (out / "stdout").read_text().splitlines()
+        assert lines == [f"{t.name}: {len(t.read_text().split())}" for t in texts]
+        assert sorted(p.name for p in (out / "outputs").iterdir()) == [
+            f"{t.name}.count" for t in texts
+        ]
+        shards = -(-len(texts) // 2)
+        assert sorted(p.name for p in (out / "per_shard").iterdir()) == sorted(
+            str(i) for i in range(shards)
+        )
+        assert (out / "stderr").read_text().count(f"of {shards}: ") == shards
+    finally:
+        node.stop()
