@@ -96,6 +96,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         if "job_latency" in MEDIANS:
             line += f" ({100 * cost / MEDIANS['job_latency']:.1f}% of a trivial job's p50)"
         tr.write_line(f"{'peer packet signing':>22}: {line}")
+    if "shard_rate" in NOTES:
+        rate, single = NOTES["shard_rate"], NOTES.get("shard_single_job", 0.0)
+        from bench.test_bench_sharding import PER_NODE
+
+        line = f"{rate:8.0f} shard executions/s ({3 * PER_NODE} shards, 3 nodes, submit to done)"
+        if single:
+            line += f"; one trivial job: {single * 1e3:.1f} ms ({rate * single:.2f}x its rate)"
+        tr.write_line(f"{'sharded job':>22}: {line}")
+        tr.write_line(
+            f"{'shard locality':>22}: {100 * NOTES['shard_locality']:8.1f}% of shards ran "
+            f"where their file was ({PER_NODE} files on each of 3 nodes)"
+        )
     if "jobs_batch" in RESULTS:
         from bench.test_bench_jobs import BATCH
 

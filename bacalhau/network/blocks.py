@@ -212,11 +212,34 @@ async def fetch_dag(
         backoff = min(backoff * 2, 2.0)
 
 
+async def peek_blocks(net: Network, cids: list[bytes]) -> dict[bytes, bytes]:
+    """Blocks from connected peers, each verified, kept in memory only (not stored): to read
+    a DAG's structure without holding its data. Asks the peers in turn for what is still
+    missing, at most MAX_WANT CIDs a request; what nobody has is left out."""
+    found: dict[bytes, bytes] = {}
+    want = list(dict.fromkeys(cids))
+    for node_id in net.connected():
+        channel = net.channel_to(node_id)
+        if channel is None or not want:
+            continue
+        for i in range(0, len(want), MAX_WANT):
+            try:
+                for cid, data in await fetch_blocks(
+                    channel, want[i : i + MAX_WANT], recursive=False, timeout=30.0
+                ):
+                    found[bytes(cid)] = data
+            except (NotFound, ContentError, grpc.RpcError):
+                continue
+        want = [c for c in want if c not in found]
+    return found
+
+
 class DagFetcher:
     """`fetch_dag` for one node, single flight: while a root is being fetched, callers that
     want it too wait for that fetch (with its patience) instead of starting their own."""
 
     def __init__(self, net: Network, store: Blockstore, received: Tally | None = None) -> None:
+        self.net = net
         self._net = net
         self._store = store
         self._received = received

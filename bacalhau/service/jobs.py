@@ -76,14 +76,10 @@ class JobService:
         await asyncio.to_thread(self._check, spec)
         shards = None
         if jobspec.is_sharded(spec):
-            shards = await expand(spec, self._results.blockstore, self._fetch)
+            shards = await expand(spec, self._results.peek)
         job = await self._requester.submit(spec, caller.user_id, shards)
         self._on_submit()
         return job
-
-    async def _fetch(self, cid_text: str) -> None:
-        """Bring the DAG of an input here (from any peer) to cut it into shards."""
-        await self._results.ensure_dag(cid_text, [])
 
     def _check(self, spec: Any) -> None:
         jobspec.check(spec)

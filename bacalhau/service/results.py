@@ -12,6 +12,7 @@ from bacalhau.content.cid import CID
 from bacalhau.content.errors import NotFound
 from bacalhau.models import ExecutionState, JobState
 from bacalhau.network import DagFetcher, serve_blocks
+from bacalhau.network.blocks import peek_blocks
 from bacalhau.observability import Counter
 
 _RESULT_STATES = (ExecutionState.PUBLISHED, ExecutionState.RESULT_ACCEPTED)
@@ -53,6 +54,15 @@ class ResultService:
         root = bytes(CID.parse(cid_text))
         await self._dags.fetch(root, holders)
         return root
+
+    async def peek(self, cids: list[bytes]) -> dict[bytes, bytes]:
+        """These blocks, from this node's blockstore or read from peers without storing them
+        (`peek_blocks`); those nobody has are left out."""
+        found = {c: self.blockstore.get(c) for c in cids if self.blockstore.has(c)}
+        missing = [c for c in cids if c not in found]
+        if missing:
+            found.update(await peek_blocks(self._dags.net, missing))
+        return found
 
     def child(self, root: bytes, name: str) -> bytes | None:
         """The CID of the entry `name` of the folder `root`, or None."""
