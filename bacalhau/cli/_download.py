@@ -43,6 +43,10 @@ _SPARE = 64 << 20  # left free on the destination's disk
 Progress = Callable[[int, int], None]  # (bytes so far, total bytes or 0 if not known yet)
 
 
+class NoRoom(BacalhauError):
+    """The result does not fit in the free space at the destination."""
+
+
 @dataclass(frozen=True)
 class Downloaded:
     path: Path
@@ -69,6 +73,9 @@ def download_result(
     with _exclusive(partial / "lock", dest):
         try:
             return _download(c, job_id, dest, partial, progress, result_cid)
+        except NoRoom:
+            shutil.rmtree(partial, ignore_errors=True)  # nothing of it is kept
+            raise
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -161,7 +168,7 @@ def _download(
             dag.export(block, bytes(CID.parse(root)), tree, max_bytes=max(free - _SPARE, 1))
         except TooLarge:
             shutil.rmtree(tree, ignore_errors=True)
-            raise BacalhauError(
+            raise NoRoom(
                 f"the result of {job_id} expands to more than the {size_text(free)} free "
                 f"under {dest.parent} (its root said {size_text(total)}); nothing of it was "
                 "written",
@@ -285,7 +292,7 @@ def _check_room(job_id: str, partial: Path, total: int, have: int) -> None:
     need = max(total - have, 0) + total  # the blocks still to come, then the files
     free = shutil.disk_usage(partial).free
     if need + _SPARE > free:
-        raise BacalhauError(
+        raise NoRoom(
             f"the result of {job_id} is {size_text(total)} and needs {size_text(need)} "
             f"here (its blocks, then its files); {size_text(free)} is free under "
             f"{partial.parent}",
