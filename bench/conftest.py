@@ -84,18 +84,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         p50 = MEDIANS["job_latency"]
         ratio = f"  ({p50 / rtt:.0f}x a gRPC round trip)" if rtt else ""
         tr.write_line(f"{'job latency p50':>22}: {p50 * 1e3:8.2f} ms submit-to-completed{ratio}")
-    if "call_signed" in MEDIANS:
-        cost = MEDIANS["call_signed"] - MEDIANS.get("call_plain", 0.0)
-        line = f"{cost * 1e6:8.1f} us to sign and check a client call"
-        if "job_latency" in MEDIANS:
-            line += f" ({100 * cost / MEDIANS['job_latency']:.1f}% of a trivial job's p50)"
-        tr.write_line(f"{'client call signing':>22}: {line}")
-    if "packet_sealed" in MEDIANS:
-        cost = MEDIANS["packet_sealed"] - MEDIANS.get("packet_plain", 0.0)
-        line = f"{cost * 1e6:8.1f} us to sign and check a peer packet"
-        if "job_latency" in MEDIANS:
-            line += f" ({100 * cost / MEDIANS['job_latency']:.1f}% of a trivial job's p50)"
-        tr.write_line(f"{'peer packet signing':>22}: {line}")
+    for name, base, what in (
+        ("call_signed", "call_plain", "client call"),
+        ("packet_sealed", "packet_plain", "peer packet"),
+    ):
+        if name in MEDIANS:
+            cost = MEDIANS[name] - MEDIANS.get(base, 0.0)
+            line = f"{cost * 1e6:8.1f} us to sign and check a {what}"
+            if "job_latency" in MEDIANS:
+                line += f" ({100 * cost / MEDIANS['job_latency']:.1f}% of a trivial job's p50)"
+            tr.write_line(f"{what + ' signing':>22}: {line}")
     if "shard_rate" in NOTES:
         rate, single = NOTES["shard_rate"], NOTES.get("shard_single_job", 0.0)
         from bench.test_bench_sharding import PER_NODE

@@ -75,17 +75,21 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
             await context.abort(code, text)
 
+        async def opened(body: bytes, context: grpc.aio.ServicerContext) -> Any:
+            """The request, once its signature is checked (the caller set); else aborts."""
+            try:
+                who = check(body)
+                request = decode(body)
+            except (CallRefused, DecodeError) as exc:
+                await refuse(context, exc)
+            _caller.set(who)
+            return request
+
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    who = check(body)
-                    request = decode(body)
-                except (CallRefused, DecodeError) as exc:
-                    await refuse(context, exc)
-                _caller.set(who)
-                return await inner_uu(request, context)
+                return await inner_uu(await opened(body, context), context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=None, response_serializer=encode
@@ -96,13 +100,7 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def unary_stream(
                 body: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                try:
-                    who = check(body)
-                    request = decode(body)
-                except (CallRefused, DecodeError) as exc:
-                    await refuse(context, exc)
-                _caller.set(who)
-                async for item in inner_us(request, context):
+                async for item in inner_us(await opened(body, context), context):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
