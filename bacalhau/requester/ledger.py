@@ -94,8 +94,16 @@ def _ranges(shards: list[int]) -> str:
 
 
 def failed_on(job: Any, shard: int) -> set[str]:
-    """The nodes an execution of `shard` failed on (a retry goes elsewhere)."""
-    return {ex.node_id for ex in job.executions if ex.shard == shard and ex.state == E.FAILED.pb}
+    """The nodes an execution of `shard` failed on (a retry goes elsewhere); not those that
+    were lost or restarted without a record of it: they may run it again."""
+    return {
+        ex.node_id
+        for ex in job.executions
+        if ex.shard == shard
+        and ex.state == E.FAILED.pb
+        and LOST not in ex.message
+        and NO_RECORD not in ex.message
+    }
 
 
 def find(job: Any, execution_id: str) -> Any:
