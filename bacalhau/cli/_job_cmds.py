@@ -201,6 +201,9 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
     problems += check_timeout(args.timeout or 0)
     problems += check_resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory)
     problems += check_concurrency(args.concurrency)
+    for flag, value in (("--confidence", args.confidence), ("--min-bids", args.min_bids)):
+        if value < 0:
+            raise UsageError(f"{flag} must be 0 or more, not {value}")
     sharding = _sharding(args)
     if problems:
         raise SpecError(problems)
@@ -222,7 +225,12 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
                 ),
             ],
             outputs=output_specs,
-            deal=types_pb2.Deal(concurrency=args.concurrency),
+            deal=types_pb2.Deal(
+                concurrency=args.concurrency,
+                confidence=args.confidence,
+                min_bids=args.min_bids,
+                verifier=args.verifier or "",
+            ),
             timeout_seconds=args.timeout or 0,
             node_selector=selector,
             resources=types_pb2.Resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory),

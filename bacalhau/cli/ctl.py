@@ -276,6 +276,27 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--concurrency", type=int, default=1, metavar="N", help="nodes that run it (default 1)"
     )
     run.add_argument(
+        "--verifier",
+        choices=("noop", "deterministic"),
+        default=None,
+        help="how results are verified: noop (each stands, default) or deterministic (the "
+        "executions of a shard must agree: see --concurrency, --confidence)",
+    )
+    run.add_argument(
+        "--confidence",
+        type=int,
+        default=0,
+        metavar="N",
+        help="deterministic: results that must agree (default: a majority of 1 or more)",
+    )
+    run.add_argument(
+        "--min-bids",
+        type=int,
+        default=0,
+        metavar="N",
+        help="willing bids to wait for before choosing nodes (default 1)",
+    )
+    run.add_argument(
         "--labels",
         action="append",
         default=[],

@@ -42,6 +42,11 @@ class Round:
         return (self.job_id, self.shard)
 
     @property
+    def enough(self) -> bool:
+        """As many willing bids as the job asks to choose from (`deal.min_bids`)."""
+        return len(self.willing) >= max(int(self.spec.deal.min_bids), 1)
+
+    @property
     def complete(self) -> bool:
         """Every node asked has answered (and nobody else may)."""
         return self.answered >= self.asked and not self.gossiped

@@ -26,7 +26,7 @@ from bacalhau.models import (
     set_execution_state,
     set_job_state,
 )
-from bacalhau.verifier import Verifier
+from bacalhau.verifier import get as get_verifier
 
 E = ExecutionState
 T = TypeVar("T")
@@ -126,10 +126,9 @@ class Decision:
 class Ledger:
     """The named transitions of the jobs this node is the requester of."""
 
-    def __init__(self, store: Datastore, node_id: str, verifier: Verifier) -> None:
+    def __init__(self, store: Datastore, node_id: str) -> None:
         self._store = store
         self.node_id = node_id
-        self._verifier = verifier
 
     async def _write(self, fn: Callable[[Tx], T]) -> T:
         return await asyncio.wrap_future(self._store.submit(fn))
@@ -315,7 +314,8 @@ class Ledger:
             set_execution_state(ex, state, u.message)
             detail = u.result_cid if state == E.RESULT_PROPOSED else u.message
             tx.add_event(event(job, _EVENT_OF[state], ex, detail))
-            if state == E.RESULT_PROPOSED:
+            if state in (E.RESULT_PROPOSED, E.FAILED, E.CANCELLED):
+                # A proposal to decide; or the last execution the verifier waited for ended.
                 outgoing = self._verify(tx, job, ex.shard)
             requeue: Any = None
             if state == E.FAILED and current == E.BID_ACCEPTED and NO_RECORD in u.message:
@@ -332,10 +332,13 @@ class Ledger:
     def _verify(self, tx: Tx, job: Any, shard: int) -> list[tuple[str, Any]]:
         executions = [ex for ex in job.executions if ex.shard == shard]
         outgoing = []
-        for verdict in self._verifier.verify(job.spec, executions):
+        for verdict in get_verifier(job.spec.deal.verifier).verify(job.spec, executions):
             ex = find(job, verdict.execution_id)
             accepted = verdict.accepted
-            set_execution_state(ex, E.RESULT_ACCEPTED if accepted else E.RESULT_REJECTED)
+            if accepted:
+                set_execution_state(ex, E.RESULT_ACCEPTED)
+            else:
+                set_execution_state(ex, E.RESULT_REJECTED, verdict.reason)
             peer = tx.get_peer(ex.node_id) if accepted else None
             if peer is not None:  # a record of work done: it keeps the peer in the table
                 peer.results_accepted += 1
@@ -348,12 +351,14 @@ class Ledger:
             outgoing.append((ex.node_id, decision))
         return outgoing
 
-    async def give_up_on(self, node_id: str) -> list[Any]:
-        """`node_id` stayed away too long: fail what it ran; return the jobs to place again."""
+    async def give_up_on(self, node_id: str) -> tuple[list[Any], list[tuple[str, Any]]]:
+        """`node_id` stayed away too long: fail what it ran; return the jobs to place again,
+        and the result decisions the verifier made once it no longer waits for that node."""
         message = f"node {short(node_id)} disconnected and {LOST}"
 
-        def write(tx: Tx) -> list[Any]:
-            again = []
+        def write(tx: Tx) -> tuple[list[Any], list[tuple[str, Any]]]:
+            again: list[Any] = []
+            decided: list[tuple[str, Any]] = []
             for job in tx.active_jobs():
                 lost = [
                     ex
@@ -365,12 +370,14 @@ class Ledger:
                 for ex in lost:
                     set_execution_state(ex, E.FAILED, message)
                     tx.add_event(event(job, "ExecutionFailed", ex, message))
+                for shard in sorted({ex.shard for ex in lost}):
+                    decided.extend(self._verify(tx, job, shard))
                 if self._replace(tx, job, message, node_id) is not None:
                     again.append(job)
                 else:
                     self._settle(tx, job)
                 tx.put_job(job)
-            return again
+            return again, decided
 
         return await self._write(write)
 
@@ -418,7 +425,11 @@ class Ledger:
             set_job_state(job, JobState.COMPLETED)
             tx.add_event(event(job, "JobCompleted", node_id=self.node_id))
             return
-        failed = [ex for ex in job.executions if E.of(ex.state) in (E.FAILED, E.CANCELLED)]
+        failed = [
+            ex
+            for ex in job.executions
+            if E.of(ex.state) in (E.FAILED, E.CANCELLED, E.RESULT_REJECTED)
+        ]
         if not failed:
             return
         lost = [ex for ex in failed if ex.shard not in published]
@@ -426,7 +437,10 @@ class Ledger:
         message = ex.message or E.of(ex.state).value
         if ex.stderr_tail:
             message += f"; stderr: {ex.stderr_tail.splitlines()[-1][:300]}"
-        message = f"execution on node {short(ex.node_id)} failed: {message}"
+        if ex.state == E.RESULT_REJECTED.pb:
+            message = f"its results were rejected: {message}"
+        else:
+            message = f"execution on node {short(ex.node_id)} failed: {message}"
         if shard_count(job) > 1:
             tries = sum(e.shard == ex.shard for e in failed)
             message = f"shard {ex.shard} of {shard_count(job)} failed ({tries} tries): {message}"

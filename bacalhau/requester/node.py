@@ -35,7 +35,6 @@ from bacalhau.requester.ledger import (
     to_place,
 )
 from bacalhau.requester.logs import LiveLogs
-from bacalhau.verifier import get as get_verifier
 
 log = logging.getLogger(__name__)
 E = ExecutionState
@@ -66,7 +65,7 @@ class Requester:
         called for each bid refused for an impossible claim."""
         self._net = network
         self._store = store
-        self.ledger = Ledger(store, network.node_id, get_verifier("noop"))
+        self.ledger = Ledger(store, network.node_id)
         self._bid_window_s = bid_window_s
         self._node_lost_s = node_lost_s
         self._queue_timeout_s = queue_timeout_s
@@ -267,7 +266,7 @@ class Requester:
             rnd.declines.append(f"{short(sender)}: {bid.reason}")
         self._spawn(self.ledger.record_bid(sender, bid), "recording a bid")
         # Every node asked answered; or a willing bid came after the window closed empty.
-        if rnd.complete or (bid.willing and rnd.timer is None):
+        if rnd.complete or (bid.willing and rnd.timer is None and rnd.enough):
             self._select(rnd.key)
 
     def _impossible(self, sender: str, spec: Any, bid: Any) -> str:
@@ -305,7 +304,7 @@ class Requester:
         if rnd is None:
             return
         rnd.timer = None
-        if rnd.willing:
+        if rnd.willing and rnd.enough:
             self._select(key)
         # else: keep waiting for a willing bid, from the nodes asked or from new peers
 
@@ -330,6 +329,12 @@ class Requester:
     def _select(self, key: tuple[str, int], waited: str = "") -> None:
         rnd = self._close_round(key)
         assert rnd is not None
+        if rnd.willing and not rnd.enough:
+            n, want = len(rnd.willing), rnd.spec.deal.min_bids
+            rnd.declines.insert(
+                0, f"{n} node{'s' * (n != 1)} willing, the job asks for {want} bids"
+            )
+            rnd.willing.clear()
         if not rnd.willing:
             reasons = "; ".join(rnd.declines) or "no node answered"
             what = f"shard {rnd.shard} of this job" if jobspec.is_sharded(rnd.spec) else "this job"
@@ -461,7 +466,10 @@ class Requester:
         self._lost.pop(node_id, None)
         self._placed.pop(node_id, None)
 
-        def replace(jobs: list[Any]) -> None:
+        def replace(result: tuple[list[Any], list[tuple[str, Any]]]) -> None:
+            jobs, decided = result
+            for target, decision in decided:
+                self._net.send(target, result_decision=decision)
             for job in jobs:
                 self._announce(job)
 

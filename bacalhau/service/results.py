@@ -19,8 +19,10 @@ _RESULT_STATES = (ExecutionState.PUBLISHED, ExecutionState.RESULT_ACCEPTED)
 
 
 def result_execution(job: Any) -> Any:
-    """The execution whose result stands for the job: published first, else any with one."""
-    with_result = [ex for ex in job.executions if ex.result_cid]
+    """The execution whose result stands for the job: published first, else any with one
+    that was not rejected (a rejected result is never served as the job's)."""
+    rejected = ExecutionState.RESULT_REJECTED.pb
+    with_result = [ex for ex in job.executions if ex.result_cid and ex.state != rejected]
     for ex in with_result:
         if ExecutionState.of(ex.state) in _RESULT_STATES:
             return ex

@@ -271,3 +271,35 @@ def size_text(n: int) -> str:
         if n >= 1 << shift:
             return f"{n / (1 << shift):.4g} {unit}"
     return f"{n} B"
+
+
+VERIFIERS = ("noop", "deterministic")  # bacalhau.verifier's registry (a test keeps them equal)
+MAX_MIN_BIDS = 1024
+
+
+def check_verification(deal: Any) -> list[Problem]:
+    """Problems with how a job's results are verified: a known verifier, a confidence the
+    concurrency can reach, a bounded number of bids to wait for."""
+    problems: list[Problem] = []
+    if deal.verifier and deal.verifier not in VERIFIERS:
+        problems.append(
+            Problem(
+                "deal.verifier",
+                f"unknown verifier {deal.verifier[:40]!r}",
+                f"use one of: {', '.join(VERIFIERS)}",
+            )
+        )
+    concurrency = max(deal.concurrency, 1)
+    if deal.confidence > concurrency:
+        problems.append(
+            Problem(
+                "deal.confidence",
+                f"confidence {deal.confidence} is more than the {concurrency} node(s) that run it",
+                "raise --concurrency to at least the confidence",
+            )
+        )
+    if deal.min_bids > MAX_MIN_BIDS:
+        problems.append(
+            Problem("deal.min_bids", f"min bids {deal.min_bids} is above {MAX_MIN_BIDS}")
+        )
+    return problems

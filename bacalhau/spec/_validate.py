@@ -12,6 +12,7 @@ from bacalhau.spec._rules import (
     check_resources,
     check_size,
     check_timeout,
+    check_verification,
 )
 from bacalhau.spec._sections import ENGINES, SECTIONS
 from bacalhau.spec._sharding import check_sharding
@@ -35,6 +36,7 @@ def validate(spec: Any) -> list[Problem]:
     problems += check_inputs(spec.inputs)
     problems += check_outputs(spec.outputs)
     problems += check_concurrency(spec.deal.concurrency)
+    problems += check_verification(spec.deal)
     problems += check_timeout(spec.timeout_seconds)
     problems += check_sharding(spec)
     r = spec.resources

@@ -1,14 +1,19 @@
-"""Verifiers: which proposed results stand for a shard (`base.py`: the interface; `noop`)."""
+"""Verifiers: which proposed results stand for a shard (`base.py`: the interface; `noop`,
+`deterministic`)."""
 
 from __future__ import annotations
 
 from bacalhau.errors import UsageError
 from bacalhau.verifier.base import Verdict, Verifier
+from bacalhau.verifier.deterministic import DeterministicVerifier
 from bacalhau.verifier.noop import NoopVerifier
 
-__all__ = ["NoopVerifier", "Verdict", "Verifier", "get", "names"]
+__all__ = ["DeterministicVerifier", "NoopVerifier", "Verdict", "Verifier", "get", "names"]
 
-_VERIFIERS: dict[str, Verifier] = {"noop": NoopVerifier()}
+_VERIFIERS: dict[str, Verifier] = {
+    "noop": NoopVerifier(),
+    "deterministic": DeterministicVerifier(),
+}
 
 
 def names() -> tuple[str, ...]:

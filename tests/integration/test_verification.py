@@ -1,0 +1,83 @@
+"""Verified results on a real 3-node network: a deterministic job's three results agree and
+stand; a job whose results differ fails, naming the disagreement, and serves no result;
+--min-bids more than the willing nodes fails saying so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._docker import TEST_IMAGE, docker_client
+from tests.integration.conftest import Ctl, NodeProc, start_node, wait_connected
+
+DOCKER_ARGS = ("--engines", "docker", "--docker-pull", "never")
+VERIFIED = ("--verifier", "deterministic", "--concurrency", "3", "--confidence", "2")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
+    docker_client()
+    root = tmp_path_factory.mktemp("verify-nodes")
+    nodes: list[NodeProc] = []
+    try:
+        for i in range(3):
+            peers = (nodes[0].address,) if nodes else ()
+            nodes.append(start_node(root / f"n{i}", name=f"n{i}", peers=peers, args=DOCKER_ARGS))
+        wait_connected(nodes)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _run(ctl: Ctl, *args: str) -> tuple[Any, str]:
+    res = ctl("docker", "run", *args, timeout=240)
+    return res, res.stdout.split()[0] if res.stdout.split() else ""
+
+
+def test_agreeing_results_stand(net: list[NodeProc], tmp_path: Path) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, job = _run(ctl, *VERIFIED, TEST_IMAGE, "sh", "-c", "echo same > /outputs/out.txt")
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job)
+    published = [e for e in doc["executions"] if e["state"] == "published"]
+    assert len(published) == 3 and len({e["result_cid"] for e in published}) == 1
+    assert {e["node_id"] for e in published} == {n.node_id for n in net}
+
+
+def test_disagreeing_results_fail_the_job_and_none_is_served(
+    net: list[NodeProc], tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, job = _run(ctl, *VERIFIED, TEST_IMAGE, "sh", "-c", "hostname > /outputs/host.txt")
+    assert res.returncode != 0
+    doc = ctl.json("describe", job)
+    assert doc["state"] == "failed"
+    assert "its results were rejected: no verified result" in doc["message"], doc["message"]
+    rejected = [e for e in doc["executions"] if e["state"] == "result_rejected"]
+    assert len(rejected) == 3
+    assert all(e["result_cid"] in doc["message"] for e in rejected)  # each named
+    got = ctl("get", job, "--output-dir", str(tmp_path / "out"))
+    assert "has no result" in got.one_line_error()
+
+
+def test_more_min_bids_than_willing_nodes_fails_saying_so(
+    net: list[NodeProc], tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, job = _run(ctl, "--min-bids", "4", TEST_IMAGE, "true")
+    assert res.returncode != 0
+    doc = ctl.json("describe", job)
+    assert "3 nodes willing, the job asks for 4 bids" in doc["message"], doc["message"]
+
+
+def test_a_confidence_the_concurrency_cannot_reach_is_one_line(
+    net: list[NodeProc], tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, _ = _run(ctl, "--verifier", "deterministic", "--concurrency", "2", "--confidence", "3",
+                  TEST_IMAGE, "true")  # fmt: skip
+    assert "confidence 3 is more than the 2 node(s)" in res.one_line_error()
