@@ -16,7 +16,7 @@ from bacalhau.cli._render import describe_text, dump, job_doc, time_text
 from bacalhau.client import Client, default_user_key, load_user_key
 from bacalhau.content.cid import CID
 from bacalhau.errors import BacalhauError, UsageError
-from bacalhau.models import JobState
+from bacalhau.models import ExecutionState, JobState
 from bacalhau.spec import (
     WASM_MAGIC,
     SpecError,
@@ -372,9 +372,39 @@ def get(args: argparse.Namespace) -> int:
         if job.shard_count > 1:
             dest = _download_shards(c, job, args.output_dir, keep_last=args.merge == "keep-last")
         else:
-            dest = _download(c, job.id, args.output_dir)
+            cid = _which_result(job, args.execution)
+            dest = _download(c, job.id, args.output_dir, cid)
     print(dest)
     return 0
+
+
+def _which_result(job: Any, execution_id: str | None) -> str:
+    """The result CID `get` fetches: the execution asked for, else the job's (""); says on
+    stderr which execution's result it is when several were published."""
+    published = [ex for ex in job.executions if ex.state == types_pb2.EXECUTION_STATE_PUBLISHED]
+    if execution_id:
+        for ex in job.executions:
+            if ex.id == execution_id or (len(execution_id) >= 6 and ex.id.startswith(execution_id)):
+                if ex.state != types_pb2.EXECUTION_STATE_PUBLISHED:
+                    state = ExecutionState.of(ex.state).value
+                    raise UsageError(
+                        f"execution {ex.id} of {job.id} has no result to get ({state})"
+                    )
+                return str(ex.result_cid)
+        raise UsageError(
+            f"job {job.id} has no execution {execution_id}",
+            hint="'bacalhauctl describe' lists its executions",
+        )
+    if len(published) > 1:
+        shown = published[0]
+        others = len({ex.result_cid for ex in published} - {shown.result_cid})
+        print(
+            f"the result of execution {shown.id} (node {shown.node_id[-8:]}), one of "
+            f"{len(published)} published ({others} different); another: get --execution ID",
+            file=sys.stderr,
+        )
+        return str(shown.result_cid)
+    return ""
 
 
 def _download_shards(c: Client, job: Any, output_dir: Path | None, *, keep_last: bool) -> Path:
@@ -390,7 +420,7 @@ def _download_shards(c: Client, job: Any, output_dir: Path | None, *, keep_last:
             bar.close()
 
 
-def _download(c: Client, job_id: str, output_dir: Path | None) -> Path:
+def _download(c: Client, job_id: str, output_dir: Path | None, cid: str = "") -> Path:
     """The job's result into `output_dir` (default ./JOB_ID); resumes an interrupted get.
 
     On a terminal, shows progress on stderr. Raises UsageError if the folder is in the way."""
@@ -398,7 +428,7 @@ def _download(c: Client, job_id: str, output_dir: Path | None) -> Path:
 
     bar = ProgressBar() if sys.stderr.isatty() else None
     try:
-        got = download_result(c, job_id, output_dir or Path(job_id), progress=bar)
+        got = download_result(c, job_id, output_dir or Path(job_id), progress=bar, result_cid=cid)
     finally:
         if bar is not None:
             bar.close()

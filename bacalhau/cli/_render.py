@@ -93,7 +93,21 @@ def spec_doc(spec: Any) -> dict[str, Any]:
     }
     doc["timeout_seconds"] = spec.timeout_seconds or None
     doc["concurrency"] = spec.deal.concurrency or 1
+    doc["verifier"] = spec.deal.verifier or "noop"
+    doc["confidence"] = spec.deal.confidence or None
+    doc["min_bids"] = spec.deal.min_bids or None
     doc["node_selector"] = dict(spec.node_selector)
+    s = spec.sharding
+    doc["sharding"] = (
+        {
+            "glob_pattern": s.glob_pattern,
+            "base_path": s.base_path or "/inputs",
+            "batch_size": s.batch_size or 1,
+            "retries": s.retries if s.HasField("retries") else 2,
+        }
+        if s.glob_pattern
+        else None
+    )
     return doc
 
 
@@ -110,6 +124,12 @@ def job_doc(job: Any, events: list[Any] | None = None) -> dict[str, Any]:
     }
     states = shard_states(job)
     doc["shards"] = {"count": len(states), "by_state": dict(Counter(states))}
+    published = [ex for ex in job.executions if ex.state == ExecutionState.PUBLISHED.pb]
+    doc["result"] = (
+        {"execution_id": published[0].id, "cid": published[0].result_cid, "of": len(published)}
+        if published and len(states) == 1
+        else None
+    )
     if events is not None:
         doc["events"] = [event_doc(ev) for ev in events]
     return doc
@@ -138,6 +158,10 @@ def describe_text(doc: dict[str, Any], *, by_shard: bool = False) -> str:
         f"Engine:     {doc['spec']['engine']}"
         + (f"  {doc['spec']['docker']['image']}" if "docker" in doc["spec"] else ""),
     ]
+    result = doc.get("result")
+    if result:
+        of = f", 1 of {result['of']} published: get --execution ID" if result["of"] > 1 else ""
+        lines.append(f"Result:     {result['cid']} (execution {result['execution_id']}{of})")
     shards = doc["shards"]
     if shards["count"] > 1:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(shards["by_state"].items()))

@@ -216,6 +216,12 @@ def _add_job_commands(sub: Any) -> None:
     get.add_argument("job", metavar="JOB")
     get.add_argument("--output-dir", type=Path, metavar="DIR", help="default: ./JOB_ID")
     get.add_argument(
+        "--execution",
+        metavar="ID",
+        help="this execution's result (of a job run with --concurrency above 1), not the "
+        "first published",
+    )
+    get.add_argument(
         "--merge",
         choices=("error", "keep-last"),
         default="error",

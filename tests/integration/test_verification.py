@@ -81,3 +81,24 @@ def test_a_confidence_the_concurrency_cannot_reach_is_one_line(
     res, _ = _run(ctl, "--verifier", "deterministic", "--concurrency", "2", "--confidence", "3",
                   TEST_IMAGE, "true")  # fmt: skip
     assert "confidence 3 is more than the 2 node(s)" in res.one_line_error()
+
+
+def test_with_several_results_get_says_which_and_can_pick_another(
+    net: list[NodeProc], tmp_path: Path
+) -> None:
+    ctl = Ctl(net[0].address, tmp_path)
+    res, job = _run(ctl, "--concurrency", "3", TEST_IMAGE, "sh", "-c", "hostname > /outputs/h")
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job)
+    assert doc["result"]["of"] == 3
+    first = ctl("get", job, "--output-dir", str(tmp_path / "first"))
+    assert f"the result of execution {doc['result']['execution_id']}" in first.stderr
+    assert "one of 3 published (2 different)" in first.stderr
+    other = next(e for e in doc["executions"] if e["id"] != doc["result"]["execution_id"])
+    picked = ctl("get", job, "--execution", other["id"], "--output-dir", str(tmp_path / "other"))
+    assert picked.returncode == 0, picked.stderr
+    a = (tmp_path / "first" / "outputs" / "h").read_text()
+    b = (tmp_path / "other" / "outputs" / "h").read_text()
+    assert a != b  # two nodes' containers: two host names
+    missing = ctl("get", job, "--execution", "e-nope", "--output-dir", str(tmp_path / "x"))
+    assert "has no execution e-nope" in missing.one_line_error()
