@@ -379,3 +379,33 @@ def test_output_streams_to_on_log_while_running(run: Runner) -> None:
     assert result.error == "cancelled"
     assert chunks == [(1, b"hello\n")]
     assert result.stdout == b"hello\n"
+
+
+def _clock_and_random() -> bytes:
+    """A module that writes the realtime clock (8 bytes), 8 random bytes, then both again
+    after a 1 s sleep's worth of clock (a second clock read) to stdout."""
+    wat = f"""(module
+      (import "{WASI}" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+      (import "{WASI}" "random_get" (func $random (param i32 i32) (result i32)))
+      (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 1024)))
+        (drop (call $random (i32.const 1032) (i32.const 8)))
+        (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 1040)))
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 24))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+def test_a_deterministic_run_reads_the_same_clocks_and_randomness_every_time(run: Runner) -> None:
+    module = _clock_and_random()
+    first, second = (run(module, deterministic=True) for _ in range(2))
+    assert first.exit_code == 0 and len(first.stdout) == 24
+    assert first.stdout == second.stdout
+    realtime = int.from_bytes(first.stdout[:8], "little")
+    assert realtime // 10**9 == 946_684_800  # the fixed epoch, 2000-01-01
+    plain = [run(module).stdout for _ in range(2)]
+    assert plain[0][8:16] != plain[1][8:16]  # real randomness otherwise
+    assert int.from_bytes(plain[0][:8], "little") > 1_700_000_000 * 10**9  # the real clock

@@ -154,7 +154,11 @@ def wasm_run(args: argparse.Namespace) -> int:
     def build(c: Client, spec: Any, env: dict[str, str]) -> None:
         module_cid = c.add_file(path).cid if upload else module
         spec.engine = "wasm"
-        spec.wasm.CopyFrom(types_pb2.WasmSpec(module_cid=module_cid, args=args.args, env=env))
+        spec.wasm.CopyFrom(
+            types_pb2.WasmSpec(
+                module_cid=module_cid, args=args.args, env=env, deterministic=args.deterministic
+            )
+        )
 
     return run_job(args, build)
 

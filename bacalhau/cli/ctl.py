@@ -146,6 +146,12 @@ def _add_job_commands(sub: Any) -> None:
         "a node the network selects. Prints the job ID first; with --wait (the default) "
         "follows the job and exits 0 only if it completed.",
     )
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="fixed clocks, seeded randomness, sleeps that return at once: every node gives "
+        "the same result, so it can be verified (docs/verification.md)",
+    )
     run.add_argument("module", metavar="MODULE.wasm|CID")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="module arguments")
 

@@ -52,9 +52,11 @@ class WasmEngine(Engine):
     def to_request(
         self, spec: Any, fetched: Mapping[str, Path], job_id: str, execution_id: str
     ) -> dict[str, Any]:
-        """See Engine.to_request: module, args, env; KeyError without a fetched module."""
+        """See Engine.to_request: module, args, env, deterministic; KeyError without a
+        fetched module."""
         return {
             "module": fetched["module"],
             "args": list(spec.wasm.args),
             "env": dict(spec.wasm.env),
+            "deterministic": spec.wasm.deterministic,
         }

@@ -48,7 +48,8 @@ class RunRequest:
     are enforced). `fuel` of None means no instruction budget.
 
     Engine-specific parts: `module` (wasm); `image`, `entrypoint`, `working_dir`, `cpu`,
-    `gpu_devices`, `labels` (docker); `context`, `program`, `code`, `deterministic` (python).
+    `gpu_devices`, `labels` (docker); `context`, `program`, `code` (python); `deterministic`
+    (wasm and python).
     `on_log`, when given, receives output as it is written (engines that can stream).
     """
 

@@ -204,7 +204,8 @@ class WasmExecutor:
                 store.set_epoch_deadline(1)
                 linker = wasmtime.Linker(engine)
                 linker.define_wasi()
-                _wasi_shims.define(linker, _wasi_shims.Clocks(deterministic=False, stop=stop))
+                clocks = _wasi_shims.Clocks(deterministic=req.deterministic, stop=stop)
+                _wasi_shims.define(linker, clocks)
                 exit_code, error = _start(linker, store, module)
             finally:
                 # Closes the guest's files now (its pipes, files in its folders), not when
