@@ -124,6 +124,9 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
                 version=p.record.version,
                 free=p.status.free if p.status is not None else None,
                 queued=p.status.queued if p.status is not None else 0,
+                results_accepted=p.record.results_accepted,
+                results_rejected=p.record.results_rejected,
+                penalized_until_unix_nano=p.record.penalized_until_unix_nano,
             )
             for p in node.peers
         ]

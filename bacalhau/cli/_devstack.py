@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bacalhau.cli._serve import BAD_ACTOR_ENV
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.layout import ADDRESS_FILE
 
@@ -35,6 +36,11 @@ def _wait_address(proc: subprocess.Popen[bytes], data_dir: Path) -> str:
 def devstack(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 64:
         raise UsageError(f"--nodes must be between 1 and 64, not {args.nodes}")
+    if not 0 <= args.bad_actors < args.nodes:
+        raise UsageError(
+            f"--bad-actors must be 0 to {args.nodes - 1} (node-0 stays honest), "
+            f"not {args.bad_actors}"
+        )
     temp = args.data_dir is None
     root = Path(tempfile.mkdtemp(prefix="bacalhau-devstack-")) if temp else args.data_dir
     stop = {"now": False}
@@ -72,11 +78,18 @@ def devstack(args: argparse.Namespace) -> int:
             for addr in addresses:
                 cmd += ["--peer", addr]
             log = open(data_dir / "node.log", "ab")  # noqa: SIM115 - lives as long as the node
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True))
+            env = dict(os.environ)
+            env.pop(BAD_ACTOR_ENV, None)
+            if i >= args.nodes - args.bad_actors:
+                env[BAD_ACTOR_ENV] = "1"
+            procs.append(
+                subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env=env)
+            )
             addresses.append(_wait_address(procs[-1], data_dir))
         print(f"devstack: {args.nodes} nodes running (data in {root})")
         for i, addr in enumerate(addresses):
-            print(f"  node-{i}  {addr}  log: {root / f'node-{i}' / 'node.log'}")
+            bad = "  BAD ACTOR" if i >= args.nodes - args.bad_actors else ""
+            print(f"  node-{i}  {addr}  log: {root / f'node-{i}' / 'node.log'}{bad}")
         print(f"export BACALHAU_API={addresses[0]}", flush=True)
         while not stop["now"]:
             for i, proc in enumerate(procs):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,20 @@ def peers(args: argparse.Namespace) -> int:
             "labels": dict(p.labels),
             "version": p.version or None,
             "last_seen": time_text(p.last_seen_unix_nano),
+            "results_accepted": p.results_accepted,
+            "results_rejected": p.results_rejected,
+            "penalized_until": time_text(p.penalized_until_unix_nano)
+            if p.penalized_until_unix_nano > time.time_ns()
+            else None,
         }
         for p in info.peers
     ]
     text = "".join(
         f"{d['id']}  {','.join(d['addresses'])}  {'alive' if d['alive'] else 'not alive'}  "
-        f"{','.join(d['engines']) or '-'}  last seen {d['last_seen']}\n"
+        f"{','.join(d['engines']) or '-'}  last seen {d['last_seen']}  "
+        f"results {d['results_accepted']} accepted, {d['results_rejected']} rejected"
+        + (f"  PENALISED until {d['penalized_until']}" if d["penalized_until"] else "")
+        + "\n"
         for d in docs
     )
     _print(docs, args, text)

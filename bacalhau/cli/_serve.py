@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from bacalhau import spec
 from bacalhau.cli._common import parse_kv, parse_size
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.identity import IdentityError, public_key_from_node_id
+
+BAD_ACTOR_ENV = "BACALHAU_DEVSTACK_BAD_ACTOR"  # set by devstack --bad-actors only
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -62,10 +65,19 @@ def serve(args: argparse.Namespace) -> int:
             "--tls-ca checks peers' certificates: serve TLS too (--tls-cert, --tls-key)"
         )
     tls_cert, tls_key, tls_ca = _tls(args)
+    if not 0 <= args.penalty <= spec.MAX_TIMEOUT_S * 30:  # also refuses nan
+        raise UsageError(
+            f"--penalty must be 0 to {spec.MAX_TIMEOUT_S * 30:g} s, not {args.penalty}"
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if os.environ.get(BAD_ACTOR_ENV) == "1":
+        logging.getLogger("bacalhau").warning(
+            "THIS NODE IS A BAD ACTOR: it returns wrong results on purpose "
+            "(bacalhaud devstack --bad-actors, for tests and demos)"
+        )
     config = NodeConfig(
         data_dir=args.data_dir,
         host=args.host,
@@ -93,6 +105,8 @@ def serve(args: argparse.Namespace) -> int:
         if args.allow_clients is None
         else frozenset(_ids(args.allow_clients, "--allow-clients")),
         max_peers=args.max_peers,
+        bad_actor=os.environ.get(BAD_ACTOR_ENV) == "1",
+        penalty_s=args.penalty,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,

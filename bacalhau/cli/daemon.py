@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CA certificates peers' TLS certificates must chain to (default: the system's)",
     )
     serve.add_argument(
+        "--penalty",
+        type=float,
+        default=3600,
+        metavar="S",
+        help="how long a peer whose result lost a verification gets no work from this node "
+        "(default 3600 s)",
+    )
+    serve.add_argument(
         "--max-job-timeout",
         type=float,
         default=86400,
@@ -229,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="parent of the nodes' data dirs (default: a temp dir)"
     )
     dev.add_argument("--engines", default="wasm")
+    dev.add_argument(
+        "--bad-actors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="make the last N nodes return wrong results on purpose (loud in their logs), to "
+        "see verification catch them; node-0 is always honest",
+    )
     dev.add_argument(
         "--docker-pull",
         choices=("never", "missing"),

@@ -57,6 +57,7 @@ class ComputeConfig:
     # after a restart, how long an unfinished execution waits for its requester to say it is
     # still wanted before it is failed here (never run blindly)
     resume_wait_s: float = 300.0
+    bad_actor: bool = False  # devstack --bad-actors: every result wrong on purpose
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Compute:
             blockstore=blockstore,
             scratch=scratch_dir,
             max_parallel=config.max_parallel,
+            bad_actor=config.bad_actor,
         )
         self._active: dict[str, _Active] = {}
         # unfinished at a restart, waiting for the requester to say they are still wanted

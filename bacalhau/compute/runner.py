@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -22,6 +24,7 @@ from bacalhau.compute.results import publish_result
 from bacalhau.executor import Executor
 from bacalhau.executor.base import RunRequest, RunResult
 
+log = logging.getLogger(__name__)
 _ALLOCATE_POLL_S = 0.5  # how often a job waiting for resources looks at its cancel event
 
 
@@ -29,9 +32,17 @@ class Runner:
     """Lends resources to executions and runs them, at most `max_parallel` at once."""
 
     def __init__(
-        self, *, allocator: Allocator, blockstore: Blockstore, scratch: Path, max_parallel: int
+        self,
+        *,
+        allocator: Allocator,
+        blockstore: Blockstore,
+        scratch: Path,
+        max_parallel: int,
+        bad_actor: bool = False,
     ) -> None:
+        """`bad_actor` (devstack --bad-actors only): every result is made wrong on purpose."""
         self.allocator = allocator
+        self.bad_actor = bad_actor
         self._blocks = blockstore
         self._scratch = scratch
         self._released = asyncio.Event()  # set whenever resources are given back
@@ -66,8 +77,12 @@ class Runner:
             result = executor.run(RunRequest(workdir=workdir, **request), cancel)
             if result.error == "cancelled":
                 return result, ""
+            stdout = result.stdout
+            if self.bad_actor:  # a different lie every time: bad actors cannot agree either
+                stdout += f"\nBAD ACTOR {os.urandom(8).hex()}\n".encode()
+                log.warning("BAD ACTOR: returning a wrong result on purpose (devstack)")
             cid = publish_result(
-                self._blocks, result.outputs_dir, result.stdout, result.stderr, result.exit_code
+                self._blocks, result.outputs_dir, stdout, result.stderr, result.exit_code
             )
             return result, cid
         finally:

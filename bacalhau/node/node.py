@@ -90,6 +90,8 @@ class NodeConfig:
     tls_cert: bytes | None = None  # PEM: serve TLS (both services) with this chain ...
     tls_key: bytes | None = None  # ... and key; peers are then dialled over TLS too
     tls_ca: bytes | None = None  # PEM roots that peers' certificates must chain to (None: system)
+    bad_actor: bool = False  # devstack --bad-actors only: every result wrong on purpose
+    penalty_s: float = 3600.0  # how long a peer whose result was rejected gets no work
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD  # the largest upload (AddData) it takes; 0: any
 
 
@@ -176,6 +178,7 @@ class Node:
             bid_window_s=cfg.bid_window_s,
             node_lost_s=cfg.node_lost_s,
             queue_timeout_s=cfg.queue_timeout_s,
+            penalty_s=cfg.penalty_s,
             input_size=self._input_size,
             on_bid_refused=lambda node_id: self.bids_refused.inc(),
         )
@@ -218,6 +221,7 @@ class Node:
                 labels=dict(cfg.labels),
                 max_parallel=cfg.max_parallel or os.cpu_count() or 1,
                 allocator=allocator,
+                bad_actor=cfg.bad_actor,
             ),
             inputs=inputs,
         )

@@ -126,9 +126,10 @@ class Decision:
 class Ledger:
     """The named transitions of the jobs this node is the requester of."""
 
-    def __init__(self, store: Datastore, node_id: str) -> None:
+    def __init__(self, store: Datastore, node_id: str, penalty_s: float = 3600.0) -> None:
         self._store = store
         self.node_id = node_id
+        self.penalty_ns = int(penalty_s * 1e9)
 
     async def _write(self, fn: Callable[[Tx], T]) -> T:
         return await asyncio.wrap_future(self._store.submit(fn))
@@ -330,18 +331,27 @@ class Ledger:
         return await self._write(write)
 
     def _verify(self, tx: Tx, job: Any, shard: int) -> list[tuple[str, Any]]:
+        """Verdicts on the shard's proposed results, each recorded with its peer's reputation:
+        an accepted result counts for its node; a result that lost to an agreeing group
+        counts against it and keeps it from work here for the penalty time."""
         executions = [ex for ex in job.executions if ex.shard == shard]
+        verdicts = get_verifier(job.spec.deal.verifier).verify(job.spec, executions)
+        someone_won = any(v.accepted for v in verdicts)
         outgoing = []
-        for verdict in get_verifier(job.spec.deal.verifier).verify(job.spec, executions):
+        for verdict in verdicts:
             ex = find(job, verdict.execution_id)
             accepted = verdict.accepted
             if accepted:
                 set_execution_state(ex, E.RESULT_ACCEPTED)
             else:
                 set_execution_state(ex, E.RESULT_REJECTED, verdict.reason)
-            peer = tx.get_peer(ex.node_id) if accepted else None
-            if peer is not None:  # a record of work done: it keeps the peer in the table
+            peer = tx.get_peer(ex.node_id)
+            if peer is not None and accepted:  # work done: it keeps the peer in the table
                 peer.results_accepted += 1
+                tx.put_peer(peer)
+            elif peer is not None and someone_won:  # it lost a verification: a lie
+                peer.results_rejected += 1
+                peer.penalized_until_unix_nano = now_ns() + self.penalty_ns
                 tx.put_peer(peer)
             kind = "ResultAccepted" if accepted else "ResultRejected"
             tx.add_event(event(job, kind, ex, verdict.reason))

@@ -57,6 +57,7 @@ class Requester:
         bid_window_s: float = 0.5,
         node_lost_s: float = 10.0,
         queue_timeout_s: float = 300.0,
+        penalty_s: float = 3600.0,
         input_size: Callable[[str], int | None] = lambda cid: None,
         on_bid_refused: Callable[[str], None] = lambda node_id: None,
     ) -> None:
@@ -65,7 +66,14 @@ class Requester:
         called for each bid refused for an impossible claim."""
         self._net = network
         self._store = store
-        self.ledger = Ledger(store, network.node_id)
+        self.ledger = Ledger(store, network.node_id, penalty_s)
+        self._penalty_s = penalty_s
+        # node -> time.time() until which it gets no work here (a result of its lost)
+        self._penalized: dict[str, float] = {
+            p.node_id: p.penalized_until_unix_nano / 1e9
+            for p in store.list_peers()
+            if p.penalized_until_unix_nano / 1e9 > time.time()
+        }
         self._bid_window_s = bid_window_s
         self._node_lost_s = node_lost_s
         self._queue_timeout_s = queue_timeout_s
@@ -250,6 +258,18 @@ class Requester:
             refused.CopyFrom(bid)
             refused.willing, refused.reason = False, f"bid refused: {lie}"
             bid = refused
+        until = self._penalized.get(sender, 0.0)
+        if bid.willing and until > time.time():
+            stamp = time.strftime("%H:%M:%S", time.gmtime(until))
+            declined = peer_pb2.Bid()
+            declined.CopyFrom(bid)
+            declined.willing = False
+            declined.reason = f"penalised until {stamp} UTC: a result of its lost a verification"
+            no = peer_pb2.BidDecision(
+                job_id=bid.job_id, shard=bid.shard, accepted=False, reason=declined.reason
+            )
+            self._net.send(sender, bid_decision=no)
+            bid = declined
         if bid.willing and sender in rnd.exclude:
             decision = peer_pb2.BidDecision(
                 job_id=bid.job_id, shard=bid.shard, accepted=False,
@@ -298,6 +318,17 @@ class Requester:
             if len(self._marked) > 10_000:
                 self._marked = {n: t for n, t in self._marked.items() if t > now}
         return lie
+
+    def _penalize(self, decisions: list[tuple[str, Any]]) -> None:
+        """The nodes whose results lost to an accepted one (as the ledger recorded): no work
+        from here for the penalty time."""
+        if not any(d.accepted for _, d in decisions):
+            return
+        until = time.time() + self._penalty_s
+        for node_id, d in decisions:
+            if not d.accepted:
+                log.warning("node %s returned a result that lost a verification", node_id)
+                self._penalized[node_id] = until
 
     def _window_closed(self, key: tuple[str, int]) -> None:
         rnd = self._rounds.get(key)
@@ -410,6 +441,7 @@ class Requester:
 
         def send(result: tuple[list[tuple[str, Any]], Any]) -> None:
             outgoing, again = result
+            self._penalize(outgoing)
             for node_id, decision in outgoing:
                 self._net.send(node_id, result_decision=decision)
             if again is not None:
@@ -468,6 +500,7 @@ class Requester:
 
         def replace(result: tuple[list[Any], list[tuple[str, Any]]]) -> None:
             jobs, decided = result
+            self._penalize(decided)
             for target, decision in decided:
                 self._net.send(target, result_decision=decision)
             for job in jobs:
