@@ -220,6 +220,10 @@ class Client:
         )
         return self._call(self._stub.ListJobs, req)
 
+    def lineage(self, cid: str, depth: int = 1) -> Any:
+        """LineageResponse: which verified jobs made `cid` and its inputs, `depth` steps back."""
+        return self._call(self._stub.Lineage, client_pb2.LineageRequest(cid=cid, depth=depth))
+
     def cancel(self, job_id: str, reason: str = "") -> Any:
         req = client_pb2.CancelRequest(job_id=job_id, reason=reason)
         return self._call(self._stub.Cancel, req).job

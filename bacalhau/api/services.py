@@ -6,12 +6,12 @@ data, info, the network) and the answer into the reply; errors become statuses i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
-from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2_grpc
+from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from bacalhau.api.auth import caller
 from bacalhau.api.errors import streaming, unary
 from bacalhau.content.cid import CID
@@ -108,6 +108,11 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         return client_pb2.AddDataResponse(cid=cid, size=size)
 
     @unary
+    async def Lineage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        nodes = self.jobs.lineage(request.cid, request.depth)
+        return client_pb2.LineageResponse(nodes=[client_pb2.LineageNode(**n) for n in nodes])
+
+    @unary
     async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         node = self.info.node()
         peers = [
@@ -141,15 +146,33 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
-    def __init__(self, *, network: Network, results: ResultService) -> None:
+    def __init__(
+        self,
+        *,
+        network: Network,
+        results: ResultService,
+        memo: Callable[[str], Any] = lambda key: None,
+    ) -> None:
         self.network = network
         self.results = results
+        self.memo = memo
 
     async def Connect(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async for env in self.network.serve_stream(request_iterator, source=context.peer()):
             yield env
+
+    @unary
+    async def LookupMemo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not 0 < len(request.key) <= 128:
+            raise UsageError("a memo key is a CID of at most 128 characters")
+        entry = self.memo(request.key)
+        if entry is None:
+            return peer_pb2.MemoAnswer(found=False)
+        return peer_pb2.MemoAnswer(
+            found=True, job_id=entry.job_id, result_cid=entry.result_cid, node_ids=entry.node_ids
+        )
 
     @streaming
     async def GetBlocks(

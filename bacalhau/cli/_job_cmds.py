@@ -248,6 +248,7 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
             node_selector=selector,
             resources=types_pb2.Resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory),
             sharding=sharding,
+            no_memo=args.no_memo,
         )
         build(c, spec, env)
         check(spec)  # the node's own rules, before it is asked
@@ -369,6 +370,45 @@ def logs(args: argparse.Namespace) -> int:
             out.buffer.write(chunk.data)
             out.flush()
     return 0
+
+
+def lineage(args: argparse.Namespace) -> int:
+    if not 0 <= args.depth <= 32:
+        raise UsageError(f"--depth must be 0 to 32, not {args.depth}")
+    CID.parse(args.cid)  # InvalidCID: one line, before the node is asked
+    with _client(args) as c:
+        nodes = c.lineage(args.cid, args.depth).nodes
+    docs = [
+        {
+            "cid": n.cid,
+            "depth": n.depth,
+            "job_id": n.job_id or None,
+            "record_cid": n.record_cid or None,
+            "function": _function(n.record),
+            "inputs": list(n.input_cids),
+            "used_by": list(n.used_by),
+        }
+        for n in nodes
+    ]
+    lines = []
+    for d in docs:
+        pad = "  " * d["depth"]
+        made = f"made by {d['job_id']}: {d['function']}" if d["job_id"] else "made by no job known"
+        lines.append(f"{pad}{d['cid']}  {made}")
+        if d["used_by"]:
+            lines.append(f"{pad}  read by {', '.join(d['used_by'])}")
+    _print(docs, args, "\n".join(lines) + "\n")
+    return 0
+
+
+def _function(record: str) -> Any:
+    """The function part of a canonical record (engine, module or program, args), or None."""
+    if not record:
+        return None
+    import json
+
+    doc = json.loads(record)
+    return {"engine": doc.get("engine"), **doc.get("function", {})}
 
 
 def cancel(args: argparse.Namespace) -> int:

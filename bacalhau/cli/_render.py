@@ -97,6 +97,7 @@ def spec_doc(spec: Any) -> dict[str, Any]:
     doc["confidence"] = spec.deal.confidence or None
     doc["min_bids"] = spec.deal.min_bids or None
     doc["node_selector"] = dict(spec.node_selector)
+    doc["no_memo"] = spec.no_memo
     s = spec.sharding
     doc["sharding"] = (
         {
@@ -121,6 +122,7 @@ def job_doc(job: Any, events: list[Any] | None = None) -> dict[str, Any]:
         "updated_at": time_text(job.update_time_unix_nano),
         "spec": spec_doc(job.spec),
         "executions": [execution_doc(ex) for ex in job.executions],
+        "memoized_from": job.memoized_from or None,
     }
     states = shard_states(job)
     doc["shards"] = {"count": len(states), "by_state": dict(Counter(states))}
@@ -158,6 +160,8 @@ def describe_text(doc: dict[str, Any], *, by_shard: bool = False) -> str:
         f"Engine:     {doc['spec']['engine']}"
         + (f"  {doc['spec']['docker']['image']}" if "docker" in doc["spec"] else ""),
     ]
+    if doc.get("memoized_from"):
+        lines.append(f"Memoized:   from {doc['memoized_from']} (its verified result; nothing ran)")
     result = doc.get("result")
     if result:
         of = f", 1 of {result['of']} published: get --execution ID" if result["of"] > 1 else ""

@@ -234,6 +234,14 @@ def _add_job_commands(sub: Any) -> None:
         help="a sharded job's file that two shards both wrote: an error (default), or the "
         "later shard's kept",
     )
+    lineage = add(
+        "lineage",
+        help="which verified job made a CID, from which function and inputs, and who read it",
+    )
+    lineage.add_argument("cid", metavar="CID")
+    lineage.add_argument(
+        "--depth", type=int, default=1, metavar="N", help="input steps to follow back (default 1)"
+    )
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
 
@@ -302,6 +310,11 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="deterministic: results that must agree (default: a majority of 1 or more)",
     )
     run.add_argument(
+        "--no-memo",
+        action="store_true",
+        help="run it even when an equal verified job's result is known (see docs/verification.md)",
+    )
+    run.add_argument(
         "--min-bids",
         type=int,
         default=0,
@@ -353,6 +366,7 @@ _JOB_COMMANDS = {
     "logs": "logs",
     "get": "get",
     "cancel": "cancel",
+    "lineage": "lineage",
 }
 
 

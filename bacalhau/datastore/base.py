@@ -12,7 +12,7 @@ from bacalhau.errors import BacalhauError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: the peer table; 3: shards of sharded jobs
+SCHEMA_VERSION = 4  # 2: the peer table; 3: shards of sharded jobs; 4: memo and lineage
 MAX_TEXT = 4096  # longest message, event detail or stderr tail kept in a record
 
 
@@ -99,6 +99,10 @@ class Tx(Protocol):
 
     def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None: ...
 
+    def put_memo(self, entry: records_pb2.MemoEntry) -> None: ...
+
+    def get_memo(self, key: str) -> records_pb2.MemoEntry | None: ...
+
 
 class Datastore(Protocol):
     """Jobs, their events, and this node's own executions.
@@ -138,6 +142,18 @@ class Datastore(Protocol):
 
     def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
         """Shard `index` of job `job_id` (exact ID), or None."""
+        ...
+
+    def get_memo(self, key: str) -> records_pb2.MemoEntry | None:
+        """The verified result of the memo key `key`, or None."""
+        ...
+
+    def made_by(self, cid: str) -> records_pb2.MemoEntry | None:
+        """The memo entry whose result is `cid` (the job that made it), or None."""
+        ...
+
+    def used_by(self, cid: str) -> list[records_pb2.MemoEntry]:
+        """The memo entries of the jobs that read `cid` as an input."""
         ...
 
     def list_peers(self) -> list[records_pb2.PeerRecord]:

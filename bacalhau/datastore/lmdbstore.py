@@ -11,6 +11,9 @@ Layout (named databases):
   local        execution_id -> LocalExecution                  (executions this node runs)
   peers        node_id -> PeerRecord                           (the peer table)
   shards       job_id + 0x00 + be32(index) -> Shard           (a sharded job's files)
+  memo         memo key -> MemoEntry                           (verified y = f(x))
+  made_by      result CID -> memo key                          (lineage: what made a CID)
+  used_by      input CID + 0x00 + memo key -> b""             (lineage: what read a CID)
 
 Writes queue up for the writer thread, which runs everything queued in one LMDB write
 transaction (each function in its own nested transaction, so a failing one leaves no trace),
@@ -57,7 +60,7 @@ _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
 _SCHEMA_KEY = b"schema_version"
 _DBS = (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client", b"job_states", b"events",
-        b"local", b"peers", b"shards")  # fmt: skip
+        b"local", b"peers", b"shards", b"memo", b"made_by", b"used_by")  # fmt: skip
 
 # Migrations: MIGRATIONS[v] takes a store at version v to v + 1 inside one write transaction.
 Migration = Callable[["LmdbDatastore", lmdb.Transaction], None]
@@ -204,6 +207,17 @@ class _Tx:
     def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
         raw = self._txn.get(_shard_key(job_id, index), db=self._s._db[b"shards"])
         return None if raw is None else types_pb2.Shard.FromString(bytes(raw))
+
+    def get_memo(self, key: str) -> records_pb2.MemoEntry | None:
+        raw = self._txn.get(key.encode(), db=self._s._db[b"memo"]) if key else None
+        return None if raw is None else records_pb2.MemoEntry.FromString(bytes(raw))
+
+    def put_memo(self, entry: records_pb2.MemoEntry) -> None:
+        db = self._s._db
+        self._txn.put(entry.key.encode(), entry.SerializeToString(), db=db[b"memo"])
+        self._txn.put(entry.result_cid.encode(), entry.key.encode(), db=db[b"made_by"])
+        for cid in entry.input_cids:
+            self._txn.put(cid.encode() + b"\x00" + entry.key.encode(), b"", db=db[b"used_by"])
 
 
 class LmdbDatastore(GroupWriter):
@@ -492,6 +506,33 @@ class LmdbDatastore(GroupWriter):
             raw = txn.get(_shard_key(job_id, index), db=self._db[b"shards"])
             return None if raw is None else types_pb2.Shard.FromString(bytes(raw))
 
+    def get_memo(self, key: str) -> records_pb2.MemoEntry | None:
+        with self._read() as txn:
+            return self._memo(txn, key.encode())
+
+    def _memo(self, txn: lmdb.Transaction, key: bytes) -> records_pb2.MemoEntry | None:
+        raw = txn.get(key, db=self._db[b"memo"]) if key else None
+        return None if raw is None else records_pb2.MemoEntry.FromString(bytes(raw))
+
+    def made_by(self, cid: str) -> records_pb2.MemoEntry | None:
+        with self._read() as txn:
+            key = txn.get(cid.encode(), db=self._db[b"made_by"]) if cid else None
+            return None if key is None else self._memo(txn, bytes(key))
+
+    def used_by(self, cid: str) -> list[records_pb2.MemoEntry]:
+        prefix = cid.encode() + b"\x00"
+        out = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db[b"used_by"])
+            if cur.set_range(prefix):
+                for key, _ in cur:
+                    if not bytes(key).startswith(prefix):
+                        break
+                    entry = self._memo(txn, bytes(key)[len(prefix) :])
+                    if entry is not None:
+                        out.append(entry)
+        return out
+
     def list_peers(self) -> list[records_pb2.PeerRecord]:
         with self._read() as txn:
             cur = txn.cursor(db=self._db[b"peers"])
@@ -579,8 +620,14 @@ def _migrate_2_to_3(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
     """Schema 3 adds the `shards` database, which opening the environment created empty."""
 
 
+def _migrate_3_to_4(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
+    """Schema 4 adds `memo`, `made_by` and `used_by`, which opening the environment created
+    empty."""
+
+
 _MIGRATIONS: dict[int, Migration] = {
     0: _migrate_0_to_1,
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
 }

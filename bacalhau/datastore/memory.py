@@ -50,6 +50,7 @@ class _Layer:
     local: dict[str, records_pb2.LocalExecution] = field(default_factory=dict)
     peers: dict[str, records_pb2.PeerRecord | None] = field(default_factory=dict)  # None: gone
     shards: dict[tuple[str, int], types_pb2.Shard] = field(default_factory=dict)
+    memo: dict[str, records_pb2.MemoEntry] = field(default_factory=dict)
 
     def absorb(self, other: _Layer, bottom: bool = False) -> None:
         self.jobs.update(other.jobs)
@@ -58,6 +59,7 @@ class _Layer:
         self.local.update(other.local)
         self.peers.update(other.peers)
         self.shards.update(other.shards)
+        self.memo.update(other.memo)
         if bottom:  # nothing below to hide: a deletion is just an absence
             for node_id in [n for n, rec in self.peers.items() if rec is None]:
                 del self.peers[node_id]
@@ -140,6 +142,15 @@ class _Tx:
 
     def put_shard(self, shard: types_pb2.Shard) -> None:
         self.own.shards[(shard.job_id, shard.index)] = copy.deepcopy(shard)
+
+    def put_memo(self, entry: records_pb2.MemoEntry) -> None:
+        self.own.memo[entry.key] = copy.deepcopy(entry)
+
+    def get_memo(self, key: str) -> records_pb2.MemoEntry | None:
+        for layer in reversed(self._layers):
+            if key in layer.memo:
+                return copy.deepcopy(layer.memo[key])
+        return None
 
     def get_shard(self, job_id: str, index: int) -> types_pb2.Shard | None:
         for layer in reversed(self._layers):
@@ -239,6 +250,21 @@ class MemoryDatastore(GroupWriter):
         with self._lock:
             shard = self._committed.shards.get((job_id, index))
         return None if shard is None else copy.deepcopy(shard)
+
+    def get_memo(self, key: str) -> records_pb2.MemoEntry | None:
+        with self._lock:
+            entry = self._committed.memo.get(key)
+        return None if entry is None else copy.deepcopy(entry)
+
+    def made_by(self, cid: str) -> records_pb2.MemoEntry | None:
+        with self._lock:
+            found = [e for e in self._committed.memo.values() if e.result_cid == cid]
+        return copy.deepcopy(found[-1]) if found else None
+
+    def used_by(self, cid: str) -> list[records_pb2.MemoEntry]:
+        with self._lock:
+            found = [e for e in self._committed.memo.values() if cid in e.input_cids]
+        return [copy.deepcopy(e) for e in sorted(found, key=lambda e: e.key)]
 
     def list_peers(self) -> list[records_pb2.PeerRecord]:
         with self._lock:

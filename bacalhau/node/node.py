@@ -236,6 +236,7 @@ class Node:
             max_timeout_s=cfg.max_job_timeout_s,
             max_spec_bytes=cfg.max_spec_bytes,
             access=access,
+            ask_peers=self._ask_memo,
         )
         info = InfoService(
             node_id=self.node_id,
@@ -251,7 +252,7 @@ class Node:
             info=info,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
-        peers = PeerServicer(network=self.network, results=self.results)
+        peers = PeerServicer(network=self.network, results=self.results, memo=self.store.get_memo)
         peer_pb2_grpc.add_PeerServiceServicer_to_server(peers, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -282,6 +283,28 @@ class Node:
             self.network.dial(peer)
         _write_atomic(cfg.data_dir / ADDRESS_FILE, self.address + "\n")
         log.info("node %s serving on %s", self.node_id, self.address)
+
+    async def _ask_memo(self, key: str) -> Any:
+        """An equal job's verified result from a connected peer that knows one (peers this
+        node penalised are not asked), or None; at most a second of waiting."""
+        asked = [n for n in self.network.connected() if self.requester.trusts(n)]
+
+        async def ask(node_id: str) -> Any:
+            channel = self.network.channel_to(node_id)
+            if channel is None:
+                return None
+            try:
+                answer = await peer_pb2_grpc.PeerServiceStub(channel).LookupMemo(
+                    peer_pb2.MemoQuery(key=key), timeout=1.0
+                )
+            except grpc.RpcError:
+                return None
+            return answer if answer.found and answer.result_cid else None
+
+        for answer in await asyncio.gather(*(ask(n) for n in asked)):
+            if answer is not None:
+                return answer
+        return None
 
     def _input_size(self, cid_text: str) -> int | None:
         """What the DAG under a CID weighs by its root block here; None if not here."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bacalhau import spec as jobspec
-from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
 from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import BacalhauError, JobStateError
 from bacalhau.models import (
@@ -156,6 +156,41 @@ class Ledger:
                 tx.put_shard(pb.Shard(job_id=job.id, index=index, inputs=inputs))
             tx.put_job(job)
             tx.add_event(event(job, "JobCreated", node_id=self.node_id))
+            return job
+
+        return await self._write(write)
+
+    async def create_memoized(self, spec: Any, client_id: str, memo: Any) -> Any:
+        """Store a new job answered with an equal job's verified result (`memo`, a MemoEntry
+        or MemoAnswer): completed at once, its one execution that result; nothing is run."""
+        now = now_ns()
+        job = pb.Job(
+            id=new_id("j"),
+            spec=spec,
+            client_id=client_id,
+            state=JobState.COMPLETED.pb,
+            requester_node_id=self.node_id,
+            create_time_unix_nano=now,
+            update_time_unix_nano=now,
+            memoized_from=memo.job_id,
+        )
+        ex = job.executions.add(
+            id=new_id("e"),
+            job_id=job.id,
+            node_id=memo.node_ids[0] if memo.node_ids else self.node_id,
+            state=E.PUBLISHED.pb,
+            result_cid=memo.result_cid,
+            exit_code=0,
+            create_time_unix_nano=now,
+            update_time_unix_nano=now,
+        )
+
+        def write(tx: Tx) -> Any:
+            tx.put_job(job)
+            tx.add_event(event(job, "JobCreated", node_id=self.node_id))
+            detail = f"memoized from {memo.job_id}: its verified result {memo.result_cid}"
+            tx.add_event(event(job, "JobMemoized", ex, detail, node_id=self.node_id))
+            tx.add_event(event(job, "JobCompleted", node_id=self.node_id))
             return job
 
         return await self._write(write)
@@ -407,6 +442,27 @@ class Ledger:
         tx.add_event(event(job, "JobRequeued", detail=detail, node_id=node_id))
         return job
 
+    def _remember(self, tx: Tx, job: Any) -> None:
+        """A completed memoizable job's verified result, by its memo key (the first kept)."""
+        record = jobspec.memo_record(job.spec)
+        if record is None or job.memoized_from:
+            return
+        key = jobspec.memo_key(record)
+        if tx.get_memo(key) is not None:
+            return
+        good = [ex for ex in job.executions if ex.state == E.PUBLISHED.pb]
+        tx.put_memo(
+            records_pb2.MemoEntry(
+                key=key,
+                job_id=job.id,
+                result_cid=good[0].result_cid,
+                node_ids=sorted({ex.node_id for ex in good}),
+                record=record,
+                time_unix_nano=now_ns(),
+                input_cids=sorted({i.cid for i in job.spec.inputs}),
+            )
+        )
+
     def _retry(self, tx: Tx, job: Any, ex: Any) -> Any:
         """The job, if the failed execution's shard may be tried again on another node (an
         event says so), else None."""
@@ -434,6 +490,7 @@ class Ledger:
         if len(published) >= shard_count(job):
             set_job_state(job, JobState.COMPLETED)
             tx.add_event(event(job, "JobCompleted", node_id=self.node_id))
+            self._remember(tx, job)
             return
         failed = [
             ex

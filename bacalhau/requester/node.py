@@ -151,6 +151,10 @@ class Requester:
         self._announce(job)
         return job
 
+    async def submit_memoized(self, spec: Any, client_id: str, memo: Any) -> Any:
+        """Store a job answered with an equal job's verified result (nothing is run)."""
+        return await self.ledger.create_memoized(spec, client_id, memo)
+
     async def cancel(self, job_id: str, reason: str) -> Any:
         """Cancel a job that is not final; tell the nodes running it. Raises JobStateError."""
         job_id = self._store.get_job(job_id).id
@@ -318,6 +322,10 @@ class Requester:
             if len(self._marked) > 10_000:
                 self._marked = {n: t for n, t in self._marked.items() if t > now}
         return lie
+
+    def trusts(self, node_id: str) -> bool:
+        """Whether the node is not penalised here (a result of its lost a verification)."""
+        return self._penalized.get(node_id, 0.0) <= time.time()
 
     def _penalize(self, decisions: list[tuple[str, Any]]) -> None:
         """The nodes whose results lost to an accepted one (as the ledger recorded): no work

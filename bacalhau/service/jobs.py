@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bacalhau import spec as jobspec
+from bacalhau.content.cid import CID
 from bacalhau.datastore import Datastore
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
 from bacalhau.engines import blockstore_head
@@ -23,7 +24,13 @@ from bacalhau.service.shards import expand
 from bacalhau.service.watch import JobWatch
 
 _LOG_STREAMS = (("stdout", STDOUT), ("stderr", STDERR))
+MAX_LINEAGE_DEPTH = 32
+MAX_LINEAGE_NODES = 1000
 _LOG_CHUNK = 64 << 10
+
+
+async def _nobody(key: str) -> None:
+    return None
 
 
 def _with(job: Any, executions: list[Any]) -> Any:
@@ -53,6 +60,7 @@ class JobService:
         watch: JobWatch,
         results: ResultService,
         on_submit: Callable[[], None] = lambda: None,
+        ask_peers: Callable[[str], Awaitable[Any]] | None = None,
         max_timeout_s: float = jobspec.MAX_TIMEOUT_S,
         max_spec_bytes: int = jobspec.MAX_SPEC_BYTES,
         access: Access | None = None,
@@ -62,6 +70,7 @@ class JobService:
         self._watch = watch
         self._results = results
         self._on_submit = on_submit
+        self._ask_peers = ask_peers or _nobody
         self._max_timeout_s = max_timeout_s
         self._max_spec_bytes = max_spec_bytes
         self.access = access or Access()
@@ -74,12 +83,65 @@ class JobService:
         """
         self.access.check_submit(caller)
         await asyncio.to_thread(self._check, spec)
+        record = jobspec.memo_record(spec)
+        if record is not None:
+            # The canonical record is content too: lineage names it by its CID.
+            await asyncio.to_thread(self._results.store_raw, record)
+            if not spec.no_memo:
+                memo = await self._memo(jobspec.memo_key(record))
+                if memo is not None:
+                    job = await self._requester.submit_memoized(spec, caller.user_id, memo)
+                    self._on_submit()
+                    return job
         shards = None
         if jobspec.is_sharded(spec):
             shards = await expand(spec, self._results.peek)
         job = await self._requester.submit(spec, caller.user_id, shards)
         self._on_submit()
         return job
+
+    def lineage(self, cid_text: str, depth: int = 1) -> list[dict[str, Any]]:
+        """Breadth first from `cid_text`: for each CID, the verified job that made it (its
+        record and input CIDs) and the jobs that read it; back `depth` input steps (at most
+        MAX_LINEAGE_DEPTH), at most MAX_LINEAGE_NODES CIDs. Raises InvalidCID, UsageError."""
+        if not 0 <= depth <= MAX_LINEAGE_DEPTH:
+            raise UsageError(f"depth must be 0 to {MAX_LINEAGE_DEPTH}, not {depth}")
+        start = str(CID.parse(cid_text))
+        steps = max(depth, 1)
+        out: list[dict[str, Any]] = []
+        seen = {start}
+        level, d = [start], 0
+        while level and d <= steps:
+            following = []
+            for cid in level:
+                made = self._store.made_by(cid)
+                inputs = list(made.input_cids) if made else []
+                out.append(
+                    {
+                        "cid": cid,
+                        "depth": d,
+                        "job_id": made.job_id if made else "",
+                        "record": made.record.decode() if made else "",
+                        "record_cid": made.key if made else "",
+                        "input_cids": inputs,
+                        "used_by": [e.job_id for e in self._store.used_by(cid)],
+                    }
+                )
+                if len(out) >= MAX_LINEAGE_NODES:
+                    return out
+                if d < steps:
+                    following += [i for i in inputs if i not in seen]
+                    seen.update(inputs)
+            level, d = following, d + 1
+        return out
+
+    async def _memo(self, key: str) -> Any:
+        """The verified result known for a memo key: this node's, else the first peer's that
+        knows one (a peer penalised here is not asked)."""
+        entry = self._store.get_memo(key)
+        if entry is not None:
+            return entry
+        return await self._ask_peers(key)
 
     def _check(self, spec: Any) -> None:
         jobspec.check(spec)

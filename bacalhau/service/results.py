@@ -3,12 +3,13 @@ this node, reading its files, and serving blocks to clients and peers."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from bacalhau.blockstore import Blockstore
 from bacalhau.content import dag
-from bacalhau.content.cid import CID
+from bacalhau.content.cid import CID, RAW
 from bacalhau.content.errors import NotFound
 from bacalhau.models import ExecutionState, JobState
 from bacalhau.network import DagFetcher, serve_blocks
@@ -56,6 +57,14 @@ class ResultService:
         root = bytes(CID.parse(cid_text))
         await self._dags.fetch(root, holders)
         return root
+
+    def store_raw(self, data: bytes) -> str:
+        """Store `data` as one raw block (CIDv1), pinned; its CID."""
+        cid = CID(1, RAW, hashlib.sha256(data).digest())
+        with self.blockstore.batch() as batch:
+            batch.put(bytes(cid), data)
+            batch.pin(bytes(cid))
+        return str(cid)
 
     async def peek(self, cids: list[bytes]) -> dict[bytes, bytes]:
         """These blocks, from this node's blockstore or read from peers without storing them

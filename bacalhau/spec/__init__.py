@@ -8,6 +8,7 @@ Engine sections (`check_wasm`, ...) are also what `bacalhau.engines` adapters ch
 
 from __future__ import annotations
 
+from bacalhau.spec._memo import MEMO_VERSION, memo_key, memo_record
 from bacalhau.spec._problems import Problem, SpecError
 from bacalhau.spec._python import (
     GUEST_APP,
@@ -90,6 +91,7 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "MAX_TIMEOUT_S",
     "MAX_URL_LENGTH",
+    "MEMO_VERSION",
     "OUTPUT_NAME",
     "RESERVED_OUTPUT_NAMES",
     "RESERVED_PATHS",
@@ -125,6 +127,8 @@ __all__ = [
     "glob_match",
     "is_sharded",
     "locality_cids",
+    "memo_key",
+    "memo_record",
     "mount_paths",
     "parse_url_list",
     "retries",
