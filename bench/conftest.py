@@ -84,6 +84,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         p50 = MEDIANS["job_latency"]
         ratio = f"  ({p50 / rtt:.0f}x a gRPC round trip)" if rtt else ""
         tr.write_line(f"{'job latency p50':>22}: {p50 * 1e3:8.2f} ms submit-to-completed{ratio}")
+    if "memo_latency" in MEDIANS:
+        memo = MEDIANS["memo_latency"]
+        real = MEDIANS.get("job_latency")
+        ratio = f"  ({memo / real:.2f}x the same job run for real)" if real else ""
+        tr.write_line(f"{'memoized job p50':>22}: {memo * 1e3:8.2f} ms submit-to-completed{ratio}")
     for name, base, what in (
         ("call_signed", "call_plain", "client call"),
         ("packet_sealed", "packet_plain", "peer packet"),

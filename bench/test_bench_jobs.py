@@ -72,3 +72,15 @@ def test_jobs_per_second(benchmark: Any, client: Client, spec: Any, record: Reco
     finally:
         pool.shutdown()
     record("jobs_batch", benchmark)
+
+
+def test_memoized_job_latency(benchmark: Any, client: Client, spec: Any, record: Record) -> None:
+    """An equal deterministic, verified job answered from the memo (nothing runs)."""
+    memo = types_pb2.JobSpec()
+    memo.CopyFrom(spec)
+    memo.wasm.deterministic = True
+    memo.wasm.args[:] = ["memo"]
+    memo.deal.verifier = "deterministic"
+    one_job(client, memo)  # the verified run the others are answered with
+    benchmark.pedantic(one_job, args=(client, memo), rounds=60, iterations=1, warmup_rounds=5)
+    record("memo_latency", benchmark)
