@@ -88,3 +88,11 @@ def test_the_spec_bounds_confidence_and_names_unknown_verifiers() -> None:
     bad = pb.JobSpec(deal=pb.Deal(concurrency=2, confidence=3, verifier="majority", min_bids=5000))
     fields = {p.field for p in jobspec.check_verification(bad.deal)}
     assert fields == {"deal.verifier", "deal.confidence", "deal.min_bids"}
+
+
+def test_a_shard_run_alone_by_adaptive_replication_stands_by_itself() -> None:
+    alone = ex(1, E.RESULT_PROPOSED, "A")
+    alone.trusted = True
+    assert verdicts([alone], confidence=2) == {"e1": (True, "")}
+    # among others (a spot check), the confidence holds again
+    assert verdicts([ex(1, E.RESULT_PROPOSED, "A")], confidence=2)["e1"][0] is False

@@ -268,8 +268,11 @@ class Ledger:
 
         await self._write(write)
 
-    async def select(self, job_id: str, shard: int, chosen: set[str]) -> list[Decision]:
-        """Accept the proposed bids of `chosen` nodes for a shard, reject the others."""
+    async def select(
+        self, job_id: str, shard: int, chosen: set[str], *, trusted: bool = False
+    ) -> list[Decision]:
+        """Accept the proposed bids of `chosen` nodes for a shard, reject the others; with
+        `trusted`, the one chosen runs alone by adaptive replication (an event says so)."""
 
         def write(tx: Tx) -> list[Decision]:
             job = tx.get_job(job_id)
@@ -281,7 +284,12 @@ class Ledger:
                 accepted = not final and ex.node_id in chosen
                 if not final:
                     set_execution_state(ex, E.BID_ACCEPTED if accepted else E.BID_REJECTED)
-                    tx.add_event(event(job, "BidAccepted" if accepted else "BidRejected", ex))
+                    detail = ""
+                    if accepted and trusted:
+                        ex.trusted = True
+                        detail = "runs alone: its node has a long verified record"
+                    kind = "BidAccepted" if accepted else "BidRejected"
+                    tx.add_event(event(job, kind, ex, detail))
                 decisions.append(Decision(ex.node_id, ex.id, shard, accepted))
             if final:
                 return decisions

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from array import array
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ T = TypeVar("T")
 __all__ = ["JobStateError", "Requester"]
 
 _FINAL_JOB_STATES = frozenset(s.pb for s in JobState if s.is_terminal)
+TRUSTED_AFTER = 20  # accepted results (none lost) after which a node may run verified jobs alone
+SPOT_CHECK_RATE = 0.1  # the share of those it still runs among others, to check it
 MARKED_S = 3600.0  # how long the bids of a node that made an impossible claim are refused
 
 
@@ -68,12 +71,16 @@ class Requester:
         self._store = store
         self.ledger = Ledger(store, network.node_id, penalty_s)
         self._penalty_s = penalty_s
+        known = store.list_peers()
         # node -> time.time() until which it gets no work here (a result of its lost)
         self._penalized: dict[str, float] = {
             p.node_id: p.penalized_until_unix_nano / 1e9
-            for p in store.list_peers()
+            for p in known
             if p.penalized_until_unix_nano / 1e9 > time.time()
         }
+        # node -> (its results that agreed with others' here, its results that lost here); a
+        # restart starts the first count again (the peer table counts every accepted result)
+        self._record = {p.node_id: (0, p.results_rejected) for p in known}
         self._bid_window_s = bid_window_s
         self._node_lost_s = node_lost_s
         self._queue_timeout_s = queue_timeout_s
@@ -328,13 +335,20 @@ class Requester:
         return self._penalized.get(node_id, 0.0) <= time.time()
 
     def _penalize(self, decisions: list[tuple[str, Any]]) -> None:
-        """The nodes whose results lost to an accepted one (as the ledger recorded): no work
-        from here for the penalty time."""
+        """Each node's record, as the ledger keeps it; the nodes whose results lost to an
+        accepted one get no work from here for the penalty time."""
+        if sum(d.accepted for _, d in decisions) >= 2:  # results that agreed across nodes
+            for node_id, d in decisions:
+                if d.accepted:
+                    accepted, rejected = self._record.get(node_id, (0, 0))
+                    self._record[node_id] = (accepted + 1, rejected)
         if not any(d.accepted for _, d in decisions):
             return
         until = time.time() + self._penalty_s
         for node_id, d in decisions:
             if not d.accepted:
+                accepted, rejected = self._record.get(node_id, (0, 0))
+                self._record[node_id] = (accepted, rejected + 1)
                 log.warning("node %s returned a result that lost a verification", node_id)
                 self._penalized[node_id] = until
 
@@ -388,7 +402,19 @@ class Requester:
                 self._loop.call_soon(self._plan, rnd.job_id)
             batch.append(rnd)
             return
+        if want > 1 and rnd.spec.deal.verifier == "deterministic":
+            # Adaptive replication: a node with a long verified record runs it alone, but for
+            # a random spot check now and then; a new or penalised one runs among others.
+            best = rnd.choose(1, self._placed)
+            if self._proven(next(iter(best))) and random.random() >= SPOT_CHECK_RATE:
+                self._place(rnd, best, trusted=True)
+                return
         self._place(rnd, rnd.choose(want, self._placed))
+
+    def _proven(self, node_id: str) -> bool:
+        """A long verified record here: TRUSTED_AFTER accepted results, none that lost."""
+        accepted, rejected = self._record.get(node_id, (0, 0))
+        return accepted >= TRUSTED_AFTER and not rejected and self.trusts(node_id)
 
     def _plan(self, job_id: str) -> None:
         """Place the shards of a job whose rounds closed in one go (`bacalhau._fast.planner`):
@@ -423,7 +449,7 @@ class Requester:
         for r, at in zip(rounds, placed, strict=True):
             self._place(r, {nodes[at]} if at >= 0 else r.choose(1, self._placed))
 
-    def _place(self, rnd: Round, chosen: set[str]) -> None:
+    def _place(self, rnd: Round, chosen: set[str], *, trusted: bool = False) -> None:
         """Tell the ledger (then the bidders) whom the round chose."""
         for node_id in chosen:
             self._placed[node_id] = self._placed.get(node_id, 0) + 1
@@ -439,7 +465,11 @@ class Requester:
                 )
                 self._net.send(d.node_id, bid_decision=msg)
 
-        self._spawn(self.ledger.select(rnd.job_id, rnd.shard, chosen), "selecting bids", send)
+        self._spawn(
+            self.ledger.select(rnd.job_id, rnd.shard, chosen, trusted=trusted),
+            "selecting bids",
+            send,
+        )
 
     # -- execution progress ----------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 It decides once none of the shard's executions is still running: the proposed results are
 grouped by result CID; the largest group is accepted if it has at least `confidence` members
-(`deal.confidence`, at least 1) and no other group is as large; every other proposed result is
+(`deal.confidence`, at least 1; 1 for a shard run alone by adaptive replication, its
+executions `trusted`) and no other group is as large; every other proposed result is
 rejected, naming what it disagreed with. With no such group, every proposed result is rejected,
 naming each node's CID: the shard has no verified result.
 """
@@ -34,6 +35,8 @@ class DeterministicVerifier:
             groups[ex.result_cid].append(ex)
         ranked = sorted(groups.items(), key=lambda kv: len(kv[1]), reverse=True)
         need = max(spec.deal.confidence, 1)
+        if all(ex.trusted for ex in [*accepted, *proposed]):
+            need = 1  # adaptive replication: run alone on a node with a long verified record
         best_cid, best = ranked[0]
         tied = len(ranked) > 1 and len(ranked[1][1]) == len(best)
         if len(best) >= need and not tied:

@@ -102,3 +102,42 @@ def test_with_several_results_get_says_which_and_can_pick_another(
     assert a != b  # two nodes' containers: two host names
     missing = ctl("get", job, "--execution", "e-nope", "--output-dir", str(tmp_path / "x"))
     assert "has no execution e-nope" in missing.one_line_error()
+
+
+def test_nodes_with_a_long_verified_record_run_verified_jobs_alone(
+    tmp_path: Path,
+) -> None:
+    """Adaptive replication: after TRUSTED_AFTER agreeing results, a node runs a verified job
+    alone (but for spot checks); its result stands by itself."""
+    from bacalhau._pb.bacalhau.v1 import types_pb2
+    from bacalhau.client import Client
+    from bacalhau.requester.node import TRUSTED_AFTER
+    from tests.integration.conftest import ECHO_WASM
+
+    nodes: list[NodeProc] = []
+    try:
+        for i in range(3):
+            peers = (nodes[0].address,) if nodes else ()
+            nodes.append(start_node(tmp_path / f"n{i}", name=f"n{i}", peers=peers))
+        wait_connected(nodes)
+        with Client(nodes[0].address, timeout=60) as c:
+            module = c.add_file(ECHO_WASM).cid
+            jobs = []
+            for i in range(TRUSTED_AFTER + 15):
+                spec = types_pb2.JobSpec(
+                    engine="wasm",
+                    wasm=types_pb2.WasmSpec(module_cid=module, args=["n", str(i)],
+                                            deterministic=True),
+                    outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+                    deal=types_pb2.Deal(concurrency=3, confidence=2, verifier="deterministic"),
+                )  # fmt: skip
+                jobs.append(c.wait(c.submit(spec).job_id).job)
+        assert all(j.state == types_pb2.JOB_STATE_COMPLETED for j in jobs)
+        ran = [[e for e in j.executions if e.state == types_pb2.EXECUTION_STATE_PUBLISHED]
+               for j in jobs]  # fmt: skip
+        assert all(len(r) == 3 and not r[0].trusted for r in ran[:TRUSTED_AFTER])
+        alone = [r for r in ran[TRUSTED_AFTER:] if len(r) == 1]
+        assert alone and all(r[0].trusted for r in alone)  # 90% of them, but for spot checks
+    finally:
+        for n in nodes:
+            n.stop()
