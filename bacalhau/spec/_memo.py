@@ -4,7 +4,7 @@ A job is memoizable when its result can only be what its function makes of its i
 or python job run `deterministic`, verified by the deterministic verifier, whose inputs are all
 by CID (a URL's content may change), not sharded. Its canonical record is one JSON object (keys
 sorted, no spaces, UTF-8) naming the engine, the function (module or context and program or
-code, entry point, args, env), the inputs (CID and mount path, sorted by mount path) and the
+code, entry point, args, env values by their SHA-256), the inputs (CID and mount path, sorted by mount path) and the
 outputs (name and path, in order); its key is the CID (v1, raw, sha2-256) of those bytes.
 docs/verification.md has a test vector.
 """
@@ -32,7 +32,7 @@ def memo_record(spec: Any) -> bytes | None:
             "module": w.module_cid,
             "entry_point": w.entry_point or "_start",
             "args": list(w.args),
-            "env": dict(w.env),
+            "env": _env(w.env),
         }
     elif spec.engine == "python" and spec.python.deterministic:
         p = spec.python
@@ -41,7 +41,7 @@ def memo_record(spec: Any) -> bytes | None:
             "program": p.program,
             "code": p.code,
             "args": list(p.args),
-            "env": dict(p.env),
+            "env": _env(p.env),
         }
     else:
         return None
@@ -56,6 +56,12 @@ def memo_record(spec: Any) -> bytes | None:
         "outputs": [{"name": o.name, "path": o.path} for o in spec.outputs],
     }
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _env(env: Any) -> dict[str, str]:
+    """Env values by their SHA-256: they change the key, and the record (a public block, shown
+    by lineage) does not reveal them (users put tokens in env)."""
+    return {k: "sha256:" + hashlib.sha256(v.encode()).hexdigest() for k, v in env.items()}
 
 
 def memo_key(record: bytes) -> str:
