@@ -402,9 +402,10 @@ class Requester:
                 self._loop.call_soon(self._plan, rnd.job_id)
             batch.append(rnd)
             return
-        if want > 1 and rnd.spec.deal.verifier == "deterministic":
+        if want > 1 and rnd.spec.deal.verifier == "deterministic" and rnd.spec.deal.confidence <= 1:
             # Adaptive replication: a node with a long verified record runs it alone, but for
-            # a random spot check now and then; a new or penalised one runs among others.
+            # a random spot check now and then; a new or penalised one runs among others. A
+            # job that asks for a confidence of 2 or more always gets it.
             best = rnd.choose(1, self._placed)
             if self._proven(next(iter(best))) and random.random() >= SPOT_CHECK_RATE:
                 self._place(rnd, best, trusted=True)

@@ -18,7 +18,8 @@ from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
 from bacalhau.content.errors import NotFound
 
-MAX_FILES = 1_000_000  # files a sharded job's inputs may expand to
+MAX_FILES = 200_000  # files a sharded job's inputs may expand to
+MAX_BLOCKS = 2 * MAX_FILES  # folder and file blocks looked at to find them
 _SHOWN = 5  # paths named when a pattern matches none
 
 
@@ -78,7 +79,11 @@ async def _files(peek: Peek, root: bytes, most: int) -> list[tuple[str, str]]:
     out; raw leaves are files without a look. Stops past `most` files."""
     files: list[tuple[str, str]] = []
     level: list[tuple[str, bytes]] = [("", root)]
+    looked = 0
     while level and len(files) <= most:
+        looked += len(level)
+        if looked > MAX_BLOCKS:  # folders upon folders: as bounded as files are
+            raise _problem(f"the inputs under the base path hold more than {MAX_BLOCKS} entries")
         look = [cid for _, cid in level if CID.from_bytes(cid).codec != RAW]
         blocks = await peek(look) if look else {}
         following: list[tuple[str, bytes]] = []

@@ -129,7 +129,7 @@ def test_nodes_with_a_long_verified_record_run_verified_jobs_alone(
                     wasm=types_pb2.WasmSpec(module_cid=module, args=["n", str(i)],
                                             deterministic=True),
                     outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
-                    deal=types_pb2.Deal(concurrency=3, confidence=2, verifier="deterministic"),
+                    deal=types_pb2.Deal(concurrency=3, verifier="deterministic"),
                 )  # fmt: skip
                 jobs.append(c.wait(c.submit(spec).job_id).job)
         assert all(j.state == types_pb2.JOB_STATE_COMPLETED for j in jobs)
