@@ -81,11 +81,14 @@ def test_to_request_gives_run_request_fields(tmp_path: Path) -> None:
     module.write_bytes(ECHO_WASM.read_bytes())
     context = tmp_path / "context"
     context.mkdir()
-    wasm = _spec(wasm=pb.WasmSpec(module_cid=CID0, args=["a", "b"], env={"K": "V"}))
+    wasm = _spec(
+        wasm=pb.WasmSpec(module_cid=CID0, args=["a", "b"], env={"K": "V"}, deterministic=True)
+    )
     assert get("wasm").to_request(wasm, {"module": module}, "j-1", "e-1") == {
         "module": module,
         "args": ["a", "b"],
         "env": {"K": "V"},
+        "deterministic": True,
     }
     with pytest.raises(KeyError):
         get("wasm").to_request(wasm, {}, "j-1", "e-1")
