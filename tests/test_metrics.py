@@ -174,3 +174,18 @@ def test_port_in_use_is_a_metrics_error(served: tuple[Registry, int]) -> None:
     reg, port = served
     with pytest.raises(MetricsError, match="cannot serve metrics"):
         start_http_server(reg, "127.0.0.1", port)
+
+
+def test_a_histogram_counts_in_cumulative_buckets_with_sum_and_count() -> None:
+    from bacalhau.observability import Histogram, Registry
+
+    registry = Registry()
+    h = Histogram("t_seconds", "Times.", ["what"], buckets=(0.1, 1.0), registry=registry)
+    for v in (0.05, 0.5, 0.5, 3.0, float("nan"), -1.0):
+        h.observe(v, what="x")
+    text = registry.render()
+    assert '# TYPE t_seconds histogram' in text
+    assert 't_seconds_bucket{what="x",le="0.1"} 1' in text
+    assert 't_seconds_bucket{what="x",le="1"} 3' in text
+    assert 't_seconds_bucket{what="x",le="+Inf"} 4' in text
+    assert 't_seconds_sum{what="x"} 4.05' in text and 't_seconds_count{what="x"} 4' in text

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import re
 import signal
+import time
 from pathlib import Path
 
 from bacalhau import engines as engine_registry
@@ -69,10 +72,15 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--penalty must be 0 to {spec.MAX_TIMEOUT_S * 30:g} s, not {args.penalty}"
         )
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.log_format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     if os.environ.get(BAD_ACTOR_ENV) == "1":
         logging.getLogger("bacalhau").warning(
             "THIS NODE IS A BAD ACTOR: it returns wrong results on purpose "
@@ -116,6 +124,31 @@ def serve(args: argparse.Namespace) -> int:
         max_upload_bytes=_size(args.max_upload_size, "--max-upload-size"),
     )
     return asyncio.run(_run(Node(config)))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the job and execution IDs
+    the message names (`job_id`, `execution_id`), for log pipelines."""
+
+    converter = time.gmtime  # type: ignore[assignment]  # the "Z" is true
+    _JOB = re.compile(r"\bj-[0-9a-f]{8}-[0-9a-f-]{27}\b")
+    _EXECUTION = re.compile(r"\be-[0-9a-f]{8}-[0-9a-f-]{27}\b")
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        for key, pattern in (("job_id", self._JOB), ("execution_id", self._EXECUTION)):
+            found = pattern.search(message)
+            if found:
+                doc[key] = found.group(0)
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
 
 
 def _tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, bytes | None]:

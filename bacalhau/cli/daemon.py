@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
         "refused and nothing of it kept (default 10Gi; 0: no limit)",
     )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default), or json: one object a line with time, level, logger, message "
+        "and the job and execution IDs it names",
+    )
 
     dev = sub.add_parser(
         "devstack",

@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ class Runner:
         """`bad_actor` (devstack --bad-actors only): every result is made wrong on purpose."""
         self.allocator = allocator
         self.bad_actor = bad_actor
+        # (what, engine, seconds) of each run and result stored, for the node's histograms
+        self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
         self._blocks = blockstore
         self._scratch = scratch
         self._released = asyncio.Event()  # set whenever resources are given back
@@ -74,9 +78,12 @@ class Runner:
     ) -> tuple[RunResult, str]:
         workdir = Path(tempfile.mkdtemp(prefix="exec-", dir=self._scratch))
         try:
+            started = time.monotonic()
             result = executor.run(RunRequest(workdir=workdir, **request), cancel)
+            self.on_timing("execution", executor.name, time.monotonic() - started)
             if result.error == "cancelled":
                 return result, ""
+            started = time.monotonic()
             stdout = result.stdout
             if self.bad_actor:  # a different lie every time: bad actors cannot agree either
                 stdout += f"\nBAD ACTOR {os.urandom(8).hex()}\n".encode()
@@ -84,6 +91,7 @@ class Runner:
             cid = publish_result(
                 self._blocks, result.outputs_dir, stdout, result.stderr, result.exit_code
             )
+            self.on_timing("result_storage", executor.name, time.monotonic() - started)
             return result, cid
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

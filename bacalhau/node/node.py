@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
 from bacalhau.network.dispatch import Dispatcher
 from bacalhau.network.peers import API_VERSION, MAX_PEERS
 from bacalhau.node.peer_table import PeerTable
-from bacalhau.observability import Counter, Gauge, Registry, start_http_server
+from bacalhau.observability import Counter, Gauge, Histogram, Registry, start_http_server
 from bacalhau.requester.node import Requester
 from bacalhau.service import (
     Access,
@@ -56,6 +58,8 @@ from bacalhau.service.data import DEFAULT_MAX_UPLOAD
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
+LIVENESS_WAIT_S = 2.0  # /livez: how long the event loop may take to run a no-op
+HEALTH_MIN_FREE = 1 << 30  # /healthz: the least free space on the data directory's disk
 
 __all__ = ["ADDRESS_FILE", "Node", "NodeConfig"]
 
@@ -113,6 +117,7 @@ class Node:
         """Open the stores, bind the gRPC port, start dialing peers."""
         cfg = self.config
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self.store = LmdbDatastore(cfg.data_dir / layout.DATASTORE_DIR)
         self.blockstore = Blockstore(cfg.data_dir / layout.BLOCKS_DIR)
         self.watch = JobWatch(loop)
@@ -383,11 +388,65 @@ class Node:
                 ("packets",): float(self.network.packets_sent),
             },
         )
+        Gauge(
+            "bacalhau_build_info",
+            "1, labelled with the version of bacalhaud and of Python it runs on.",
+            ["version", "python"],
+            registry=registry,
+            callback=lambda: {(__version__, platform.python_version()): 1.0},
+        )
+        timings = Histogram(
+            "bacalhau_duration_seconds",
+            "How long things take, by what (job: submit to final; bid_round: announce to "
+            "selection; execution: the program's run; result_storage: adding its result) and "
+            "engine.",
+            ["what", "engine"],
+            registry=registry,
+        )
+
+        def timing(what: str, engine: str, seconds: float) -> None:
+            timings.observe(seconds, what=what, engine=engine)
+
+        self.requester.on_timing = timing
+        self.compute.runner.on_timing = timing
         if self.config.metrics_port is None:
             return
+        checks = {"livez": self._live, "readyz": self._ready, "healthz": self._healthy}
         self._metrics_server, self.metrics_port = start_http_server(
-            registry, self.config.host, self.config.metrics_port
+            registry, self.config.host, self.config.metrics_port, checks
         )
+
+    def _live(self) -> list[str]:
+        """The event loop still runs what it is given (called from the metrics thread)."""
+        loop = self._loop
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(LIVENESS_WAIT_S)
+        except (TimeoutError, RuntimeError):
+            return [f"the event loop did not answer within {LIVENESS_WAIT_S:g} s"]
+        return []
+
+    def _ready(self) -> list[str]:
+        """Taking calls: the datastore open, the port served, a --peer reached if any given."""
+        problems = self._live()
+        if self._server is None or not self.address:
+            problems.append("the gRPC port is not served yet")
+        try:
+            self.store.count_jobs_by_state()
+        except Exception as e:
+            problems.append(f"the datastore cannot be read: {e}")
+        if self.config.peers and not self.network.connected():
+            problems.append(f"none of its {len(self.config.peers)} --peer nodes is connected")
+        return problems
+
+    def _healthy(self) -> list[str]:
+        """Ready, and room on the data directory's disk (HEALTH_MIN_FREE)."""
+        problems = self._ready()
+        free = shutil.disk_usage(self.data_dir).free
+        if free < HEALTH_MIN_FREE:
+            problems.append(
+                f"{free >> 20} MiB free on the data directory's disk, under {HEALTH_MIN_FREE >> 20}"
+            )
+        return problems
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests, stop executions, close the stores."""

@@ -49,8 +49,7 @@ class Registry:
         for metric in metrics:
             lines.append(f"# HELP {metric.name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {metric.name} {metric.kind}")
-            for values, value in sorted(metric.samples()):
-                lines.append(f"{metric.name}{_labels(metric.labelnames, values)} {_number(value)}")
+            lines.extend(metric.exposition())
         return "".join(line + "\n" for line in lines)
 
 
@@ -123,6 +122,13 @@ class Metric:
         """A snapshot of every series."""
         with self._lock:
             return list(self._values.items())
+
+    def exposition(self) -> list[str]:
+        """The sample lines of this metric."""
+        return [
+            f"{self.name}{_labels(self.labelnames, values)} {_number(value)}"
+            for values, value in sorted(self.samples())
+        ]
 
     def _unlabelled(self) -> Child:
         if self.labelnames:
@@ -202,19 +208,96 @@ class Gauge(Metric):
             raise MetricsError(f"gauge {self.name} is computed by a callback and cannot be set")
 
 
+DEFAULT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                          5.0, 10.0, 30.0, 60.0, 300.0)  # fmt: skip
+
+
+class Histogram(Metric):
+    """Observed values (seconds, by convention) counted in cumulative buckets, with their sum
+    and count, per label-value tuple."""
+
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labelnames: Iterable[str] = (),
+        *,
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+        registry: Registry | None = None,
+    ) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self._series: dict[LabelValues, list[float]] = {}  # bucket counts..., sum, count
+        super().__init__(name, help, labelnames, registry=registry)
+
+    def observe(self, value: float, **labels: object) -> None:
+        """Count one observation (NaN and negative values are dropped)."""
+        if not value >= 0:
+            return
+        if set(labels) != set(self.labelnames):
+            raise MetricsError(
+                f"metric {self.name} takes labels {list(self.labelnames)}, got {sorted(labels)}"
+            )
+        key = tuple(str(labels[label]) for label in self.labelnames)
+        with self._lock:
+            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
+            for i, bound in enumerate(self.buckets):
+                if value <= bound:
+                    series[i] += 1
+            series[-2] += value
+            series[-1] += 1
+
+    def exposition(self) -> list[str]:
+        with self._lock:
+            snapshot = sorted((k, list(v)) for k, v in self._series.items())
+        lines = []
+        for values, series in snapshot:
+            for bound, n in zip((*self.buckets, math.inf), (*series[:-2], series[-1]), strict=True):
+                le = "+Inf" if bound == math.inf else _number(bound)
+                labels = _labels((*self.labelnames, "le"), (*values, le))
+                lines.append(f"{self.name}_bucket{labels} {_number(n)}")
+            plain = _labels(self.labelnames, values)
+            lines.append(f"{self.name}_sum{plain} {_number(series[-2])}")
+            lines.append(f"{self.name}_count{plain} {_number(series[-1])}")
+        return lines
+
+
+Check = Callable[[], list[str]]  # what is wrong ([] when all is well)
+
+
 def start_http_server(
-    registry: Registry, host: str = "127.0.0.1", port: int = 0
+    registry: Registry,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    checks: Mapping[str, Check] | None = None,
 ) -> tuple[ThreadingHTTPServer, int]:
-    """Serve `GET /metrics` on a daemon thread; returns the server and its bound port."""
+    """Serve `GET /metrics`, and `GET /<name>` for each of `checks` (200 "ok", or 503 with
+    each problem on a line), on a daemon thread; returns the server and its bound port."""
+    health = dict(checks or {})
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/metrics":
-                self.send_error(404, "only /metrics is served here")
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, registry.render(), CONTENT_TYPE)
                 return
-            body = registry.render().encode("utf-8")
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
+            check = health.get(path.lstrip("/"))
+            if check is None:
+                known = ", ".join(["/metrics", *(f"/{n}" for n in health)])
+                self.send_error(404, f"served here: {known}")
+                return
+            try:
+                problems = check()
+            except Exception as e:  # a failing check is a failed check, not a dead server
+                problems = [f"the check failed: {e}"]
+            text = "\n".join(problems) + "\n" if problems else "ok\n"
+            self._send(503 if problems else 200, text, "text/plain; charset=utf-8")
+
+        def _send(self, code: int, text: str, content_type: str) -> None:
+            body = text.encode("utf-8")
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

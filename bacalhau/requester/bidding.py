@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class Round:
     deadline: asyncio.TimerHandle | None = None  # --queue-timeout: fail if nobody is willing
     gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
     exclude: set[str] = field(default_factory=set)  # nodes the shard failed on: not chosen
+    opened: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> tuple[str, int]:

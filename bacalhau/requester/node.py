@@ -92,6 +92,8 @@ class Requester:
         self._marked: dict[str, float] = {}  # node -> until when its bids are refused
         self._placed: dict[str, int] = {}  # node -> executions placed there, not done yet
         self._planning: dict[str, list[Round]] = {}  # job -> shard rounds closed this tick
+        # (what, engine, seconds) of each job and bid round, for the node's histograms
+        self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
         network.on_connect.append(self._on_peer_connected)
         network.on_disconnect.append(self._on_peer_disconnected)
         self.logs = LiveLogs()
@@ -119,8 +121,20 @@ class Requester:
             final = {ev.job_id for ev in events if ev.job_state in _FINAL_JOB_STATES}
             if final and not loop.is_closed():
                 loop.call_soon_threadsafe(self.logs.drop, final)
+                loop.call_soon_threadsafe(self._ended, final)
 
         store.add_listener(committed)
+
+    def _ended(self, job_ids: set[str]) -> None:
+        """Time the jobs that just ended, submit to final (`on_timing("job", engine, s)`)."""
+        for job_id in job_ids:
+            job = self._job(job_id)
+            if job is not None and JobState.of(job.state).is_terminal:
+                took = (job.update_time_unix_nano - job.create_time_unix_nano) / 1e9
+                self.on_timing("job", job.spec.engine or "?", took)
+                state = JobState.of(job.state).value
+                why = f": {job.message}" if job.message else ""
+                log.info("job %s %s after %.3f s%s", job.id, state, took, why)
 
     # -- who may send what ---------------------------------------------------------------
 
@@ -155,6 +169,7 @@ class Requester:
         """Store a new job (pending; with its shards' inputs if sharded) and announce it;
         return it once it is durable."""
         job = await self.ledger.create(spec, client_id, shards)
+        log.info("job %s submitted (%s, %d shard(s))", job.id, spec.engine, shard_count(job))
         self._announce(job)
         return job
 
@@ -382,6 +397,7 @@ class Requester:
     def _select(self, key: tuple[str, int], waited: str = "") -> None:
         rnd = self._close_round(key)
         assert rnd is not None
+        self.on_timing("bid_round", rnd.spec.engine or "?", time.monotonic() - rnd.opened)
         if rnd.willing and not rnd.enough:
             n, want = len(rnd.willing), rnd.spec.deal.min_bids
             rnd.declines.insert(
