@@ -161,6 +161,7 @@ class Blockstore:
         self._write_lock = threading.Lock()
         self._holds: dict[bytes, int] = {}  # roots in use by this process (see `hold`)
         self._holds_lock = threading.Lock()
+        self._gc_lock = threading.Lock()  # one collection at a time in this process
 
     def close(self) -> None:
         with self._readers_lock:
@@ -418,7 +419,8 @@ class Blockstore:
         node is corrupt or the store cannot be written."""
         from bacalhau.blockstore._gc import collect
 
-        return collect(self, min_garbage)
+        with self._gc_lock:
+            return collect(self, min_garbage)
 
 
 class Batch:

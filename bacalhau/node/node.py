@@ -52,7 +52,7 @@ from bacalhau.service import (
     JobWatch,
     ResultService,
 )
-from bacalhau.service.data import DEFAULT_MAX_UPLOAD
+from bacalhau.service.data import DEFAULT_MAX_UPLOAD, DEFAULT_UPLOAD_QUOTA
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class NodeConfig:
     tls_key: bytes | None = None  # ... and key; peers are then dialled over TLS too
     tls_ca: bytes | None = None  # PEM roots that peers' certificates must chain to (None: system)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD  # the largest upload (AddData) it takes; 0: any
+    upload_quota_bytes: int = DEFAULT_UPLOAD_QUOTA  # what a user's uploads may add up to; 0: any
 
 
 class Node:
@@ -243,7 +244,13 @@ class Node:
         client = ClientServicer(
             jobs=self.jobs,
             results=self.results,
-            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR, cfg.max_upload_bytes),
+            data=DataService(
+                self.blockstore,
+                cfg.data_dir / layout.TMP_DIR,
+                cfg.max_upload_bytes,
+                store=self.store,
+                quota=cfg.upload_quota_bytes,
+            ),
             info=info,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
