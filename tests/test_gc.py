@@ -3,6 +3,7 @@ pinned block reads back; safe beside readers and writers, and after a kill -9 at
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -319,3 +320,36 @@ def test_kill_9_during_gc_loses_no_pinned_block(tmp_path: Path) -> None:
     # What crashed collections left (copies past a committed end, deleted packs' files) is
     # gone: the packs hold the live blocks and nothing else.
     assert _packs_size(root) == live
+
+
+def test_evicted_inputs_are_unpinned_and_collected(tmp_path: Path) -> None:
+    """The input cache pins what it fetches as INPUT; evicting an entry removes that pin (an
+    upload's pin of the same root stays), and once a quarter of the cap was evicted the
+    garbage is collected in the background."""
+    from tests.test_inputs import make_cache
+
+    mib = 1 << 20
+    with Blockstore(tmp_path / "blocks") as store:
+        roots = [_add(store, _data(300 + i, mib), pin=None) for i in range(4)]
+        store.pin(roots[1], UPLOAD)  # also someone's upload
+        texts = [str(CID.from_bytes(r)) for r in roots]
+        cache = make_cache(tmp_path, store, max_bytes=int(2.5 * mib))
+        assert cache.gc_after == int(2.5 * mib) // 4
+
+        async def main() -> None:
+            for text in texts:
+                path = await cache.acquire(text, "")
+                assert store.pin_tags(bytes(CID.parse(text))) >= {INPUT}
+                cache.release(path)
+            await asyncio.gather(*cache.pending)
+
+        asyncio.run(main())
+        assert not cache.holds(texts[0]) and not cache.holds(texts[1])
+        assert cache.holds(texts[2]) and cache.holds(texts[3])
+        assert cache.collections >= 1
+        assert not store.is_pinned(roots[0]) and not store.has(roots[0])
+        assert store.pin_tags(roots[1]) == {UPLOAD}  # the upload's pin stays
+        assert b"".join(dag.cat(store.get, roots[1])) == _data(301, mib)
+        for root in roots[2:]:
+            assert store.pin_tags(root) == {INPUT}
+        _check_pinned(store)
