@@ -210,7 +210,7 @@ def _add_job_commands(sub: Any) -> None:
     add(
         "uploads",
         help="list your uploads to the node (CID, size, when) and your quota",
-        description="Your uploads to the node ('add --api', a job's local files), newest "
+        description="Your uploads to the node (a job's local files and modules, AddData), newest "
         "first, as counted against its --upload-quota.",
     )
     unpin = add(
