@@ -353,3 +353,16 @@ def test_evicted_inputs_are_unpinned_and_collected(tmp_path: Path) -> None:
         for root in roots[2:]:
             assert store.pin_tags(root) == {INPUT}
         _check_pinned(store)
+
+
+def test_closing_the_store_stops_a_collection_between_steps(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path)
+    roots = [_add(store, _data(400 + i, 1 << 20)) for i in range(3)]
+    store.unpin(roots[0])
+    store._closing.set()  # as `close` does first, before it waits for the collection
+    with pytest.raises(BlockstoreError, match="closing"):
+        store.gc(min_garbage=0)
+    store.close()
+    with Blockstore(tmp_path) as store:
+        assert store.count() > 0 and _check_pinned(store) > 0
+        assert store.gc(min_garbage=0).blocks_removed > 0

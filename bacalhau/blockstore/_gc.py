@@ -94,6 +94,8 @@ def collect(store: Blockstore, min_garbage: float) -> GcReport:
         and end - live_bytes.get(p, 0) >= min_garbage * end
     ]
     for pack in todo:
+        if store._closing.is_set():  # the node is stopping: the rest waits for next time
+            break
         _rewrite(store, pack, marked, complete, live, report)
     report.live_blocks = len(marked)
     report.seconds = time.monotonic() - started
@@ -220,6 +222,8 @@ def _mark(store: Blockstore, roots: list[bytes], marked: set[bytes], complete: s
 
 def _links(store: Blockstore, cid: bytes, marked: set[bytes]) -> list[bytes] | None:
     """Mark the block; its links (None if it is not stored)."""
+    if store._closing.is_set():
+        raise BlockstoreError("garbage collection stopped: the blockstore is closing")
     try:
         mh = _multihash(cid)
         if CID.from_bytes(cid).codec == RAW:

@@ -162,8 +162,14 @@ class Blockstore:
         self._holds: dict[bytes, int] = {}  # roots in use by this process (see `hold`)
         self._holds_lock = threading.Lock()
         self._gc_lock = threading.Lock()  # one collection at a time in this process
+        self._closing = threading.Event()  # a collection stops at its next step
 
     def close(self) -> None:
+        """Close the store; a collection running in this process stops at its next step
+        (between blocks while marking, between packs while sweeping) first."""
+        self._closing.set()
+        with self._gc_lock:
+            pass
         with self._readers_lock:
             for reader in self._readers.values():
                 os.close(reader.fd)
