@@ -241,6 +241,21 @@ class Client:
         req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid, have=list(have))
         return self._stream(self._stub.GetResults, req, None)
 
+    def list_uploads(self) -> Any:
+        """ListUploadsResponse: this user's uploads to the node, newest first."""
+        return self._call(self._stub.ListUploads, client_pb2.ListUploadsRequest())
+
+    def unpin(self, cid: str) -> Any:
+        """UnpinResponse: this user's record of the upload removed (an admin's: everyone's)."""
+        return self._call(self._stub.Unpin, client_pb2.UnpinRequest(cid=cid))
+
+    def collect_garbage(self) -> Any:
+        """CollectGarbageResponse (admin keys only); waits as long as the collection takes."""
+        try:
+            return self._stub.CollectGarbage(client_pb2.CollectGarbageRequest(), timeout=None)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
     def add_file(self, path: Path) -> Any:
         """Upload one file; returns AddDataResponse (cid, size)."""
         try:

@@ -13,6 +13,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
+from bacalhau._pb.bacalhau.v1 import records_pb2
 from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.errors import BacalhauError
 
@@ -25,6 +26,7 @@ __all__ = [
     "pb",
     "set_execution_state",
     "set_job_state",
+    "upload_record",
 ]
 
 
@@ -177,3 +179,10 @@ def shard_states(job: Any) -> list[str]:
         final = JobState.of(job.state).value
         states = [s if s == "completed" else final for s in states]
     return states
+
+
+def upload_record(user_id: str, cid: str, size: int) -> Any:
+    """A user's upload of `cid` (`size` bytes, as counted against the quota), made now."""
+    return records_pb2.UploadRecord(
+        user_id=user_id, cid=cid, bytes=size, create_time_unix_nano=now_ns()
+    )

@@ -927,3 +927,44 @@ def test_peer_table(store: Datastore) -> None:
     write(store, lambda tx: tx.put_peer(records_pb2.PeerRecord(node_id="12D3KooWa")))
     assert [p.node_id for p in store.list_peers()] == ["12D3KooWa", "12D3KooWb"]
     assert write(store, lambda tx: tx.get_peer("nobody")) is None
+
+
+def test_uploads(store: Datastore) -> None:
+    def rec(user: str, cid: str, n: int) -> records_pb2.UploadRecord:
+        return records_pb2.UploadRecord(user_id=user, cid=cid, bytes=n, create_time_unix_nano=1)
+
+    assert store.list_uploads("alice") == [] and store.upload_holders("Qm1") == []
+    write(
+        store,
+        lambda tx: (tx.put_upload(rec("alice", "Qm1", 10)), tx.put_upload(rec("alice", "Qm2", 5))),
+    )
+    write(store, lambda tx: tx.put_upload(rec("bob", "Qm1", 7)))
+    write(store, lambda tx: tx.put_upload(rec("alice", "Qm1", 12)))  # again: replaced
+    assert [(r.cid, r.bytes) for r in store.list_uploads("alice")] == [("Qm1", 12), ("Qm2", 5)]
+    assert store.uploaded_bytes("alice") == 17 and store.uploaded_bytes("bob") == 7
+    assert store.upload_holders("Qm1") == ["alice", "bob"]
+    # "alice" is not a prefix of "alice2": the keys are separated.
+    write(store, lambda tx: tx.put_upload(rec("alice2", "Qm3", 1)))
+    assert store.uploaded_bytes("alice") == 17
+
+    def unpin(tx: Tx) -> tuple[bool, bool, list[str], int, bool]:
+        gone = tx.delete_upload("alice", "Qm1")
+        again = tx.delete_upload("alice", "Qm1")
+        return (
+            gone,
+            again,
+            tx.upload_holders("Qm1"),
+            tx.uploaded_bytes("alice"),
+            (tx.get_upload("bob", "Qm1") is not None),
+        )
+
+    assert write(store, unpin) == (True, False, ["bob"], 5, True)
+    assert store.upload_holders("Qm1") == ["bob"]
+
+    def rolled_back(tx: Tx) -> None:
+        tx.delete_upload("bob", "Qm1")
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        write(store, rolled_back)
+    assert store.upload_holders("Qm1") == ["bob"]

@@ -204,6 +204,39 @@ def test_a_newer_schema_directory_is_left_unchanged(tmp_path: Path) -> None:
     assert main_db_keys(path) == before == [b"meta"]
 
 
+def test_a_schema_2_directory_gains_the_later_tables(tmp_path: Path) -> None:
+    """Schema 2 to 5: shards (3), memo and lineage (4), uploads (5), each created empty."""
+    path = tmp_path / "db"
+    path.mkdir()
+    env = lmdb.open(str(path), max_dbs=16)
+    dbs = {
+        name: env.open_db(name)
+        for name in (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client",
+                     b"job_states", b"events", b"local", b"peers")
+    }  # fmt: skip
+    with env.begin(write=True) as txn:
+        txn.put(b"schema_version", struct.pack(">I", 2), db=dbs[b"meta"])
+        job = types_pb2.Job(id="j-old", state=1, create_time_unix_nano=1)
+        txn.put(b"j-old", job.SerializeToString(), db=dbs[b"jobs"])
+    env.close()
+    store = LmdbDatastore(path)
+    try:
+        assert store.get_job("j-old").id == "j-old"
+        assert store.list_uploads("alice") == []
+        rec = records_pb2.UploadRecord(user_id="alice", cid="Qm1", bytes=3)
+        store.submit(lambda tx: tx.put_upload(rec)).result(timeout=10)
+        assert store.uploaded_bytes("alice") == 3
+        assert store.get_shard("j-old", 0) is None and store.get_memo("k") is None
+        assert store.made_by("Qm1") is None and store.used_by("Qm1") == []
+    finally:
+        store.close()
+    env = lmdb.open(str(path), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin(db=meta) as txn:
+        assert struct.unpack(">I", txn.get(b"schema_version")) == (SCHEMA_VERSION,) == (5,)
+    env.close()
+
+
 def test_a_foreign_environment_is_refused_and_left_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "db"
     env = lmdb.open(str(path))

@@ -184,7 +184,7 @@ def test_a_histogram_counts_in_cumulative_buckets_with_sum_and_count() -> None:
     for v in (0.05, 0.5, 0.5, 3.0, float("nan"), -1.0):
         h.observe(v, what="x")
     text = registry.render()
-    assert '# TYPE t_seconds histogram' in text
+    assert "# TYPE t_seconds histogram" in text
     assert 't_seconds_bucket{what="x",le="0.1"} 1' in text
     assert 't_seconds_bucket{what="x",le="1"} 3' in text
     assert 't_seconds_bucket{what="x",le="+Inf"} 4' in text

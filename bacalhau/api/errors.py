@@ -14,6 +14,7 @@ from bacalhau.content.errors import CorruptData, InvalidCID, NotFound, Unsupport
 from bacalhau.datastore import AmbiguousID, JobNotFound
 from bacalhau.errors import BacalhauError, JobStateError, UsageError
 from bacalhau.service.callers import Forbidden
+from bacalhau.service.data import QuotaExceeded
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +26,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (AmbiguousID, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidCID, grpc.StatusCode.INVALID_ARGUMENT),
     (UnsupportedCID, grpc.StatusCode.INVALID_ARGUMENT),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED),

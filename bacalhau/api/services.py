@@ -6,6 +6,7 @@ data, info, the network) and the answer into the reply; errors become statuses i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,11 +17,12 @@ from bacalhau.api.auth import caller
 from bacalhau.api.errors import streaming, unary
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
-from bacalhau.errors import UsageError
+from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
 from bacalhau.service import DataService, InfoService, JobService, ResultService
 from bacalhau.service.callers import Forbidden
+from bacalhau.service.data import QuotaExceeded
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
@@ -97,20 +99,50 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            self.jobs.access.check_submit(caller(), "upload data")
-            cid, size = await self.data.add(request_iterator)
+            who = caller()
+            self.jobs.access.check_submit(who, "upload data")
+            cid, size = await self.data.add(request_iterator, who)
         except Forbidden as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except QuotaExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (UsageError, ContentError) as exc:  # ContentError: a corrupt CAR
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OSError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the upload: {exc}")
+        except BacalhauError as exc:  # the blockstore or the datastore failed
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return client_pb2.AddDataResponse(cid=cid, size=size)
 
     @unary
     async def Lineage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         nodes = self.jobs.lineage(request.cid, request.depth)
         return client_pb2.LineageResponse(nodes=[client_pb2.LineageNode(**n) for n in nodes])
+
+    @unary
+    async def ListUploads(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        records, used = await asyncio.to_thread(self.data.uploads, caller())
+        return client_pb2.ListUploadsResponse(
+            uploads=[_upload(r) for r in records], used_bytes=used, quota_bytes=self.data.quota
+        )
+
+    @unary
+    async def Unpin(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        unpinned, removed = await self.data.unpin(request.cid, caller())
+        return client_pb2.UnpinResponse(unpinned=unpinned, removed=[_upload(r) for r in removed])
+
+    @unary
+    async def CollectGarbage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        r = await self.data.collect_garbage(caller())
+        return client_pb2.CollectGarbageResponse(
+            blocks_removed=r.blocks_removed,
+            bytes_removed=r.bytes_removed,
+            bytes_reclaimed=r.bytes_reclaimed,
+            packs_rewritten=r.packs_rewritten,
+            live_blocks=r.live_blocks,
+            corrupt_blocks=len(r.corrupt),
+            seconds=r.seconds,
+        )
 
     @unary
     async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -143,6 +175,15 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             engines=node.engines,
             labels=node.labels,
         )
+
+
+def _upload(record: Any) -> Any:
+    return client_pb2.Upload(
+        cid=record.cid,
+        bytes=record.bytes,
+        create_time_unix_nano=record.create_time_unix_nano,
+        user_id=record.user_id,
+    )
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]

@@ -19,6 +19,7 @@ repairs it). `verify` checks every block; `drop` removes corrupt ones from the i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -48,6 +49,24 @@ _CURRENT = b"current-pack"
 MAP_SIZE = 1 << 36  # address space only: LMDB's file grows with what is stored
 _VERIFY_CHUNK = 1024  # index entries read per read transaction by `verify`
 REPAIR_HINT = "run 'bacalhauctl repo verify --repair' or add the data again"
+GC_MIN_GARBAGE = 0.25  # rewrite a pack once this much of it is garbage
+
+# Pin tags: why a root is pinned. A pin holds until its last tag is removed.
+PIN = b"recursive"  # kept until unpinned by hand: local add/import, results, older pins
+UPLOAD = b"upload"  # an upload to a node, held by its users' upload records
+INPUT = b"input"  # a job input in the node's input cache, unpinned when it is evicted
+FETCHED = b"fetched"  # a DAG fetched from peers (adopted as INPUT by the input cache)
+
+
+@dataclass
+class _Reader:
+    fd: int
+    users: int = 0
+    retired: bool = False
+
+
+def _tags(raw: bytes | None) -> frozenset[bytes]:
+    return frozenset(bytes(raw).split(b",")) if raw else frozenset()
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
@@ -79,6 +98,21 @@ class CorruptBlock:
     def cid(self) -> CID:
         """The block as a CIDv0 (blocks are stored by multihash, whatever their codec)."""
         return CID.from_bytes(self.multihash)
+
+
+@dataclass
+class GcReport:
+    """What `Blockstore.gc` did."""
+
+    blocks_removed: int = 0  # unreachable blocks taken out of the index
+    bytes_removed: int = 0  # their bytes
+    bytes_reclaimed: int = 0  # pack bytes freed on disk (garbage of rewritten packs)
+    bytes_moved: int = 0  # live bytes copied out of rewritten packs
+    packs_rewritten: int = 0
+    packs_deleted: int = 0
+    live_blocks: int = 0
+    corrupt: list[CorruptBlock] = field(default_factory=list)  # live but unreadable: dropped
+    seconds: float = 0.0
 
 
 @dataclass
@@ -122,14 +156,23 @@ class Blockstore:
         self._blocks = self._env.open_db(b"blocks")
         self._pins = self._env.open_db(b"pins")
         self._meta = self._env.open_db(b"meta")
-        self._readers: dict[int, int] = {}
+        self._readers: dict[int, _Reader] = {}
         self._readers_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._holds: dict[bytes, int] = {}  # roots in use by this process (see `hold`)
+        self._holds_lock = threading.Lock()
+        self._gc_lock = threading.Lock()  # one collection at a time in this process
+        self._closing = threading.Event()  # a collection stops at its next step
 
     def close(self) -> None:
+        """Close the store; a collection running in this process stops at its next step
+        (between blocks while marking, between packs while sweeping) first."""
+        self._closing.set()
+        with self._gc_lock:
+            pass
         with self._readers_lock:
-            for fd in self._readers.values():
-                os.close(fd)
+            for reader in self._readers.values():
+                os.close(reader.fd)
             self._readers.clear()
         self._env.close()
 
@@ -150,25 +193,32 @@ class Blockstore:
         """The block's bytes, checked against its CID (unless `verify` is False: for sending
         to a peer, which checks every block itself). Raises NotFound or CorruptData."""
         mh = _multihash(cid)
+        loc = self._loc(mh)
+        while True:
+            if loc is None:
+                raise NotFound(
+                    f"block {CID.from_bytes(cid)} is not in the local blockstore",
+                    hint="add the data first, or fetch it from a node that has it",
+                )
+            pack, offset, length = _LOC.unpack(loc)
+            data = self._pread(pack, length, offset)
+            if len(data) == length and (not verify or hashlib.sha256(data).digest() == mh[2:]):
+                return data
+            # Garbage collection may have moved the block (and deleted its old pack) since
+            # it was looked up: read it where the index says it is now.
+            moved = self._loc(mh)
+            if moved == loc:
+                raise CorruptData(
+                    f"block {CID.from_bytes(cid)} is corrupt on this node "
+                    f"(pack {pack}, offset {offset})",
+                    hint=REPAIR_HINT,
+                )
+            loc = moved
+
+    def _loc(self, mh: bytes) -> bytes | None:
         with self._env.begin(db=self._blocks) as txn:
             loc = txn.get(mh)
-        if loc is None:
-            raise NotFound(
-                f"block {CID.from_bytes(cid)} is not in the local blockstore",
-                hint="add the data first, or fetch it from a node that has it",
-            )
-        pack, offset, length = _LOC.unpack(loc)
-        try:
-            data = os.pread(self._reader(pack), length, offset)
-        except FileNotFoundError:
-            data = b""
-        if len(data) != length or (verify and hashlib.sha256(data).digest() != mh[2:]):
-            raise CorruptData(
-                f"block {CID.from_bytes(cid)} is corrupt on this node "
-                f"(pack {pack}, offset {offset})",
-                hint=REPAIR_HINT,
-            )
-        return data
+        return None if loc is None else bytes(loc)
 
     def locate(self, cid: bytes) -> tuple[int, int, int] | None:
         """Where the block is stored: (pack, offset, length), or None if it is not."""
@@ -188,10 +238,21 @@ class Blockstore:
         return loc is not None and self._check(mh, bytes(loc)) is not None
 
     def _check(self, mh: bytes, loc: bytes) -> CorruptBlock | None:
-        """None if the block at `loc` hashes to `mh`, else what is wrong with it."""
+        """None if the block at `loc` hashes to `mh`, else what is wrong with it (as it is
+        now: a block that garbage collection moved meanwhile is checked where it went)."""
+        while True:
+            bad = self._check_at(mh, loc)
+            if bad is None:
+                return None
+            moved = self._loc(mh)
+            if moved is None or moved == loc:
+                return bad
+            loc = moved
+
+    def _check_at(self, mh: bytes, loc: bytes) -> CorruptBlock | None:
         pack, offset, length = _LOC.unpack(loc)
         try:
-            data = os.pread(self._reader(pack), length, offset)
+            data = self._pread(pack, length, offset, missing_ok=False)
         except FileNotFoundError:
             return CorruptBlock(mh, pack, offset, length, "pack missing")
         if len(data) != length:
@@ -249,13 +310,38 @@ class Blockstore:
         with self.batch() as batch:
             return sum(batch.drop_at(b.multihash, b.pack, b.offset) for b in blocks)
 
-    def _reader(self, pack: int) -> int:
+    def _pread(self, pack: int, length: int, offset: int, *, missing_ok: bool = True) -> bytes:
+        """Bytes of a pack; b"" if the pack file is gone (unless not `missing_ok`).
+
+        The pack's descriptor is counted in use while it is read, so `_retire` (garbage
+        collection deleting the pack) closes it only after the last reader is done."""
         with self._readers_lock:
-            fd = self._readers.get(pack)
-            if fd is None:
-                fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
-                self._readers[pack] = fd
-            return fd
+            reader = self._readers.get(pack)
+            if reader is None:
+                try:
+                    fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    if missing_ok:
+                        return b""
+                    raise
+                reader = self._readers[pack] = _Reader(fd)
+            reader.users += 1
+        try:
+            return os.pread(reader.fd, length, offset)
+        finally:
+            with self._readers_lock:
+                reader.users -= 1
+                if reader.retired and not reader.users:
+                    os.close(reader.fd)
+
+    def _retire(self, pack: int) -> None:
+        """Forget this process's descriptor of a deleted pack (closed once no read uses it)."""
+        with self._readers_lock:
+            reader = self._readers.pop(pack, None)
+            if reader is not None:
+                reader.retired = True
+                if not reader.users:
+                    os.close(reader.fd)
 
     def _pack_path(self, pack: int) -> Path:
         return self.root / "packs" / f"{pack:06d}.pack"
@@ -268,6 +354,36 @@ class Blockstore:
     def is_pinned(self, cid: bytes) -> bool:
         with self._env.begin(db=self._pins) as txn:
             return txn.get(cid) is not None
+
+    def pin_tags(self, cid: bytes) -> frozenset[bytes]:
+        """Why the root is pinned (empty: it is not): PIN, UPLOAD, INPUT, FETCHED."""
+        with self._env.begin(db=self._pins) as txn:
+            raw = txn.get(cid)
+        return _tags(raw)
+
+    @contextlib.contextmanager
+    def hold(self, *cids: bytes) -> Iterator[None]:
+        """Keep the DAGs under `cids` (what of them is stored) from garbage collection in
+        this process while the block is entered: for data being fetched or stored in more
+        than one batch, before its root is pinned."""
+        with self._holds_lock:
+            for cid in cids:
+                self._holds[cid] = self._holds.get(cid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._holds_lock:
+                for cid in cids:
+                    n = self._holds[cid] - 1
+                    if n:
+                        self._holds[cid] = n
+                    else:
+                        del self._holds[cid]
+
+    def held(self) -> list[bytes]:
+        """Roots held by `hold` in this process now."""
+        with self._holds_lock:
+            return list(self._holds)
 
     def count(self) -> int:
         """How many blocks are stored."""
@@ -291,15 +407,26 @@ class Blockstore:
         with self.batch() as b:
             b.put(cid, *parts)
 
-    def pin(self, cid: bytes) -> None:
-        """Pin a root: it and what it links to must stay."""
+    def pin(self, cid: bytes, tag: bytes = PIN) -> None:
+        """Pin a root (for the reason `tag`): it and what it links to must stay."""
         with self.batch() as b:
-            b.pin(cid)
+            b.pin(cid, tag)
 
-    def unpin(self, cid: bytes) -> bool:
-        """Remove a pin; False if it was not pinned."""
+    def unpin(self, cid: bytes, tag: bytes | None = None) -> bool:
+        """Remove the pin's `tag` (None: the whole pin); False if it was not there. The root
+        stays pinned while it has other tags."""
         with self.batch() as batch:
-            return batch.unpin(cid)
+            return batch.unpin(cid, tag)
+
+    def gc(self, *, min_garbage: float = GC_MIN_GARBAGE) -> GcReport:
+        """Remove every block not reachable from a pin or a hold; rewrite the packs whose
+        garbage is at least `min_garbage` of their size (0: every pack with any). See
+        `bacalhau.blockstore._gc`. Raises BlockstoreError (nothing lost) if a pinned DAG's
+        node is corrupt or the store cannot be written."""
+        from bacalhau.blockstore._gc import collect
+
+        with self._gc_lock:
+            return collect(self, min_garbage)
 
 
 class Batch:
@@ -399,13 +526,84 @@ class Batch:
             return False
         return bool(self._txn.delete(mh, db=self._blocks))
 
-    def pin(self, cid: bytes) -> None:
-        """Pin a root in this batch."""
-        self._txn.put(cid, b"recursive", db=self._store._pins)
+    def pin(self, cid: bytes, tag: bytes = PIN) -> None:
+        """Pin a root in this batch (for the reason `tag`)."""
+        db = self._store._pins
+        tags = _tags(self._txn.get(cid, db=db))
+        if tag not in tags:
+            self._txn.put(cid, b",".join(sorted(tags | {tag})), db=db)
 
-    def unpin(self, cid: bytes) -> bool:
-        """Remove a pin in this batch; False if it was not pinned."""
-        return bool(self._txn.delete(cid, db=self._store._pins))
+    def unpin(self, cid: bytes, tag: bytes | None = None) -> bool:
+        """Remove the pin's `tag` (None: the whole pin) in this batch; False if it was not
+        there."""
+        db = self._store._pins
+        if tag is None:
+            return bool(self._txn.delete(cid, db=db))
+        tags = _tags(self._txn.get(cid, db=db))
+        if tag not in tags:
+            return False
+        if tags == {tag}:
+            self._txn.delete(cid, db=db)
+        else:
+            self._txn.put(cid, b",".join(sorted(tags - {tag})), db=db)
+        return True
+
+    # -- for garbage collection (`_gc`) ------------------------------------------------
+
+    def seal(self) -> None:
+        """Write the rest of this batch to a new pack (the current one is to be rewritten)."""
+        self._finish_pack()
+        self._open_pack(self._pack + 1)
+
+    @property
+    def pack(self) -> int:
+        """The pack this batch appends to now."""
+        return self._pack
+
+    def move(self, mh: bytes, data: bytes) -> None:
+        """Append a stored block's bytes again and index it there (its old copy is freed)."""
+        if self._offset + len(data) > PACK_LIMIT and self._offset > 0:
+            self.seal()
+        self._txn.put(mh, _LOC.pack(self._pack, self._offset, len(data)), db=self._blocks)
+        self._parts.append(data)
+        self._buffered += len(data)
+        self._offset += len(data)
+        self.bytes_written += len(data)
+        if self._buffered >= _WRITE_BUFFER or len(self._parts) >= _MAX_IOV:
+            self._flush()
+        if self.bytes_written - self._synced_at >= SYNC_EVERY:
+            self._synced_at = self.bytes_written
+            self._submit(os.fdatasync, self._fd)
+
+    def forget(self, mh: bytes) -> None:
+        """Remove a block from the index."""
+        self._txn.delete(mh, db=self._blocks)
+
+    def entries(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (multihash, location) of the index as this batch sees it."""
+        cur = self._txn.cursor(db=self._blocks)
+        for key, value in cur:
+            yield bytes(key), bytes(value)
+
+    def pack_ends(self) -> dict[int, int]:
+        """Each committed pack's end, as this batch sees them."""
+        ends = {}
+        cur = self._txn.cursor(db=self._store._meta)
+        if cur.set_range(b"end:"):
+            for key, value in cur:
+                if not bytes(key).startswith(b"end:"):
+                    break
+                ends[int(bytes(key)[4:])] = _END.unpack(value)[0]
+        return ends
+
+    def drop_pack(self, pack: int) -> None:
+        """Forget a pack that no block is in any more (its file is deleted after commit)."""
+        self._txn.delete(b"end:%d" % pack, db=self._store._meta)
+
+    def pins(self) -> list[bytes]:
+        """The pinned roots as this batch sees them."""
+        cur = self._txn.cursor(db=self._store._pins)
+        return [bytes(k) for k in cur.iternext(keys=True, values=False)]
 
     def _flush(self) -> None:
         if self._parts:

@@ -245,6 +245,31 @@ def _add_job_commands(sub: Any) -> None:
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
 
+    add(
+        "uploads",
+        help="list your uploads to the node (CID, size, when) and your quota",
+        description="Your uploads to the node (a job's local files and modules, AddData), newest "
+        "first, as counted against its --upload-quota.",
+    )
+    unpin = add(
+        "unpin",
+        help="remove your upload of CID from the node (it is unpinned once no other "
+        "user's upload holds it)",
+        description="Remove your record of the upload CID (with an admin key: every user's); "
+        "once no user's record holds it, its root is unpinned and the node's next garbage "
+        "collection frees its blocks (unless a job's input or result uses them). Someone "
+        "else's upload is refused.",
+    )
+    unpin.add_argument("cid", metavar="CID")
+    add(
+        "gc",
+        help="collect the node's garbage now (admin keys only)",
+        description="Ask the node to remove every block no pin reaches and to rewrite the "
+        "packs where that frees at least a quarter of them. It runs on the node, which knows "
+        "the data it is fetching or storing meanwhile; it also runs by itself after the input "
+        "cache evicts. Only keys in the node's --admin-keys may ask.",
+    )
+
 
 def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags every `... run` command shares (inputs, outputs, limits, placement)."""
@@ -368,6 +393,7 @@ _JOB_COMMANDS = {
     "cancel": "cancel",
     "lineage": "lineage",
 }
+_DATA_COMMANDS = {"uploads": "uploads", "unpin": "unpin", "gc": "gc"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,6 +412,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bacalhau.cli import _job_cmds
 
         return int(getattr(_job_cmds, _JOB_COMMANDS[args.command])(args))
+    if args.command in _DATA_COMMANDS:
+        from bacalhau.cli import _data_cmds
+
+        return int(getattr(_data_cmds, _DATA_COMMANDS[args.command])(args))
 
     from bacalhau.cli import _content_cmds
 

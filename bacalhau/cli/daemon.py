@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="8Gi",
         metavar="SIZE",
         help="cap on job inputs kept on disk once no job uses them, least recently used "
-        "evicted first; inputs in use are never evicted (default 8Gi; 0: no cap)",
+        "evicted first; inputs in use are never evicted; evicted inputs are unpinned, and "
+        "their blocks collected once a quarter of the cap (at most 1Gi) was evicted "
+        "(default 8Gi; 0: no cap)",
     )
     serve.add_argument(
         "--url-max-size",
@@ -222,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest upload (bacalhauctl add, or a job's local files) this node takes, "
         "counted as it streams in, each file or folder 512 bytes at least; a larger one is "
         "refused and nothing of it kept (default 10Gi; 0: no limit)",
+    )
+    serve.add_argument(
+        "--upload-quota",
+        default="100Gi",
+        metavar="SIZE",
+        help="what one user's uploads to this node may add up to (counted as for "
+        "--max-upload-size); an upload that would go over it is refused and nothing of it "
+        "kept; 'bacalhauctl uploads' and 'bacalhauctl unpin' free room (default 100Gi; 0: none)",
     )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     serve.add_argument(

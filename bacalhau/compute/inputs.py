@@ -10,12 +10,19 @@ like any other.
 
 `acquire` returns the local path and counts a reference; `release` drops it. Entries no job
 holds are evicted, least recently used first, once the cache is over its size cap.
+
+An input's root is pinned in the blockstore with the tag INPUT while it is in the cache (and
+held, `Blockstore.hold`, while it is fetched). Evicting it removes that tag, so its blocks
+become garbage unless something else pins them (an upload, a result). Once the entries
+evicted since the last collection add up to `gc_after` bytes, the blockstore's garbage is
+collected in a thread (`Blockstore.gc`), one collection at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -28,7 +35,7 @@ from typing import Any
 
 from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
-from bacalhau.blockstore import Blockstore
+from bacalhau.blockstore import INPUT, Blockstore
 from bacalhau.content import Importer, dag
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import TooLarge
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FETCH_PATIENCE_S = 30.0
 URL_PARALLEL = 8  # downloads at once per node
+GC_AFTER_MAX = 1 << 30  # collect garbage after this much was evicted (or a quarter of the cap)
 
 
 @dataclass
@@ -82,7 +90,9 @@ class _Count:
 class InputCache:
     """CID -> local file or folder, fetched once per node, reference counted, LRU-evicted.
 
-    `max_bytes` caps what entries no job holds may take (0: no cap). `dags` is the node's
+    `max_bytes` caps what entries no job holds may take (0: no cap); once `gc_after` bytes
+    were evicted (default: a quarter of the cap, at most 1 GiB), garbage is collected in the
+    background. `dags` is the node's
     DAG fetch (shared with other users of it; one is made, counting into `received`, if not
     given); `fetcher` downloads URLs. `hits` and `misses` count acquires (a hit: the CID was
     written out already, or a fetch of it was in flight; a miss: this acquire started it).
@@ -100,6 +110,7 @@ class InputCache:
         dags: DagFetcher | None = None,
         hits: Tally | None = None,
         misses: Tally | None = None,
+        gc_after: int | None = None,
     ) -> None:
         self._net = network
         self._blocks = blocks
@@ -112,6 +123,11 @@ class InputCache:
         self._by_path: dict[Path, str] = {}
         self._tick = itertools.count(1)
         self._evicting: set[asyncio.Future[None]] = set()
+        self._unpinning: dict[str, asyncio.Future[None]] = {}  # CID -> its eviction's unpin
+        self.gc_after = min(GC_AFTER_MAX, max_bytes // 4) if gc_after is None else gc_after
+        self._evicted = 0  # bytes evicted since the last collection started
+        self._collecting: asyncio.Future[Any] | None = None
+        self.collections = 0
         root.mkdir(parents=True, exist_ok=True)
         self._tmp = root / ".tmp"
         shutil.rmtree(self._tmp, ignore_errors=True)  # half-written leftovers of a crash
@@ -147,6 +163,7 @@ class InputCache:
             *self.urls.pending,
             *self.dags.pending,
             *self._evicting,
+            *([self._collecting] if self._collecting is not None else []),
         ]
 
     @property
@@ -247,16 +264,28 @@ class InputCache:
             groups.setdefault(str(guest.parent), {})[guest.name] = (url, resolved)
         out = []
         for folder, files in groups.items():
+            # The folder's pin holds the files now; their own pins (from the download) go,
+            # unless the cache holds a file as an input of its own.
+            loose = [
+                bytes(CID.parse(r.cid))
+                for _, r in files.values()
+                if r.cid not in self._entries and r.cid not in self._fetches
+            ]
 
-            def build(files: dict[str, tuple[str, Resolved]] = files) -> bytes:
+            def build(
+                files: dict[str, tuple[str, Resolved]] = files, loose: list[bytes] = loose
+            ) -> bytes:
                 entries = {name: self._imported(r.cid) for name, (_, r) in files.items()}
                 with self._blocks.batch() as batch:
                     with Importer(sink=batch, workers=1) as imp:
                         root = imp.add_directory(entries)
-                    batch.pin(root.cid)
+                    batch.pin(root.cid, INPUT)
+                    for cid in loose:
+                        batch.unpin(cid, INPUT)
                 return root.cid
 
-            root = await asyncio.to_thread(build)
+            with self._blocks.hold(*(bytes(CID.parse(r.cid)) for _, r in files.values())):
+                root = await asyncio.to_thread(build)
             path = await self.acquire(str(CID.from_bytes(root)), self._net.node_id)
             inputs = [
                 UrlInput(url, r.cid, f"{folder.rstrip('/')}/{name}", r.size)
@@ -277,12 +306,19 @@ class InputCache:
         """Fetch the DAG (from the requester first), then write it out atomically."""
         root = bytes(CID.parse(cid_text))
         spec = pb.InputSpec(source="ipfs", cid=cid_text)
+        unpinning = self._unpinning.get(cid_text)
+        if unpinning is not None:  # evicted a moment ago: its unpin must not undo our pin
+            await asyncio.shield(unpinning)
         try:
-            if max_bytes:
-                await self.dags.fetch(
-                    root, [requester], patience_s=FETCH_PATIENCE_S, max_bytes=max_bytes
-                )
-            declared = (await self.providers["ipfs"].resolve(InputRequest(spec, requester))).size
+            # Held while it comes: a collection now keeps what of it is here (the provider
+            # pins it once it is all here).
+            with self._blocks.hold(root):
+                if max_bytes:
+                    await self.dags.fetch(
+                        root, [requester], patience_s=FETCH_PATIENCE_S, max_bytes=max_bytes
+                    )
+                resolved = await self.providers["ipfs"].resolve(InputRequest(spec, requester))
+            declared = resolved.size
         except TooLarge as e:
             declared = e.size or await asyncio.to_thread(self._declared, root)
             raise _too_large(cid_text, e.size, max_bytes, declared) from None
@@ -341,9 +377,41 @@ class InputCache:
                 log.warning("cannot evict %s: %s", entry.path, e)
                 continue
             log.info("evicted %s (%d bytes) from the input cache", entry.cid, entry.size)
-            fut = asyncio.ensure_future(asyncio.to_thread(_remove, doomed))
+            fut = asyncio.ensure_future(asyncio.to_thread(self._drop, entry.cid, doomed))
             self._evicting.add(fut)
+            self._unpinning[entry.cid] = fut
             fut.add_done_callback(self._evicting.discard)
+            fut.add_done_callback(functools.partial(self._unpinned, entry.cid))
+            self._evicted += entry.size
+        if self.gc_after and self._evicted >= self.gc_after and self._collecting is None:
+            self._evicted = 0
+            self._collecting = asyncio.ensure_future(self._collect(list(self._evicting)))
+
+    def _unpinned(self, cid_text: str, fut: asyncio.Future[None]) -> None:
+        if self._unpinning.get(cid_text) is fut:
+            del self._unpinning[cid_text]
+
+    def _drop(self, cid_text: str, doomed: Path) -> None:
+        """An evicted entry: its files deleted, its root's INPUT pin removed."""
+        _remove(doomed)
+        with contextlib.suppress(BacalhauError):  # a bad name left on disk: no pin to drop
+            self._blocks.unpin(bytes(CID.parse(cid_text)), INPUT)
+
+    async def _collect(self, evictions: list[asyncio.Future[None]]) -> None:
+        """Collect the blockstore's garbage in a thread, once the evictions' unpins are done."""
+        try:
+            await asyncio.gather(*evictions, return_exceptions=True)
+            report = await asyncio.to_thread(self._blocks.gc)
+            self.collections += 1
+            log.info(
+                "collected garbage after evictions: %d blocks, %d bytes of packs freed",
+                report.blocks_removed,
+                report.bytes_reclaimed,
+            )
+        except BacalhauError as e:
+            log.warning("garbage collection after evictions failed: %s", e)
+        finally:
+            self._collecting = None
 
 
 def _too_large(cid: str, size: int, limit: int, declared: int = 0) -> TooLarge:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bacalhau.blockstore import Blockstore
+from bacalhau.blockstore import FETCHED, INPUT, Blockstore
 from bacalhau.content import dag
 from bacalhau.content.cid import CID
 from bacalhau.data.base import InputRequest, Resolved
@@ -31,7 +31,11 @@ class IpfsProvider:
         return Resolved(text, await asyncio.to_thread(self._pin_and_size, root))
 
     def _pin_and_size(self, root: bytes) -> int:
-        if not self._blocks.is_pinned(root):  # it was stored, but not as a root of its own
-            self._blocks.pin(root)
+        # Pinned as an input (the input cache unpins it on eviction); a pin the fetch made
+        # is taken over.
+        if self._blocks.pin_tags(root) & {INPUT, FETCHED} != {INPUT}:
+            with self._blocks.batch() as batch:
+                batch.pin(root, INPUT)
+                batch.unpin(root, FETCHED)
         node = dag.decode(root, self._blocks.get(root, verify=False))
         return node.filesize or sum(link.tsize for link in node.links)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from bacalhau.blockstore import Blockstore
+from bacalhau.blockstore import INPUT, Blockstore
 from bacalhau.content import Importer
 from bacalhau.content.cid import CID
 from bacalhau.data.base import InputRequest, Resolved
@@ -278,7 +278,7 @@ class UrlProvider:
             with self._blocks.batch() as batch:
                 with Importer(sink=batch, workers=1) as imp:
                     cid = imp.add_path(tmp).cid
-                batch.pin(cid)
+                batch.pin(cid, INPUT)
             return Resolved(str(CID.from_bytes(cid)), size)
         finally:
             tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from bacalhau.errors import BacalhauError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4  # 2: the peer table; 3: shards of sharded jobs; 4: memo and lineage
+SCHEMA_VERSION = 5  # 2: the peer table; 3: shards; 4: memo and lineage; 5: uploads
 MAX_TEXT = 4096  # longest message, event detail or stderr tail kept in a record
 
 
@@ -103,6 +103,24 @@ class Tx(Protocol):
 
     def get_memo(self, key: str) -> records_pb2.MemoEntry | None: ...
 
+    def get_upload(self, user_id: str, cid: str) -> records_pb2.UploadRecord | None: ...
+
+    def put_upload(self, record: records_pb2.UploadRecord) -> None:
+        """Record (or replace) `record.user_id`'s upload of `record.cid`."""
+        ...
+
+    def delete_upload(self, user_id: str, cid: str) -> bool:
+        """Remove a user's record of an upload; False if there was none."""
+        ...
+
+    def upload_holders(self, cid: str) -> list[str]:
+        """The users with a record of an upload of `cid`, sorted."""
+        ...
+
+    def uploaded_bytes(self, user_id: str) -> int:
+        """What a user's upload records add up to."""
+        ...
+
 
 class Datastore(Protocol):
     """Jobs, their events, and this node's own executions.
@@ -161,6 +179,18 @@ class Datastore(Protocol):
         ...
 
     def count_jobs_by_state(self) -> dict[int, int]: ...
+
+    def list_uploads(self, user_id: str) -> list[records_pb2.UploadRecord]:
+        """A user's upload records, by CID."""
+        ...
+
+    def uploaded_bytes(self, user_id: str) -> int:
+        """What a user's upload records add up to."""
+        ...
+
+    def upload_holders(self, cid: str) -> list[str]:
+        """The users with a record of an upload of `cid`, sorted."""
+        ...
 
     def add_listener(self, fn: Callable[[Iterable[types_pb2.Event]], None]) -> None:
         """Call `fn` (in the writing thread) with the events of each durable commit."""

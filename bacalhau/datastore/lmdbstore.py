@@ -14,6 +14,8 @@ Layout (named databases):
   memo         memo key -> MemoEntry                           (verified y = f(x))
   made_by      result CID -> memo key                          (lineage: what made a CID)
   used_by      input CID + 0x00 + memo key -> b""             (lineage: what read a CID)
+  uploads      b"u" + user_id + 0x00 + cid -> UploadRecord      (each user's uploads)
+               b"c" + cid + 0x00 + user_id -> b""               (who uploaded a CID)
 
 Writes queue up for the writer thread, which runs everything queued in one LMDB write
 transaction (each function in its own nested transaction, so a failing one leaves no trace),
@@ -60,7 +62,7 @@ _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
 _SCHEMA_KEY = b"schema_version"
 _DBS = (b"meta", b"jobs", b"jobs_time", b"jobs_state", b"jobs_client", b"job_states", b"events",
-        b"local", b"peers", b"shards", b"memo", b"made_by", b"used_by")  # fmt: skip
+        b"local", b"peers", b"shards", b"memo", b"made_by", b"used_by", b"uploads")  # fmt: skip
 
 # Migrations: MIGRATIONS[v] takes a store at version v to v + 1 inside one write transaction.
 Migration = Callable[["LmdbDatastore", lmdb.Transaction], None]
@@ -85,6 +87,34 @@ def _index_keys(job: types_pb2.Job) -> dict[bytes, bytes]:
     if job.client_id:
         keys[b"jobs_client"] = _client_prefix(job.client_id) + tkey
     return keys
+
+
+def _upload_key(user_id: str, cid: str) -> bytes:
+    return b"u" + user_id.encode() + b"\0" + cid.encode()
+
+
+def _holder_key(cid: str, user_id: str) -> bytes:
+    return b"c" + cid.encode() + b"\0" + user_id.encode()
+
+
+def _prefixed(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    for key, value in cur:
+        if not bytes(key).startswith(prefix):
+            return
+        yield bytes(key), bytes(value)
+
+
+def _uploads(txn: lmdb.Transaction, db: Any, user_id: str) -> list[records_pb2.UploadRecord]:
+    prefix = b"u" + user_id.encode() + b"\0"
+    return [records_pb2.UploadRecord.FromString(v) for _, v in _prefixed(txn, db, prefix)]
+
+
+def _holders(txn: lmdb.Transaction, db: Any, cid: str) -> list[str]:
+    prefix = b"c" + cid.encode() + b"\0"
+    return [k[len(prefix) :].decode() for k, _ in _prefixed(txn, db, prefix)]
 
 
 def _state_prefix(state: int) -> bytes:
@@ -219,6 +249,27 @@ class _Tx:
         for cid in entry.input_cids:
             self._txn.put(cid.encode() + b"\x00" + entry.key.encode(), b"", db=db[b"used_by"])
 
+    def get_upload(self, user_id: str, cid: str) -> records_pb2.UploadRecord | None:
+        raw = self._txn.get(_upload_key(user_id, cid), db=self._s._db[b"uploads"])
+        return None if raw is None else records_pb2.UploadRecord.FromString(bytes(raw))
+
+    def put_upload(self, record: records_pb2.UploadRecord) -> None:
+        db = self._s._db[b"uploads"]
+        key = _upload_key(record.user_id, record.cid)
+        self._txn.put(key, record.SerializeToString(), db=db)
+        self._txn.put(_holder_key(record.cid, record.user_id), b"", db=db)
+
+    def delete_upload(self, user_id: str, cid: str) -> bool:
+        db = self._s._db[b"uploads"]
+        self._txn.delete(_holder_key(cid, user_id), db=db)
+        return bool(self._txn.delete(_upload_key(user_id, cid), db=db))
+
+    def upload_holders(self, cid: str) -> list[str]:
+        return _holders(self._txn, self._s._db[b"uploads"], cid)
+
+    def uploaded_bytes(self, user_id: str) -> int:
+        return sum(r.bytes for r in _uploads(self._txn, self._s._db[b"uploads"], user_id))
+
 
 class LmdbDatastore(GroupWriter):
     """`Datastore` on an LMDB environment in `path` (a directory, created if missing).
@@ -235,7 +286,7 @@ class LmdbDatastore(GroupWriter):
             if not (path / "data.mdb").exists():
                 _check_room(path)  # LMDB dies of SIGBUS if it cannot grow fresh files
             self._env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=16, sync=sync, metasync=sync
+                str(path), map_size=map_size, max_dbs=32, sync=sync, metasync=sync
             )
         except lmdb.InvalidError as e:
             raise SchemaError(
@@ -538,6 +589,17 @@ class LmdbDatastore(GroupWriter):
             cur = txn.cursor(db=self._db[b"peers"])
             return [records_pb2.PeerRecord.FromString(bytes(v)) for _, v in cur]
 
+    def list_uploads(self, user_id: str) -> list[records_pb2.UploadRecord]:
+        with self._read() as txn:
+            return _uploads(txn, self._db[b"uploads"], user_id)
+
+    def uploaded_bytes(self, user_id: str) -> int:
+        return sum(r.bytes for r in self.list_uploads(user_id))
+
+    def upload_holders(self, cid: str) -> list[str]:
+        with self._read() as txn:
+            return _holders(txn, self._db[b"uploads"], cid)
+
     def count_jobs_by_state(self) -> dict[int, int]:
         with self._read() as txn:
             cur = txn.cursor(db=self._db[b"job_states"])
@@ -625,9 +687,15 @@ def _migrate_3_to_4(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
     empty."""
 
 
+def _migrate_4_to_5(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
+    """Schema 5 adds the `uploads` database, which opening the environment created empty
+    (uploads made before it have no record: their roots stay pinned as they were)."""
+
+
 _MIGRATIONS: dict[int, Migration] = {
     0: _migrate_0_to_1,
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
 }

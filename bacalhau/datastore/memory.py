@@ -51,6 +51,8 @@ class _Layer:
     peers: dict[str, records_pb2.PeerRecord | None] = field(default_factory=dict)  # None: gone
     shards: dict[tuple[str, int], types_pb2.Shard] = field(default_factory=dict)
     memo: dict[str, records_pb2.MemoEntry] = field(default_factory=dict)
+    # (user ID, CID) -> record; None: removed
+    uploads: dict[tuple[str, str], records_pb2.UploadRecord | None] = field(default_factory=dict)
 
     def absorb(self, other: _Layer, bottom: bool = False) -> None:
         self.jobs.update(other.jobs)
@@ -60,9 +62,12 @@ class _Layer:
         self.peers.update(other.peers)
         self.shards.update(other.shards)
         self.memo.update(other.memo)
+        self.uploads.update(other.uploads)
         if bottom:  # nothing below to hide: a deletion is just an absence
             for node_id in [n for n, rec in self.peers.items() if rec is None]:
                 del self.peers[node_id]
+            for key in [k for k, rec in self.uploads.items() if rec is None]:
+                del self.uploads[key]
 
 
 class _Tx:
@@ -157,6 +162,30 @@ class _Tx:
             if (job_id, index) in layer.shards:
                 return copy.deepcopy(layer.shards[(job_id, index)])
         return None
+
+    def _all_uploads(self) -> dict[tuple[str, str], records_pb2.UploadRecord]:
+        merged: dict[tuple[str, str], records_pb2.UploadRecord | None] = {}
+        for layer in self._layers:
+            merged.update(layer.uploads)
+        return {k: v for k, v in merged.items() if v is not None}
+
+    def get_upload(self, user_id: str, cid: str) -> records_pb2.UploadRecord | None:
+        rec = self._all_uploads().get((user_id, cid))
+        return None if rec is None else copy.deepcopy(rec)
+
+    def put_upload(self, record: records_pb2.UploadRecord) -> None:
+        self.own.uploads[(record.user_id, record.cid)] = copy.deepcopy(record)
+
+    def delete_upload(self, user_id: str, cid: str) -> bool:
+        found = (user_id, cid) in self._all_uploads()
+        self.own.uploads[(user_id, cid)] = None
+        return found
+
+    def upload_holders(self, cid: str) -> list[str]:
+        return sorted(u for u, c in self._all_uploads() if c == cid)
+
+    def uploaded_bytes(self, user_id: str) -> int:
+        return sum(r.bytes for (u, _), r in self._all_uploads().items() if u == user_id)
 
 
 class MemoryDatastore(GroupWriter):
@@ -270,6 +299,18 @@ class MemoryDatastore(GroupWriter):
         with self._lock:
             records = sorted(self._committed.peers.items(), key=lambda kv: kv[0].encode())
         return [copy.deepcopy(record) for _, record in records if record is not None]
+
+    def list_uploads(self, user_id: str) -> list[records_pb2.UploadRecord]:
+        with self._lock:
+            found = [(c, r) for (u, c), r in self._committed.uploads.items() if u == user_id]
+        return [copy.deepcopy(r) for _, r in sorted(found, key=lambda cr: cr[0].encode()) if r]
+
+    def uploaded_bytes(self, user_id: str) -> int:
+        return sum(r.bytes for r in self.list_uploads(user_id))
+
+    def upload_holders(self, cid: str) -> list[str]:
+        with self._lock:
+            return sorted(u for (u, c), r in self._committed.uploads.items() if c == cid and r)
 
     def count_jobs_by_state(self) -> dict[int, int]:
         with self._lock:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
-from bacalhau.blockstore import REPAIR_HINT, Blockstore
+from bacalhau.blockstore import FETCHED, REPAIR_HINT, Blockstore
 from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
@@ -536,4 +536,4 @@ def store_blocks(store: Blockstore, blocks: list[tuple[bytes, bytes]], pin: byte
         for cid, data in blocks:
             batch.put(cid, data)
         if pin is not None:
-            batch.pin(pin)
+            batch.pin(pin, FETCHED)

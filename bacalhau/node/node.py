@@ -54,7 +54,7 @@ from bacalhau.service import (
     JobWatch,
     ResultService,
 )
-from bacalhau.service.data import DEFAULT_MAX_UPLOAD
+from bacalhau.service.data import DEFAULT_MAX_UPLOAD, DEFAULT_UPLOAD_QUOTA
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class NodeConfig:
     bad_actor: bool = False  # devstack --bad-actors only: every result wrong on purpose
     penalty_s: float = 3600.0  # how long a peer whose result was rejected gets no work
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD  # the largest upload (AddData) it takes; 0: any
+    upload_quota_bytes: int = DEFAULT_UPLOAD_QUOTA  # what a user's uploads may add up to; 0: any
 
 
 class Node:
@@ -253,7 +254,13 @@ class Node:
         client = ClientServicer(
             jobs=self.jobs,
             results=self.results,
-            data=DataService(self.blockstore, cfg.data_dir / layout.TMP_DIR, cfg.max_upload_bytes),
+            data=DataService(
+                self.blockstore,
+                cfg.data_dir / layout.TMP_DIR,
+                cfg.max_upload_bytes,
+                store=self.store,
+                quota=cfg.upload_quota_bytes,
+            ),
             info=info,
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)

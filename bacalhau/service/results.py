@@ -55,7 +55,8 @@ class ResultService:
         Raises InvalidCID for a malformed CID and NotFound when nobody has a block of it.
         """
         root = bytes(CID.parse(cid_text))
-        await self._dags.fetch(root, holders)
+        with self.blockstore.hold(root):  # what came so far is kept from a collection
+            await self._dags.fetch(root, holders)
         return root
 
     def store_raw(self, data: bytes) -> str:
