@@ -15,7 +15,7 @@ import pytest
 
 from tests._docker import TEST_IMAGE, docker_client
 from tests._wait import wait_for
-from tests.integration.conftest import ROOT, Ctl, NodeProc, start_node, wait_connected
+from tests.integration.conftest import ROOT, Cluster, Ctl, NodeProc, start_node
 
 DOCKER_ARGS = ("--engines", "docker", "--docker-pull", "never")
 # Per file: its word count, in a file named after it; and the shard's own index and files.
@@ -29,17 +29,9 @@ COUNT = (
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
     docker_client()
-    root = tmp_path_factory.mktemp("shard-nodes")
-    nodes: list[NodeProc] = []
-    try:
-        for i in range(3):
-            peers = (nodes[0].address,) if nodes else ()
-            nodes.append(start_node(root / f"n{i}", name=f"n{i}", peers=peers, args=DOCKER_ARGS))
-        wait_connected(nodes)
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
+    cluster = Cluster(tmp_path_factory.mktemp("shard-nodes"), 3, DOCKER_ARGS)
+    yield cluster.nodes
+    cluster.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +117,9 @@ def test_killing_a_node_re_places_only_its_shards(folder: Path, tmp_path: Path) 
     """A node that runs some shards dies: after --node-lost-timeout only those shards are
     placed again; shards done or running elsewhere are not run twice."""
     docker_client()
-    args = (*DOCKER_ARGS, "--node-lost-timeout", "2")
-    nodes: list[NodeProc] = []
+    cluster = Cluster(tmp_path / "net", 3, (*DOCKER_ARGS, "--node-lost-timeout", "2"))
+    nodes = cluster.nodes
     try:
-        for i in range(3):
-            peers = (nodes[0].address,) if nodes else ()
-            nodes.append(start_node(tmp_path / f"n{i}", name=f"n{i}", peers=peers, args=args))
-        wait_connected(nodes)
         ctl = Ctl(nodes[0].address, tmp_path)
         res, job = _run(
             ctl, "--no-wait", "-v", f"{folder}:/inputs", "--sharding-glob-pattern", "a/*.txt",
@@ -164,9 +152,7 @@ def test_killing_a_node_re_places_only_its_shards(folder: Path, tmp_path: Path) 
         requeued = [e for e in done["events"] if e["type"] == "JobRequeued"]
         assert requeued and all(str(sorted(victim)[0]) in e["detail"] for e in requeued)
     finally:
-        for n in nodes:
-            if n.proc.poll() is None:
-                n.stop()
+        cluster.close()
 
 
 def test_the_wordcount_example_runs_as_the_readme_says(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests._docker import TEST_IMAGE, docker_client
-from tests.integration.conftest import Ctl, NodeProc, start_node, wait_connected
+from tests.integration.conftest import Cluster, Ctl, NodeProc
 
 DOCKER_ARGS = ("--engines", "docker", "--docker-pull", "never")
 VERIFIED = ("--verifier", "deterministic", "--concurrency", "3", "--confidence", "2")
@@ -20,17 +20,9 @@ VERIFIED = ("--verifier", "deterministic", "--concurrency", "3", "--confidence",
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProc]]:
     docker_client()
-    root = tmp_path_factory.mktemp("verify-nodes")
-    nodes: list[NodeProc] = []
-    try:
-        for i in range(3):
-            peers = (nodes[0].address,) if nodes else ()
-            nodes.append(start_node(root / f"n{i}", name=f"n{i}", peers=peers, args=DOCKER_ARGS))
-        wait_connected(nodes)
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
+    cluster = Cluster(tmp_path_factory.mktemp("verify-nodes"), 3, DOCKER_ARGS)
+    yield cluster.nodes
+    cluster.close()
 
 
 def _run(ctl: Ctl, *args: str) -> tuple[Any, str]:
@@ -114,13 +106,9 @@ def test_nodes_with_a_long_verified_record_run_verified_jobs_alone(
     from bacalhau.requester.node import TRUSTED_AFTER
     from tests.integration.conftest import ECHO_WASM
 
-    nodes: list[NodeProc] = []
+    cluster = Cluster(tmp_path / "net", 3)
     try:
-        for i in range(3):
-            peers = (nodes[0].address,) if nodes else ()
-            nodes.append(start_node(tmp_path / f"n{i}", name=f"n{i}", peers=peers))
-        wait_connected(nodes)
-        with Client(nodes[0].address, timeout=60) as c:
+        with Client(cluster[0].address, timeout=60) as c:
             module = c.add_file(ECHO_WASM).cid
             jobs = []
             for i in range(TRUSTED_AFTER + 15):
@@ -139,5 +127,4 @@ def test_nodes_with_a_long_verified_record_run_verified_jobs_alone(
         alone = [r for r in ran[TRUSTED_AFTER:] if len(r) == 1]
         assert alone and all(r[0].trusted for r in alone)  # 90% of them, but for spot checks
     finally:
-        for n in nodes:
-            n.stop()
+        cluster.close()
