@@ -45,7 +45,10 @@ def parse_input(text: str, flag: str = "-v") -> InputFlag:
             )
         if dst is not None and not dst.startswith("/"):
             raise UsageError(f"{flag}: dst {dst[:200]!r} must be an absolute path, like /inputs")
-        found = _source(src, flag, text)
+        if ":" not in src:  # a bare CID, or a local path, mounted at dst
+            found = _source(f"{src}:{dst or DEFAULT_CID_MOUNT}", flag, text)
+        else:
+            found = _source(src, flag, text)
         return InputFlag(found.kind, found.value, dst if dst is not None else found.mount)
     return _source(text, flag, text)
 
