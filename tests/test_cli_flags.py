@@ -32,7 +32,10 @@ CID = "QmWhtTR7hn1PTrLH6j2u1GLa4C19Zrz1FZyuNoYmP3JQpQ"
         (f"{CID}:/data", InputFlag("cid", CID, "/data")),
         ("https://h.example/f.csv", InputFlag("url", "https://h.example/f.csv", None)),
         ("https://h.example:8080/f.csv", InputFlag("url", "https://h.example:8080/f.csv", None)),
-        ("https://h.example/f.csv:/in/x.csv", InputFlag("url", "https://h.example/f.csv", "/in/x.csv")),
+        (
+            "https://h.example/f.csv:/in/x.csv",
+            InputFlag("url", "https://h.example/f.csv", "/in/x.csv"),
+        ),
         (
             "src=https://h.example/f.csv,dst=/in/f.csv",
             InputFlag("url", "https://h.example/f.csv", "/in/f.csv"),

@@ -114,19 +114,25 @@ def _full_specs() -> list[Any]:
         types_pb2.JobSpec(
             engine="wasm",
             wasm=types_pb2.WasmSpec(
-                module_cid=CID_A, entry_point="main", args=["a", "1"], env={"X": "1"},
+                module_cid=CID_A,
+                entry_point="main",
+                args=["a", "1"],
+                env={"X": "1"},
                 deterministic=True,
             ),
             **common,
-        ),  # fmt: skip
+        ),
         types_pb2.JobSpec(
             engine="docker",
             docker=types_pb2.DockerSpec(
-                image="busybox", entrypoint=["sh"], args=["-c", "ls"], env={"A": "b"},
+                image="busybox",
+                entrypoint=["sh"],
+                args=["-c", "ls"],
+                env={"A": "b"},
                 working_dir="/w",
             ),
             **common,
-        ),  # fmt: skip
+        ),
         types_pb2.JobSpec(
             engine="python",
             python=types_pb2.PythonSpec(
