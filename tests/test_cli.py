@@ -198,6 +198,16 @@ ECHO_WASM = ROOT / "examples" / "wasm" / "echo.wasm"
         (("--concurrency", "-1"), "concurrency must not be negative, not -1"),
         (("-o", "out:/a", "-o", "out:/b"), "output name 'out' is used twice"),
         (("-o", "é:/a"), "bad output name 'é'"),
+        (("--cpu", "lots"), "--cpu: bad cpu amount 'lots'"),
+        (("--memory", "1Xb"), "--memory: bad size '1Xb'"),
+        (("--timeout", "soon"), "--timeout: bad duration 'soon'"),
+        (("--timeout", "1m30"), "--timeout: bad duration '1m30'"),
+        (("--count", "65"), "concurrency 65 is above 64"),
+        (("-i", "ipfs://nope:/data"), "-i: invalid CID 'nope'"),
+        (("-i", "src=ipfs://x"), "-i: invalid CID 'x'"),
+        (("-i", "ipfs://QmWhtTR7hn1PTrLH6j2u1GLa4C19Zrz1FZyuNoYmP3JQpQ:rel"), "-i: mount path"),
+        (("-u", "ftp://h.example/f"), "-u: bad URL 'ftp://h.example/f'"),
+        (("-v", "nothing-here:/d"), "-v: input nothing-here: no such file or folder"),
     ],
 )
 def test_run_flags_are_refused_before_any_node_is_asked(
@@ -272,3 +282,126 @@ def test_serve_refuses_an_unknown_engine(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (
         "bacalhaud: error: unknown engine 'fortran': use one of: wasm, docker, python, noop"
     )
+
+
+# -- --dry-run and spec files, no node needed ------------------------------------------------
+
+SPEC_MD = ROOT / "docs" / "spec.md"
+
+
+def _dry(ctl: Ctl, *args: str, stdin: bytes | None = None) -> dict[str, object]:
+    api = f"127.0.0.1:{_unused_port()}"  # nobody there: a dry run asks no node
+    res = ctl("--api", api, *args, stdin=stdin)
+    assert res.returncode == 0, res.stderr
+    import yaml
+
+    doc = yaml.safe_load(res.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_dry_run_of_each_run_verb_prints_the_spec_with_the_cids_an_upload_gives(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    module_cid = ctl("add", "-q", "--only-hash", str(ECHO_WASM)).stdout.strip()
+    doc = _dry(ctl, "wasm", "run", "--dry-run", "--cpu", "500m", str(ECHO_WASM), "hi")
+    assert doc["engine"] == "wasm"
+    assert doc["wasm"] == {
+        "module_cid": module_cid,
+        "entry_point": None,
+        "args": ["hi"],
+        "env": {},
+        "deterministic": False,
+    }
+    assert doc["resources"]["cpu"] == 0.5  # type: ignore[index]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    folder_cid = ctl("add", "-q", "--only-hash", str(folder)).stdout.strip()
+    doc = _dry(
+        ctl, "docker", "run", "--dry-run", "-v", f"{folder}:/in", "--memory", "1Gb",
+        "--timeout", "1m30s", "--count", "2", "busybox", "ls", "/in",
+    )  # fmt: skip
+    assert doc["docker"]["image"] == "busybox"  # type: ignore[index]
+    assert doc["inputs"] == [{"source": "ipfs", "cid": folder_cid, "mount_path": "/in"}]
+    assert doc["resources"]["memory_bytes"] == 10**9  # type: ignore[index]
+    assert (doc["timeout_seconds"], doc["concurrency"]) == (90, 2)
+    doc = _dry(ctl, "run", "python", "--dry-run", "-c", "print(1)")
+    assert doc["python"]["code"] == "print(1)"  # type: ignore[index]
+    res = ctl("--output", "json", "wasm", "run", "--dry-run", str(ECHO_WASM))
+    assert json.loads(res.stdout)["wasm"]["module_cid"] == module_cid
+    assert not (tmp_path / "node").exists()  # nothing stored either
+
+
+def test_job_run_dry_run_reads_its_own_output_back(ctl: Ctl) -> None:
+    first = ctl(
+        "wasm",
+        "run",
+        "--dry-run",
+        "-i",
+        "ipfs://QmWhtTR7hn1PTrLH6j2u1GLa4C19Zrz1FZyuNoYmP3JQpQ",
+        str(ECHO_WASM),
+        "a",
+    )
+    assert first.returncode == 0, first.stderr
+    for verb in (("job", "run"), ("create",)):
+        again = ctl(*verb, "--dry-run", "-", stdin=first.stdout_bytes)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout == first.stdout
+
+
+def test_job_validate(ctl: Ctl, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("engine: noop\n")
+    res = ctl("job", "validate", str(good))
+    assert (res.returncode, res.stdout) == (0, "ok\n")
+    assert ctl("validate", str(good)).stdout == "ok\n"  # Bacalhau 2022's name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine: wasm\nwasm: {module_cid: nope}\nconcurrency: 99\ncolour: red\n")
+    res = ctl("job", "validate", str(bad))
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"{bad}: spec: unknown key 'colour' (known here: annotations, concurrency, confidence, "
+        "docker, engine, inputs, min_bids, no_memo, node_selector, outputs, python, resources, "
+        "sharding, timeout_seconds, verifier, wasm)"
+    ]
+    bad.write_text("engine: wasm\nwasm: {module_cid: nope}\nconcurrency: 99\n")
+    res = ctl("job", "validate", "-", stdin=bad.read_bytes())
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("stdin: wasm.module_cid: invalid CID 'nope'")
+    assert lines[1] == "stdin: concurrency: concurrency 99 is above 64"
+    res = ctl("--output", "json", "job", "validate", str(bad))
+    doc = json.loads(res.stdout)
+    assert doc["valid"] is False and [p["field"] for p in doc["problems"]] == [
+        "wasm.module_cid",
+        "concurrency",
+    ]
+    # job run refuses it in one line, before asking a node
+    res = ctl("--api", f"127.0.0.1:{_unused_port()}", "job", "run", str(bad))
+    assert_one_line_error(res, "wasm.module_cid: invalid CID 'nope'")
+    assert "(and 1 more: 'bacalhauctl job validate' lists them)" in res.stderr
+    assert_one_line_error(ctl("job", "validate"), "validate needs a SPEC file")
+    assert_one_line_error(ctl("job", "run", str(tmp_path / "none.yaml")), "no such file")
+    (tmp_path / "broken.yaml").write_text("a: [\n")
+    assert_one_line_error(ctl("job", "run", str(tmp_path / "broken.yaml")), "not valid YAML")
+
+
+def test_every_example_in_the_spec_docs_validates(ctl: Ctl, tmp_path: Path) -> None:
+    from tests.test_specfile import doc_examples
+
+    for engine, text in doc_examples().items():
+        path = tmp_path / f"{engine}.yaml"
+        path.write_text(text)
+        res = ctl("job", "validate", str(path))
+        assert (res.returncode, res.stdout) == (0, "ok\n"), (engine, res.stdout)
+
+
+def test_output_schema(ctl: Ctl) -> None:
+    res = ctl("job", "validate", "--output-schema")
+    assert res.returncode == 0
+    schema = json.loads(res.stdout)
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert schema["additionalProperties"] is False
+    assert "wasm" in schema["properties"] and "sharding" in schema["properties"]

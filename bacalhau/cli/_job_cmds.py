@@ -9,11 +9,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bacalhau._pb.bacalhau.v1 import client_pb2, types_pb2
-from bacalhau.cli._common import parse_kv, parse_size
-from bacalhau.cli._render import describe_text, dump, job_doc, time_text
+from bacalhau.cli._common import parse_kv
+from bacalhau.cli._flags import (
+    DEFAULT_CID_MOUNT,
+    InputFlag,
+    flag_cpu,
+    flag_memory,
+    flag_timeout,
+    parse_input,
+    split_url,
+)
+from bacalhau.cli._render import describe_text, dump, job_doc, spec_doc, time_text
 from bacalhau.client import Client, default_user_key, load_user_key
 from bacalhau.content.cid import CID
 from bacalhau.errors import BacalhauError, UsageError
@@ -28,7 +37,6 @@ from bacalhau.spec import (
     check_outputs,
     check_resources,
     check_timeout,
-    check_url,
     mount_paths,
     parse_url_list,
 )
@@ -160,8 +168,8 @@ def wasm_run(args: argparse.Namespace) -> int:
                 f"{module} is neither a file nor a CID", hint="give a .wasm file or a module's CID"
             ) from None
 
-    def build(c: Client, spec: Any, env: dict[str, str]) -> None:
-        module_cid = c.add_file(path).cid if upload else module
+    def build(up: Uploads, spec: Any, env: dict[str, str]) -> None:
+        module_cid = up.file(path) if upload else module
         spec.engine = "wasm"
         spec.wasm.CopyFrom(
             types_pb2.WasmSpec(
@@ -181,7 +189,7 @@ def docker_run(args: argparse.Namespace) -> int:
     if problems:
         raise SpecError(problems)
 
-    def build(c: Client, spec: Any, env: dict[str, str]) -> None:
+    def build(up: Uploads, spec: Any, env: dict[str, str]) -> None:
         spec.engine = "docker"
         spec.docker.CopyFrom(
             types_pb2.DockerSpec(
@@ -196,23 +204,71 @@ def docker_run(args: argparse.Namespace) -> int:
     return run_job(args, build)
 
 
-def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, str]], None]) -> int:
-    """Submit a job from the shared run flags; `build(client, spec, env)` adds the engine's part.
+class Uploads(Protocol):
+    """Where a run's local files go: uploaded to the node, or (--dry-run) only hashed."""
+
+    def file(self, path: Path) -> str:
+        """The CID of the file at `path`."""
+        ...
+
+    def folder(self, path: Path) -> str:
+        """The CID of the folder at `path`, as `ipfs add -r --hidden` gives it."""
+        ...
+
+
+class _NodeUploads:
+    def __init__(self, c: Client) -> None:
+        self._c = c
+
+    def file(self, path: Path) -> str:
+        return str(self._c.add_file(path).cid)
+
+    def folder(self, path: Path) -> str:
+        return str(self._c.add_directory(path).cid)
+
+
+class _HashOnly:
+    """The CIDs an upload would give (the node imports with the same defaults); nothing is
+    stored or sent."""
+
+    def file(self, path: Path) -> str:
+        return self._hash(path)
+
+    def folder(self, path: Path) -> str:
+        return self._hash(path)
+
+    def _hash(self, path: Path) -> str:
+        from bacalhau.content import Importer, ImportOptions
+
+        try:
+            with Importer(ImportOptions(), None) as importer:
+                return str(CID.from_bytes(importer.add_path(path).cid))
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
+
+Build = Callable[[Uploads, Any, dict[str, str]], None]
+
+
+def run_job(args: argparse.Namespace, build: Build) -> int:
+    """Submit a job from the shared run flags; `build(uploads, spec, env)` adds the engine's
+    part.
 
     Checks the flags with the spec's rules before anything is uploaded, and the whole spec
     before it is submitted (SpecError); then prints the job ID and, with --wait, follows the
-    job and fails unless it completed.
+    job and fails unless it completed. With --dry-run, prints the spec instead, and uploads
+    and submits nothing.
     """
     outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
     env = parse_kv(args.env, "environment variable")
     selector = parse_kv(args.labels, "label")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
-    memory = parse_size(args.memory) if args.memory else 0
+    timeout = flag_timeout(args.timeout)
+    cpu = flag_cpu(args.cpu)
+    memory = flag_memory(args.memory)
     output_specs = [types_pb2.OutputSpec(name=n, path=p) for n, p in outputs]
     problems = check_outputs(output_specs)
-    problems += check_timeout(args.timeout or 0)
-    problems += check_resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory)
+    problems += check_timeout(timeout)
+    problems += check_resources(cpu=cpu, gpu=args.gpu, memory_bytes=memory)
     problems += check_concurrency(args.concurrency)
     for flag, value in (("--confidence", args.confidence), ("--min-bids", args.min_bids)):
         if value < 0:
@@ -220,21 +276,30 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
     sharding = _sharding(args)
     if problems:
         raise SpecError(problems)
-    inputs = [_parse_input(text) for text in args.inputs]
-    urls = [check_url(u) for u in args.urls]
+    inputs = input_flags(args)
+    by_data = [i for i in inputs if i.kind != "url"]
+    urls = [(str(i.value), i.mount) for i in inputs if i.kind == "url"]
+    urls += [split_url(u, "-u") for u in args.urls]
     for list_file in args.url_lists:
-        urls += _read_url_list(list_file)
-    url_mounts = mount_paths(urls, taken={m for _, m in inputs})
-    with _client(args) as c:
+        urls += [(u, None) for u in _read_url_list(list_file)]
+    taken = {i.mount or DEFAULT_CID_MOUNT for i in by_data} | {m for _, m in urls if m}
+    auto = iter(mount_paths([u for u, m in urls if m is None], taken=taken))
+    url_mounts = [(u, m if m is not None else next(auto)) for u, m in urls]
+
+    def assemble(up: Uploads) -> Any:
         spec = types_pb2.JobSpec(
             inputs=[
                 *(
-                    types_pb2.InputSpec(source="ipfs", cid=_upload(c, src), mount_path=mount)
-                    for src, mount in inputs
+                    types_pb2.InputSpec(
+                        source="ipfs",
+                        cid=_cid_of(up, i),
+                        mount_path=i.mount or DEFAULT_CID_MOUNT,
+                    )
+                    for i in by_data
                 ),
                 *(
                     types_pb2.InputSpec(source="url", url=url, mount_path=mount)
-                    for url, mount in zip(urls, url_mounts, strict=True)
+                    for url, mount in url_mounts
                 ),
             ],
             outputs=output_specs,
@@ -244,62 +309,62 @@ def run_job(args: argparse.Namespace, build: Callable[[Client, Any, dict[str, st
                 min_bids=args.min_bids,
                 verifier=args.verifier or "",
             ),
-            timeout_seconds=args.timeout or 0,
+            timeout_seconds=timeout,
             node_selector=selector,
-            resources=types_pb2.Resources(cpu=args.cpu, gpu=args.gpu, memory_bytes=memory),
+            resources=types_pb2.Resources(cpu=cpu, gpu=args.gpu, memory_bytes=memory),
             sharding=sharding,
             no_memo=args.no_memo,
         )
-        build(c, spec, env)
+        build(up, spec, env)
         check(spec)  # the node's own rules, before it is asked
-        job_id = c.submit(spec).job_id
-        print(job_id, flush=True)
-        if not args.wait or args.id_only:
-            return 0
-        resp = c.wait(job_id)
-        job = resp.job
-        if args.output != "text":
-            sys.stdout.write(dump(job_doc(job), args.output))
-        state = JobState.of(job.state)
-        if args.download and state == JobState.COMPLETED:
-            _download(c, job.id, args.output_dir)
+        return spec
+
+    if args.dry_run:
+        print_spec(assemble(_HashOnly()), args)
+        return 0
+    with _client(args) as c:
+        return submit(c, assemble(_NodeUploads(c)), args)
+
+
+def print_spec(spec: Any, args: argparse.Namespace) -> None:
+    """The spec document (--dry-run): YAML, or JSON with --output json."""
+    sys.stdout.write(dump(spec_doc(spec), "json" if args.output == "json" else "yaml"))
+
+
+def submit(c: Client, spec: Any, args: argparse.Namespace) -> int:
+    """Submit `spec`; print the job ID; with --wait, follow it and fail unless it completed."""
+    job_id = c.submit(spec).job_id
+    print(job_id, flush=True)
+    if not args.wait or args.id_only:
+        return 0
+    job = c.wait(job_id).job
+    if args.output != "text":
+        sys.stdout.write(dump(job_doc(job), args.output))
+    state = JobState.of(job.state)
     if state != JobState.COMPLETED:
         raise BacalhauError(
             f"job {job.id} {state.value}: {job.message or 'no reason given'}",
             hint=f"'bacalhauctl describe {job.id}' shows what happened",
         )
+    if args.download:
+        _download(c, job.id, args.output_dir)
     if args.output == "text":
         print(f"completed; 'bacalhauctl get {job.id}' downloads the result", file=sys.stderr)
     return 0
 
 
-def _parse_input(text: str) -> tuple[Path | str, str]:
-    """`SRC:/path` -> (local file or folder to upload, or CID; mount path). Raises UsageError."""
-    src, sep, mount = text.rpartition(":")
-    if not sep or not src or not mount.startswith("/"):
-        raise UsageError(
-            f"bad input {text!r}",
-            hint="write it as CID:/path, ./file:/path or ./folder:/path, e.g. QmX...:/inputs",
-        )
-    local = Path(src)
-    if local.is_dir() or local.is_file():
-        return local, mount
-    try:
-        CID.parse(src)
-    except BacalhauError:
-        looks_local = src.startswith((".", "/", "~")) or "/" in src
-        hint = "check the path" if looks_local else "give a CID, or a path to a file or folder"
-        raise UsageError(
-            f"input {src}: no such file or folder, and not a CID either", hint=hint
-        ) from None
-    return src, mount
+def input_flags(args: argparse.Namespace) -> list[InputFlag]:
+    """The inputs of -v and -i, in that order; UsageError naming the flag of a bad one."""
+    return [parse_input(t, "-v") for t in args.inputs] + [
+        parse_input(t, "-i") for t in args.input_uris
+    ]
 
 
-def _upload(c: Client, src: Path | str) -> str:
-    """The CID of an input: uploaded first when it is a local file or folder."""
-    if isinstance(src, str):
-        return src
-    return str(c.add_directory(src).cid if src.is_dir() else c.add_file(src).cid)
+def _cid_of(up: Uploads, i: InputFlag) -> str:
+    """The CID of an input: uploaded (or hashed) first when it is a local file or folder."""
+    if isinstance(i.value, str):
+        return i.value
+    return up.folder(i.value) if i.value.is_dir() else up.file(i.value)
 
 
 def _read_url_list(path: Path) -> list[str]:

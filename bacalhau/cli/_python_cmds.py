@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from bacalhau.errors import UsageError
 
 if TYPE_CHECKING:
-    from bacalhau.client import Client
+    from bacalhau.cli._job_cmds import Uploads
 
 MAX_CONTEXT_BYTES = 10 << 20
 
@@ -104,12 +104,12 @@ def run_python(args: argparse.Namespace) -> int:
             _check_size(path)
             program, single = path.name, path
 
-    def build(c: Client, spec: Any, env: dict[str, str]) -> None:
+    def build(up: Uploads, spec: Any, env: dict[str, str]) -> None:
         context_cid = ""
         if context is not None:
-            context_cid = c.add_directory(context).cid
+            context_cid = up.folder(context)
         elif single is not None:
-            context_cid = _upload_alone(c, single)
+            context_cid = _upload_alone(up, single)
         spec.engine = "python"
         spec.python.CopyFrom(
             types_pb2.PythonSpec(
@@ -127,20 +127,21 @@ def run_python(args: argparse.Namespace) -> int:
 
 def _check_mounts(args: argparse.Namespace) -> None:
     """Refuse -v/-o paths the guest reserves, before anything is uploaded (UsageError)."""
+    from bacalhau.cli._job_cmds import input_flags
     from bacalhau.spec import check_mount_paths
 
-    paths = [text.rpartition(":")[2] for text in args.inputs]
+    paths = [i.mount for i in input_flags(args) if i.mount]
     paths += [text.partition(":")[2] for text in args.output_volumes]
     check_mount_paths([p for p in paths if p.startswith("/")])
 
 
-def _upload_alone(c: Client, program: Path) -> str:
+def _upload_alone(up: Uploads, program: Path) -> str:
     """Upload a folder holding only `program`; its CID."""
     with tempfile.TemporaryDirectory(prefix="bacalhau-context-") as tmp:
         staged = Path(tmp) / "context"
         staged.mkdir()
         shutil.copyfile(program, staged / program.name)
-        return str(c.add_directory(staged).cid)
+        return up.folder(staged)
 
 
 def _check_size(path: Path) -> None:

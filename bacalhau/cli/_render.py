@@ -61,8 +61,10 @@ def spec_doc(spec: Any) -> dict[str, Any]:
     if spec.engine == "wasm":
         doc["wasm"] = {
             "module_cid": spec.wasm.module_cid,
+            "entry_point": spec.wasm.entry_point or None,
             "args": list(spec.wasm.args),
             "env": dict(spec.wasm.env),
+            "deterministic": spec.wasm.deterministic,
         }
     elif spec.engine == "docker":
         d = spec.docker
@@ -97,6 +99,7 @@ def spec_doc(spec: Any) -> dict[str, Any]:
     doc["confidence"] = spec.deal.confidence or None
     doc["min_bids"] = spec.deal.min_bids or None
     doc["node_selector"] = dict(spec.node_selector)
+    doc["annotations"] = dict(spec.annotations)
     doc["no_memo"] = spec.no_memo
     s = spec.sharding
     doc["sharding"] = (

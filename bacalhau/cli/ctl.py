@@ -179,37 +179,7 @@ def _add_job_commands(sub: Any) -> None:
     engines = run_cmd.add_subparsers(dest="run_command", metavar="ENGINE", required=True)
     _python_cmds.add_parser(engines, flags)
 
-    ls = add("list", help="list your jobs on the node (active ones by default)")
-    ls.add_argument("--all", action="store_true", help="include finished jobs")
-    ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
-    ls.add_argument(
-        "--state",
-        action="append",
-        default=[],
-        choices=("pending", "running", "completed", "failed", "cancelled"),
-        help="only jobs in this state (repeatable)",
-    )
-    ls.add_argument(
-        "--all-users",
-        action="store_true",
-        help="every user's jobs, not only yours (their env values hidden)",
-    )
-    ls.add_argument("--client", default="", metavar="ID", help="only jobs of this user ID")
-
-    describe = add("describe", help="a job's state, executions and events")
-    describe.add_argument("job", metavar="JOB")
-    describe.add_argument(
-        "--shards", action="store_true", help="a sharded job's executions, shard by shard"
-    )
-    logs = add("logs", help="a job's stdout and stderr")
-    logs.add_argument("job", metavar="JOB")
-    logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
-    logs.add_argument(
-        "--shard",
-        type=int,
-        metavar="N",
-        help="a sharded job's shard N only (default: every shard's, in shard order)",
-    )
+    _job_verbs(add)
     get = add(
         "get",
         help="download a job's result (stdout, stderr, exitCode, output folders)",
@@ -244,7 +214,12 @@ def _add_job_commands(sub: Any) -> None:
     )
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
+    _spec_commands(sub, add, common)
+    _data_commands(add)
 
+
+def _data_commands(add: Any) -> None:
+    """uploads, unpin, gc: a user's data on the node."""
     add(
         "uploads",
         help="list your uploads to the node (CID, size, when) and your quota",
@@ -271,6 +246,99 @@ def _add_job_commands(sub: Any) -> None:
     )
 
 
+def _job_verbs(add: Any) -> None:
+    """list, describe, logs: at the top and in the `job` group."""
+    ls = add("list", help="list your jobs on the node (active ones by default)")
+    ls.add_argument("--all", action="store_true", help="include finished jobs")
+    ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
+    ls.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=("pending", "running", "completed", "failed", "cancelled"),
+        help="only jobs in this state (repeatable)",
+    )
+    ls.add_argument(
+        "--all-users",
+        action="store_true",
+        help="every user's jobs, not only yours (their env values hidden)",
+    )
+    ls.add_argument("--client", default="", metavar="ID", help="only jobs of this user ID")
+
+    describe = add("describe", help="a job's state, executions and events")
+    describe.add_argument("job", metavar="JOB")
+    describe.add_argument(
+        "--shards", action="store_true", help="a sharded job's executions, shard by shard"
+    )
+    logs = add("logs", help="a job's stdout and stderr")
+    logs.add_argument("job", metavar="JOB")
+    logs.add_argument("-f", "--follow", action="store_true", help="wait for the job to finish")
+    logs.add_argument(
+        "--shard",
+        type=int,
+        metavar="N",
+        help="a sharded job's shard N only (default: every shard's, in shard order)",
+    )
+
+
+def _spec_commands(sub: Any, add: Any, common: argparse.ArgumentParser) -> None:
+    """`job ...` and `node ...` (Bacalhau's verb groups), `create` and `validate`."""
+    job = sub.add_parser("job", help="jobs: run a spec file, validate one, list, describe, ...")
+    job_sub = job.add_subparsers(dest="job_command", metavar="COMMAND", required=True)
+    job_add = functools.partial(job_sub.add_parser, parents=[common])
+    _run_spec(job_add, "run")
+    _run_spec(add, "create", bacalhau_name=True)
+    _validate(job_add)
+    _validate(add)
+    _job_verbs(job_add)
+    stop = job_add("stop", help="stop (cancel) a job")
+    stop.add_argument("job", metavar="JOB")
+    executions = job_add("executions", help="a job's executions: node, state, exit code, result")
+    executions.add_argument("job", metavar="JOB")
+    history = job_add("history", help="a job's events, in order")
+    history.add_argument("job", metavar="JOB")
+
+    node = sub.add_parser("node", help="nodes: list the network, describe one")
+    node_sub = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+    node_add = functools.partial(node_sub.add_parser, parents=[common])
+    node_add("list", help="the node at --api and its peers")
+    describe = node_add(
+        "describe", help="a node: its ID, address, engines, labels (default: the one at --api)"
+    )
+    describe.add_argument("node", nargs="?", metavar="NODE", help="a node ID, or its end")
+
+
+def _run_spec(add: Any, name: str, *, bacalhau_name: bool = False) -> None:
+    help_text = "run a job from a spec file (YAML or JSON; - reads stdin)"
+    if bacalhau_name:
+        help_text = "the same as 'job run' (Bacalhau's name)"
+    p = add(
+        name,
+        help=help_text,
+        description="Submit the job a spec file describes: the 'spec' section of "
+        "'bacalhauctl describe JOB --output yaml' (a whole describe document is taken too, "
+        "and Bacalhau-2022-style keys; docs/spec.md). Inputs are CIDs and URLs only: local "
+        "files are not uploaded ('bacalhauctl add' them first). Prints the job ID first; "
+        "with --wait (the default) follows the job and exits 0 only if it completed.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="a .yaml or .json file, or - for stdin")
+    _submit_flags(p)
+
+
+def _validate(add: Any) -> None:
+    p = add(
+        "validate",
+        help="check a spec file: one line per problem, or 'ok'",
+        description="Check SPEC against every rule a node applies, without a node: prints "
+        "one line per problem and exits 1, or 'ok' and exits 0. With --output-schema, prints "
+        "the JSON Schema of a spec file instead.",
+    )
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="a .yaml or .json file, or -")
+    p.add_argument(
+        "--output-schema", action="store_true", help="print the JSON Schema of a spec file"
+    )
+
+
 def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags every `... run` command shares (inputs, outputs, limits, placement)."""
     run = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -290,7 +358,17 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SRC:/path",
-        help="mount an input read-only: SRC is a CID, or a local file or folder (uploaded)",
+        help="mount an input read-only: SRC is a CID, or a local file or folder (uploaded); "
+        "also takes every form of -i",
+    )
+    run.add_argument(
+        "-i",
+        dest="input_uris",
+        action="append",
+        default=[],
+        metavar="INPUT",
+        help="an input as Bacalhau writes it: src=ipfs://CID,dst=/path, ipfs://CID:/path, "
+        "ipfs://CID (at /inputs), https://host/file (as -u), or any form of -v",
     )
     run.add_argument(
         "-u",
@@ -298,9 +376,11 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         dest="urls",
         action="append",
         default=[],
-        metavar="URL",
-        help="an http(s) URL the node downloads, mounted read-only at /inputs/<file name> "
-        "(a repeated name gets _1, _2, ... before its extension, in the order given)",
+        metavar="URL[:/path]",
+        help="an http(s) URL the node downloads, mounted read-only at /path, by default "
+        "/inputs/<file name> (a repeated name gets _1, _2, ... before its extension, in the "
+        "order given); a /path ending in / is a folder. Only a trailing :/path after the "
+        "whole URL counts as the path",
     )
     run.add_argument(
         "-U",
@@ -313,12 +393,25 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="a file of URLs (one per line; '#' comments), each as with -u; - reads stdin",
     )
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
-    run.add_argument("--timeout", type=float, metavar="S", help="seconds (default: node's)")
-    run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 64Mi")
-    run.add_argument("--cpu", type=float, default=0, metavar="N", help="cores the job needs")
+    run.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="seconds (90) or a duration (90s, 1m30s, 1h) (default: node's)",
+    )
+    run.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="memory limit: 512Mb, 1GB (powers of 1000), 64Mi, 1GiB (of 1024); any case",
+    )
+    run.add_argument("--cpu", metavar="N", help="cores the job needs: 0.5, 2, or millicores: 500m")
     run.add_argument("--gpu", type=int, default=0, metavar="N", help="GPUs the job needs")
     run.add_argument(
-        "--concurrency", type=int, default=1, metavar="N", help="nodes that run it (default 1)"
+        "--concurrency",
+        "--count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="nodes that run it (default 1)",
     )
     run.add_argument(
         "--verifier",
@@ -373,11 +466,22 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="N",
         help="tries of a failed shard on other nodes before the job fails (default 2)",
     )
-    run.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
-    run.add_argument("--id-only", action="store_true", help="print the job ID and return")
-    run.add_argument("--download", action="store_true", help="download the result when done")
-    run.add_argument("--output-dir", type=Path, help="where --download writes")
+    _submit_flags(run)
     return run
+
+
+def _submit_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that submits a job: --dry-run, --wait, --download."""
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the spec it would submit (YAML; JSON with --output json), local files "
+        "only hashed; upload and submit nothing",
+    )
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--id-only", action="store_true", help="print the job ID and return")
+    parser.add_argument("--download", action="store_true", help="download the result when done")
+    parser.add_argument("--output-dir", type=Path, help="where --download writes")
 
 
 _JOB_COMMANDS = {
@@ -394,6 +498,12 @@ _JOB_COMMANDS = {
     "lineage": "lineage",
 }
 _DATA_COMMANDS = {"uploads": "uploads", "unpin": "unpin", "gc": "gc"}
+_GROUPS = {
+    "job": ("job_command", {"run": "run_spec", "validate": "validate", "list": "list_jobs",
+                            "describe": "describe", "logs": "logs", "stop": "cancel",
+                            "executions": "executions", "history": "history"}),
+    "node": ("node_command", {"list": "node_list", "describe": "node_describe"}),
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,6 +526,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bacalhau.cli import _data_cmds
 
         return int(getattr(_data_cmds, _DATA_COMMANDS[args.command])(args))
+    if args.command in ("job", "node", "create", "validate"):
+        from bacalhau.cli import _group_cmds
+
+        verb = {"create": "run_spec", "validate": "validate"}.get(args.command)
+        if verb is None:
+            dest, verbs = _GROUPS[args.command]
+            verb = verbs[getattr(args, dest)]
+        return int(getattr(_group_cmds, verb)(args))
 
     from bacalhau.cli import _content_cmds
 

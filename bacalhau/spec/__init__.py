@@ -27,6 +27,7 @@ from bacalhau.spec._rules import (
     MAX_ID_LENGTH,
     MAX_INPUTS,
     MAX_INPUTS_BYTES,
+    MAX_MIN_BIDS,
     MAX_SPEC_BYTES,
     MAX_TIMEOUT_S,
     OUTPUT_NAME,
@@ -56,6 +57,9 @@ from bacalhau.spec._sections import (
 from bacalhau.spec._sharding import (
     DEFAULT_BASE_PATH,
     DEFAULT_RETRIES,
+    MAX_BATCH_SIZE,
+    MAX_GLOB_LENGTH,
+    MAX_RETRIES,
     MAX_SHARDS,
     SHARD_COUNT_ENV,
     SHARD_INDEX_ENV,
@@ -69,6 +73,7 @@ from bacalhau.spec._sharding import (
     shard_spec,
     sharded_inputs,
 )
+from bacalhau.spec._units import parse_cpu, parse_duration, parse_memory
 from bacalhau.spec._urls import MAX_URL_LENGTH, check_url, file_name, mount_paths, parse_url_list
 from bacalhau.spec._validate import check, validate
 
@@ -80,13 +85,17 @@ __all__ = [
     "GUEST_BOOT",
     "GUEST_TMP",
     "LOCALITY_CHECKS",
+    "MAX_BATCH_SIZE",
     "MAX_BYTES",
     "MAX_CONCURRENCY",
     "MAX_CPU",
+    "MAX_GLOB_LENGTH",
     "MAX_GPU",
     "MAX_ID_LENGTH",
     "MAX_INPUTS",
     "MAX_INPUTS_BYTES",
+    "MAX_MIN_BIDS",
+    "MAX_RETRIES",
     "MAX_SHARDS",
     "MAX_SPEC_BYTES",
     "MAX_TIMEOUT_S",
@@ -130,6 +139,9 @@ __all__ = [
     "memo_key",
     "memo_record",
     "mount_paths",
+    "parse_cpu",
+    "parse_duration",
+    "parse_memory",
     "parse_url_list",
     "retries",
     "shard_spec",

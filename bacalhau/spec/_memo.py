@@ -6,8 +6,7 @@ by CID (a URL's content may change), not sharded. Its canonical record is one JS
 sorted, no spaces, UTF-8) naming the engine, the function (module or context and program or
 code, entry point, args, env values by their SHA-256), the inputs (CID and mount path, sorted
 by mount path) and the outputs (name and path, in order); its key is the CID (v1, raw,
-sha2-256) of those bytes.
-docs/verification.md has a test vector.
+sha2-256) of those bytes. docs/verification.md has a test vector.
 """
 
 from __future__ import annotations

@@ -164,10 +164,13 @@ class Ctl:
         self.api = api
         self.cwd = cwd
 
-    def __call__(self, *args: str, api: str | None = None, timeout: float = 60) -> Any:
+    def __call__(
+        self, *args: str, api: str | None = None, timeout: float = 60, stdin: bytes | None = None
+    ) -> Any:
         env = dict(os.environ, BACALHAU_API=api or self.api)
         proc = subprocess.run(
             [sys.executable, "-m", "bacalhau.cli.ctl", *args],
+            input=stdin,
             capture_output=True,
             env=env,
             cwd=self.cwd,
