@@ -495,6 +495,8 @@ class Ledger:
         if any(s.is_active or s == E.BID_PROPOSED for s in states):
             return
         published = {ex.shard for ex in job.executions if ex.state == E.PUBLISHED.pb}
+        if jobspec.is_sharded(job.spec) and to_place(job):
+            return  # a shard is waiting to be placed (again): its round has no bids yet
         if len(published) >= shard_count(job):
             set_job_state(job, JobState.COMPLETED)
             tx.add_event(event(job, "JobCompleted", node_id=self.node_id))
