@@ -136,20 +136,23 @@ class Ledger:
 
     # -- submit, cancel, restart ----------------------------------------------------------
 
-    async def create(self, spec: Any, client_id: str, shards: list[list[Any]] | None = None) -> Any:
-        """Store a new pending job (with its shards' inputs, if sharded); return it once
-        durable."""
+    def _new_job(self, spec: Any, client_id: str, state: JobState, **fields: Any) -> Any:
         now = now_ns()
-        job = pb.Job(
+        return pb.Job(
             id=new_id("j"),
             spec=spec,
             client_id=client_id,
-            state=JobState.PENDING.pb,
+            state=state.pb,
             requester_node_id=self.node_id,
             create_time_unix_nano=now,
             update_time_unix_nano=now,
-            shard_count=len(shards) if shards else 0,
+            **fields,
         )
+
+    async def create(self, spec: Any, client_id: str, shards: list[list[Any]] | None = None) -> Any:
+        """Store a new pending job (with its shards' inputs, if sharded); return it once
+        durable."""
+        job = self._new_job(spec, client_id, JobState.PENDING, shard_count=len(shards or []))
 
         def write(tx: Tx) -> Any:
             for index, inputs in enumerate(shards or []):
@@ -163,17 +166,8 @@ class Ledger:
     async def create_memoized(self, spec: Any, client_id: str, memo: Any) -> Any:
         """Store a new job answered with an equal job's verified result (`memo`, a MemoEntry
         or MemoAnswer): completed at once, its one execution that result; nothing is run."""
-        now = now_ns()
-        job = pb.Job(
-            id=new_id("j"),
-            spec=spec,
-            client_id=client_id,
-            state=JobState.COMPLETED.pb,
-            requester_node_id=self.node_id,
-            create_time_unix_nano=now,
-            update_time_unix_nano=now,
-            memoized_from=memo.job_id,
-        )
+        job = self._new_job(spec, client_id, JobState.COMPLETED, memoized_from=memo.job_id)
+        now = job.create_time_unix_nano
         ex = job.executions.add(
             id=new_id("e"),
             job_id=job.id,
