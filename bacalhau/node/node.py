@@ -348,6 +348,25 @@ class Node:
             registry=registry,
             callback=lambda: {(): float(len(self.network.connected()))},
         )
+
+        def peers_by_state() -> dict[tuple[str, ...], float]:
+            known = self.store.list_peers()
+            alive = set(self.network.connected())
+            penalised = [p for p in known if not self.requester.trusts(p.node_id)]
+            return {
+                ("alive",): float(len(alive)),
+                ("away",): float(sum(p.node_id not in alive for p in known)),
+                ("penalised",): float(len(penalised)),
+            }
+
+        Gauge(
+            "bacalhau_peers",
+            "Peers in this node's table, by state: alive (a stream open), away (known, not "
+            "connected), penalised (a result of theirs lost a verification here).",
+            ["state"],
+            registry=registry,
+            callback=peers_by_state,
+        )
         Gauge(
             "bacalhau_executions_queued",
             "Executions accepted here and not finished.",

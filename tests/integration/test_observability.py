@@ -44,6 +44,7 @@ def test_metrics_health_and_json_logs(tmp_path: Path) -> None:
             )
             assert count and int(count[1]) >= 1, what
         assert 'bacalhau_duration_seconds_bucket{what="execution",engine="wasm",le="+Inf"}' in text
+        assert 'bacalhau_peers{state="alive"} 0' in text
         for path in ("/livez", "/readyz", "/healthz"):
             assert _get(node, path) == (200, "ok\n"), path
         assert _get(node, "/nope")[0] == 404
