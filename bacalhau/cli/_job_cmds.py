@@ -38,6 +38,7 @@ from bacalhau.spec import (
     check_resources,
     check_timeout,
     mount_paths,
+    parse_memory,
     parse_url_list,
 )
 
@@ -265,10 +266,11 @@ def run_job(args: argparse.Namespace, build: Build) -> int:
     timeout = flag_timeout(args.timeout)
     cpu = flag_cpu(args.cpu)
     memory = flag_memory(args.memory)
+    disk = parse_memory(args.disk, "--disk") if args.disk else 0
     output_specs = [types_pb2.OutputSpec(name=n, path=p) for n, p in outputs]
     problems = check_outputs(output_specs)
     problems += check_timeout(timeout)
-    problems += check_resources(cpu=cpu, gpu=args.gpu, memory_bytes=memory)
+    problems += check_resources(cpu=cpu, gpu=args.gpu, memory_bytes=memory, disk_bytes=disk)
     problems += check_concurrency(args.concurrency)
     for flag, value in (("--confidence", args.confidence), ("--min-bids", args.min_bids)):
         if value < 0:
@@ -311,7 +313,9 @@ def run_job(args: argparse.Namespace, build: Build) -> int:
             ),
             timeout_seconds=timeout,
             node_selector=selector,
-            resources=types_pb2.Resources(cpu=cpu, gpu=args.gpu, memory_bytes=memory),
+            resources=types_pb2.Resources(
+                cpu=cpu, gpu=args.gpu, memory_bytes=memory, disk_bytes=disk
+            ),
             sharding=sharding,
             no_memo=args.no_memo,
         )

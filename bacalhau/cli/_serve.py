@@ -49,6 +49,13 @@ def serve(args: argparse.Namespace) -> int:
             f"--max-job-timeout must be above 0 and at most {spec.MAX_TIMEOUT_S}, "
             f"not {args.max_job_timeout:g}"
         )
+    if args.default_job_timeout is None:
+        args.default_job_timeout = min(600.0, args.max_job_timeout)
+    if not 0 < args.default_job_timeout <= args.max_job_timeout:  # also refuses nan
+        raise UsageError(
+            f"--default-job-timeout must be above 0 and at most --max-job-timeout "
+            f"({args.max_job_timeout:g} s), not {args.default_job_timeout:g}"
+        )
     for flag, value in (
         ("--bid-window", args.bid_window),
         ("--queue-timeout", args.queue_timeout),
@@ -87,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
             "(bacalhaud devstack --bad-actors, for tests and demos)"
         )
     config = NodeConfig(
-        data_dir=args.data_dir,
+        data_dir=args.data_dir.absolute(),  # docker mounts and peers need no cwd
         host=args.host,
         port=args.port,
         peers=list(args.peer),
@@ -107,6 +114,7 @@ def serve(args: argparse.Namespace) -> int:
         url_max_bytes=_size(args.url_max_size, "--url-max-size"),
         allow_private_urls=args.allow_private_urls,
         max_job_timeout_s=args.max_job_timeout,
+        default_job_timeout_s=args.default_job_timeout,
         max_spec_bytes=max_spec,
         admin_keys=frozenset(_ids(args.admin_keys, "--admin-keys")),
         allow_clients=None

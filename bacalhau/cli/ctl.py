@@ -403,6 +403,12 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="SIZE",
         help="memory limit: 512Mb, 1GB (powers of 1000), 64Mi, 1GiB (of 1024); any case",
     )
+    run.add_argument(
+        "--disk",
+        metavar="SIZE",
+        help="disk the job may use: its outputs, and its inputs by CID (default: the node's "
+        "--limit-job-disk); units as --memory",
+    )
     run.add_argument("--cpu", metavar="N", help="cores the job needs: 0.5, 2, or millicores: 500m")
     run.add_argument("--gpu", type=int, default=0, metavar="N", help="GPUs the job needs")
     run.add_argument(

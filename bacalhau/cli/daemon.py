@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 3600 s)",
     )
     serve.add_argument(
+        "--default-job-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the timeout of a job that asks for none, in seconds (default 600, or "
+        "--max-job-timeout if lower; at most --max-job-timeout)",
+    )
+    serve.add_argument(
         "--max-job-timeout",
         type=float,
         default=86400,

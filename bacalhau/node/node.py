@@ -86,6 +86,7 @@ class NodeConfig:
     url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
     allow_private_urls: bool = False  # URL inputs may reach loopback, LAN and link-local hosts
     max_job_timeout_s: float = jobspec.MAX_TIMEOUT_S  # the longest timeout a job may ask for
+    default_job_timeout_s: float = 600.0  # the timeout of a job that asks for none
     max_spec_bytes: int = jobspec.MAX_SPEC_BYTES  # the largest spec this node takes
     admin_keys: frozenset[str] = frozenset()  # user IDs that may cancel and see any job
     allow_clients: frozenset[str] | None = None  # user IDs that may submit (None: anyone)
@@ -228,6 +229,7 @@ class Node:
                 max_parallel=cfg.max_parallel or os.cpu_count() or 1,
                 allocator=allocator,
                 bad_actor=cfg.bad_actor,
+                default_timeout_s=cfg.default_job_timeout_s,
             ),
             inputs=inputs,
         )
