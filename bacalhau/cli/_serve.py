@@ -68,12 +68,6 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--max-spec-size must be above 0 and at most {spec.MAX_SPEC_BYTES} bytes (1Mi)"
         )
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if args.tls_ca is not None and args.tls_cert is None:
-        raise UsageError(
-            "--tls-ca checks peers' certificates: serve TLS too (--tls-cert, --tls-key)"
-        )
     tls_cert, tls_key, tls_ca = _tls(args)
     if not 0 <= args.penalty <= spec.MAX_TIMEOUT_S * 30:  # also refuses nan
         raise UsageError(
@@ -173,7 +167,9 @@ def _tls(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, bytes | 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None:
-        raise UsageError("--tls-ca checks peers' certificates: serve TLS too (--tls-cert)")
+        raise UsageError(
+            "--tls-ca checks peers' certificates: serve TLS too (--tls-cert, --tls-key)"
+        )
     cert, key, ca = (_pem(p, f) for p, f in ((args.tls_cert, "--tls-cert"),
                      (args.tls_key, "--tls-key"), (args.tls_ca, "--tls-ca")))  # fmt: skip
     if cert is None or key is None:

@@ -66,6 +66,7 @@ PACKET_WINDOW_S = 120.0  # how far a packet's time may be from the receiver's cl
 MAX_PEERS = 100  # peers connected at once (serve --max-peers)
 NEW_IDS_PER_MINUTE = 10  # identities never seen before, per source address, per minute
 NONCE_BYTES = 16
+_MAX_SEEN_IDS = 100_000  # identities remembered as seen (not new) for the rate limit
 _MAX_NONCES = 100_000  # packet nonces remembered across streams (see bacalhau.replay)
 
 
@@ -283,6 +284,8 @@ class Network:
             )
         if sender in self._seen_ids:
             return
+        if len(self._seen_ids) >= _MAX_SEEN_IDS:  # bounded: forgotten, they count as new again
+            self._seen_ids.clear()
         host = source.split(":", 1)[-1].rsplit(":", 1)[0] if source else ""
         now = time.monotonic()
         recent = [t for t in self._new_ids.get(host, []) if now - t < 60.0]
