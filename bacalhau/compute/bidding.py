@@ -25,8 +25,18 @@ _PRUNE_AT = 1024
 @dataclass(frozen=True)
 class Offer:
     requester: str
-    spec: Any
+    job_spec: Any  # what was announced: the spec, or a sharded job's own spec
     when: float  # time.monotonic()
+    shard: int = 0
+    shard_count: int = 0  # not 0: a shard of an announcement of many; its files in `inputs`
+    inputs: tuple[Any, ...] = ()
+
+    @property
+    def spec(self) -> Any:
+        """What the offer is to run (for a shard of a sharded job, its own spec)."""
+        if not self.shard_count:
+            return self.job_spec
+        return jobspec.shard_spec(self.job_spec, self.shard, self.shard_count, self.inputs)
 
 
 class Bidder:
@@ -71,20 +81,39 @@ class Bidder:
         return ""
 
     def bid(self, requester: str, a: Any) -> Any:
-        """The Bid answering announcement `a`; a willing one is remembered as an offer."""
+        """The Bid answering announcement `a`; a willing one is remembered as an offer (one
+        per shard, for an announcement of many shards)."""
         reason = self.decline_reason(a.spec)
+        if not reason and a.shards and not 1 < a.shard_count <= jobspec.MAX_SHARDS:
+            reason = f"an announcement of shards of a job of {a.shard_count} shards"
         now = time.monotonic()
-        if not reason:
-            self._offers[(a.job_id, a.shard)] = Offer(requester, a.spec, now)
         if len(self._offers) > _PRUNE_AT:  # offers a requester never answered (it went away)
             self._offers = {k: o for k, o in self._offers.items() if now - o.when < OFFER_TTL_S}
         bid = peer_pb2.Bid(
             job_id=a.job_id, shard=a.shard, willing=not reason, reason=reason, queued=self._queued()
         )
-        if not reason:  # data locality: what of the job's inputs this node holds already
+        if reason:
+            return bid
+        if not a.shards:
+            self._offers[(a.job_id, a.shard)] = Offer(requester, a.spec, now)
+            # data locality: what of the job's inputs this node holds already
             bid.local_input_bytes, bid.local_inputs = self._inputs.local_share(
                 jobspec.locality_cids(a.spec)
             )
+            return bid
+        # Every shard asks the same of the node; only their files (and so locality) differ.
+        # The CIDs a shard's locality is about, as `locality_cids` of its spec gives them.
+        _, outside = jobspec.sharded_inputs(a.spec)
+        for ask in a.shards:
+            if ask.index >= a.shard_count:
+                continue
+            inputs = tuple(ask.inputs)
+            self._offers[(a.job_id, ask.index)] = Offer(
+                requester, a.spec, now, ask.index, a.shard_count, inputs
+            )
+            cids = [i.cid for i in (*outside, *inputs) if i.source in ("", "ipfs")]
+            size, count = self._inputs.local_share(cids[: jobspec.LOCALITY_CHECKS])
+            bid.shards.add(shard=ask.index, local_input_bytes=size, local_inputs=count)
         return bid
 
     def offered_to(self, requester: str, job_id: str, shard: int) -> bool:

@@ -173,6 +173,12 @@ class Compute:
         return self.requester_of(body.execution_id) == sender
 
     def _from_bid_requester(self, sender: str, d: Any) -> bool:
+        if d.shards:  # decisions on many shards: each is checked again as it is taken
+            return any(
+                self.bidder.offered_to(sender, d.job_id, s.shard)
+                or self.requester_of(s.execution_id) == sender
+                for s in d.shards
+            )
         return self.bidder.offered_to(sender, d.job_id, d.shard) or self._from_requester(sender, d)
 
     # -- messages from requesters --------------------------------------------------------
@@ -181,31 +187,45 @@ class Compute:
         self._net.send(sender, bid=self.bidder.bid(sender, a))
 
     def _on_bid_decision(self, sender: str, d: Any) -> None:
-        offer = self.bidder.take(sender, d.job_id, d.shard)
-        if not d.accepted or d.execution_id in self._active:  # declined, or being run
+        if not d.shards:
+            self._decided(sender, d.job_id, d.shard, d.execution_id, d.accepted)
             return
-        known = self.records.get(d.execution_id)
+        for s in d.shards:
+            if s.accepted and not s.execution_id:
+                continue  # malformed: an accepted shard names its execution
+            if s.accepted or self.bidder.offered_to(sender, d.job_id, s.shard):
+                self._decided(sender, d.job_id, s.shard, s.execution_id, s.accepted)
+
+    def _decided(
+        self, sender: str, job_id: str, shard: int, execution_id: str, accepted: bool
+    ) -> None:
+        """The requester's decision on this node's bid for a shard of a job."""
+        offer = self.bidder.take(sender, job_id, shard)
+        if not accepted or execution_id in self._active:  # declined, or being run
+            return
+        known = self.records.get(execution_id)
         if known is not None:  # a decision repeated after a restart: say where it stands
             self._resume_or_report(sender, known)
             return
         if offer is None:  # the offer is gone (this node restarted): the sync says so
             return
         now = now_ns()
+        spec = offer.spec
         record = records_pb2.LocalExecution(
             execution=pb.Execution(
-                id=d.execution_id,
-                job_id=d.job_id,
+                id=execution_id,
+                job_id=job_id,
                 node_id=self._net.node_id,
-                shard=d.shard,
+                shard=shard,
                 state=E.BID_ACCEPTED.pb,
                 create_time_unix_nano=now,
                 update_time_unix_nano=now,
             ),
             requester_node_id=sender,
-            spec=offer.spec,
+            spec=spec,
         )
         # Registered now, so a cancel that arrives before the record is written is not lost.
-        self._active[d.execution_id] = _Active(sender, offer.spec)
+        self._active[execution_id] = _Active(sender, spec)
         self._spawn(self._accept(record))
 
     async def _accept(self, record: Any) -> None:

@@ -58,6 +58,7 @@ CHANNEL_OPTIONS = [
 _HELLO_TIMEOUT_S = 10.0
 API_VERSION = "v1"
 MAX_PACKET = 4 << 20  # bytes of one signed packet; blocks travel by GetBlocks, not here
+PACKET_FILL = 3 << 20  # what a sender packs into one packet, leaving room for its header
 HEARTBEAT_S = 4.0  # every stream carries something at least this often
 DEAD_AFTER_S = 12.0  # a stream silent this long is closed: the peer is not alive
 _DISCOVERED_PATIENCE_S = 60.0  # how long to keep dialling an address heard from a peer
@@ -165,9 +166,26 @@ class Network:
         return self.gossip.broadcast(peer_pb2.PeerMessage(**body))
 
     def _flush(self, conn: Connection) -> None:
-        if conn.pending:
-            messages, conn.pending = conn.pending, []
-            self._send_packet(conn, conn.node_id, messages)
+        """Send what is queued for `conn`'s peer, packed into as few packets as fit
+        PACKET_FILL (a message too large for any packet is dropped, loudly)."""
+        if not conn.pending:
+            return
+        messages, conn.pending = conn.pending, []
+        packet: list[Any] = []
+        size = 0
+        for msg in messages:
+            n = msg.ByteSize() + 8
+            if n > PACKET_FILL:
+                log.error("not sending a %s of %d bytes to %s: too large for a packet",
+                          msg.WhichOneof("body"), n, conn.node_id)  # fmt: skip
+                continue
+            if packet and size + n > PACKET_FILL:
+                self._send_packet(conn, conn.node_id, packet)
+                packet, size = [], 0
+            packet.append(msg)
+            size += n
+        if packet:
+            self._send_packet(conn, conn.node_id, packet)
 
     def _send_packet(
         self, conn: Connection, recipient: str, messages: list[Any], ack: bytes = b""

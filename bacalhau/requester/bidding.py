@@ -24,7 +24,8 @@ class WillingBid:
 
 @dataclass
 class Round:
-    """Bidding for one shard of a job."""
+    """Bidding for one shard of a job (the shards of a sharded job are asked about together,
+    but each has its own round)."""
 
     job_id: str
     shard: int
@@ -38,6 +39,12 @@ class Round:
     gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
     exclude: set[str] = field(default_factory=set)  # nodes the shard failed on: not chosen
     opened: float = field(default_factory=time.monotonic)
+    cids: list[str] = field(default_factory=list)  # CID inputs a locality claim is about
+    # a shard of a sharded job, announced with the others (`spec` is the job's own; the
+    # shard's files are `inputs`, of `count` shards)
+    batched: bool = False
+    inputs: list[Any] = field(default_factory=list)
+    count: int = 1
 
     @property
     def key(self) -> tuple[str, int]:

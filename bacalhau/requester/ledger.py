@@ -67,18 +67,23 @@ def to_place(job: Any) -> list[int]:
     """The shards to place (again): nothing placed, and tries left. A shard tries again after
     its node was lost up to MAX_REPLACEMENTS times; a sharded job's shard also after it failed,
     up to its retries (`spec.retries`)."""
-    out = []
-    sharded = jobspec.is_sharded(job.spec)
-    for s in unplaced_shards(job):
-        mine = [ex for ex in job.executions if ex.shard == s]
-        lost = sum(LOST in ex.message or NO_RECORD in ex.message for ex in mine)
-        failed = sum(ex.state == E.FAILED.pb for ex in mine) - lost
-        if lost > MAX_REPLACEMENTS:
-            continue
-        if failed > (jobspec.retries(job.spec) if sharded else 0):
-            continue
-        out.append(s)
-    return out
+    retries = jobspec.retries(job.spec) if jobspec.is_sharded(job.spec) else 0
+    placed: set[int] = set()
+    lost: dict[int, int] = {}
+    failed: dict[int, int] = {}
+    for ex in job.executions:
+        if _placed(ex):
+            placed.add(ex.shard)
+        elif ex.state == E.FAILED.pb:
+            if LOST in ex.message or NO_RECORD in ex.message:
+                lost[ex.shard] = lost.get(ex.shard, 0) + 1
+            else:
+                failed[ex.shard] = failed.get(ex.shard, 0) + 1
+    return [
+        s
+        for s in range(shard_count(job))
+        if s not in placed and lost.get(s, 0) <= MAX_REPLACEMENTS and failed.get(s, 0) <= retries
+    ]
 
 
 def _ranges(shards: list[int]) -> str:
@@ -93,24 +98,25 @@ def _ranges(shards: list[int]) -> str:
     return ", ".join(text) + (", ..." if len(runs) > 5 else "")
 
 
-def failed_on(job: Any, shard: int) -> set[str]:
-    """The nodes an execution of `shard` failed on (a retry goes elsewhere); not those that
-    were lost or restarted without a record of it: they may run it again."""
-    return {
-        ex.node_id
-        for ex in job.executions
-        if ex.shard == shard
-        and ex.state == E.FAILED.pb
-        and LOST not in ex.message
-        and NO_RECORD not in ex.message
-    }
-
-
-def find(job: Any, execution_id: str) -> Any:
+def failed_nodes(job: Any) -> dict[int, set[str]]:
+    """Shard -> the nodes an execution of it failed on (a retry goes elsewhere); not those
+    that were lost or restarted without a record of it: they may run it again."""
+    out: dict[int, set[str]] = {}
     for ex in job.executions:
-        if ex.id == execution_id:
-            return ex
-    raise BacalhauError(f"job {job.id} has no execution {execution_id}")
+        if ex.state == E.FAILED.pb and LOST not in ex.message and NO_RECORD not in ex.message:
+            out.setdefault(ex.shard, set()).add(ex.node_id)
+    return out
+
+
+@dataclass(frozen=True)
+class Pick:
+    """Whom a bid round chose for a shard (`trusted`: one node, alone, by adaptive
+    replication), and every node that was willing."""
+
+    shard: int
+    chosen: frozenset[str]
+    willing: frozenset[str] = frozenset()
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,7 @@ class Ledger:
         return await self._write(write)
 
     async def recover(self) -> list[Any]:
-        """After a restart: drop undecided bids; return the jobs with nothing placed."""
+        """After a restart: drop undecided bids; return the jobs with shards to place."""
         reason = "the requester restarted before deciding"
 
         def write(tx: Tx) -> list[Any]:
@@ -227,7 +233,7 @@ class Ledger:
                     if E.of(ex.state) == E.BID_PROPOSED:
                         set_execution_state(ex, E.BID_REJECTED, reason)
                         tx.add_event(event(job, "BidRejected", ex, reason))
-                if not any(_placed(ex) for ex in job.executions):
+                if to_place(job):  # shards with nothing placed (all of them, unsharded)
                     unplaced.append(job)
                 tx.put_job(job)
             return unplaced
@@ -262,29 +268,62 @@ class Ledger:
 
         await self._write(write)
 
-    async def select(
-        self, job_id: str, shard: int, chosen: set[str], *, trusted: bool = False
-    ) -> list[Decision]:
-        """Accept the proposed bids of `chosen` nodes for a shard, reject the others; with
-        `trusted`, the one chosen runs alone by adaptive replication (an event says so)."""
+    async def record_shard_bids(self, sender: str, job_id: str, detail: str, willing: bool) -> None:
+        """A node's answer to an announcement of many shards: one event (its executions are
+        made when it is chosen, by `select`)."""
+
+        def write(tx: Tx) -> None:
+            job = tx.get_job(job_id)
+            kind = "BidReceived" if willing else "BidDeclined"
+            tx.add_event(event(job, kind, detail=detail, node_id=sender))
+
+        await self._write(write)
+
+    async def select(self, job_id: str, picks: list[Pick]) -> list[Decision]:
+        """Decide the bids on shards of a job, in one transaction: for each `Pick`, accept the
+        chosen nodes' bids and reject the others. A chosen node whose bid was not recorded as
+        a proposed execution (it answered an announcement of many shards) gets a new one;
+        the other willing nodes of such a bid are told no."""
 
         def write(tx: Tx) -> list[Decision]:
             job = tx.get_job(job_id)
             final = JobState.of(job.state).is_terminal
-            decisions = []
+            proposed: dict[int, list[Any]] = {}
             for ex in job.executions:
-                if ex.shard != shard or E.of(ex.state) != E.BID_PROPOSED:
-                    continue
-                accepted = not final and ex.node_id in chosen
-                if not final:
-                    set_execution_state(ex, E.BID_ACCEPTED if accepted else E.BID_REJECTED)
-                    detail = ""
-                    if accepted and trusted:
-                        ex.trusted = True
-                        detail = "runs alone: its node has a long verified record"
-                    kind = "BidAccepted" if accepted else "BidRejected"
-                    tx.add_event(event(job, kind, ex, detail))
-                decisions.append(Decision(ex.node_id, ex.id, shard, accepted))
+                if E.of(ex.state) == E.BID_PROPOSED:
+                    proposed.setdefault(ex.shard, []).append(ex)
+            decisions = []
+            now = now_ns()
+            for pick in picks:
+                mine = proposed.get(pick.shard, [])
+                recorded = {ex.node_id for ex in mine}
+                for node_id in sorted(pick.chosen - recorded):
+                    if final:
+                        break
+                    mine.append(
+                        job.executions.add(
+                            id=new_id("e"),
+                            job_id=job.id,
+                            node_id=node_id,
+                            shard=pick.shard,
+                            state=E.BID_PROPOSED.pb,
+                            create_time_unix_nano=now,
+                            update_time_unix_nano=now,
+                        )
+                    )
+                for ex in mine:
+                    accepted = not final and ex.node_id in pick.chosen
+                    if not final:
+                        set_execution_state(ex, E.BID_ACCEPTED if accepted else E.BID_REJECTED)
+                        detail = ""
+                        if accepted and pick.trusted:
+                            ex.trusted = True
+                            detail = "runs alone: its node has a long verified record"
+                        kind = "BidAccepted" if accepted else "BidRejected"
+                        tx.add_event(event(job, kind, ex, detail))
+                    decisions.append(Decision(ex.node_id, ex.id, pick.shard, accepted))
+                for node_id in sorted(pick.willing - pick.chosen - recorded):
+                    decisions.append(Decision(node_id, "", pick.shard, False))
             if final:
                 return decisions
             if JobState.of(job.state) == JobState.PENDING:
@@ -313,53 +352,43 @@ class Ledger:
     async def update(self, sender: str, u: Any) -> tuple[list[tuple[str, Any]], Any]:
         """Record an execution's report: (result decisions to send, the job if it must be
         placed again because its only execution never ran)."""
-        state = E.of(u.state)
+        return await self.update_many(u.job_id, [(sender, u)])
+
+    async def update_many(
+        self, job_id: str, reports: list[tuple[str, Any]]
+    ) -> tuple[list[tuple[str, Any]], Any]:
+        """Record reports (sender, ExecutionUpdate) on executions of one job in one
+        transaction, as `update` does each; if one is refused, nothing is written (the caller
+        records them one by one)."""
 
         def write(tx: Tx) -> tuple[list[tuple[str, Any]], Any]:
-            job = tx.get_job(u.job_id)
-            ex = find(job, u.execution_id)
-            current = E.of(ex.state)
-            if current == E.CANCELLED and state == E.CANCELLED:
-                # Cancelled here first: the node now confirms the program stopped.
-                tx.add_event(event(job, "ExecutionStopped", ex, f"{state.value}: {u.message}"))
-                return [], None
-            behind = state in _FLOW and current in _FLOW and _FLOW[state] < _FLOW[current]
-            if current == state or behind:
-                # A report repeated after a reconnect or restart; a proposal we already
-                # decided gets its decision again.
-                if state == E.RESULT_PROPOSED and current in (E.RESULT_ACCEPTED, E.PUBLISHED):
-                    again = peer_pb2.ResultDecision(
-                        job_id=job.id, execution_id=ex.id, accepted=True
-                    )
-                    return [(sender, again)], None
-                return [], None
-            if current.is_terminal:
-                # A report that crossed a decision: keep it as an event.
-                tx.add_event(event(job, "LateUpdate", ex, f"{state.value}: {u.message}"))
-                return [], None
-            if u.HasField("exit_code"):
-                ex.exit_code = u.exit_code
-            ex.result_cid = u.result_cid or ex.result_cid
-            ex.stderr_tail = u.stderr_tail or ex.stderr_tail
-            if u.inputs:  # URL inputs as the node resolved them (their CIDs)
-                del ex.inputs[:]
-                ex.inputs.extend(u.inputs)
+            job = tx.get_job(job_id)
+            index = {ex.id: ex for ex in job.executions}
             outgoing: list[tuple[str, Any]] = []
-            if current == E.BID_ACCEPTED and state == E.RESULT_PROPOSED:
-                # The "running" report was lost (this node restarted meanwhile).
-                set_execution_state(ex, E.RUNNING)
-                tx.add_event(event(job, "ExecutionRunning", ex))
-            set_execution_state(ex, state, u.message)
-            detail = u.result_cid if state == E.RESULT_PROPOSED else u.message
-            tx.add_event(event(job, _EVENT_OF[state], ex, detail))
-            if state in (E.RESULT_PROPOSED, E.FAILED, E.CANCELLED):
-                # A proposal to decide; or the last execution the verifier waited for ended.
-                outgoing = self._verify(tx, job, ex.shard)
+            verify: set[int] = set()
             requeue: Any = None
-            if state == E.FAILED and current == E.BID_ACCEPTED and NO_RECORD in u.message:
-                requeue = self._replace(tx, job, u.message, ex.node_id)
-            elif state == E.FAILED and jobspec.is_sharded(job.spec):
-                requeue = self._retry(tx, job, ex)
+            changed = False
+            for sender, u in reports:
+                if u.job_id != job_id:
+                    raise BacalhauError(f"a report on job {u.job_id} among those of {job_id}")
+                ex = index.get(u.execution_id)
+                if ex is None:
+                    raise BacalhauError(f"job {job.id} has no execution {u.execution_id}")
+                again, changes, shard, back = self._apply(tx, job, ex, sender, u)
+                outgoing.extend(again)
+                changed = changed or changes
+                if shard is not None:
+                    verify.add(shard)
+                requeue = requeue or back
+            if not changed:
+                return outgoing, None
+            if verify:
+                by_shard: dict[int, list[Any]] = {}
+                for ex in job.executions:
+                    if ex.shard in verify:
+                        by_shard.setdefault(ex.shard, []).append(ex)
+                for shard in sorted(verify):
+                    outgoing.extend(self._verify(tx, job, shard, by_shard[shard]))
             if requeue is None:
                 self._settle(tx, job)
             tx.put_job(job)
@@ -367,16 +396,67 @@ class Ledger:
 
         return await self._write(write)
 
-    def _verify(self, tx: Tx, job: Any, shard: int) -> list[tuple[str, Any]]:
-        """Verdicts on the shard's proposed results, each recorded with its peer's reputation:
-        an accepted result counts for its node; a result that lost to an agreeing group
-        counts against it and keeps it from work here for the penalty time."""
-        executions = [ex for ex in job.executions if ex.shard == shard]
+    def _apply(
+        self, tx: Tx, job: Any, ex: Any, sender: str, u: Any
+    ) -> tuple[list[tuple[str, Any]], bool, int | None, Any]:
+        """One report on `ex`: (decisions to send again, whether the job changed, the shard
+        whose results are to be verified or None, the job if it must be placed again)."""
+        state = E.of(u.state)
+        current = E.of(ex.state)
+        if current == E.CANCELLED and state == E.CANCELLED:
+            # Cancelled here first: the node now confirms the program stopped.
+            tx.add_event(event(job, "ExecutionStopped", ex, f"{state.value}: {u.message}"))
+            return [], False, None, None
+        behind = state in _FLOW and current in _FLOW and _FLOW[state] < _FLOW[current]
+        if current == state or behind:
+            # A report repeated after a reconnect or restart; a proposal we already
+            # decided gets its decision again.
+            if state == E.RESULT_PROPOSED and current in (E.RESULT_ACCEPTED, E.PUBLISHED):
+                again = peer_pb2.ResultDecision(job_id=job.id, execution_id=ex.id, accepted=True)
+                return [(sender, again)], False, None, None
+            return [], False, None, None
+        if current.is_terminal:
+            # A report that crossed a decision: keep it as an event.
+            tx.add_event(event(job, "LateUpdate", ex, f"{state.value}: {u.message}"))
+            return [], False, None, None
+        if u.HasField("exit_code"):
+            ex.exit_code = u.exit_code
+        ex.result_cid = u.result_cid or ex.result_cid
+        ex.stderr_tail = u.stderr_tail or ex.stderr_tail
+        if u.inputs:  # URL inputs as the node resolved them (their CIDs)
+            del ex.inputs[:]
+            ex.inputs.extend(u.inputs)
+        if current == E.BID_ACCEPTED and state == E.RESULT_PROPOSED:
+            # The "running" report was lost (this node restarted meanwhile).
+            set_execution_state(ex, E.RUNNING)
+            tx.add_event(event(job, "ExecutionRunning", ex))
+        set_execution_state(ex, state, u.message)
+        detail = u.result_cid if state == E.RESULT_PROPOSED else u.message
+        tx.add_event(event(job, _EVENT_OF[state], ex, detail))
+        # A proposal to decide; or the last execution the verifier waited for ended.
+        verify = ex.shard if state in (E.RESULT_PROPOSED, E.FAILED, E.CANCELLED) else None
+        requeue: Any = None
+        if state == E.FAILED and current == E.BID_ACCEPTED and NO_RECORD in u.message:
+            requeue = self._replace(tx, job, u.message, ex.node_id)
+        elif state == E.FAILED and jobspec.is_sharded(job.spec):
+            requeue = self._retry(tx, job, ex)
+        return [], True, verify, requeue
+
+    def _verify(
+        self, tx: Tx, job: Any, shard: int, executions: list[Any] | None = None
+    ) -> list[tuple[str, Any]]:
+        """Verdicts on the shard's proposed results (`executions`: the shard's, if known),
+        each recorded with its peer's reputation: an accepted result counts for its node; a
+        result that lost to an agreeing group counts against it and keeps it from work here
+        for the penalty time."""
+        if executions is None:
+            executions = [ex for ex in job.executions if ex.shard == shard]
         verdicts = get_verifier(job.spec.deal.verifier).verify(job.spec, executions)
         someone_won = any(v.accepted for v in verdicts)
         outgoing = []
+        mine = {ex.id: ex for ex in executions}
         for verdict in verdicts:
-            ex = find(job, verdict.execution_id)
+            ex = mine[verdict.execution_id]
             accepted = verdict.accepted
             if accepted:
                 set_execution_state(ex, E.RESULT_ACCEPTED)

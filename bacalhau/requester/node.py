@@ -30,7 +30,8 @@ from bacalhau.requester.bidding import LOCAL_BONUS, Round, WillingBid
 from bacalhau.requester.ledger import (
     Decision,
     Ledger,
-    failed_on,
+    Pick,
+    failed_nodes,
     shard_count,
     short,
     to_place,
@@ -47,6 +48,7 @@ _FINAL_JOB_STATES = frozenset(s.pb for s in JobState if s.is_terminal)
 TRUSTED_AFTER = 20  # accepted results (none lost) after which a node may run verified jobs alone
 SPOT_CHECK_RATE = 0.1  # the share of those it still runs among others, to check it
 MARKED_S = 3600.0  # how long the bids of a node that made an impossible claim are refused
+SHARDS_PER_MESSAGE = 1000  # shards asked about (or decided) in one peer message
 
 
 class Requester:
@@ -85,6 +87,7 @@ class Requester:
         self._node_lost_s = node_lost_s
         self._queue_timeout_s = queue_timeout_s
         self._rounds: dict[tuple[str, int], Round] = {}
+        self._open: dict[str, dict[int, Round]] = {}  # job -> shard -> its open round
         self._lost: dict[str, asyncio.TimerHandle] = {}  # disconnected nodes, until given up
         self._tasks: set[asyncio.Task[Any]] = set()
         self._input_size = input_size
@@ -92,6 +95,13 @@ class Requester:
         self._marked: dict[str, float] = {}  # node -> until when its bids are refused
         self._placed: dict[str, int] = {}  # node -> executions placed there, not done yet
         self._planning: dict[str, list[Round]] = {}  # job -> shard rounds closed this tick
+        self._picks: dict[str, list[Pick]] = {}  # job -> choices to record in one transaction
+        # job -> reports not recorded yet; the jobs whose reports are being recorded
+        self._reports: dict[str, list[tuple[str, Any]]] = {}
+        self._recording: set[str] = set()
+        # job -> execution -> its node, for the jobs placed here and not final: who may report
+        # on an execution, without reading the job
+        self._where: dict[str, dict[str, str]] = {}
         # (what, engine, seconds) of each job and bid round, for the node's histograms
         self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
         network.on_connect.append(self._on_peer_connected)
@@ -120,14 +130,16 @@ class Requester:
         def committed(events: Any) -> None:  # the datastore's writer thread
             final = {ev.job_id for ev in events if ev.job_state in _FINAL_JOB_STATES}
             if final and not loop.is_closed():
-                loop.call_soon_threadsafe(self.logs.drop, final)
                 loop.call_soon_threadsafe(self._ended, final)
 
         store.add_listener(committed)
 
     def _ended(self, job_ids: set[str]) -> None:
-        """Time the jobs that just ended, submit to final (`on_timing("job", engine, s)`)."""
+        """Forget the jobs that just ended; time them, submit to final (`on_timing("job",
+        engine, s)`)."""
+        self.logs.drop(job_ids)
         for job_id in job_ids:
+            self._where.pop(job_id, None)
             job = self._job(job_id)
             if job is not None and JobState.of(job.state).is_terminal:
                 took = (job.update_time_unix_nano - job.create_time_unix_nano) / 1e9
@@ -150,12 +162,18 @@ class Requester:
         return self._job(body.job_id) is not None
 
     def _from_compute_node(self, sender: str, body: Any, job: Any = None) -> bool:
+        node = self._where.get(body.job_id, {}).get(body.execution_id)
+        if node is not None:
+            return node == sender
         job = job or self._job(body.job_id)
         return job is not None and any(
             ex.id == body.execution_id and ex.node_id == sender for ex in job.executions
         )
 
     def _live_log(self, sender: str, body: Any) -> bool:
+        node = self._where.get(body.job_id, {}).get(body.execution_id)
+        if node is not None:  # placed here, and the job is not final
+            return node == sender
         job = self._job(body.job_id)
         if job is None or JobState.of(job.state).is_terminal:
             return False  # a final job's result holds its output
@@ -198,6 +216,8 @@ class Requester:
         placed on nodes are synced with each node as it connects (this one included).
         """
         unplaced = await self.ledger.recover()
+        for job in self._store.query_jobs(JobQuery(states=ACTIVE_JOB_STATES)).jobs:
+            self._where[job.id] = {ex.id: ex.node_id for ex in job.executions}
         for job in unplaced:
             self._announce(job)
         if unplaced:
@@ -228,38 +248,88 @@ class Requester:
 
     # -- bidding ------------------------------------------------------------------------
 
-    def _spec_of(self, job: Any, shard: int) -> Any:
-        """What shard `shard` of the job runs: the job's spec, or for a sharded job the
-        shard's own (its files, its index and count in the environment)."""
-        if shard_count(job) <= 1 and not jobspec.is_sharded(job.spec):
-            return job.spec
-        stored = self._store.get_shard(job.id, shard)
-        inputs = list(stored.inputs) if stored is not None else []
-        return jobspec.shard_spec(job.spec, shard, shard_count(job), inputs)
-
     def _announce(self, job: Any) -> None:
         """Ask for bids on every shard of the job that has nothing placed and tries left;
-        nodes a shard failed on are not asked again for it."""
-        for shard in to_place(job):
-            spec = self._spec_of(job, shard)
-            rnd = Round(job_id=job.id, shard=shard, spec=spec, exclude=failed_on(job, shard))
+        nodes a shard failed on are not asked again for it. The shards of a sharded job are
+        asked about together (a few messages per node, not one per shard)."""
+        shards = to_place(job)
+        if not shards:
+            return
+        batched = jobspec.is_sharded(job.spec)
+        failed = failed_nodes(job)
+        outside = jobspec.sharded_inputs(job.spec)[1] if batched else []
+        rounds = []
+        for shard in shards:
+            rnd = Round(
+                job_id=job.id,
+                shard=shard,
+                spec=job.spec,
+                exclude=failed.get(shard, set()),
+                batched=batched,
+                count=shard_count(job),
+            )
+            if batched:
+                stored = self._store.get_shard(job.id, shard)
+                rnd.inputs = list(stored.inputs) if stored is not None else []
+                every = [*outside, *rnd.inputs]  # as in jobspec.shard_spec: the same order
+                cids = [i.cid for i in every if i.source in ("", "ipfs")]
+                rnd.cids = cids[: jobspec.LOCALITY_CHECKS]
+            else:
+                rnd.cids = jobspec.locality_cids(job.spec)
             self._close_round(rnd.key)  # a round still open from before: its timers go too
             self._rounds[rnd.key] = rnd
-            for node_id in [self._net.node_id, *self._net.connected()]:
-                self._ask(rnd, node_id)
-            announce = peer_pb2.JobAnnouncement(job_id=job.id, shard=shard, spec=spec)
-            rnd.gossiped = self._net.broadcast(announce=announce)
+            self._open.setdefault(job.id, {})[shard] = rnd
             rnd.timer = self._loop.call_later(self._bid_window_s, self._window_closed, rnd.key)
             rnd.deadline = self._loop.call_later(
                 self._queue_timeout_s, self._queue_timed_out, rnd.key
             )
+            rounds.append(rnd)
+        for node_id in [self._net.node_id, *self._net.connected()]:
+            self._ask(rounds, node_id)
+        gossiped = False
+        for announce, _ in self._announcements(rounds):
+            gossiped = self._net.broadcast(announce=announce) or gossiped
+        for rnd in rounds:
+            rnd.gossiped = gossiped
 
-    def _ask(self, rnd: Round, node_id: str) -> None:
-        announce = peer_pb2.JobAnnouncement(job_id=rnd.job_id, shard=rnd.shard, spec=rnd.spec)
-        if self._net.send(node_id, announce=announce):
-            rnd.asked.add(node_id)
+    def _announcements(self, rounds: list[Round]) -> list[tuple[Any, list[Round]]]:
+        """The announcements asking about these rounds, each with the rounds it asks about:
+        one per round of an unsharded job, one per SHARDS_PER_MESSAGE shards of a sharded
+        one."""
+        out = []
+        batches: dict[str, list[Round]] = {}
+        for rnd in rounds:
+            if rnd.batched:
+                batches.setdefault(rnd.job_id, []).append(rnd)
+            else:
+                announce = peer_pb2.JobAnnouncement(
+                    job_id=rnd.job_id, shard=rnd.shard, spec=rnd.spec
+                )
+                out.append((announce, [rnd]))
+        for job_id, rs in batches.items():
+            for at in range(0, len(rs), SHARDS_PER_MESSAGE):
+                chunk = rs[at : at + SHARDS_PER_MESSAGE]
+                announce = peer_pb2.JobAnnouncement(
+                    job_id=job_id,
+                    spec=chunk[0].spec,
+                    shard_count=chunk[0].count,
+                    shards=[peer_pb2.ShardAsk(index=r.shard, inputs=r.inputs) for r in chunk],
+                )
+                out.append((announce, chunk))
+        return out
+
+    def _ask(self, rounds: list[Round], node_id: str) -> None:
+        """Ask `node_id` to bid in the rounds it was not asked in yet."""
+        rounds = [r for r in rounds if node_id not in r.asked]
+        for announce, asked in self._announcements(rounds):
+            if self._net.send(node_id, announce=announce):
+                for r in asked:
+                    r.asked.add(node_id)
 
     def _on_bid(self, sender: str, bid: Any) -> None:
+        if bid.shards or (not bid.willing and self._batched(bid.job_id)):
+            self._on_shard_bids(sender, bid)
+            return
         rnd = self._rounds.get((bid.job_id, bid.shard))
         if rnd is not None and rnd.gossiped and sender not in rnd.asked:
             rnd.asked.add(sender)  # a node reached through gossip
@@ -273,7 +343,7 @@ class Requester:
                 self._net.send(sender, bid_decision=decision)
             return
         rnd.answered.add(sender)
-        if bid.willing and (lie := self._impossible(sender, rnd.spec, bid)):
+        if bid.willing and (lie := self._impossible(sender, rnd.cids, bid)):
             log.warning("refused a bid from %s on %s: %s", sender, bid.job_id, lie)
             self._on_bid_refused(sender)
             decision = peer_pb2.BidDecision(
@@ -315,7 +385,98 @@ class Requester:
         if rnd.complete or (bid.willing and rnd.timer is None and rnd.enough):
             self._select(rnd.key)
 
-    def _impossible(self, sender: str, spec: Any, bid: Any) -> str:
+    def _batched(self, job_id: str) -> bool:
+        """Whether the job's open rounds were announced together (a sharded job)."""
+        return any(r.batched for r in self._open.get(job_id, {}).values())
+
+    def _on_shard_bids(self, sender: str, bid: Any) -> None:
+        """A node's answer to the announcement of many shards of a job: the shards it will
+        take (`bid.shards`, each with its locality), or none and why. Each open round it was
+        asked in takes its part; the offers this node does not take are declined in one
+        message, and the answer is one event."""
+        rounds = self._open.get(bid.job_id, {})
+        offered = {b.shard: b for b in bid.shards} if bid.willing else {}
+        refusal = ""
+        until = self._penalized.get(sender, 0.0)
+        if offered and until > time.time():
+            stamp = time.strftime("%H:%M:%S", time.gmtime(until))
+            refusal = f"penalised until {stamp} UTC: a result of its lost a verification"
+        for b in bid.shards if offered and not refusal else ():
+            rnd = rounds.get(b.shard)
+            if rnd is not None and (lie := self._impossible(sender, rnd.cids, b)):
+                log.warning("refused a bid from %s on %s: %s", sender, bid.job_id, lie)
+                self._on_bid_refused(sender)
+                refusal = f"bid refused: {lie}"
+                break
+        ready, declined, took, held = [], [], 0, 0
+        for shard, rnd in list(rounds.items()):
+            if rnd.gossiped:
+                rnd.asked.add(sender)  # a node reached through gossip
+            if sender not in rnd.asked or sender in rnd.answered:
+                continue
+            rnd.answered.add(sender)
+            b = offered.pop(shard, None)
+            if b is None:
+                rnd.declines.append(f"{short(sender)}: {bid.reason or 'did not offer'}")
+            elif refusal or sender in rnd.exclude:
+                rnd.declines.append(
+                    f"{short(sender)}: {refusal or f'shard {shard} failed there before'}"
+                )
+                declined.append(shard)
+            else:
+                rnd.willing.append(WillingBid(sender, bid.queued, b.local_input_bytes))
+                took += 1
+                held += bool(b.local_input_bytes)
+            if rnd.complete or (b is not None and rnd.timer is None and rnd.enough):
+                ready.append(rnd.key)
+        declined.extend(offered)  # offers for shards no round waits for here (any more)
+        if declined:
+            why = refusal or "bidding closed, or the shard failed on this node before"
+            self._send_decisions(
+                sender, bid.job_id, [Decision(sender, "", s, False) for s in declined], why
+            )
+        if took or not bid.willing or refusal:
+            if took:
+                detail = f"willing to run {took} shard(s), queue length {bid.queued}"
+                detail += f"; holds the data of {held}" if held else ""
+            else:
+                detail = refusal or bid.reason or "offered none of the shards asked"
+            self._spawn(
+                self.ledger.record_shard_bids(sender, bid.job_id, detail, bool(took)),
+                "recording a bid",
+            )
+        for key in ready:
+            if key in self._rounds:
+                self._select(key)
+
+    def _send_decisions(
+        self, node_id: str, job_id: str, decisions: list[Decision], reason: str
+    ) -> None:
+        """Tell a bidder the decisions on its bids for a job: one message, or for many
+        shards one per SHARDS_PER_MESSAGE (`reason` is why a bid was declined)."""
+        if len(decisions) == 1:
+            d = decisions[0]
+            msg = peer_pb2.BidDecision(
+                job_id=job_id,
+                shard=d.shard,
+                execution_id=d.execution_id,
+                accepted=d.accepted,
+                reason="" if d.accepted else reason,
+            )
+            self._net.send(node_id, bid_decision=msg)
+            return
+        for at in range(0, len(decisions), SHARDS_PER_MESSAGE):
+            chunk = decisions[at : at + SHARDS_PER_MESSAGE]
+            shards = [
+                peer_pb2.ShardDecision(
+                    shard=d.shard, execution_id=d.execution_id, accepted=d.accepted
+                )
+                for d in chunk
+            ]
+            msg = peer_pb2.BidDecision(job_id=job_id, reason=reason, shards=shards)
+            self._net.send(node_id, bid_decision=msg)
+
+    def _impossible(self, sender: str, cids: list[str], bid: Any) -> str:
         """Why a willing bid cannot be true, or ""; a node that lied is marked for a while.
 
         A bid says how much of the job's data its node holds (`local_inputs` CIDs,
@@ -325,7 +486,6 @@ class Requester:
         now = time.monotonic()
         if self._marked.get(sender, 0.0) > now:
             return "this node made an impossible claim before; its bids are refused for now"
-        cids = jobspec.locality_cids(spec)
         lie = ""
         if bid.local_inputs > len(cids):
             lie = f"it claims to hold {bid.local_inputs} of the job's {len(cids)} CID inputs"
@@ -389,6 +549,10 @@ class Requester:
     def _close_round(self, key: tuple[str, int]) -> Round | None:
         rnd = self._rounds.pop(key, None)
         if rnd is not None:
+            open_ = self._open.get(rnd.job_id, {})
+            open_.pop(rnd.shard, None)
+            if not open_:
+                self._open.pop(rnd.job_id, None)
             for timer in (rnd.timer, rnd.deadline):
                 if timer is not None:
                     timer.cancel()
@@ -408,6 +572,9 @@ class Requester:
             reasons = "; ".join(rnd.declines) or "no node answered"
             what = f"shard {rnd.shard} of this job" if jobspec.is_sharded(rnd.spec) else "this job"
             message = f"no node can run {what} {waited}({reasons})"
+            for other in list(self._open.get(rnd.job_id, {}).values()):
+                self._close_round(other.key)  # the job fails: its other rounds end too
+            self._planning.pop(rnd.job_id, None)
             self._spawn(self.ledger.fail(rnd.job_id, message), "failing a job")
             return
         want = max(1, rnd.spec.deal.concurrency)
@@ -467,42 +634,68 @@ class Requester:
             self._place(r, {nodes[at]} if at >= 0 else r.choose(1, self._placed))
 
     def _place(self, rnd: Round, chosen: set[str], *, trusted: bool = False) -> None:
-        """Tell the ledger (then the bidders) whom the round chose."""
+        """Tell the ledger (then the bidders) whom the round chose; the choices of one job
+        made in one go are recorded in one transaction."""
         for node_id in chosen:
             self._placed[node_id] = self._placed.get(node_id, 0) + 1
+        willing = frozenset(b.node_id for b in rnd.willing) if rnd.batched else frozenset()
+        picks = self._picks.setdefault(rnd.job_id, [])
+        if not picks:
+            self._loop.call_soon(self._decide, rnd.job_id)
+        picks.append(Pick(rnd.shard, frozenset(chosen), willing, trusted))
+
+    def _decide(self, job_id: str) -> None:
+        picks = self._picks.pop(job_id, [])
 
         def send(decisions: list[Decision]) -> None:
+            where = self._where.setdefault(job_id, {})
+            by_node: dict[str, list[Decision]] = {}
             for d in decisions:
-                msg = peer_pb2.BidDecision(
-                    job_id=rnd.job_id,
-                    shard=d.shard,
-                    execution_id=d.execution_id,
-                    accepted=d.accepted,
-                    reason="" if d.accepted else "enough nodes were selected",
-                )
-                self._net.send(d.node_id, bid_decision=msg)
+                by_node.setdefault(d.node_id, []).append(d)
+                if d.accepted:
+                    where[d.execution_id] = d.node_id
+            for node_id, mine in by_node.items():
+                self._send_decisions(node_id, job_id, mine, "enough nodes were selected")
 
-        self._spawn(
-            self.ledger.select(rnd.job_id, rnd.shard, chosen, trusted=trusted),
-            "selecting bids",
-            send,
-        )
+        self._spawn(self.ledger.select(job_id, picks), "selecting bids", send)
 
     # -- execution progress ----------------------------------------------------------------
 
     def _on_update(self, sender: str, u: Any) -> None:
         if E.of(u.state) in (E.RESULT_PROPOSED, E.FAILED, E.CANCELLED) and self._placed.get(sender):
             self._placed[sender] -= 1  # done computing: no longer in its queue
+        self._reports.setdefault(u.job_id, []).append((sender, u))
+        if u.job_id not in self._recording:
+            self._recording.add(u.job_id)
+            self._spawn(self._record_reports(u.job_id), "recording execution updates")
 
-        def send(result: tuple[list[tuple[str, Any]], Any]) -> None:
-            outgoing, again = result
-            self._penalize(outgoing)
-            for node_id, decision in outgoing:
-                self._net.send(node_id, result_decision=decision)
-            if again is not None:
-                self._announce(again)
-
-        self._spawn(self.ledger.update(sender, u), "recording an execution update", send)
+    async def _record_reports(self, job_id: str) -> None:
+        """Record the reports on a job's executions: what came in while the last ones were
+        being written goes in the next transaction, so a busy job's reports are recorded
+        many at a time."""
+        try:
+            await asyncio.sleep(0)  # the rest of the packet this report came in
+            while reports := self._reports.pop(job_id, None):
+                try:
+                    results = [await self.ledger.update_many(job_id, reports)]
+                except BacalhauError:  # one was refused: each on its own
+                    results = []
+                    for sender, u in reports:
+                        try:
+                            results.append(await self.ledger.update(sender, u))
+                        except BacalhauError as e:
+                            log.debug("recording an execution update refused: %s", e)
+                except Exception:
+                    log.exception("recording %d update(s) of job %s failed", len(reports), job_id)
+                    continue
+                for outgoing, again in results:
+                    self._penalize(outgoing)
+                    for node_id, decision in outgoing:
+                        self._net.send(node_id, result_decision=decision)
+                    if again is not None:
+                        self._announce(again)
+        finally:
+            self._recording.discard(job_id)
 
     def _on_still_wanted(self, sender: str, q: Any) -> None:
         """A restarted compute node asks before running an execution again: the decision
@@ -531,9 +724,7 @@ class Requester:
         timer = self._lost.pop(node_id, None)
         if timer is not None:
             timer.cancel()
-        for rnd in self._rounds.values():
-            if node_id not in rnd.asked:
-                self._ask(rnd, node_id)
+        self._ask(list(self._rounds.values()), node_id)
         self.sync(node_id)
 
     def _on_peer_disconnected(self, node_id: str) -> None:
