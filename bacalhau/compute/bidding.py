@@ -92,7 +92,8 @@ class Bidder:
         bid = peer_pb2.Bid(
             job_id=a.job_id, shard=a.shard, willing=not reason, reason=reason, queued=self._queued()
         )
-        if reason:
+        if reason:  # the shards asked about, declined
+            bid.shards.extend(peer_pb2.ShardBid(shard=ask.index) for ask in a.shards)
             return bid
         if not a.shards:
             self._offers[(a.job_id, a.shard)] = Offer(requester, a.spec, now)

@@ -250,6 +250,7 @@ class Compute:
         active = self._active.get(c.execution_id)
         if active is not None:
             active.cancel.set()
+            self.runner.wake()  # it may be waiting for resources
         if (waiting := self._confirmed(c.execution_id)) is not None:  # not wanted any more
             reason = c.reason or "cancelled by its requester"
             self._spawn(self.records.advance(waiting, E.CANCELLED, f"not run again: {reason}"))
@@ -425,6 +426,7 @@ class Compute:
         """
         for active in self._active.values():
             active.cancel.set()
+        self.runner.wake()
         for _, timer in self._unconfirmed.values():
             timer.cancel()  # still unconfirmed: the next start asks again
         self._unconfirmed.clear()

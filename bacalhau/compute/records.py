@@ -12,6 +12,7 @@ from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import BacalhauError
 from bacalhau.models import ExecutionState, pb, set_execution_state
 from bacalhau.network import Network
+from bacalhau.spec import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ class LocalRecords:
 
     def get(self, execution_id: str) -> Any:
         """The record of `execution_id`, or None."""
+        if not execution_id or len(execution_id) > MAX_ID_LENGTH:
+            return None
         return self._store.get_local(execution_id)
 
     async def list(self) -> list[Any]:

@@ -8,13 +8,13 @@ pinned UnixFS folder (`results.publish_result`) whose CID the requester is then 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +27,8 @@ from bacalhau.executor import Executor
 from bacalhau.executor.base import RunRequest, RunResult
 
 log = logging.getLogger(__name__)
-_ALLOCATE_POLL_S = 0.5  # how often a job waiting for resources looks at its cancel event
+_ALLOCATE_POLL_S = 2.0  # how often a job waiting for resources looks at its cancel event
+# (`wake` is called on a cancel, so this is only a backstop)
 
 
 class Runner:
@@ -49,22 +50,51 @@ class Runner:
         self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
         self._blocks = blockstore
         self._scratch = scratch
-        self._released = asyncio.Event()  # set whenever resources are given back
+        # executions waiting for resources, served in the order they came (one wakes when
+        # what it wants is free, not every one of them at each release)
+        self._waiters: deque[tuple[Resources, asyncio.Future[Any], threading.Event]] = deque()
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="execution")
 
     async def allocate(self, wants: Resources, cancel: threading.Event) -> Allocation | None:
-        """Wait until `wants` is free and take it; None if cancelled meanwhile."""
-        while (allocation := self.allocator.allocate(wants)) is None:
-            if cancel.is_set():
-                return None
-            self._released.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), _ALLOCATE_POLL_S)
-        return allocation
+        """Wait until `wants` is free and take it; None if cancelled meanwhile. Waiting
+        executions get their resources first come, first served."""
+        if cancel.is_set():
+            return None
+        if not self._waiters and (allocation := self.allocator.allocate(wants)) is not None:
+            return allocation
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append((wants, fut, cancel))
+        try:
+            while not fut.done():
+                await asyncio.wait({fut}, timeout=_ALLOCATE_POLL_S)
+                self.wake()
+        except asyncio.CancelledError:
+            if fut.done() and fut.result() is not None:
+                self.release(fut.result())
+            fut.cancel()
+            raise
+        result: Allocation | None = fut.result()
+        return result
+
+    def wake(self) -> None:
+        """Give waiting executions what is free, in the order they came; those cancelled
+        meanwhile stop waiting."""
+        while self._waiters:
+            wants, fut, cancel = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+            elif cancel.is_set():
+                self._waiters.popleft()
+                fut.set_result(None)
+            elif (allocation := self.allocator.allocate(wants)) is not None:
+                self._waiters.popleft()
+                fut.set_result(allocation)
+            else:
+                break
 
     def release(self, allocation: Allocation) -> None:
         self.allocator.release(allocation)
-        self._released.set()
+        self.wake()
 
     async def run(
         self, executor: Executor, request: dict[str, Any], cancel: threading.Event

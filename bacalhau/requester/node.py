@@ -49,6 +49,8 @@ TRUSTED_AFTER = 20  # accepted results (none lost) after which a node may run ve
 SPOT_CHECK_RATE = 0.1  # the share of those it still runs among others, to check it
 MARKED_S = 3600.0  # how long the bids of a node that made an impossible claim are refused
 SHARDS_PER_MESSAGE = 1000  # shards asked about (or decided) in one peer message
+COALESCE_PER_EXECUTION_S = 20e-6  # how long reports on a job wait to be written together,
+COALESCE_MAX_S = 0.2  # per execution it has, and at most
 
 
 class Requester:
@@ -327,7 +329,7 @@ class Requester:
                     r.asked.add(node_id)
 
     def _on_bid(self, sender: str, bid: Any) -> None:
-        if bid.shards or (not bid.willing and self._batched(bid.job_id)):
+        if bid.shards:
             self._on_shard_bids(sender, bid)
             return
         rnd = self._rounds.get((bid.job_id, bid.shard))
@@ -385,17 +387,14 @@ class Requester:
         if rnd.complete or (bid.willing and rnd.timer is None and rnd.enough):
             self._select(rnd.key)
 
-    def _batched(self, job_id: str) -> bool:
-        """Whether the job's open rounds were announced together (a sharded job)."""
-        return any(r.batched for r in self._open.get(job_id, {}).values())
-
     def _on_shard_bids(self, sender: str, bid: Any) -> None:
-        """A node's answer to the announcement of many shards of a job: the shards it will
-        take (`bid.shards`, each with its locality), or none and why. Each open round it was
-        asked in takes its part; the offers this node does not take are declined in one
+        """A node's answer to an announcement of many shards of a job: it takes the shards
+        asked about (`bid.shards`, each with its locality) or none, and says why. Each open
+        round it was asked in takes its part; the offers not taken here are declined in one
         message, and the answer is one event."""
         rounds = self._open.get(bid.job_id, {})
         offered = {b.shard: b for b in bid.shards} if bid.willing else {}
+        answered = [rounds[b.shard] for b in bid.shards if b.shard in rounds]
         refusal = ""
         until = self._penalized.get(sender, 0.0)
         if offered and until > time.time():
@@ -409,7 +408,8 @@ class Requester:
                 refusal = f"bid refused: {lie}"
                 break
         ready, declined, took, held = [], [], 0, 0
-        for shard, rnd in list(rounds.items()):
+        for rnd in answered:
+            shard = rnd.shard
             if rnd.gossiped:
                 rnd.asked.add(sender)  # a node reached through gossip
             if sender not in rnd.asked or sender in rnd.answered:
@@ -674,8 +674,15 @@ class Requester:
         being written goes in the next transaction, so a busy job's reports are recorded
         many at a time."""
         try:
-            await asyncio.sleep(0)  # the rest of the packet this report came in
-            while reports := self._reports.pop(job_id, None):
+            while True:
+                # Wait for more reports first: none (but the rest of this packet) for a small
+                # job, up to COALESCE_MAX_S for a large one, whose every write costs the
+                # more the more executions it has.
+                placed = len(self._where.get(job_id, ()))
+                await asyncio.sleep(min(COALESCE_MAX_S, placed * COALESCE_PER_EXECUTION_S))
+                reports = self._reports.pop(job_id, None)
+                if not reports:
+                    break
                 try:
                     results = [await self.ledger.update_many(job_id, reports)]
                 except BacalhauError:  # one was refused: each on its own
