@@ -349,7 +349,13 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME:/path",
-        help="a folder the job writes; it becomes NAME in the result (default: outputs:/outputs)",
+        help="a folder the job writes; it becomes NAME in the result. Added to the default "
+        "outputs:/outputs, which an -o with the name outputs or the path /outputs replaces",
+    )
+    run.add_argument(
+        "--no-default-outputs",
+        action="store_true",
+        help="no outputs:/outputs folder unless an -o asks for it",
     )
     run.add_argument(
         "-v",
