@@ -450,7 +450,8 @@ def logs(args: argparse.Namespace) -> int:
     if args.shard is not None and args.shard < 0:
         raise UsageError(f"--shard must be 0 or more, not {args.shard}")
     with _client(args) as c:
-        for chunk in c.logs(args.job, follow=args.follow, shard=args.shard):
+        chunks = c.logs(args.job, follow=args.follow, shard=args.shard, execution_id=args.execution)
+        for chunk in chunks:
             out = sys.stdout if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT else sys.stderr
             out.buffer.write(chunk.data)
             out.flush()

@@ -279,6 +279,13 @@ def _job_verbs(add: Any) -> None:
         metavar="N",
         help="a sharded job's shard N only (default: every shard's, in shard order)",
     )
+    logs.add_argument(
+        "--execution",
+        metavar="ID",
+        default="",
+        help="one execution's output, from its result (IDs: 'job executions JOB'); with -f, "
+        "once the job has ended",
+    )
 
 
 def _spec_commands(sub: Any, add: Any, common: argparse.ArgumentParser) -> None:
