@@ -60,8 +60,8 @@ def error_info(e: grpc.RpcError) -> tuple[str, dict[str, str]]:
     from grpc_status import rpc_status
 
     try:
-        status = rpc_status.from_call(e) if isinstance(e, grpc.Call) else None
-    except ValueError:  # details that do not match the status
+        status = rpc_status.from_call(e) if hasattr(e, "trailing_metadata") else None
+    except (ValueError, AttributeError):  # details that do not match the status
         return "", {}
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -84,6 +84,43 @@ def default_user_key() -> Path:
 def load_user_key(path: Path | None = None) -> Identity:
     """The user's key, created (mode 0600) on first use. Raises IdentityError."""
     return Identity.load_or_create_file(path or default_user_key(), "user key")
+
+
+def client_error(e: grpc.RpcError, api: str, tls: bool) -> ClientError:
+    """A failed call (sync or asyncio) as one ClientError line, with the node's ErrorInfo."""
+    has_status = hasattr(e, "code") and hasattr(e, "details")
+    code = e.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = (e.details() if has_status else str(e)) or code.name.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "connect" in details.lower() or "dns" in details.lower()
+    ):
+        return ClientError(
+            f"cannot reach a node at {api}",
+            code=code,
+            hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one"
+            + ("" if tls else "; if it serves TLS, pass --tls-ca (or --tls)"),
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details.lower() or "tls" in
+                                                details.lower() or "handshake" in
+                                                details.lower()):  # fmt: skip
+        return ClientError(
+            f"no TLS connection to {api}: {details.splitlines()[0][:200]}",
+            code=code,
+            hint="does the node serve TLS, and does --tls-ca hold the CA of its certificate?",
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ClientError(
+            f"the node at {api} did not answer in time",
+            code=code,
+            hint="is it overloaded or stuck? try again",
+        )
+    reason, metadata = error_info(e)
+    return ClientError(
+        details.splitlines()[0] if details else code.name,
+        code=code,
+        reason=reason,
+        metadata=metadata,
+    )
 
 
 class ClientStub:
@@ -170,38 +207,7 @@ class Client:
         self.close()
 
     def _error(self, e: grpc.RpcError) -> ClientError:
-        code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = (e.details() if isinstance(e, grpc.Call) else str(e)) or code.name.lower()
-        if code == grpc.StatusCode.UNAVAILABLE and (
-            "connect" in details.lower() or "dns" in details.lower()
-        ):
-            return ClientError(
-                f"cannot reach a node at {self.api}",
-                code=code,
-                hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one"
-                + ("" if self.tls else "; if it serves TLS, pass --tls-ca (or --tls)"),
-            )
-        if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details.lower() or "tls" in
-                                                    details.lower() or "handshake" in
-                                                    details.lower()):  # fmt: skip
-            return ClientError(
-                f"no TLS connection to {self.api}: {details.splitlines()[0][:200]}",
-                code=code,
-                hint="does the node serve TLS, and does --tls-ca hold the CA of its certificate?",
-            )
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ClientError(
-                f"the node at {self.api} did not answer in time",
-                code=code,
-                hint="is it overloaded or stuck? try again",
-            )
-        reason, metadata = error_info(e)
-        return ClientError(
-            details.splitlines()[0] if details else code.name,
-            code=code,
-            reason=reason,
-            metadata=metadata,
-        )
+        return client_error(e, self.api, self.tls)
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
