@@ -54,6 +54,8 @@ _HINTS = {
     "JOB_HAS_NO_RESULT": "'bacalhauctl describe {job_id}' shows what happened",
     "QUOTA_EXCEEDED": "'bacalhauctl uploads' lists yours, 'bacalhauctl unpin CID' removes one",
     "PERMISSION_DENIED": "'bacalhauctl whoami' shows your user ID; --user-key picks the key",
+    "DATA_CORRUPT": "the node's operator can run 'bacalhauctl repo verify --repair' on its data "
+    "directory, or add the data again",
 }
 
 
