@@ -93,7 +93,7 @@ class Verifier:
         if not fields[USER] and not fields[SIGNATURE]:
             raise CallRefused(
                 "this call is not signed: a node takes only calls signed with a user key",
-                hint="use bacalhauctl or bacalhau.client, or sign as docs/security.md says",
+                hint="sign each call with a user key as docs/security.md says",
             )
         missing = [k for k, v in fields.items() if not v]
         if missing:

@@ -36,11 +36,39 @@ _OPTIONS = [
 
 
 class ClientError(BacalhauError):
-    """A request to the node failed; `code` is the gRPC status."""
+    """A request to the node failed; `code` is the gRPC status, `reason` and `metadata` the
+    node's google.rpc.ErrorInfo ("" and {} when it sent none; docs/api.md lists them)."""
 
-    def __init__(self, message: str, *, code: grpc.StatusCode, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode,
+        hint: str | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
+def error_info(e: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """(reason, metadata) of the google.rpc.ErrorInfo a failed call carries, or ("", {})."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    try:
+        status = rpc_status.from_call(e) if hasattr(e, "trailing_metadata") else None
+    except (ValueError, AttributeError):  # details that do not match the status
+        return "", {}
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return "", {}
 
 
 def default_api() -> str:
@@ -56,6 +84,43 @@ def default_user_key() -> Path:
 def load_user_key(path: Path | None = None) -> Identity:
     """The user's key, created (mode 0600) on first use. Raises IdentityError."""
     return Identity.load_or_create_file(path or default_user_key(), "user key")
+
+
+def client_error(e: grpc.RpcError, api: str, tls: bool) -> ClientError:
+    """A failed call (sync or asyncio) as one ClientError line, with the node's ErrorInfo."""
+    has_status = hasattr(e, "code") and hasattr(e, "details")
+    code = e.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = (e.details() if has_status else str(e)) or code.name.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "connect" in details.lower() or "dns" in details.lower()
+    ):
+        return ClientError(
+            f"cannot reach a node at {api}",
+            code=code,
+            hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one"
+            + ("" if tls else "; if it serves TLS, pass --tls-ca (or --tls)"),
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details.lower() or "tls" in
+                                                details.lower() or "handshake" in
+                                                details.lower()):  # fmt: skip
+        return ClientError(
+            f"no TLS connection to {api}: {details.splitlines()[0][:200]}",
+            code=code,
+            hint="does the node serve TLS, and does --tls-ca hold the CA of its certificate?",
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ClientError(
+            f"the node at {api} did not answer in time",
+            code=code,
+            hint="is it overloaded or stuck? try again",
+        )
+    reason, metadata = error_info(e)
+    return ClientError(
+        details.splitlines()[0] if details else code.name,
+        code=code,
+        reason=reason,
+        metadata=metadata,
+    )
 
 
 class ClientStub:
@@ -142,32 +207,7 @@ class Client:
         self.close()
 
     def _error(self, e: grpc.RpcError) -> ClientError:
-        code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = (e.details() if isinstance(e, grpc.Call) else str(e)) or code.name.lower()
-        if code == grpc.StatusCode.UNAVAILABLE and (
-            "connect" in details.lower() or "dns" in details.lower()
-        ):
-            return ClientError(
-                f"cannot reach a node at {self.api}",
-                code=code,
-                hint="start one with 'bacalhaud serve', or point --api / BACALHAU_API at one"
-                + ("" if self.tls else "; if it serves TLS, pass --tls-ca (or --tls)"),
-            )
-        if code == grpc.StatusCode.UNAVAILABLE and ("ssl" in details.lower() or "tls" in
-                                                    details.lower() or "handshake" in
-                                                    details.lower()):  # fmt: skip
-            return ClientError(
-                f"no TLS connection to {self.api}: {details.splitlines()[0][:200]}",
-                code=code,
-                hint="does the node serve TLS, and does --tls-ca hold the CA of its certificate?",
-            )
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ClientError(
-                f"the node at {self.api} did not answer in time",
-                code=code,
-                hint="is it overloaded or stuck? try again",
-            )
-        return ClientError(details.splitlines()[0] if details else code.name, code=code)
+        return client_error(e, self.api, self.tls)
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
@@ -185,6 +225,11 @@ class Client:
 
     def node_info(self) -> Any:
         return self._call(self._stub.NodeInfo, client_pb2.NodeInfoRequest())
+
+    def list_peers(self, *, alive_only: bool = False, limit: int = 0) -> Any:
+        """ListPeersResponse: the peers the node knows, alive ones first."""
+        req = client_pb2.ListPeersRequest(alive_only=alive_only, limit=limit)
+        return self._call(self._stub.ListPeers, req)
 
     def submit(self, spec: Any) -> Any:
         req = client_pb2.SubmitRequest(spec=spec)
@@ -232,13 +277,22 @@ class Client:
         req = client_pb2.WatchEventsRequest(job_id=job_id, follow=follow, after_seq=after_seq)
         return self._stream(self._stub.WatchEvents, req, None if follow else self.timeout)
 
-    def logs(self, job_id: str, *, follow: bool, shard: int | None = None) -> Iterator[Any]:
-        req = client_pb2.LogsRequest(job_id=job_id, follow=follow, shard=shard)
+    def logs(
+        self, job_id: str, *, follow: bool, shard: int | None = None, execution_id: str = ""
+    ) -> Iterator[Any]:
+        """LogChunks: the job's stdout and stderr (or one execution's, from its result)."""
+        req = client_pb2.LogsRequest(
+            job_id=job_id, follow=follow, shard=shard, execution_id=execution_id
+        )
         return self._stream(self._stub.Logs, req, None if follow else self.timeout)
 
     def results(self, job_id: str = "", cid: str = "", have: Iterable[bytes] = ()) -> Iterator[Any]:
-        """ResultsChunks: the root CID, then the DAG's blocks, parents first, except `have`."""
-        req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid, have=list(have))
+        """ResultsChunks: the root CID, then the DAG's blocks (`block_cid`, `data`), parents
+        first, except those of `have` (binary CIDs)."""
+        from bacalhau.content.cid import CID
+
+        have_cids = [str(CID.from_bytes(h)) for h in have]
+        req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid, have_cids=have_cids)
         return self._stream(self._stub.GetResults, req, None)
 
     def list_uploads(self) -> Any:

@@ -155,6 +155,35 @@ def test_context_modules_packages_and_scratch(run: Runner, tmp_path: Path):
     assert inline.ok and inline.stdout == b"8\n", inline.stderr
 
 
+def test_the_guest_has_a_root(run: Runner, tmp_path: Path):
+    data = tmp_path / "data.txt"
+    data.write_text("bytes")
+    code = textwrap.dedent(
+        """
+        import os
+        os.makedirs("/outputs", exist_ok=True)
+        os.makedirs("/outputs/deep/er", exist_ok=True)
+        open("/outputs/deep/er/f.txt", "w").write("ok")
+        print(sorted(os.listdir("/")))
+        print(os.path.isdir("/"), os.listdir("/inputs"), os.listdir("/data"))
+        try:
+            open("/stray.txt", "w")
+            print("wrote /stray.txt")
+        except OSError as e:
+            print("refused", type(e).__name__)
+        """
+    )
+    res = run(code=code, inputs=[(data, "/data/data.txt")])
+    assert res.ok, res.stderr
+    lines = res.stdout.decode().splitlines()
+    assert lines[0] == "['app', 'data', 'inputs', 'outputs', 'tmp']"
+    assert lines[1] == "True [] ['data.txt']"
+    assert lines[2].startswith("refused")
+    assert (res.outputs_dir / "outputs" / "deep" / "er" / "f.txt").read_text() == "ok"
+    plain = run(code="import os; os.makedirs('/outputs', exist_ok=True); print('fine')")
+    assert plain.ok and plain.stdout == b"fine\n", plain.stderr
+
+
 def test_inputs_are_read_only(run: Runner, tmp_path: Path):
     data = tmp_path / "data.txt"
     data.write_text("original")

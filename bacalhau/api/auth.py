@@ -16,7 +16,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from bacalhau.api.errors import abort
 from bacalhau.callsign import CallRefused, Verifier
+from bacalhau.errors import UsageError
 from bacalhau.service.callers import Access, Caller
 
 CLIENT_SERVICE = "/bacalhau.v1.ClientService/"
@@ -65,15 +67,9 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self.access.caller(user)
 
         async def refuse(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-            code = (
-                grpc.StatusCode.UNAUTHENTICATED
-                if isinstance(exc, CallRefused)
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            text = (
-                str(exc) if isinstance(exc, CallRefused) else "the request is not a valid message"
-            )
-            await context.abort(code, text)
+            if not isinstance(exc, CallRefused):
+                exc = UsageError("the request is not a valid message")
+            await abort(context, exc)
 
         async def opened(body: bytes, context: grpc.aio.ServicerContext) -> Any:
             """The request, once its signature is checked (the caller set); else aborts."""

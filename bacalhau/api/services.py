@@ -14,15 +14,23 @@ import grpc
 
 from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from bacalhau.api.auth import caller
-from bacalhau.api.errors import streaming, unary
+from bacalhau.api.errors import BadField, MissingField, abort, streaming, unary
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
 from bacalhau.service import DataService, InfoService, JobService, ResultService
-from bacalhau.service.callers import Forbidden
-from bacalhau.service.data import QuotaExceeded
+from bacalhau.service.info import PeerView
+
+MAX_HAVE = 100_000  # CIDs a GetResults request may say the client has
+
+
+def require(request: Any, *fields: str) -> None:
+    """Raise MissingField for the first of `fields` that is unset or empty."""
+    for field in fields:
+        if not getattr(request, field):
+            raise MissingField(field)
 
 
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
@@ -36,11 +44,14 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @unary
     async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.HasField("spec"):
+            raise MissingField("spec")
         job = await self.jobs.submit(request.spec, caller())
         return client_pb2.SubmitResponse(job_id=job.id, job=job)
 
     @unary
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require(request, "job_id")
         who = caller()
         job = self.jobs.describe(request.job_id, who)
         if request.wait:
@@ -67,18 +78,24 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     async def WatchEvents(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        require(request, "job_id")
         async for ev in self.jobs.watch_events(request.job_id, request.after_seq, request.follow):
             yield ev
 
     @streaming
     async def Logs(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        require(request, "job_id")
         shard = request.shard if request.HasField("shard") else None
-        async for c in self.jobs.logs(request.job_id, follow=request.follow, shard=shard):
+        logs = self.jobs.logs(
+            request.job_id, follow=request.follow, shard=shard, execution_id=request.execution_id
+        )
+        async for c in logs:
             stream: Any = c.stream  # 1 stdout, 2 stderr: the proto enum's values
             yield client_pb2.LogChunk(stream=stream, data=c.data, execution_id=c.execution_id)
 
     @unary
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require(request, "job_id")
         job = await self.jobs.cancel(request.job_id, caller(), request.reason)
         return client_pb2.CancelResponse(job=job)
 
@@ -87,35 +104,38 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         holders: list[str] = []
+        if bool(request.cid) == bool(request.job_id):
+            if request.cid:
+                raise BadField("cid", "give job_id or cid, not both")
+            raise MissingField("job_id", "give job_id, or cid")
+        have = _have(request)
         if request.cid:
-            cid_text = str(CID.parse(request.cid))
+            cid_text = str(_cid(request.cid, "cid"))
         else:
             cid_text, holders = self.results.job_result(self.jobs.get(request.job_id))
         root = await self.results.ensure_dag(cid_text, holders)
         yield client_pb2.ResultsChunk(root_cid=cid_text)
-        blocks = self.results.blocks([root], recursive=True, skip=frozenset(request.have))
-        async for block in blocks:
-            yield client_pb2.ResultsChunk(cid=block.cid, data=block.data)
+        async for block in self.results.blocks([root], recursive=True, skip=have):
+            yield client_pb2.ResultsChunk(
+                cid=block.cid, data=block.data, block_cid=str(CID.from_bytes(block.cid))
+            )
 
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             who = caller()
             self.jobs.access.check_submit(who, "upload data")
             cid, size = await self.data.add(request_iterator, who)
-        except Forbidden as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except QuotaExceeded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except (UsageError, ContentError) as exc:  # ContentError: a corrupt CAR
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ContentError as exc:  # a corrupt or incomplete CAR
+            await abort(context, UsageError(exc.message, hint=exc.hint))
         except OSError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the upload: {exc}")
-        except BacalhauError as exc:  # the blockstore or the datastore failed
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await abort(context, BacalhauError(f"cannot store the upload: {exc}"))
+        except BacalhauError as exc:  # refused; or the blockstore or the datastore failed
+            await abort(context, exc)
         return client_pb2.AddDataResponse(cid=cid, size=size)
 
     @unary
     async def Lineage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require(request, "cid")
         nodes = self.jobs.lineage(request.cid, request.depth)
         return client_pb2.LineageResponse(nodes=[client_pb2.LineageNode(**n) for n in nodes])
 
@@ -128,6 +148,7 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @unary
     async def Unpin(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require(request, "cid")
         unpinned, removed = await self.data.unpin(request.cid, caller())
         return client_pb2.UnpinResponse(unpinned=unpinned, removed=[_upload(r) for r in removed])
 
@@ -147,34 +168,60 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     @unary
     async def NodeInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         node = self.info.node()
-        peers = [
-            client_pb2.PeerInfo(
-                node_id=p.record.node_id,
-                address=p.record.addresses[0] if p.record.addresses else "",
-                addresses=p.record.addresses,
-                connected=p.alive,
-                alive=p.alive,
-                last_seen_unix_nano=p.last_seen_unix_nano,
-                engines=p.record.engines,
-                resources=p.record.resources,
-                labels=p.record.labels,
-                version=p.record.version,
-                free=p.status.free if p.status is not None else None,
-                queued=p.status.queued if p.status is not None else 0,
-                results_accepted=p.record.results_accepted,
-                results_rejected=p.record.results_rejected,
-                penalized_until_unix_nano=p.record.penalized_until_unix_nano,
-            )
-            for p in node.peers
-        ]
         return client_pb2.NodeInfoResponse(
             node_id=node.node_id,
             version=node.version,
             address=node.address,
-            peers=peers,
+            peers=[_peer(p) for p in node.peers],
             engines=node.engines,
             labels=node.labels,
         )
+
+    @unary
+    async def ListPeers(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Any signed caller: the peer table is bounded (10 x --max-peers records) and kept in
+        # memory, so an answer costs a copy of it and nothing else.
+        peers = sorted(self.info.node().peers, key=lambda p: (not p.alive, p.record.node_id))
+        if request.alive_only:
+            peers = [p for p in peers if p.alive]
+        if request.limit:
+            peers = peers[: request.limit]
+        return client_pb2.ListPeersResponse(peers=[_peer(p) for p in peers])
+
+
+def _peer(p: PeerView) -> Any:
+    return client_pb2.PeerInfo(
+        node_id=p.record.node_id,
+        address=p.record.addresses[0] if p.record.addresses else "",  # deprecated
+        addresses=p.record.addresses,
+        connected=p.alive,  # deprecated
+        alive=p.alive,
+        last_seen_unix_nano=p.last_seen_unix_nano,
+        engines=p.record.engines,
+        resources=p.record.resources,
+        labels=p.record.labels,
+        version=p.record.version,
+        free=p.status.free if p.status is not None else None,
+        queued=p.status.queued if p.status is not None else 0,
+        results_accepted=p.record.results_accepted,
+        results_rejected=p.record.results_rejected,
+        penalized_until_unix_nano=p.record.penalized_until_unix_nano,
+    )
+
+
+def _cid(text: str, field: str) -> CID:
+    try:
+        return CID.parse(text)
+    except BacalhauError as e:
+        raise BadField(field, f"{field}: {e.message}") from None
+
+
+def _have(request: Any) -> frozenset[bytes]:
+    """The blocks a GetResults caller has: have_cids (strings), and the deprecated `have`."""
+    if len(request.have_cids) + len(request.have) > MAX_HAVE:
+        raise BadField("have_cids", f"have_cids holds more than {MAX_HAVE} CIDs")
+    have = {bytes(_cid(c, f"have_cids[{i}]")) for i, c in enumerate(request.have_cids)}
+    return frozenset(have | set(request.have))
 
 
 def _upload(record: Any) -> Any:

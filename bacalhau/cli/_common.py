@@ -46,12 +46,38 @@ def print_version(prog: str) -> int:
     return 0
 
 
+# What bacalhauctl adds to a node's error, by its ErrorInfo reason (the API's messages name no
+# client's commands).
+_HINTS = {
+    "JOB_NOT_FOUND": "'bacalhauctl list --all' shows the jobs it knows",
+    "RESULT_NOT_READY": "wait for it: 'bacalhauctl describe {job_id}' shows its progress",
+    "JOB_HAS_NO_RESULT": "'bacalhauctl describe {job_id}' shows what happened",
+    "QUOTA_EXCEEDED": "'bacalhauctl uploads' lists yours, 'bacalhauctl unpin CID' removes one",
+    "PERMISSION_DENIED": "'bacalhauctl whoami' shows your user ID; --user-key picks the key",
+    "DATA_CORRUPT": "the node's operator can run 'bacalhauctl repo verify --repair' on its data "
+    "directory, or add the data again",
+}
+
+
+def cli_hint(exc: BacalhauError) -> str | None:
+    """bacalhauctl's advice for an error a node sent (a ClientError's reason), or None."""
+    text = _HINTS.get(getattr(exc, "reason", ""))
+    if text is None:
+        return None
+    meta = getattr(exc, "metadata", {})
+    try:
+        return text.format(**meta)
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
 def run(prog: str, func: Callable[[], int]) -> int:
     """Run a command; user-facing errors become one line on stderr and an exit code."""
     try:
         return func()
     except BacalhauError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        hint = None if exc.hint else cli_hint(exc)
+        print(f"{prog}: error: {exc}" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

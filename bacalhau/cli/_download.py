@@ -130,7 +130,7 @@ def _download(
                     total = _total(f, blocks, root)
                     _check_room(job_id, partial, total, resumed)
                     continue
-                cid, data = bytes(chunk.cid), chunk.data
+                cid, data = bytes(CID.parse(chunk.block_cid)), chunk.data
                 dag.check_block(cid, data)
                 if cid not in blocks:
                     f.write(_HEAD.pack(len(cid), len(data)) + cid)

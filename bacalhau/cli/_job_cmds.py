@@ -155,6 +155,20 @@ def parse_output_volume(text: str) -> tuple[str, str]:
     return name, path
 
 
+DEFAULT_OUTPUT = ("outputs", "/outputs")
+
+
+def with_default_output(outputs: list[tuple[str, str]], drop: bool) -> list[tuple[str, str]]:
+    """`-o` outputs plus the default `outputs:/outputs` (first), unless `drop`
+    (--no-default-outputs) or an `-o` takes its name, its path, or a path above or below it."""
+    name, path = DEFAULT_OUTPUT
+    clash = any(
+        n == name or p == path or p.startswith(path + "/") or path.startswith(p.rstrip("/") + "/")
+        for n, p in outputs
+    )
+    return outputs if drop or clash else [DEFAULT_OUTPUT, *outputs]
+
+
 def wasm_run(args: argparse.Namespace) -> int:
     module = args.module
     path = Path(module)
@@ -260,7 +274,9 @@ def run_job(args: argparse.Namespace, build: Build) -> int:
     job and fails unless it completed. With --dry-run, prints the spec instead, and uploads
     and submits nothing.
     """
-    outputs = [parse_output_volume(o) for o in args.output_volumes] or [("outputs", "/outputs")]
+    outputs = with_default_output(
+        [parse_output_volume(o) for o in args.output_volumes], args.no_default_outputs
+    )
     env = parse_kv(args.env, "environment variable")
     selector = parse_kv(args.labels, "label")
     timeout = flag_timeout(args.timeout)
@@ -434,7 +450,8 @@ def logs(args: argparse.Namespace) -> int:
     if args.shard is not None and args.shard < 0:
         raise UsageError(f"--shard must be 0 or more, not {args.shard}")
     with _client(args) as c:
-        for chunk in c.logs(args.job, follow=args.follow, shard=args.shard):
+        chunks = c.logs(args.job, follow=args.follow, shard=args.shard, execution_id=args.execution)
+        for chunk in chunks:
             out = sys.stdout if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT else sys.stderr
             out.buffer.write(chunk.data)
             out.flush()

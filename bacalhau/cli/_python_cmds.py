@@ -49,6 +49,15 @@ def add_parser(sub: Any, flags: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder to upload with the program (FILE must be inside it); seen at /app",
     )
+    py.add_argument(
+        "-r",
+        "--requirements",
+        type=Path,
+        metavar="FILE",
+        help="pip requirements: their pure-Python wheels (and their dependencies') are "
+        "resolved here (pip download --only-binary :all: --platform any) and uploaded in the "
+        "context under site-packages/; a package with compiled code is refused",
+    )
     py.add_argument("program", nargs="?", metavar="FILE", help="the program (a .py file)")
     py.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="program arguments")
 
@@ -59,9 +68,6 @@ def run_python(args: argparse.Namespace) -> int:
     Raises UsageError for a missing program, a context that is not a folder or is too large,
     or a program outside its context.
     """
-    from bacalhau._pb.bacalhau.v1 import types_pb2
-    from bacalhau.cli._job_cmds import run_job
-
     extra = list(args.args)
     code: str = args.code or ""
     program_arg: str | None = args.program
@@ -104,6 +110,24 @@ def run_python(args: argparse.Namespace) -> int:
             _check_size(path)
             program, single = path.name, path
 
+    with tempfile.TemporaryDirectory(prefix="bacalhau-context-") as tmp:
+        if args.requirements is not None:
+            context = _with_packages(args.requirements, context or single, Path(tmp))
+            single = None
+        return _submit(args, program, code, extra, context, single)
+
+
+def _submit(
+    args: argparse.Namespace,
+    program: str,
+    code: str,
+    extra: list[str],
+    context: Path | None,
+    single: Path | None,
+) -> int:
+    from bacalhau._pb.bacalhau.v1 import types_pb2
+    from bacalhau.cli._job_cmds import run_job
+
     def build(up: Uploads, spec: Any, env: dict[str, str]) -> None:
         context_cid = ""
         if context is not None:
@@ -123,6 +147,36 @@ def run_python(args: argparse.Namespace) -> int:
         )
 
     return run_job(args, build)
+
+
+def _with_packages(requirements: Path, source: Path | None, tmp: Path) -> Path:
+    """A staged context: `source` (a folder, a program file, or nothing) plus the pure-Python
+    wheels of `requirements` unpacked in its site-packages/. Raises UsageError."""
+    from bacalhau.cli import _wheels
+
+    staged = tmp / "context"
+    if source is not None and source.is_dir():
+        if (source / _wheels.SITE_PACKAGES).exists():
+            raise UsageError(
+                f"{source} has a {_wheels.SITE_PACKAGES} folder already, where -r puts packages",
+                hint="rename it, or drop -r",
+            )
+        shutil.copytree(source, staged, symlinks=True)
+    else:
+        staged.mkdir()
+        if source is not None:
+            shutil.copyfile(source, staged / source.name)
+    wheels = tmp / "wheels"
+    wheels.mkdir()
+    _wheels.unpack(_wheels.pip_download(requirements, wheels), staged / _wheels.SITE_PACKAGES)
+    total = _wheels.size_of(staged)
+    if total > MAX_CONTEXT_BYTES:
+        raise UsageError(
+            f"the context with the packages of {requirements} holds {total / 2**20:.1f} MiB, "
+            f"more than the {MAX_CONTEXT_BYTES >> 20} MiB a context may",
+            hint="need fewer packages, or pass data as inputs instead",
+        )
+    return staged
 
 
 def _check_mounts(args: argparse.Namespace) -> None:

@@ -279,6 +279,13 @@ def _job_verbs(add: Any) -> None:
         metavar="N",
         help="a sharded job's shard N only (default: every shard's, in shard order)",
     )
+    logs.add_argument(
+        "--execution",
+        metavar="ID",
+        default="",
+        help="one execution's output, from its result (IDs: 'job executions JOB'); with -f, "
+        "once the job has ended",
+    )
 
 
 def _spec_commands(sub: Any, add: Any, common: argparse.ArgumentParser) -> None:
@@ -349,7 +356,13 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME:/path",
-        help="a folder the job writes; it becomes NAME in the result (default: outputs:/outputs)",
+        help="a folder the job writes; it becomes NAME in the result. Added to the default "
+        "outputs:/outputs, which an -o with the name outputs or the path /outputs replaces",
+    )
+    run.add_argument(
+        "--no-default-outputs",
+        action="store_true",
+        help="no outputs:/outputs folder unless an -o asks for it",
     )
     run.add_argument(
         "-v",

@@ -445,7 +445,6 @@ class LmdbDatastore(GroupWriter):
             if raw is None:
                 raise JobNotFound(
                     f"job {job_id} not found on this node",
-                    hint="'bacalhauctl list --all' shows the jobs it knows",
                 )
             return types_pb2.Job.FromString(bytes(raw))
 

@@ -233,7 +233,6 @@ class MemoryDatastore(GroupWriter):
         if job is None:
             raise JobNotFound(
                 f"job {job_id} not found on this node",
-                hint="'bacalhauctl list --all' shows the jobs it knows",
             )
         return copy.deepcopy(job)
 

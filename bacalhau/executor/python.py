@@ -60,6 +60,7 @@ from bacalhau.spec import GUEST_APP, GUEST_BOOT, GUEST_TMP
 log = logging.getLogger(__name__)
 
 _TAIL_BYTES = 8192
+SITE_PACKAGES = "site-packages"  # a context's packages (bacalhauctl run python -r)
 
 # Imported by `site` at start-up in deterministic runs (from GUEST_BOOT, first on PYTHONPATH).
 SITECUSTOMIZE = '''\
@@ -301,6 +302,8 @@ class PythonExecutor:
                     hint="drop it, or run without --deterministic",
                 )
         path = [p for p in (GUEST_BOOT if boot else "", GUEST_APP if req.context else "") if p]
+        if req.context is not None and (req.context / SITE_PACKAGES).is_dir():
+            path.append(f"{GUEST_APP}/{SITE_PACKAGES}")  # what `run python -r` put there
         env.update(req.env)
         if req.env.get("PYTHONPATH"):
             path.append(req.env["PYTHONPATH"])
@@ -322,6 +325,10 @@ class PythonExecutor:
         wasi.env = self._env(req, boot)
         wasi.stdout_file = guard.pipe(1)
         wasi.stderr_file = guard.pipe(2)
+        # The root first: a read-only folder holding an empty folder for each mount, so that
+        # `/` exists (os.makedirs("/outputs", exist_ok=True) walks up to it) and lists them.
+        # WASI resolves a path by the longest preopened prefix, so the mounts shadow these.
+        wasi.preopen_dir(str(self._root(req, boot)), "/", False)
         if req.context is not None:
             wasi.preopen_dir(str(req.context), GUEST_APP, False)
         wasi.preopen_dir(str(tmp), GUEST_TMP, True)
@@ -329,6 +336,23 @@ class PythonExecutor:
             wasi.preopen_dir(str(boot), GUEST_BOOT, False)
         preopen_mounts(wasi, req, outputs_dir)
         return wasi
+
+    def _root(self, req: RunRequest, boot: Path | None) -> Path:
+        """The guest's `/`: /app, /inputs, /outputs, /tmp and every mount path, as empty
+        folders (the mounts themselves are preopened over them)."""
+        root = req.workdir / "root"
+        guest = [GUEST_APP, GUEST_TMP, "/inputs", "/outputs"]
+        guest += [g for _, g in req.inputs] + [g for _, g in req.outputs]
+        if boot is not None:
+            guest.append(GUEST_BOOT)
+        try:
+            for path in guest:
+                parts = PurePosixPath(path).parts[1:]
+                if parts and ".." not in parts:
+                    root.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ExecutorError(f"cannot prepare {root}: {e.strerror}") from e
+        return root
 
     def _boot_dir(self) -> Path:
         """A read-only folder holding SITECUSTOMIZE and its bytecode, made once.

@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from bacalhau import layout
 from bacalhau import spec as jobspec
@@ -24,7 +23,7 @@ from bacalhau._pb.bacalhau.v1 import (
     peer_pb2_grpc,
     types_pb2,
 )
-from bacalhau.api import ClientServicer, PeerServicer
+from bacalhau.api import ClientServicer, PeerServicer, reflection
 from bacalhau.api.auth import SignedCalls
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute.capacity import Allocator, Limits, detect
@@ -274,9 +273,8 @@ class Node:
             client_pb2.DESCRIPTOR.services_by_name["ClientService"].full_name,
             peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(names, self._server)
+        reflection.enable(names, self._server)
         self.network.status = self.compute.status
         self._start_metrics()
         await self._server.start()

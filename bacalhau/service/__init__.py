@@ -8,7 +8,7 @@ from bacalhau.service.callers import Access, Caller, Forbidden
 from bacalhau.service.data import DataService
 from bacalhau.service.info import InfoService, NodeView, PeerView
 from bacalhau.service.jobs import JobService, LogChunk
-from bacalhau.service.results import ResultService, result_execution
+from bacalhau.service.results import NoResult, ResultService, result_execution
 from bacalhau.service.watch import JobWatch
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "JobService",
     "JobWatch",
     "LogChunk",
+    "NoResult",
     "NodeView",
     "PeerView",
     "ResultService",

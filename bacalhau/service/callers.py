@@ -48,8 +48,7 @@ class Access:
             return
         raise Forbidden(
             f"user {caller.user_id} may not {what} on this node",
-            hint="ask its operator to add your user ID ('bacalhauctl whoami') to its "
-            "--allow-clients file",
+            hint="ask its operator to add your user ID to its --allow-clients file",
         )
 
 
@@ -58,7 +57,7 @@ def check_owner(caller: Caller, job: Any, what: str) -> None:
         raise Forbidden(
             f"job {job.id} belongs to user {job.client_id or '(unknown)'}; only its owner or an "
             f"admin may {what} it",
-            hint="use the key that submitted it (--user-key)",
+            hint="sign with the key that submitted it",
         )
 
 

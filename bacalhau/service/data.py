@@ -46,8 +46,7 @@ def _over_quota(used: int, more: int, quota: int) -> QuotaExceeded:
     return QuotaExceeded(
         f"upload refused: it would take your uploads on this node past its quota "
         f"({_mib(used)} used + {_mib(more)} of this upload > {_mib(quota)})",
-        hint="unpin uploads you no longer need ('bacalhauctl uploads', 'bacalhauctl unpin "
-        "CID'), or ask the node's operator (serve --upload-quota)",
+        hint="unpin uploads you no longer need, or ask the node's operator (serve --upload-quota)",
     )
 
 
@@ -161,7 +160,7 @@ class DataService:
         except NotFound:
             raise UsageError(
                 f"the uploaded CAR lacks blocks of the DAG under {roots[0]}",
-                hint="export the whole DAG (bacalhauctl car export CID)",
+                hint="put every block of the DAG in the CAR",
             ) from None
         return root
 
@@ -184,13 +183,12 @@ class DataService:
             if not holders:
                 raise NotFound(
                     f"{cid_text} is not an upload on this node",
-                    hint="'bacalhauctl uploads' lists yours",
                 )
             mine = holders if caller.admin else [u for u in holders if u == caller.user_id]
             if not mine:
                 raise Forbidden(
                     f"{cid_text} was uploaded by another user; only they or an admin may unpin it",
-                    hint="use the key that uploaded it (--user-key)",
+                    hint="sign with the key that uploaded it",
                 )
             removed = []
             for user in mine:

@@ -10,12 +10,13 @@ from typing import Any
 
 from bacalhau import spec as jobspec
 from bacalhau.content.cid import CID
+from bacalhau.content.errors import NotFound
 from bacalhau.datastore import Datastore
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
 from bacalhau.engines import blockstore_head
 from bacalhau.engines import get as get_engine
 from bacalhau.errors import UsageError
-from bacalhau.models import JobState
+from bacalhau.models import ExecutionState, JobState
 from bacalhau.requester.logs import STDERR, STDOUT
 from bacalhau.requester.node import Requester
 from bacalhau.service.callers import Access, Caller, check_owner, view
@@ -249,13 +250,23 @@ class JobService:
                 self._watch.forget(job_id, waiter)
 
     async def logs(
-        self, job_id: str, follow: bool = False, shard: int | None = None
+        self,
+        job_id: str,
+        follow: bool = False,
+        shard: int | None = None,
+        execution_id: str = "",
     ) -> AsyncIterator[LogChunk]:
         """The job's stdout and stderr: with `follow`, live while it runs, then the rest from
         its result. A sharded job's are each shard's in shard order (or shard `shard`'s
-        only), from their results (`follow` waits for the job to end first). Raises NotFound
-        when the result's blocks cannot be had, UsageError for a shard the job has not."""
+        only), from their results (`follow` waits for the job to end first). With
+        `execution_id`, that execution's, from its result (`follow` waits for the job to end
+        first). Raises NotFound when the result's blocks cannot be had or the execution has
+        no result, UsageError for a shard or an execution the job has not."""
         job = self.get(job_id)
+        if execution_id:
+            async for chunk in self._execution_logs(job, execution_id, follow):
+                yield chunk
+            return
         count = job.shard_count or 1
         if shard is not None and not 0 <= shard < count:
             raise UsageError(
@@ -283,6 +294,24 @@ class JobService:
         if ex is None or (live_id and ex.id != live_id):
             return
         async for chunk in self._result_logs(ex, sent):
+            yield chunk
+
+    async def _execution_logs(
+        self, job: Any, execution_id: str, follow: bool
+    ) -> AsyncIterator[LogChunk]:
+        problems = jobspec.check_id(execution_id, "execution_id")
+        if problems:
+            raise jobspec.SpecError(problems)
+        if not any(ex.id == execution_id for ex in job.executions):
+            raise UsageError(f"job {job.id} has no execution {execution_id}")
+        if follow:
+            job = await self.wait_final(job.id)
+        ex = next(ex for ex in job.executions if ex.id == execution_id)
+        if not ex.result_cid:
+            state = ExecutionState.of(ex.state).value
+            why = f": {ex.message}" if ex.message else ""
+            raise NotFound(f"execution {ex.id} has no result (it is {state}){why}")
+        async for chunk in self._result_logs(ex, {STDOUT: 0, STDERR: 0}):
             yield chunk
 
     async def _result_logs(self, ex: Any, sent: dict[int, int]) -> AsyncIterator[LogChunk]:

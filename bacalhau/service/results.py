@@ -19,6 +19,24 @@ from bacalhau.observability import Counter
 _RESULT_STATES = (ExecutionState.PUBLISHED, ExecutionState.RESULT_ACCEPTED)
 
 
+class NoResult(NotFound):
+    """A job has no result: not yet (it is pending or running), or never (`final`: it failed
+    or was cancelled before an execution published one)."""
+
+    def __init__(self, job: Any) -> None:
+        state = JobState.of(job.state)
+        self.final = state.is_terminal
+        self.details = {"job_id": job.id, "job_state": state.value}
+        if self.final:
+            why = f": {job.message}" if job.message else ""
+            super().__init__(f"job {job.id} {state.value} without a result{why}")
+        else:
+            super().__init__(
+                f"job {job.id} has no result yet (it is {state.value})",
+                hint="ask again once it has completed",
+            )
+
+
 def result_execution(job: Any) -> Any:
     """The execution whose result stands for the job: published first, else any with one
     that was not rejected (a rejected result is never served as the job's)."""
@@ -39,14 +57,11 @@ class ResultService:
         self._sent = sent
 
     def job_result(self, job: Any) -> tuple[str, list[str]]:
-        """(result CID, nodes that hold it) of a job. Raises NotFound if it has none yet."""
+        """(result CID, nodes that hold it) of a job. Raises NoResult if it has none: yet,
+        or ever (it ended without one)."""
         ex = result_execution(job)
         if ex is None:
-            state = JobState.of(job.state).value
-            raise NotFound(
-                f"job {job.id} has no result yet (it is {state})",
-                hint="wait for it: 'bacalhauctl describe' shows its progress",
-            )
+            raise NoResult(job)
         return ex.result_cid, [ex.node_id]
 
     async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:

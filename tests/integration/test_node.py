@@ -64,7 +64,29 @@ def test_health_and_reflection(tmp_path: Path):
             (resp,) = list(refl.ServerReflectionInfo(iter([req]), timeout=5))
             names = {s.name for s in resp.list_services_response.service}
             assert {"bacalhau.v1.ClientService", "bacalhau.v1.PeerService",
-                    "grpc.health.v1.Health"} <= names  # fmt: skip
+                    "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                    "grpc.reflection.v1alpha.ServerReflection"} <= names  # fmt: skip
+            # v1 is the same protocol renamed (same fields and numbers): v1alpha's messages
+            # speak it, as a v1 client's would.
+            v1 = ch.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            asks = [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="bacalhau.v1.ClientService"
+                ),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="grpc.reflection.v1.ServerReflection"
+                ),
+            ]
+            listed, client_file, v1_file = list(v1(iter(asks), timeout=5))
+            assert names == {s.name for s in listed.list_services_response.service}
+            protos = client_file.file_descriptor_response.file_descriptor_proto
+            assert any(b"ListPeers" in p for p in protos)
+            assert v1_file.file_descriptor_response.file_descriptor_proto, v1_file
     finally:
         node.stop()
 

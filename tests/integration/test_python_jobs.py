@@ -282,3 +282,84 @@ def test_url_inputs_are_readable_and_read_only(ctl: Ctl, tmp_path: Path):
     assert ctl("logs", job_id).stdout == (
         "['notes.txt', 'table.csv']\n1,2\nfrom the web\nread-only PermissionError\n"
     )
+
+
+def make_wheel(folder: Path, name: str, files: dict[str, str], *, tag: str = "py3-none-any",
+               requires: tuple[str, ...] = ()) -> Path:  # fmt: skip
+    """A wheel built here by hand (no registry): `files` are its package's paths and texts."""
+    import zipfile
+
+    info = f"{name}-1.0.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    wheel = f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n"
+    members = {**files, f"{info}/METADATA": meta, f"{info}/WHEEL": wheel}
+    members[f"{info}/RECORD"] = "".join(f"{p},,\n" for p in [*members, f"{info}/RECORD"])
+    path = folder / f"{name}-1.0-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in members.items():
+            zf.writestr(member, text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local folder of wheels: two pure ones (one needing the other), one compiled, and a
+    'pure' one that hides a shared library."""
+    folder = tmp_path_factory.mktemp("wheels")
+    make_wheel(folder, "greeter", {"greeter/__init__.py": "from shouter import shout\n"
+               "def greet(who):\n    return shout('hello ' + who)\n"},
+               requires=("shouter",))  # fmt: skip
+    make_wheel(folder, "shouter", {"shouter.py": "def shout(s):\n    return s.upper()\n"})
+    make_wheel(folder, "fastmath", {"fastmath/__init__.py": ""},
+               tag="cp312-cp312-manylinux_2_17_x86_64")  # fmt: skip
+    make_wheel(folder, "sneaky", {"sneaky/__init__.py": "", "sneaky/_speedups.so": "ELF"})
+    return folder
+
+
+def requirements(tmp_path: Path, wheels: Path, *names: str) -> Path:
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"--no-index\n--find-links {wheels}\n" + "".join(f"{n}\n" for n in names))
+    return req
+
+
+def test_requirements_resolve_pure_wheels_into_the_context(ctl: Ctl, tmp_path: Path, wheels: Path):
+    prog = tmp_path / "main.py"
+    prog.write_text("import greeter, os\nprint(greeter.greet('world'))\n"
+                    "print(sorted(os.listdir('/app/site-packages'))[:2])\n")  # fmt: skip
+    res, job_id = submit(ctl, "-r", str(requirements(tmp_path, wheels, "greeter")), str(prog))
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == "HELLO WORLD\n['greeter', 'greeter-1.0.dist-info']\n"
+
+
+@pytest.mark.parametrize(
+    ("package", "message"),
+    [
+        ("fastmath", "fastmath has no pure-Python wheel (py3-none-any); packages with compiled "
+         "code cannot run in Python jobs"),
+        ("sneaky", "sneaky has compiled code (sneaky/_speedups.so in sneaky-1.0-py3-none-any.whl)"),
+    ],
+)  # fmt: skip
+def test_requirements_with_compiled_code_are_refused(
+    ctl: Ctl, tmp_path: Path, wheels: Path, package: str, message: str
+):
+    res = ctl("run", "python", "-r", str(requirements(tmp_path, wheels, package)), "-c", "1")
+    assert message in res.one_line_error()
+    assert "bacalhau-context-" not in res.stderr
+
+
+def test_the_guest_root_and_default_outputs(ctl: Ctl, tmp_path: Path):
+    code = ("import os\nos.makedirs('/outputs', exist_ok=True)\nprint(sorted(os.listdir('/')))\n"
+            "open('/outputs/a', 'w').write('a')\nopen('/extra/b', 'w').write('b')\n")  # fmt: skip
+    res, job_id = submit(ctl, "-o", "extra:/extra", "-c", code)
+    assert res.returncode == 0, res.stderr
+    assert ctl("logs", job_id).stdout == "['app', 'extra', 'inputs', 'outputs', 'tmp']\n"
+    out = tmp_path / "out"
+    assert ctl("get", job_id, "--output-dir", str(out)).returncode == 0
+    assert (out / "outputs" / "a").read_text() == "a" and (out / "extra" / "b").read_text() == "b"
+    code = "import os\nopen('/extra/b', 'w').write('b')\nprint(os.path.isdir('/outputs'))\n"
+    res, job_id = submit(ctl, "--no-default-outputs", "-o", "extra:/extra", "-c", code)
+    assert res.returncode == 0, res.stderr
+    doc = ctl.json("describe", job_id)
+    assert [o["name"] for o in doc["spec"]["outputs"]] == ["extra"]
+    assert ctl("logs", job_id).stdout == "True\n"  # an empty, read-only folder of the root

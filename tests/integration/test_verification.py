@@ -53,7 +53,7 @@ def test_disagreeing_results_fail_the_job_and_none_is_served(
     assert len(rejected) == 3
     assert all(e["result_cid"] in doc["message"] for e in rejected)  # each named
     got = ctl("get", job, "--output-dir", str(tmp_path / "out"))
-    assert "has no result" in got.one_line_error()
+    assert "failed without a result" in got.one_line_error()
 
 
 def test_more_min_bids_than_willing_nodes_fails_saying_so(

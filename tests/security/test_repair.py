@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bacalhau.blockstore import Blockstore
+from bacalhau.cli._common import cli_hint
 from bacalhau.client import Client, ClientError
 from bacalhau.content import CID, CorruptData, Importer, NotFound
 from bacalhau.content.car import write_car
@@ -222,7 +223,9 @@ def test_node_names_its_own_corrupt_block_and_an_upload_repairs_it(
         list(c.results(cid=str(CID.from_bytes(root))))
     message = str(err.value)
     assert f"block {CID.from_bytes(leaves[0])} is corrupt on this node" in message, message
-    assert "bacalhauctl repo verify --repair" in message and "not connected" not in message
+    assert "not connected" not in message and "bacalhauctl" not in message
+    assert err.value.reason == "DATA_CORRUPT"  # bacalhauctl adds the operator's fix
+    assert "bacalhauctl repo verify --repair" in (cli_hint(err.value) or "")
     # repo verify runs beside the live node, on its data directory.
     ctl = Ctl(node.address, tmp_path)
     res = ctl("--data-dir", str(node.data_dir), "repo", "verify")
