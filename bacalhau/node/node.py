@@ -142,10 +142,14 @@ class Node:
         total = allocator.total
         self.client_calls_refused = Counter(
             "bacalhau_client_calls_refused_total",
-            "Client calls refused before their handler: unsigned, badly signed, stale or replayed.",
+            "Client calls refused before their handler, by reason: unsigned, malformed, forged, "
+            "stale, replayed.",
+            ["reason"],
         )
         access = Access(admins=cfg.admin_keys, submitters=cfg.allow_clients)
-        signed = SignedCalls(access, on_refused=self.client_calls_refused.inc)
+        signed = SignedCalls(
+            access, on_refused=lambda why: self.client_calls_refused.labels(reason=why).inc()
+        )
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[signed])
         bind = f"{_host_for_bind(cfg.host)}:{cfg.port}"
         if cfg.tls_cert is not None and cfg.tls_key is not None:
@@ -176,8 +180,9 @@ class Node:
         self.peers = PeerTable(self.store, self.network, max_records=10 * cfg.max_peers)
         self.bids_refused = Counter(
             "bacalhau_bids_refused_total",
-            "Bids refused for an impossible claim (more input data held than the job has); "
-            "the bidder's bids are then refused for an hour.",
+            "Bids refused here as requester, by reason (claim: more input data held than the "
+            "job has; the bidder's bids are then refused for an hour).",
+            ["reason"],
         )
         self.requester = Requester(
             network=self.network,
@@ -187,7 +192,7 @@ class Node:
             queue_timeout_s=cfg.queue_timeout_s,
             penalty_s=cfg.penalty_s,
             input_size=self._input_size,
-            on_bid_refused=lambda node_id: self.bids_refused.inc(),
+            on_bid_refused=lambda node_id: self.bids_refused.labels(reason="claim").inc(),
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
@@ -378,6 +383,15 @@ class Node:
         registry.register(self.submitted)
         registry.register(self.client_calls_refused)
         registry.register(self.bids_refused)
+        declined = Counter(
+            "bacalhau_bids_declined_total",
+            "Jobs this node declined to bid on, by reason: engine (not enabled here), labels "
+            "(its selector does not match), resources, engine_check (the engine's own checks), "
+            "queue_full.",
+            ["reason"],
+            registry=registry,
+        )
+        self.compute.bidder.on_decline = lambda kind: declined.labels(reason=kind).inc()
         rejected = Counter(
             "bacalhau_peer_packets_rejected_total",
             "Peer packets refused (forged, malformed, oversized, replayed, ...).",
@@ -426,8 +440,9 @@ class Node:
         timings = Histogram(
             "bacalhau_duration_seconds",
             "How long things take, by what (job: submit to final; bid_round: announce to "
-            "selection; execution: the program's run; result_storage: adding its result) and "
-            "engine.",
+            "selection; queue_wait: accepted here to resources lent, its inputs fetched; "
+            "input_fetch: each input; execution: the program's run; result_storage: adding its "
+            "result) and engine.",
             ["what", "engine"],
             registry=registry,
         )

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests._wait import wait_for
 from tests.integration.conftest import ECHO_WASM, Ctl, NodeProc, start_node
 
 
@@ -35,10 +36,21 @@ def test_metrics_health_and_json_logs(tmp_path: Path) -> None:
         res = Ctl(node.address, tmp_path)("wasm", "run", str(ECHO_WASM), "observed")
         assert res.returncode == 0, res.stderr
         job = res.stdout.split()[0]
+        nowhere = ("wasm", "run", "--no-wait", "--labels", "name=nowhere", str(ECHO_WASM))
+        assert Ctl(node.address, tmp_path)(*nowhere).returncode == 0
+        declined = 'bacalhau_bids_declined_total{reason="labels"} 1'
+        wait_for(lambda: declined in _get(node, "/metrics")[1], 10, "a declined bid counted")
         code, text = _get(node, "/metrics")
         assert code == 200
         assert re.search(r'bacalhau_build_info\{version="[^"]+",python="3\.\d+\.\d+"\} 1', text)
-        for what in ("job", "bid_round", "execution", "result_storage"):
+        for what in (
+            "job",
+            "bid_round",
+            "queue_wait",
+            "input_fetch",
+            "execution",
+            "result_storage",
+        ):
             count = re.search(
                 rf'bacalhau_duration_seconds_count\{{what="{what}",engine="wasm"\}} (\d+)', text
             )
