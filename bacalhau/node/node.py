@@ -73,6 +73,8 @@ class NodeConfig:
     engines: list[str] = field(default_factory=lambda: ["wasm"])
     labels: dict[str, str] = field(default_factory=dict)
     metrics_port: int | None = None
+    web_port: int | None = None  # serve the read-only dashboard (None: not served)
+    web_host: str = "127.0.0.1"  # where the dashboard listens
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
@@ -112,6 +114,8 @@ class Node:
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
+        self._web_server: Any = None
+        self.web_port: int | None = None
         self._mdns: Any = None
         self.metrics_port: int | None = None
 
@@ -251,7 +255,7 @@ class Node:
             access=access,
             ask_peers=self._ask_memo,
         )
-        info = InfoService(
+        self.info = info = InfoService(
             node_id=self.node_id,
             address=lambda: self.address,
             engines=self.compute.engines,
@@ -284,6 +288,7 @@ class Node:
         reflection.enable_server_reflection(names, self._server)
         self.network.status = self.compute.status
         self._start_metrics()
+        self._start_web()
         await self._server.start()
         for name in ("", *names[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -459,6 +464,25 @@ class Node:
             registry, self.config.host, self.config.metrics_port, checks
         )
 
+    def _start_web(self) -> None:
+        if self.config.web_port is None:
+            return
+        from bacalhau.web import Dashboard, start_web_server, views
+
+        def node() -> dict[str, Any]:  # on the event loop
+            status = self.compute.status()
+            own = {
+                "capacity": views.resources(self.compute.allocator.total),
+                "free": views.resources(status.free),
+                "queued": status.queued,
+            }
+            return views.node(self.info.node(), own)
+
+        board = Dashboard(jobs=self.jobs, results=self.results, node=node, loop=self._loop)
+        self._web_server, self.web_port = start_web_server(
+            board, self.config.web_host, self.config.web_port
+        )
+
     def _live(self) -> list[str]:
         """The event loop still runs what it is given (called from the metrics thread)."""
         loop = self._loop
@@ -502,9 +526,10 @@ class Node:
         self.requester.close()
         await self.compute.close()
         await self.network.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        for server in (self._metrics_server, self._web_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         self.store.close()
         self.blockstore.close()
 
