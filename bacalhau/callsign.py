@@ -47,7 +47,12 @@ EMPTY_DIGEST: Final = hashlib.sha256(b"").hexdigest()
 
 
 class CallRefused(BacalhauError):
-    """A call's signature is missing, invalid, stale or replayed."""
+    """A call's signature is missing, invalid, stale or replayed; `reason` says which, in one
+    word (unsigned, malformed, forged, stale, replayed), for the node's refusal counter."""
+
+    def __init__(self, message: str, *, hint: str | None = None, reason: str = "malformed") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
 
 
 def payload(method: str, time_ms: int, nonce: str, digest: str) -> bytes:
@@ -94,6 +99,7 @@ class Verifier:
             raise CallRefused(
                 "this call is not signed: a node takes only calls signed with a user key",
                 hint="sign each call with a user key as docs/security.md says",
+                reason="unsigned",
             )
         missing = [k for k, v in fields.items() if not v]
         if missing:
@@ -117,17 +123,21 @@ class Verifier:
         digest = EMPTY_DIGEST if body is None else hashlib.sha256(body).hexdigest()
         if not verify(pub, payload(method, t, nonce, digest), sig):
             raise CallRefused(
-                "the call's signature does not match its user, method, time, nonce and request"
+                "the call's signature does not match its user, method, time, nonce and request",
+                reason="forged",
             )
         verdict = self.seen.check((user, nonce), t, now_ms)
         if verdict == REPEATED:
-            raise CallRefused("this call was taken already (its nonce was used); sign it again")
+            raise CallRefused(
+                "this call was taken already (its nonce was used); sign it again", reason="replayed"
+            )
         if verdict is not None and abs(t - now_ms) > self.max_skew_ms:
             raise CallRefused(
                 f"the call was signed {abs(t - now_ms) / 1000:.0f} s "
                 f"{'ago' if t < now_ms else 'in the future'}; a node takes calls signed within "
                 f"{self.max_skew_ms / 1000:.0f} s of its clock",
                 hint="check this machine's clock",
+                reason="stale",
             )
         if verdict is not None:
             raise CallRefused("the call was signed too long ago for this busy node; sign it again")

@@ -39,7 +39,7 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         access: Access,
         verifier: Verifier | None = None,
-        on_refused: Callable[[], None] = lambda: None,
+        on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.access = access
         self.verifier = verifier or Verifier()
@@ -61,8 +61,8 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def check(body: bytes | None) -> Caller:
             try:
                 user = self.verifier.check(metadata, method, body, time.time_ns() // 1_000_000)
-            except CallRefused:
-                self.on_refused()
+            except CallRefused as exc:
+                self.on_refused(exc.reason)
                 raise
             return self.access.caller(user)
 

@@ -42,6 +42,11 @@ def serve(args: argparse.Namespace) -> int:
         engine_registry.get(engine)  # UsageError naming the engines there are
     if not 0 <= args.port <= 65535:
         raise UsageError(f"bad port {args.port}")
+    for flag, value in (("--metrics-port", args.metrics_port), ("--web-port", args.web_port)):
+        if value is not None and not 0 <= value <= 65535:
+            raise UsageError(f"{flag} must be 0 to 65535, not {value}")
+    if not args.web_host.strip():
+        raise UsageError("--web-host must name an address, e.g. 127.0.0.1")
     if not 1 <= args.max_peers <= 100_000:
         raise UsageError(f"--max-peers must be 1 to 100000, not {args.max_peers}")
     if not 0 < args.max_job_timeout <= spec.MAX_TIMEOUT_S:  # also refuses nan
@@ -95,6 +100,8 @@ def serve(args: argparse.Namespace) -> int:
         engines=engines,
         labels=parse_kv(args.labels, "label"),
         metrics_port=args.metrics_port,
+        web_port=args.web_port,
+        web_host=args.web_host.strip(),
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
         node_lost_s=args.node_lost_timeout,
@@ -263,6 +270,10 @@ async def _run(node: object) -> int:
             f"bacalhaud: metrics on http://{node.config.host}:{node.metrics_port}/metrics",
             flush=True,
         )
+    if node.web_port is not None:
+        host = node.config.web_host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        print(f"bacalhaud: dashboard on http://{host}:{node.web_port}/", flush=True)
     await stop.wait()
     logging.getLogger("bacalhau").info("stopping")
     await node.stop()

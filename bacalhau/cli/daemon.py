@@ -51,7 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="find and be found by nodes on the LAN (mDNS on the interface of --host; off by "
         "default)",
     )
-    serve.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics, /livez, /readyz and /healthz on --host (0 picks a port)",
+    )
+    serve.add_argument(
+        "--web-port",
+        type=int,
+        metavar="N",
+        help="serve the read-only web dashboard (node, peers, jobs, results) on --web-host "
+        "(off by default; 0 picks a port)",
+    )
+    serve.add_argument(
+        "--web-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the dashboard listens on (default 127.0.0.1: this machine only); it has "
+        "no login, so anyone who reaches it reads what any API client may",
+    )
     serve.add_argument("--labels", action="append", default=[], metavar="K=V")
     serve.add_argument(
         "--engines",

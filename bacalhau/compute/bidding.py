@@ -61,31 +61,37 @@ class Bidder:
         self._queued = queued
         self._max_queue = max_queue
         self._offers: dict[tuple[str, int], Offer] = {}  # (job, shard) -> open offer
+        self.on_decline: Callable[[str], None] = lambda kind: None  # each bid declined, by kind
 
     def decline_reason(self, spec: Any) -> str:
         """Why this node will not run `spec`, or "" if it will."""
+        return self.decline(spec)[1]
+
+    def decline(self, spec: Any) -> tuple[str, str]:
+        """(kind, why) this node will not run `spec` (kind: engine, labels, resources,
+        engine_check, queue_full), or ("", "") if it will."""
         if spec.engine not in self._executors:
             have = ", ".join(sorted(self._executors)) or "none"
-            return f"engine {spec.engine!r} is not enabled here (engines: {have})"
+            return "engine", f"engine {spec.engine!r} is not enabled here (engines: {have})"
         for key, value in spec.node_selector.items():
             if self._labels.get(key) != value:
-                return f"label {key}={value} does not match"
-        reason = self._allocator.reason(self._needs(spec))
-        if reason:
-            return reason
-        reason = get_engine(spec.engine).decline_reason(spec, self._executors[spec.engine])
-        if reason:
-            return reason
+                return "labels", f"label {key}={value} does not match"
+        if reason := self._allocator.reason(self._needs(spec)):
+            return "resources", reason
+        if reason := get_engine(spec.engine).decline_reason(spec, self._executors[spec.engine]):
+            return "engine_check", reason
         if self._queued() >= self._max_queue:
-            return f"queue full ({self._queued()} executions)"
-        return ""
+            return "queue_full", f"queue full ({self._queued()} executions)"
+        return "", ""
 
     def bid(self, requester: str, a: Any) -> Any:
         """The Bid answering announcement `a`; a willing one is remembered as an offer (one
         per shard, for an announcement of many shards)."""
-        reason = self.decline_reason(a.spec)
+        kind, reason = self.decline(a.spec)
         if not reason and a.shards and not 1 < a.shard_count <= jobspec.MAX_SHARDS:
-            reason = f"an announcement of shards of a job of {a.shard_count} shards"
+            kind, reason = "shards", f"an announcement of shards of a job of {a.shard_count} shards"
+        if kind:
+            self.on_decline(kind)
         now = time.monotonic()
         if len(self._offers) > _PRUNE_AT:  # offers a requester never answered (it went away)
             self._offers = {k: o for k, o in self._offers.items() if now - o.when < OFFER_TTL_S}

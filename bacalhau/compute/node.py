@@ -351,11 +351,19 @@ class Compute:
             held: list[Path] = []
             allocation: Allocation | None = None
             try:
-                request = await prepare_request(record, self.inputs, held, self._defaults(record))
+                engine, timing = record.spec.engine, self.runner.on_timing
+                request = await prepare_request(
+                    record,
+                    self.inputs,
+                    held,
+                    self._defaults(record),
+                    on_fetch=lambda s: timing("input_fetch", engine, s),
+                )
                 allocation = await self.runner.allocate(self._needs(record.spec), cancel)
                 if allocation is None:
                     await self.records.advance(record, E.CANCELLED, "cancelled before it started")
                     return
+                timing("queue_wait", engine, (now_ns() - ex.create_time_unix_nano) / 1e9)
                 request["gpu_devices"] = [str(i) for i in allocation.gpu_indexes]
                 executor = self._executors[record.spec.engine]
                 result, cid = await self.runner.run(executor, request, cancel)

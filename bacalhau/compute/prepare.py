@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,9 +23,15 @@ from bacalhau.network import Network
 
 
 async def prepare_request(
-    record: Any, inputs: InputCache, held: list[Path], defaults: dict[str, Any]
+    record: Any,
+    inputs: InputCache,
+    held: list[Path],
+    defaults: dict[str, Any],
+    on_fetch: Callable[[float], None] = lambda seconds: None,
 ) -> dict[str, Any]:
     """The RunRequest fields for `record` (all but workdir, cpu share and GPU devices).
+    `on_fetch(seconds)` is told how long each input by CID took to have (a job's URL inputs,
+    downloaded together, count as one).
 
     Everything fetched is appended to `held` (release it when the run ends), also when this
     raises: the first failure (NotFound, UrlError, ...) once every fetch settled.
@@ -33,8 +41,8 @@ async def prepare_request(
     wanted = engine.data_cids(spec)
     disk = spec.resources.disk_bytes or defaults["disk_limit_bytes"]
     got = await asyncio.gather(
-        _mounts(record, inputs, held, disk),
-        *(_hold(inputs, requester, held, c, disk) for c in wanted.values()),
+        _mounts(record, inputs, held, disk, on_fetch),
+        *(_hold(inputs, requester, held, c, disk, on_fetch) for c in wanted.values()),
         return_exceptions=True,
     )
     for g in got:
@@ -54,7 +62,7 @@ async def prepare_request(
 
 
 async def _mounts(
-    record: Any, inputs: InputCache, held: list[Path], disk: int
+    record: Any, inputs: InputCache, held: list[Path], disk: int, on_fetch: Callable[[float], None]
 ) -> list[tuple[Path, str]]:
     """The job's inputs as (local path, guest path); each input by CID at most `disk` bytes.
 
@@ -67,7 +75,10 @@ async def _mounts(
         urls = [(i.url, i.mount_path) for i in spec.inputs if i.source == "url"]
         folders = {}
         del record.execution.inputs[:]  # run again after a restart: resolved afresh
-        for path, folder, resolved in await inputs.acquire_urls(urls):
+        started = time.monotonic()
+        got = await inputs.acquire_urls(urls)
+        on_fetch(time.monotonic() - started)
+        for path, folder, resolved in got:
             held.append(path)
             folders[folder] = path
             record.execution.inputs.extend(
@@ -79,7 +90,7 @@ async def _mounts(
     cids = [i for i in spec.inputs if i.source != "url"]
     has_urls = len(cids) < len(spec.inputs)
     got = await asyncio.gather(
-        *(_hold(inputs, requester, held, i.cid, disk) for i in cids),
+        *(_hold(inputs, requester, held, i.cid, disk, on_fetch) for i in cids),
         *([by_url()] if has_urls else []),
         return_exceptions=True,
     )
@@ -100,9 +111,16 @@ async def _mounts(
 
 
 async def _hold(
-    inputs: InputCache, requester: str, held: list[Path], cid_text: str, disk: int
+    inputs: InputCache,
+    requester: str,
+    held: list[Path],
+    cid_text: str,
+    disk: int,
+    on_fetch: Callable[[float], None],
 ) -> Path:
+    started = time.monotonic()
     path = await inputs.acquire(cid_text, requester, disk)
+    on_fetch(time.monotonic() - started)
     held.append(path)
     return path
 

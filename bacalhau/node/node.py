@@ -72,6 +72,8 @@ class NodeConfig:
     engines: list[str] = field(default_factory=lambda: ["wasm"])
     labels: dict[str, str] = field(default_factory=dict)
     metrics_port: int | None = None
+    web_port: int | None = None  # serve the read-only dashboard (None: not served)
+    web_host: str = "127.0.0.1"  # where the dashboard listens
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
@@ -111,6 +113,8 @@ class Node:
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
+        self._web_server: Any = None
+        self.web_port: int | None = None
         self._mdns: Any = None
         self.metrics_port: int | None = None
 
@@ -141,10 +145,14 @@ class Node:
         total = allocator.total
         self.client_calls_refused = Counter(
             "bacalhau_client_calls_refused_total",
-            "Client calls refused before their handler: unsigned, badly signed, stale or replayed.",
+            "Client calls refused before their handler, by reason: unsigned, malformed, forged, "
+            "stale, replayed.",
+            ["reason"],
         )
         access = Access(admins=cfg.admin_keys, submitters=cfg.allow_clients)
-        signed = SignedCalls(access, on_refused=self.client_calls_refused.inc)
+        signed = SignedCalls(
+            access, on_refused=lambda why: self.client_calls_refused.labels(reason=why).inc()
+        )
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[signed])
         bind = f"{_host_for_bind(cfg.host)}:{cfg.port}"
         if cfg.tls_cert is not None and cfg.tls_key is not None:
@@ -175,8 +183,9 @@ class Node:
         self.peers = PeerTable(self.store, self.network, max_records=10 * cfg.max_peers)
         self.bids_refused = Counter(
             "bacalhau_bids_refused_total",
-            "Bids refused for an impossible claim (more input data held than the job has); "
-            "the bidder's bids are then refused for an hour.",
+            "Bids refused here as requester, by reason (claim: more input data held than the "
+            "job has; the bidder's bids are then refused for an hour).",
+            ["reason"],
         )
         self.requester = Requester(
             network=self.network,
@@ -186,7 +195,7 @@ class Node:
             queue_timeout_s=cfg.queue_timeout_s,
             penalty_s=cfg.penalty_s,
             input_size=self._input_size,
-            on_bid_refused=lambda node_id: self.bids_refused.inc(),
+            on_bid_refused=lambda node_id: self.bids_refused.labels(reason="claim").inc(),
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
@@ -245,7 +254,7 @@ class Node:
             access=access,
             ask_peers=self._ask_memo,
         )
-        info = InfoService(
+        self.info = info = InfoService(
             node_id=self.node_id,
             address=lambda: self.address,
             engines=self.compute.engines,
@@ -277,6 +286,7 @@ class Node:
         reflection.enable(names, self._server)
         self.network.status = self.compute.status
         self._start_metrics()
+        self._start_web()
         await self._server.start()
         for name in ("", *names[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -376,6 +386,15 @@ class Node:
         registry.register(self.submitted)
         registry.register(self.client_calls_refused)
         registry.register(self.bids_refused)
+        declined = Counter(
+            "bacalhau_bids_declined_total",
+            "Jobs this node declined to bid on, by reason: engine (not enabled here), labels "
+            "(its selector does not match), resources, engine_check (the engine's own checks), "
+            "queue_full.",
+            ["reason"],
+            registry=registry,
+        )
+        self.compute.bidder.on_decline = lambda kind: declined.labels(reason=kind).inc()
         rejected = Counter(
             "bacalhau_peer_packets_rejected_total",
             "Peer packets refused (forged, malformed, oversized, replayed, ...).",
@@ -424,8 +443,9 @@ class Node:
         timings = Histogram(
             "bacalhau_duration_seconds",
             "How long things take, by what (job: submit to final; bid_round: announce to "
-            "selection; execution: the program's run; result_storage: adding its result) and "
-            "engine.",
+            "selection; queue_wait: accepted here to resources lent, its inputs fetched; "
+            "input_fetch: each input; execution: the program's run; result_storage: adding its "
+            "result) and engine.",
             ["what", "engine"],
             registry=registry,
         )
@@ -440,6 +460,25 @@ class Node:
         checks = {"livez": self._live, "readyz": self._ready, "healthz": self._healthy}
         self._metrics_server, self.metrics_port = start_http_server(
             registry, self.config.host, self.config.metrics_port, checks
+        )
+
+    def _start_web(self) -> None:
+        if self.config.web_port is None:
+            return
+        from bacalhau.web import Dashboard, start_web_server, views
+
+        def node() -> dict[str, Any]:  # on the event loop
+            status = self.compute.status()
+            own = {
+                "capacity": views.resources(self.compute.allocator.total),
+                "free": views.resources(status.free),
+                "queued": status.queued,
+            }
+            return views.node(self.info.node(), own)
+
+        board = Dashboard(jobs=self.jobs, results=self.results, node=node, loop=self._loop)
+        self._web_server, self.web_port = start_web_server(
+            board, self.config.web_host, self.config.web_port
         )
 
     def _live(self) -> list[str]:
@@ -485,9 +524,10 @@ class Node:
         self.requester.close()
         await self.compute.close()
         await self.network.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        for server in (self._metrics_server, self._web_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         self.store.close()
         self.blockstore.close()
 

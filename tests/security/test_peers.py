@@ -106,7 +106,7 @@ def test_a_bid_claiming_more_data_than_the_job_has_is_refused(
             refusals = [e.detail for e in done.events if "bid refused" in e.detail]
             assert len(refusals) == 1 and expected in refusals[0], refusals
         assert len(asked) == 2
-        assert metrics(node)["bacalhau_bids_refused_total"] == 2
+        assert metrics(node)['bacalhau_bids_refused_total{reason="claim"}'] == 2
     finally:
         node.stop()
 
