@@ -428,9 +428,9 @@ def list_jobs(args: argparse.Namespace) -> int:
     docs = [job_doc(j) for j in page.jobs]
     lines = []
     for d in docs:
-        nodes = ",".join(
-            ex["node_id"][-8:] for ex in d["executions"] if ex["state"] != "bid_rejected"
-        )
+        # each node once, in the order it was chosen (a sharded job runs many times on each)
+        ran = [ex["node_id"][-8:] for ex in d["executions"] if ex["state"] != "bid_rejected"]
+        nodes = ",".join(dict.fromkeys(ran))
         lines.append(
             f"{d['id']}  {d['created_at']}  {d['state']:<9}  {d['spec']['engine']}  {nodes}\n"
         )
