@@ -49,6 +49,7 @@ TRUSTED_AFTER = 20  # accepted results (none lost) after which a node may run ve
 SPOT_CHECK_RATE = 0.1  # the share of those it still runs among others, to check it
 MARKED_S = 3600.0  # how long the bids of a node that made an impossible claim are refused
 SHARDS_PER_MESSAGE = 1000  # shards asked about (or decided) in one peer message
+WINDOW_PER_SHARD_S = 0.5e-3  # a bid window's extra length per shard asked about
 COALESCE_PER_EXECUTION_S = 20e-6  # how long reports on a job wait to be written together,
 COALESCE_MAX_S = 0.2  # per execution it has, and at most
 
@@ -281,18 +282,22 @@ class Requester:
             self._close_round(rnd.key)  # a round still open from before: its timers go too
             self._rounds[rnd.key] = rnd
             self._open.setdefault(job.id, {})[shard] = rnd
-            rnd.timer = self._loop.call_later(self._bid_window_s, self._window_closed, rnd.key)
-            rnd.deadline = self._loop.call_later(
-                self._queue_timeout_s, self._queue_timed_out, rnd.key
-            )
             rounds.append(rnd)
         for node_id in [self._net.node_id, *self._net.connected()]:
             self._ask(rounds, node_id)
         gossiped = False
         for announce, _ in self._announcements(rounds):
             gossiped = self._net.broadcast(announce=announce) or gossiped
+        # The window opens once everything is sent, and grows with the shards asked about:
+        # bids on many shards take their time to be made and read, and a window that closed
+        # on the first (this node's own) would place every shard there.
+        window = self._bid_window_s + len(rounds) * WINDOW_PER_SHARD_S * batched
         for rnd in rounds:
             rnd.gossiped = gossiped
+            rnd.timer = self._loop.call_later(window, self._window_closed, rnd.key)
+            rnd.deadline = self._loop.call_later(
+                self._queue_timeout_s, self._queue_timed_out, rnd.key
+            )
 
     def _announcements(self, rounds: list[Round]) -> list[tuple[Any, list[Round]]]:
         """The announcements asking about these rounds, each with the rounds it asks about:
