@@ -69,6 +69,12 @@ def test_a_sharded_job_gives_the_unsharded_jobs_output(
     assert doc["shards"]["count"] == 10 and doc["shards"]["by_state"] == {"completed": 10}
     ran_on = {e["node_id"] for e in doc["executions"] if e["state"] == "published"}
     assert len(ran_on) >= 2  # spread over the network
+    # One announcement for the ten shards: one answer from each node (not one per shard),
+    # and an execution only for each shard's chosen node (none for the bids not taken).
+    answers = [e for e in doc["events"] if e["type"] in ("BidReceived", "BidDeclined")]
+    assert sorted(e["node_id"] for e in answers) == sorted(n.node_id for n in net), answers
+    assert all("willing to run 10 shard(s)" in e["detail"] for e in answers), answers
+    assert len(doc["executions"]) == 10
 
     assert ctl("get", whole, "--output-dir", str(tmp_path / "whole")).returncode == 0
     got = ctl("get", sharded, "--output-dir", str(tmp_path / "sharded"))
