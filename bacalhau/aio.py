@@ -170,6 +170,22 @@ class Client:
             node = bytes(found.cid)
         return b"".join(dag.cat(blocks.__getitem__, node))
 
+    def cat(
+        self,
+        path: str = "",
+        *,
+        job_id: str = "",
+        file: str = "",
+        shard: int | None = None,
+        chunk_size: int = 0,
+    ) -> AsyncIterator[Any]:
+        """CatChunks of one file, as the sync client's `cat`: by `path` (`CID[/a/b]`) or by
+        `job_id` and `file` (a path in its result); the first carries `cid` and `size`."""
+        req = client_pb2.CatRequest(
+            path=path, job_id=job_id, file=file, shard=shard, chunk_size=chunk_size
+        )
+        return self._stream("Cat", req, None)
+
     async def lineage(self, cid: str, depth: int = 1) -> Any:
         """LineageResponse: which verified jobs made `cid` and its inputs."""
         return await self._call("Lineage", client_pb2.LineageRequest(cid=cid, depth=depth))

@@ -295,6 +295,25 @@ class Client:
         req = client_pb2.GetResultsRequest(job_id=job_id, cid=cid, have_cids=have_cids)
         return self._stream(self._stub.GetResults, req, None)
 
+    def cat(
+        self,
+        path: str = "",
+        *,
+        job_id: str = "",
+        file: str = "",
+        shard: int | None = None,
+        chunk_size: int = 0,
+    ) -> Iterator[Any]:
+        """CatChunks of one file: by `path` (`CID` or `CID/a/b`), or by `job_id` and `file`
+        (a path in its result: "stdout", "outputs/x.csv"; `shard` of a sharded job, default
+        0). The first chunk carries the file's `cid` and `size`; the node checked every block
+        against its CID. Raises ClientError (NOT_FOUND naming a missing path,
+        INVALID_ARGUMENT for a folder)."""
+        req = client_pb2.CatRequest(
+            path=path, job_id=job_id, file=file, shard=shard, chunk_size=chunk_size
+        )
+        return self._stream(self._stub.Cat, req, None)
+
     def list_uploads(self) -> Any:
         """ListUploadsResponse: this user's uploads to the node, newest first."""
         return self._call(self._stub.ListUploads, client_pb2.ListUploadsRequest())
@@ -310,17 +329,30 @@ class Client:
         except grpc.RpcError as e:
             raise self._error(e) from None
 
-    def add_file(self, path: Path) -> Any:
-        """Upload one file; returns AddDataResponse (cid, size)."""
+    def add_file(
+        self,
+        path: Path,
+        header: Any = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
+        """Upload one file; returns AddDataResponse (cid, size). `header`: an AddDataHeader
+        with import options (its name is set here); `progress(n)` is told of each n bytes
+        sent."""
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed by the generator
         except OSError as e:
             raise BacalhauError(f"cannot read {path}: {e.strerror}") from None
-        return self.add_stream(f, path.name)
+        return self.add_stream(f, path.name, header=header, progress=progress)
 
-    def add_directory(self, path: Path) -> Any:
+    def add_directory(
+        self,
+        path: Path,
+        header: Any = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
         """Upload a folder (files, subfolders, hidden ones too) in one AddData stream; returns
         AddDataResponse (cid: the folder's, as `ipfs add -r --hidden` gives it; size: bytes).
+        `header` and `progress` as for `add_file`.
 
         Raises BacalhauError for a path that is not a readable folder or holds something other
         than files and folders (a symlink, a socket), before anything is sent; ClientError."""
@@ -328,10 +360,15 @@ class Client:
         if not root.is_dir():
             raise BacalhauError(f"{root} is not a folder")
         entries = _folder_entries(root)
+        first = client_pb2.AddDataHeader()
+        if header is not None:
+            first.CopyFrom(header)
+        first.name = root.resolve().name or "upload"
+        first.folder = True
+        told = progress or (lambda n: None)
 
         def requests() -> Iterator[Any]:
-            name = root.resolve().name or "upload"
-            yield client_pb2.AddDataRequest(header=client_pb2.AddDataHeader(name=name, folder=True))
+            yield client_pb2.AddDataRequest(header=first)
             for rel, is_dir in entries:
                 entry = client_pb2.AddDataEntry(path=rel, directory=is_dir)
                 yield client_pb2.AddDataRequest(entry=entry)
@@ -341,6 +378,7 @@ class Client:
                     with open(root / rel, "rb") as f:
                         while chunk := f.read(UPLOAD_CHUNK):
                             yield client_pb2.AddDataRequest(chunk=chunk)
+                            told(len(chunk))
                 except OSError as e:
                     raise BacalhauError(f"cannot read {root / rel}: {e.strerror}") from None
 
@@ -349,15 +387,30 @@ class Client:
         except grpc.RpcError as e:
             raise self._error(e) from None
 
-    def add_stream(self, f: BinaryIO, name: str, *, car: bool = False) -> Any:
-        """Upload a stream (a file's bytes, or with `car` a CAR v1 archive); AddDataResponse."""
+    def add_stream(
+        self,
+        f: BinaryIO,
+        name: str,
+        *,
+        car: bool = False,
+        header: Any = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
+        """Upload a stream (a file's bytes, or with `car` a CAR v1 archive); AddDataResponse.
+        `header` and `progress` as for `add_file`."""
+        first = client_pb2.AddDataHeader()
+        if header is not None:
+            first.CopyFrom(header)
+        first.name = name
+        first.car = car
+        told = progress or (lambda n: None)
 
         def requests() -> Iterator[Any]:
             with f:
-                header = client_pb2.AddDataHeader(name=name, car=car)
-                yield client_pb2.AddDataRequest(header=header)
+                yield client_pb2.AddDataRequest(header=first)
                 while chunk := f.read(UPLOAD_CHUNK):
                     yield client_pb2.AddDataRequest(chunk=chunk)
+                    told(len(chunk))
 
         try:
             return self._stub.AddData(requests(), timeout=None)

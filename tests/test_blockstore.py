@@ -136,7 +136,7 @@ def test_kill_9_during_add_loses_nothing_committed(tmp_path: Path, delay_mib: in
         for i in range(96):
             f.write(hashlib.sha256(i.to_bytes(4, "big")).digest() * 32768)  # 1 MiB each
     env = dict(os.environ, BACALHAU_DATA_DIR=str(data_dir))
-    cmd = [sys.executable, "-m", "bacalhau.cli.ctl", "add", "-q"]
+    cmd = [sys.executable, "-m", "bacalhau.cli.ctl", "add", "--local", "-q"]
     done = subprocess.run([*cmd, str(first)], env=env, capture_output=True, check=True)
     first_cid = done.stdout.decode().strip()
 
@@ -167,11 +167,15 @@ def test_kill_9_during_add_loses_nothing_committed(tmp_path: Path, delay_mib: in
     root = again.stdout.decode().strip()
     assert root == big_cid
     catted = subprocess.run(
-        [sys.executable, "-m", "bacalhau.cli.ctl", "cat", root], env=env, capture_output=True
+        [sys.executable, "-m", "bacalhau.cli.ctl", "cat", "--local", root],
+        env=env,
+        capture_output=True,
     )
     assert catted.returncode == 0 and catted.stdout == big.read_bytes()
     first_back = subprocess.run(
-        [sys.executable, "-m", "bacalhau.cli.ctl", "cat", first_cid], env=env, capture_output=True
+        [sys.executable, "-m", "bacalhau.cli.ctl", "cat", "--local", first_cid],
+        env=env,
+        capture_output=True,
     )
     assert first_back.stdout == first.read_bytes()
     _verify_all(data_dir / "blocks")

@@ -30,7 +30,7 @@ def test_add_prints_each_entry_root_last(ctl: Ctl, tmp_path: Path) -> None:
     (root / "a.txt").write_bytes(b"hello world")
     (root / "sub" / "big.bin").write_bytes(pattern(600000))
     (root / "empty").write_bytes(b"")
-    res = ctl("add", str(root))
+    res = ctl("add", "--local", str(root))
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines == [
@@ -40,43 +40,53 @@ def test_add_prints_each_entry_root_last(ctl: Ctl, tmp_path: Path) -> None:
         "added QmSMDeh45F3KW7C34TyVteVQkm1edkWa8u7aWxtaA6Ani7 data/sub",
         "added QmNXf1GUdKG5SDunDet2ih7Po1C3BqhwJH82eAXcoJXsaC data",
     ]
-    big = ctl("cat", "QmWKdZuiD9zqoZFnLYbpV2Q5YhRCJWpqiVeYA8ygYEjcEe")
+    big = ctl("cat", "--local", "QmWKdZuiD9zqoZFnLYbpV2Q5YhRCJWpqiVeYA8ygYEjcEe")
     assert big.returncode == 0 and big.stdout_bytes == pattern(600000)
 
 
 def test_add_quiet_only_hash_stores_nothing(ctl: Ctl, tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"hello world")
-    res = ctl("add", "--only-hash", "-q", str(f))
+    res = ctl("add", "--local", "--only-hash", "-q", str(f))
     assert res.stdout == "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD\n"
-    missing = ctl("cat", res.stdout.strip())
+    missing = ctl("cat", "--local", res.stdout.strip())
     assert_one_line_error(missing, "not in the local blockstore")
 
 
 def test_add_cid_version_1(ctl: Ctl, tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"hello world")
-    res = ctl("add", "-q", "--cid-version", "1", str(f))
+    res = ctl("add", "--local", "-q", "--cid-version", "1", str(f))
     assert res.stdout.strip() == "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
-    res = ctl("add", "-q", "--cid-version", "1", "--no-raw-leaves", "--chunker", "size-4", str(f))
+    res = ctl(
+        "add",
+        "--local",
+        "-q",
+        "--cid-version",
+        "1",
+        "--no-raw-leaves",
+        "--chunker",
+        "size-4",
+        str(f),
+    )
     assert res.stdout.startswith("bafybei")
-    assert ctl("cat", res.stdout.strip()).stdout_bytes == b"hello world"
+    assert ctl("cat", "--local", res.stdout.strip()).stdout_bytes == b"hello world"
 
 
 def test_car_roundtrip_between_nodes(ctl: Ctl, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "x").write_bytes(pattern(700000))
-    root = ctl("add", "-q", str(src)).stdout.strip()
+    root = ctl("add", "--local", "-q", str(src)).stdout.strip()
     exported = ctl("car", "export", root)
     assert exported.returncode == 0, exported.stderr
     other = tmp_path / "other-node"
     imported = ctl("car", "import", "-", stdin=exported.stdout_bytes, data=other)
     assert imported.returncode == 0, imported.stderr
     assert root in imported.stdout
-    listing = ctl("add", "-q", "-n", str(src / "x")).stdout.strip()
-    assert ctl("cat", listing, data=other).stdout_bytes == pattern(700000)
-    assert_one_line_error(ctl("cat", root, data=other), "is a directory")
+    listing = ctl("add", "--local", "-q", "-n", str(src / "x")).stdout.strip()
+    assert ctl("cat", "--local", listing, data=other).stdout_bytes == pattern(700000)
+    assert_one_line_error(ctl("cat", "--local", root, data=other), "is a directory")
     out = tmp_path / "x.car"
     assert ctl("car", "export", root, "-o", str(out)).returncode == 0
     assert out.read_bytes() == exported.stdout_bytes
@@ -85,7 +95,7 @@ def test_car_roundtrip_between_nodes(ctl: Ctl, tmp_path: Path) -> None:
 def test_bad_car_writes_nothing(ctl: Ctl, tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(pattern(300000))
-    root = ctl("add", "-q", str(src)).stdout.strip()
+    root = ctl("add", "--local", "-q", str(src)).stdout.strip()
     car = ctl("car", "export", root).stdout_bytes
     other = tmp_path / "other"
     for bad, msg in (
@@ -95,7 +105,9 @@ def test_bad_car_writes_nothing(ctl: Ctl, tmp_path: Path) -> None:
     ):
         res = ctl("car", "import", "-", stdin=bad, data=other)
         assert_one_line_error(res, msg)
-        assert_one_line_error(ctl("cat", root, data=other), "not in the local blockstore")
+        assert_one_line_error(
+            ctl("cat", "--local", root, data=other), "not in the local blockstore"
+        )
     packs = other / "blocks" / "packs"
     assert all(p.stat().st_size == 0 for p in packs.iterdir())
 
@@ -120,12 +132,12 @@ def test_bad_input_one_line(ctl: Ctl, args: tuple[str, ...], fragment: str) -> N
 def test_corrupt_block_on_disk(ctl: Ctl, tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"precious")
-    root = ctl("add", "-q", str(f)).stdout.strip()
+    root = ctl("add", "--local", "-q", str(f)).stdout.strip()
     pack = tmp_path / "node" / "blocks" / "packs" / "000001.pack"
     data = bytearray(pack.read_bytes())
     data[-3] ^= 1
     pack.write_bytes(bytes(data))
-    assert_one_line_error(ctl("cat", root), "corrupt")
+    assert_one_line_error(ctl("cat", "--local", root), "corrupt")
 
 
 def test_unreadable_file_as_unprivileged_user(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from bacalhau.datastore import AmbiguousID, JobNotFound
 from bacalhau.errors import BacalhauError, JobStateError, UsageError
 from bacalhau.service.callers import Forbidden
 from bacalhau.service.data import QuotaExceeded
+from bacalhau.service.files import FileTooLarge
 from bacalhau.service.results import NoResult
 from bacalhau.spec import SpecError
 
@@ -64,6 +65,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode, str]] = [
     (InvalidCID, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CID"),
     (UnsupportedCID, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CID"),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
+    (FileTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_LARGE"),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION, "JOB_STATE"),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),

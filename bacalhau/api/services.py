@@ -17,10 +17,12 @@ from bacalhau.api.auth import caller
 from bacalhau.api.errors import BadField, MissingField, abort, streaming, unary
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
+from bacalhau.content.paths import parts_of, split_path
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
 from bacalhau.service import DataService, InfoService, JobService, ResultService
+from bacalhau.service.files import DEFAULT_CHUNK, MAX_CHUNK, FileReader
 from bacalhau.service.info import PeerView
 
 MAX_HAVE = 100_000  # CIDs a GetResults request may say the client has
@@ -41,6 +43,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         self.results = results
         self.data = data
         self.info = info
+        # A read fetches onto this node no more than an upload may put there.
+        self.files = FileReader(results, data.max_bytes)
 
     @unary
     async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -120,18 +124,60 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
                 cid=block.cid, data=block.data, block_cid=str(CID.from_bytes(block.cid))
             )
 
+    @streaming
+    async def Cat(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # Any signed caller, as GetResults: a CID or a job ID is the capability to read.
+        if bool(request.path) == bool(request.job_id):
+            if request.path:
+                raise BadField("job_id", "give path (CID/path) or job_id (with file), not both")
+            raise MissingField("path", "give path (CID or CID/path), or job_id and file")
+        if request.chunk_size > MAX_CHUNK:
+            raise BadField("chunk_size", f"chunk_size is at most {MAX_CHUNK}")
+        holders: list[str] = []
+        label = ""
+        if request.path:
+            if request.file:
+                raise BadField("file", "file goes with job_id; with path, write CID/path")
+            root, parts = split_path(request.path)
+            root = str(_cid(root, "path"))
+        else:
+            require(request, "file")
+            parts = parts_of(request.file)
+            job = self.jobs.get(request.job_id)
+            shard = request.shard if request.HasField("shard") else 0
+            if shard >= max(job.shard_count, 1):
+                raise BadField("shard", f"job {job.id} has no shard {shard}")
+            root, holders = self.results.job_result(job, shard)
+            label = f"the result of {job.id}" + (f" shard {shard}" if job.shard_count > 1 else "")
+        ref = await self.files.find(root, parts, holders, label)
+        first: Any = client_pb2.CatChunk(cid=ref.cid_text, size=ref.size)
+        async for data in self.files.read(ref, request.chunk_size or DEFAULT_CHUNK):
+            if first is not None:
+                first.data = data
+                yield first
+                first = None
+            else:
+                yield client_pb2.CatChunk(data=data)
+        if first is not None:  # an empty file: one message, no bytes
+            yield first
+
     async def AddData(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             who = caller()
             self.jobs.access.check_submit(who, "upload data")
-            cid, size = await self.data.add(request_iterator, who)
+            added = await self.data.add(request_iterator, who)
         except ContentError as exc:  # a corrupt or incomplete CAR
             await abort(context, UsageError(exc.message, hint=exc.hint))
         except OSError as exc:
             await abort(context, BacalhauError(f"cannot store the upload: {exc}"))
         except BacalhauError as exc:  # refused; or the blockstore or the datastore failed
             await abort(context, exc)
-        return client_pb2.AddDataResponse(cid=cid, size=size)
+        return client_pb2.AddDataResponse(
+            cid=added.cid,
+            size=added.size,
+            entries=[client_pb2.AddedEntry(path=p, cid=c) for p, c in added.entries],
+            entries_truncated=added.truncated,
+        )
 
     @unary
     async def Lineage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -1,10 +1,11 @@
-"""bacalhauctl commands on content: add, cat, car export/import, repo verify (local
-blockstore)."""
+"""bacalhauctl commands on content: add and cat (through the node at --api, or with --local
+the local blockstore), car export/import and repo verify (local blockstore)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,17 @@ def _blockstore(data_dir: Path) -> Blockstore:
     return Blockstore(data_dir / "blocks")
 
 
+PROGRESS_FROM = 16 << 20  # uploads at least this large show progress on a terminal
+
+
 def add(args: argparse.Namespace) -> int:
     options = ImportOptions(
         cid_version=args.cid_version,
         raw_leaves=args.raw_leaves,
         chunk_size=parse_chunker(args.chunker),
     )
+    if not (args.local or args.only_hash):
+        return _add_to_node(args, options)
     entries: list[tuple[str, Node]] = []
 
     def record(path: str, node: Node) -> None:
@@ -48,14 +54,109 @@ def add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_to_node(args: argparse.Namespace, options: ImportOptions) -> int:
+    """`add` through the node at --api: uploaded (AddData), pinned there as the user's upload;
+    the node lists each entry's CID."""
+    from bacalhau._pb.bacalhau.v1 import client_pb2
+    from bacalhau.cli._job_cmds import _client
+
+    path = Path(args.path)
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{args.path}: no such file or directory")
+    header = client_pb2.AddDataHeader(
+        cid_version=options.cid_version,
+        chunk_size=options.chunk_size,
+        list_entries=not args.quiet,
+    )
+    if args.raw_leaves is not None:
+        header.raw_leaves = args.raw_leaves
+    bar = _progress(path)
+    try:
+        with _client(args) as c:
+            upload = c.add_directory if path.is_dir() else c.add_file
+            answer = upload(path, header, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.quiet:
+        sys.stdout.write(f"{answer.cid}\n")
+        return 0
+    sys.stdout.writelines(f"added {e.cid} {e.path}\n" for e in answer.entries)
+    if answer.entries_truncated:
+        print(
+            f"(the node listed the first {len(answer.entries) - 1} entries and the root)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class _Progress:
+    """The upload's bytes sent so far, drawn by get's progress bar."""
+
+    def __init__(self, total: int) -> None:
+        from bacalhau.cli._download import ProgressBar
+
+        self._bar = ProgressBar()
+        self._total = total
+        self._done = 0
+
+    def __call__(self, n: int) -> None:
+        self._done += n
+        self._bar(self._done, self._total)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(path: Path) -> _Progress | None:
+    """A progress bar on stderr when it is a terminal and the upload is large, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        if path.is_dir():
+            total = sum(
+                os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files
+            )
+        else:
+            total = path.stat().st_size
+    except OSError:
+        return None  # the upload names what it cannot read
+    return _Progress(total) if total >= PROGRESS_FROM else None
+
+
 def cat(args: argparse.Namespace) -> int:
-    cid = bytes(CID.parse(args.cid))
+    from bacalhau.content.paths import split_path
+
+    root_text, parts = split_path(args.cid)
+    root = CID.parse(root_text)  # InvalidCID: one line, before anything is asked
+    out = sys.stdout.buffer
+    if not args.local:
+        from bacalhau.cli._job_cmds import _client
+
+        with _client(args) as c:
+            path = "/".join([str(root), *parts])
+            for chunk in c.cat(path):
+                out.write(chunk.data)
+        out.flush()
+        return 0
     with _blockstore(args.data_dir) as store:
-        out = sys.stdout.buffer
+        cid = _walk(store, bytes(root), parts, root_text)
         for piece in dag.cat(store.get, cid):
             out.write(piece)
         out.flush()
     return 0
+
+
+def _walk(store: Blockstore, cid: bytes, parts: list[str], shown: str) -> bytes:
+    """The CID at `parts` under the folder `cid` in the local blockstore."""
+    for part in parts:
+        links = dag.decode(cid, store.get(cid)).links
+        found = next((ln for ln in links if ln.name == part.encode()), None)
+        if found is None:
+            raise UsageError(f"{shown} has no {part!r}")
+        cid = bytes(found.cid)
+        shown = f"{shown}/{part}"
+    return cid
 
 
 def car_export(args: argparse.Namespace) -> int:

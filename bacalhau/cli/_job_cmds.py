@@ -506,6 +506,10 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def get(args: argparse.Namespace) -> int:
+    if args.path is not None:
+        return _get_file(args)
+    if args.shard is not None:
+        raise UsageError("--shard goes with --path", hint="a whole get takes every shard")
     with _client(args) as c:
         job = c.get_job(args.job).job
         if job.shard_count > 1:
@@ -515,6 +519,62 @@ def get(args: argparse.Namespace) -> int:
             dest = _download(c, job.id, args.output_dir, cid)
     print(dest)
     return 0
+
+
+def _get_file(args: argparse.Namespace) -> int:
+    """`get JOB --path P`: one file of the result through Cat, written to DIR/P (atomically)
+    or, with `--output-dir -`, to stdout."""
+    from bacalhau.content.paths import parts_of
+
+    parts = parts_of(args.path)
+    if not parts:
+        raise UsageError("--path names a file of the result, e.g. stdout or outputs/x.csv")
+    if args.shard is not None and args.shard < 0:
+        raise UsageError(f"--shard must be 0 or more, not {args.shard}")
+    to_stdout = str(args.output_dir) == "-"
+    with _client(args) as c:
+        job = c.get_job(args.job).job
+        if args.execution:
+            if args.shard is not None:
+                raise UsageError("give --execution or --shard, not both")
+            cid = _which_result(job, args.execution)
+            chunks = c.cat(f"{cid}/{'/'.join(parts)}")
+        else:
+            chunks = c.cat(job_id=job.id, file="/".join(parts), shard=args.shard)
+        if to_stdout:
+            out = sys.stdout.buffer
+            for chunk in chunks:
+                out.write(chunk.data)
+            out.flush()
+            return 0
+        dest = (args.output_dir or Path(job.id)).joinpath(*parts)
+        _write_atomically(dest, (chunk.data for chunk in chunks))
+    print(dest)
+    return 0
+
+
+def _write_atomically(dest: Path, pieces: Any) -> None:
+    """Write `pieces` to `dest` through a temporary file beside it: whole, or not at all."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {dest.parent}: {e.strerror}") from None
+    if dest.is_dir():
+        raise UsageError(f"{dest} is a folder", hint="give another --output-dir")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {dest}: {e.strerror}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _which_result(job: Any, execution_id: str | None) -> str:

@@ -62,14 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = sub.add_parser(
         "add",
-        help="add a file or folder; print its CIDs (kubo-compatible)",
-        description="Import PATH as UnixFS (folders recursively, hidden files included) and "
-        "store it in the local blockstore, pinned. Prints 'added <CID> <path>' for each file "
-        "and folder, root last, once everything is synced to disk.",
+        help="add a file or folder to the node; print its CIDs (kubo-compatible)",
+        description="Upload PATH to the node at --api, which imports it as UnixFS (folders "
+        "recursively, hidden files included) and keeps it pinned as your upload ('uploads', "
+        "'unpin'). Prints 'added <CID> <path>' for each file and folder, root last, once the "
+        "node has stored everything; progress on stderr when it is a terminal and the data is "
+        "large. With --local, stores into the local blockstore (--data-dir) instead, without "
+        "a node; --only-hash stores nothing anywhere.",
     )
     add.add_argument("path", metavar="PATH")
+    add.add_argument("--api", default=argparse.SUPPRESS, metavar="HOST:PORT", help="node")
     add.add_argument(
-        "-n", "--only-hash", action="store_true", help="compute the CIDs, store nothing"
+        "-n", "--only-hash", action="store_true", help="compute the CIDs locally, store nothing"
+    )
+    add.add_argument(
+        "--local",
+        action="store_true",
+        help="store into the local blockstore (--data-dir), not the node",
     )
     add.add_argument("--cid-version", type=int, choices=(0, 1), default=0)
     add.add_argument(
@@ -81,8 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--chunker", default="size-262144", help="size-N (default size-262144)")
     add.add_argument("-q", "--quiet", action="store_true", help="print only the root CID")
 
-    cat = sub.add_parser("cat", help="write a file's bytes to stdout")
-    cat.add_argument("cid", metavar="CID")
+    cat = sub.add_parser(
+        "cat",
+        help="write a file's bytes to stdout, read through the node",
+        description="Write the bytes of the file CID, or of PATH inside the folder CID, to "
+        "stdout, read through the node at --api (which checks every block against its CID and "
+        "fetches what it lacks from its peers). With --local, from the local blockstore.",
+    )
+    cat.add_argument("cid", metavar="CID[/PATH]")
+    cat.add_argument("--api", default=argparse.SUPPRESS, metavar="HOST:PORT", help="node")
+    cat.add_argument(
+        "--local", action="store_true", help="read the local blockstore (--data-dir), not the node"
+    )
 
     car = sub.add_parser("car", help="export or import a DAG as a CAR v1 archive")
     car_sub = car.add_subparsers(dest="car_command", metavar="COMMAND", required=True)
@@ -190,7 +209,24 @@ def _add_job_commands(sub: Any) -> None:
         "order: output folders, stdout and stderr.",
     )
     get.add_argument("job", metavar="JOB")
-    get.add_argument("--output-dir", type=Path, metavar="DIR", help="default: ./JOB_ID")
+    get.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="default: ./JOB_ID; with --path, - writes the file to stdout",
+    )
+    get.add_argument(
+        "--path",
+        metavar="PATH",
+        help="only this file of the result (e.g. stdout, outputs/x.csv), read through the "
+        "node's Cat and written to DIR/PATH",
+    )
+    get.add_argument(
+        "--shard",
+        type=int,
+        metavar="N",
+        help="with --path: the result of shard N of a sharded job (default 0)",
+    )
     get.add_argument(
         "--execution",
         metavar="ID",

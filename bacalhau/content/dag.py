@@ -13,6 +13,7 @@ from bacalhau.content.errors import ContentError, CorruptData, TooLarge, Unsuppo
 
 DIRECTORY = dagpb.T_DIRECTORY  # UnixFS node types, as `UnixFSNode.type` gives them
 SYMLINK = dagpb.T_SYMLINK
+HAMT_SHARD = dagpb.T_HAMT_SHARD
 
 GetBlock = Callable[[bytes], bytes]
 ENTRY_BYTES = 512  # what `export` counts a file, folder or symlink as at least

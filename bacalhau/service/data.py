@@ -21,6 +21,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from bacalhau.blockstore import UPLOAD, Blockstore, GcReport
 from bacalhau.content import Importer, ImportOptions, car, dag
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import NotFound
+from bacalhau.content.importer import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import UsageError
 from bacalhau.models import upload_record
@@ -36,6 +38,18 @@ from bacalhau.service.callers import Caller, Forbidden
 DEFAULT_MAX_UPLOAD = 10 << 30
 DEFAULT_UPLOAD_QUOTA = 100 << 30
 ENTRY_BYTES = 512  # what an entry of a folder upload counts as at least
+MAX_LISTED = 100_000  # entries an upload's answer lists at most (the root always among them)
+
+
+@dataclass(frozen=True)
+class Added:
+    """What an upload stored: its root CID, the bytes received, and (when asked) each file
+    and folder as (path, CID), root last; `truncated` if more were left out of that list."""
+
+    cid: str
+    size: int
+    entries: list[tuple[str, str]] = field(default_factory=list)
+    truncated: bool = False
 
 
 class QuotaExceeded(UsageError):
@@ -74,8 +88,9 @@ class DataService:
         self._store = store
         self._streaming: dict[str, int] = {}  # user -> bytes of uploads still streaming in
 
-    async def add(self, items: AsyncIterator[Any], caller: Caller) -> tuple[str, int]:
-        """Store an AddData stream for `caller`; (root CID, bytes received).
+    async def add(self, items: AsyncIterator[Any], caller: Caller) -> Added:
+        """Store an AddData stream for `caller`: its root CID, bytes received, and with the
+        header's `list_entries` each file and folder's CID.
 
         Raises UsageError for a malformed stream (see `_receive`) or one over `max_bytes`,
         QuotaExceeded for one that would take the caller past `quota`, ContentError for a
@@ -95,6 +110,8 @@ class DataService:
 
         self._tmp.mkdir(exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="upload-", dir=self._tmp))
+        entries: list[tuple[str, str]] = []
+        truncated = False
         try:
             header, target, size = await _receive(items, work, self.max_bytes, count)
             with contextlib.ExitStack() as held:
@@ -104,9 +121,15 @@ class DataService:
                     cid = await asyncio.to_thread(self._add_car, str(target), held)
                 else:
                     options = ImportOptions(
-                        cid_version=header.cid_version, raw_leaves=header.raw_leaves or None
+                        cid_version=header.cid_version,
+                        raw_leaves=header.raw_leaves if header.HasField("raw_leaves") else None,
+                        chunk_size=header.chunk_size or DEFAULT_CHUNK_SIZE,
                     )
-                    cid = await asyncio.to_thread(self._add_files, target, options, held)
+                    listed = entries if header.list_entries else None
+                    cid = await asyncio.to_thread(self._add_files, target, options, held, listed)
+                    truncated = len(entries) > MAX_LISTED
+                    if truncated:  # the first ones, and the root (the last)
+                        del entries[MAX_LISTED - 1 : -1]
                 cid_text = str(CID.from_bytes(cid))
                 await self._record(user, cid_text, mine)
                 await asyncio.to_thread(self._blocks.pin, cid, UPLOAD)
@@ -117,7 +140,7 @@ class DataService:
             else:
                 self._streaming.pop(user, None)
             await asyncio.to_thread(shutil.rmtree, work, True)
-        return cid_text, size
+        return Added(cid_text, size, entries, truncated)
 
     async def _record(self, user: str, cid: str, size: int) -> None:
         """Write the upload record, checking the quota against what is recorded now."""
@@ -134,9 +157,19 @@ class DataService:
 
         await asyncio.wrap_future(self._store.submit(write))
 
-    def _add_files(self, target: Path, options: ImportOptions, held: contextlib.ExitStack) -> bytes:
+    def _add_files(
+        self,
+        target: Path,
+        options: ImportOptions,
+        held: contextlib.ExitStack,
+        listed: list[tuple[str, str]] | None = None,
+    ) -> bytes:
+        def record(path: str, node: Any) -> None:
+            if listed is not None:
+                listed.append((path, str(CID.from_bytes(node.cid))))
+
         with self._blocks.batch() as batch:
-            with Importer(options, batch, workers=1) as importer:
+            with Importer(options, batch, record, workers=1) as importer:
                 root = importer.add_path(target)
             # Held before the batch commits: a collection sweeps only under the batch lock.
             held.enter_context(self._blocks.hold(root.cid))
@@ -252,6 +285,11 @@ async def _receive(
                 if header is not None:
                     raise UsageError("AddData sent a second header")
                 header = item.header
+                if header.chunk_size and not 1024 <= header.chunk_size <= MAX_CHUNK_SIZE:
+                    raise UsageError(
+                        f"AddData: chunk_size must be 1024 to {MAX_CHUNK_SIZE}, not "
+                        f"{header.chunk_size}"
+                    )
                 name = header.name if _safe_part(header.name) else "upload"
                 target = work / name
                 if header.folder:

@@ -37,11 +37,16 @@ class NoResult(NotFound):
             )
 
 
-def result_execution(job: Any) -> Any:
-    """The execution whose result stands for the job: published first, else any with one
-    that was not rejected (a rejected result is never served as the job's)."""
+def result_execution(job: Any, shard: int | None = None) -> Any:
+    """The execution whose result stands for the job (with `shard`: for that shard):
+    published first, else any with one that was not rejected (a rejected result is never
+    served as the job's)."""
     rejected = ExecutionState.RESULT_REJECTED.pb
-    with_result = [ex for ex in job.executions if ex.result_cid and ex.state != rejected]
+    with_result = [
+        ex
+        for ex in job.executions
+        if ex.result_cid and ex.state != rejected and (shard is None or ex.shard == shard)
+    ]
     for ex in with_result:
         if ExecutionState.of(ex.state) in _RESULT_STATES:
             return ex
@@ -56,22 +61,24 @@ class ResultService:
         self._dags = dags
         self._sent = sent
 
-    def job_result(self, job: Any) -> tuple[str, list[str]]:
-        """(result CID, nodes that hold it) of a job. Raises NoResult if it has none: yet,
-        or ever (it ended without one)."""
-        ex = result_execution(job)
+    def job_result(self, job: Any, shard: int | None = None) -> tuple[str, list[str]]:
+        """(result CID, nodes that hold it) of a job (with `shard`: of that shard). Raises
+        NoResult if it has none: yet, or ever (it ended without one)."""
+        ex = result_execution(job, shard)
         if ex is None:
             raise NoResult(job)
         return ex.result_cid, [ex.node_id]
 
-    async def ensure_dag(self, cid_text: str, holders: list[str]) -> bytes:
-        """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing.
+    async def ensure_dag(self, cid_text: str, holders: list[str], max_bytes: int = 0) -> bytes:
+        """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing
+        (with `max_bytes`: no more than that, see `fetch_dag`).
 
-        Raises InvalidCID for a malformed CID and NotFound when nobody has a block of it.
+        Raises InvalidCID for a malformed CID, NotFound when nobody has a block of it, and
+        TooLarge past `max_bytes`.
         """
         root = bytes(CID.parse(cid_text))
         with self.blockstore.hold(root):  # what came so far is kept from a collection
-            await self._dags.fetch(root, holders)
+            await self._dags.fetch(root, holders, max_bytes=max_bytes)
         return root
 
     def store_raw(self, data: bytes) -> str:
