@@ -352,25 +352,56 @@ def print_spec(spec: Any, args: argparse.Namespace) -> None:
 
 
 def submit(c: Client, spec: Any, args: argparse.Namespace) -> int:
-    """Submit `spec`; print the job ID; with --wait, follow it and fail unless it completed."""
-    job_id = c.submit(spec).job_id
-    print(job_id, flush=True)
-    if not args.wait or args.id_only:
+    """Submit `spec`. Text: print the job ID; with --wait, follow it, then print its stdout
+    (unless --quiet), or on failure its stderr tail on stderr, and fail unless it completed.
+    --output json|yaml: one document on stdout and nothing else (the job once final with
+    --wait, else as submitted); --id-only: the job ID alone, at once."""
+    answer = c.submit(spec)
+    job_id = answer.job_id
+    text = args.output == "text"
+    if text or args.id_only:
+        print(job_id, flush=True)
+    if args.id_only:
+        return 0
+    if not args.wait:
+        if not text:
+            sys.stdout.write(dump(job_doc(answer.job), args.output))
         return 0
     job = c.wait(job_id).job
-    if args.output != "text":
+    if not text:
         sys.stdout.write(dump(job_doc(job), args.output))
     state = JobState.of(job.state)
     if state != JobState.COMPLETED:
+        _stderr_tails(job)
         raise BacalhauError(
             f"job {job.id} {state.value}: {job.message or 'no reason given'}",
             hint=f"'bacalhauctl describe {job.id}' shows what happened",
         )
+    if text and not getattr(args, "quiet", False):
+        _print_stdout(c, job.id)
     if args.download:
         _download(c, job.id, args.output_dir)
-    if args.output == "text":
+    if text:
         print(f"completed; 'bacalhauctl get {job.id}' downloads the result", file=sys.stderr)
     return 0
+
+
+def _print_stdout(c: Client, job_id: str) -> None:
+    """The job's stdout (every shard's, in order) on stdout, as `logs` gives it."""
+    out = sys.stdout.buffer
+    sys.stdout.flush()
+    for chunk in c.logs(job_id, follow=False):
+        if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT:
+            out.write(chunk.data)
+    out.flush()
+
+
+def _stderr_tails(job: Any) -> None:
+    """The last lines of stderr of the job's failed executions (each distinct tail once)."""
+    tails = [ex.stderr_tail for ex in job.executions if ex.stderr_tail]
+    for t in dict.fromkeys(tails):
+        sys.stderr.write(t.rstrip("\n") + "\n")
+    sys.stderr.flush()
 
 
 def input_flags(args: argparse.Namespace) -> list[InputFlag]:
@@ -413,28 +444,41 @@ def _check_wasm_file(path: Path) -> None:
         )
 
 
+RECENT = 20  # jobs `list` shows without -n, --all or --active
+
+
 def list_jobs(args: argparse.Namespace) -> int:
+    """Recent jobs of every state, newest first, with a header row; --active: the active
+    ones only; --all: every one; -n N: at most N."""
     if args.n < 0:
         raise UsageError(f"-n must not be negative, not {args.n}")
+    if args.active and (args.all or args.state):
+        raise UsageError("--active shows the active jobs; give it alone, or --state/--all")
+    limit = args.n or (0 if args.all or args.active else RECENT)
     with _client(args) as c:
         states = [JobState(s).pb for s in args.state]
         page = c.list_jobs(
-            all=args.all,
-            limit=args.n,
+            all=not args.active,
+            limit=limit,
             states=states,
             client_id=args.client,
             all_users=args.all_users,
         )
     docs = [job_doc(j) for j in page.jobs]
-    lines = []
+    rows = [("ID", "CREATED", "STATE", "ENGINE", "NODES")]
     for d in docs:
         # each node once, in the order it was chosen (a sharded job runs many times on each)
         ran = [ex["node_id"][-8:] for ex in d["executions"] if ex["state"] != "bid_rejected"]
-        nodes = ",".join(dict.fromkeys(ran))
-        lines.append(
-            f"{d['id']}  {d['created_at']}  {d['state']:<9}  {d['spec']['engine']}  {nodes}\n"
-        )
-    _print(docs, args, "".join(lines))
+        nodes = ",".join(dict.fromkeys(ran)) or "-"
+        rows.append((d["id"], d["created_at"], d["state"], d["spec"]["engine"], nodes))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    text = "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + f"  {r[4]}\n"
+        for r in rows
+    )
+    _print(docs, args, text)
+    if args.output == "text" and page.next_cursor:
+        print(f"(the {len(docs)} newest; -n N or --all for more)", file=sys.stderr)
     return 0
 
 

@@ -34,7 +34,8 @@ def add_parser(sub: Any, flags: argparse.ArgumentParser) -> None:
         "it. /tmp is an empty scratch folder. With --deterministic, clocks, randomness, "
         "sleeps, hash order and directory listings are the same on every node, so the same "
         "program on the same inputs gives the same result CID. Prints the job ID first; with "
-        "--wait (the default) follows the job and exits 0 only if it completed. Options go "
+        "--wait (the default) follows the job, prints its stdout and exits 0 only if it "
+        "completed (--output json|yaml: the job's document alone). Options go "
         "before FILE; everything after it is the program's arguments (sys.argv[1:]).",
     )
     py.add_argument("-c", dest="code", metavar="CODE", help="run CODE instead of a FILE")

@@ -163,7 +163,8 @@ def _add_job_commands(sub: Any) -> None:
         help="run a WASI module on the network",
         description="Upload MODULE.wasm (or use a module already stored, by CID) and run it on "
         "a node the network selects. Prints the job ID first; with --wait (the default) "
-        "follows the job and exits 0 only if it completed.",
+        "follows the job, prints its stdout and exits 0 only if it completed. With --output "
+        "json|yaml, prints the job's document alone.",
     )
     run.add_argument(
         "--deterministic",
@@ -182,8 +183,9 @@ def _add_job_commands(sub: Any) -> None:
         help="run a container on the network",
         description="Run IMAGE (with CMD, if given) on a node whose Docker engine has it. The "
         "container has no network, inputs are read-only, output folders come back in the "
-        "result. Prints the job ID first; with --wait (the default) follows the job and exits "
-        "0 only if it completed.",
+        "result. Prints the job ID first; with --wait (the default) follows the job, prints "
+        "its stdout and exits 0 only if it completed. With --output json|yaml, prints the "
+        "job's document alone.",
     )
     drun.add_argument(
         "--entrypoint", metavar="CMD", help="override the image's entrypoint (one program)"
@@ -284,8 +286,17 @@ def _data_commands(add: Any) -> None:
 
 def _job_verbs(add: Any) -> None:
     """list, describe, logs: at the top and in the `job` group."""
-    ls = add("list", help="list your jobs on the node (active ones by default)")
-    ls.add_argument("--all", action="store_true", help="include finished jobs")
+    ls = add(
+        "list",
+        help="list your recent jobs on the node, of every state, newest first",
+        description="Your jobs on the node, newest first, with a header row: the 20 most "
+        "recent of every state (-n N: N of them; --all: every one; --active: only pending "
+        "and running ones).",
+    )
+    ls.add_argument("--all", action="store_true", help="every job, not only the 20 most recent")
+    ls.add_argument(
+        "--active", action="store_true", help="only active jobs (pending, running), every one"
+    )
     ls.add_argument("-n", type=int, default=0, metavar="N", help="at most N jobs, newest first")
     ls.add_argument(
         "--state",
@@ -362,7 +373,8 @@ def _run_spec(add: Any, name: str, *, bacalhau_name: bool = False) -> None:
         "'bacalhauctl describe JOB --output yaml' (a whole describe document is taken too, "
         "and Bacalhau-2022-style keys; docs/spec.md). Inputs are CIDs and URLs only: local "
         "files are not uploaded ('bacalhauctl add' them first). Prints the job ID first; "
-        "with --wait (the default) follows the job and exits 0 only if it completed.",
+        "with --wait (the default) follows the job, prints its stdout and exits 0 only if it "
+        "completed. With --output json|yaml, prints the job's document alone.",
     )
     p.add_argument("spec", metavar="SPEC", help="a .yaml or .json file, or - for stdin")
     _submit_flags(p)
@@ -533,7 +545,16 @@ def _submit_flags(parser: argparse.ArgumentParser) -> None:
         help="print the spec it would submit (YAML; JSON with --output json), local files "
         "only hashed; upload and submit nothing",
     )
-    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the job until it ends, then print its stdout (on failure: the tail of "
+        "its stderr, and exit 1) (default: --wait)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="with --wait: do not print the job's stdout"
+    )
     parser.add_argument("--id-only", action="store_true", help="print the job ID and return")
     parser.add_argument("--download", action="store_true", help="download the result when done")
     parser.add_argument("--output-dir", type=Path, help="where --download writes")

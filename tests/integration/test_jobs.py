@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bacalhau.client import Client
 from bacalhau.content import Importer
@@ -22,6 +25,7 @@ def test_job_submitted_to_one_node_runs_on_another(cluster: Cluster, ctl: Ctl, t
     res, job_id = run_job(ctl, "--labels", "name=node-2", str(ECHO_WASM), "hello", "world")
     assert res.returncode == 0, res.stderr
     assert job_id.startswith("j-")
+    assert res.stdout == f"{job_id}\nhello world\n"  # the ID, then the job's stdout
 
     doc = ctl.json("describe", job_id)
     assert doc["id"] == job_id and doc["state"] == "completed"
@@ -78,7 +82,10 @@ def test_describe_json_fields(ctl: Ctl):
 
 def test_nonzero_exit_fails_the_job(ctl: Ctl, tmp_path: Path):
     res, job_id = run_job(ctl, str(ECHO_WASM), "fail")
-    line = res.one_line_error()
+    # the tail of the job's stderr, then one line saying what happened; stdout: the ID only
+    assert res.returncode == 1 and res.stdout == f"{job_id}\n"
+    tail, line = res.stderr.splitlines()
+    assert tail == "failing as asked" and "Traceback" not in res.stderr
     assert job_id and "failed" in line and "exit code 3" in line
     doc = ctl.json("describe", job_id)
     assert doc["state"] == "failed"
@@ -132,14 +139,44 @@ def test_concurrency_runs_on_several_nodes(cluster: Cluster, ctl: Ctl):
     assert len({e["result_cid"] for e in published}) == 1  # deterministic module
 
 
+def test_run_quiet_and_one_document(ctl: Ctl):
+    res, job_id = run_job(ctl, "--quiet", str(ECHO_WASM), "shh")
+    assert res.returncode == 0 and res.stdout == f"{job_id}\n"
+    for fmt in ("json", "yaml"):
+        res = ctl("--output", fmt, "wasm", "run", str(ECHO_WASM), "doc")
+        assert res.returncode == 0, res.stderr
+        doc = yaml.safe_load(res.stdout)  # the whole of stdout is one document
+        assert doc["state"] == "completed" and doc["id"].startswith("j-")
+    res = ctl("--output", "json", "wasm", "run", "--no-wait", str(ECHO_WASM), "later")
+    assert json.loads(res.stdout)["state"] == "pending"
+    res = ctl("--output", "json", "wasm", "run", str(ECHO_WASM), "fail")
+    assert res.returncode == 1 and json.loads(res.stdout)["state"] == "failed"
+    assert "exit code 3" in res.stderr.splitlines()[-1]
+    res = ctl("--output", "json", "wasm", "run", "--id-only", str(ECHO_WASM), "id")
+    assert res.stdout.strip().startswith("j-") and res.stdout.count("\n") == 1
+
+
+def test_list_shows_recent_jobs_with_a_header(ctl: Ctl):
+    res, job_id = run_job(ctl, str(ECHO_WASM), "listed")
+    assert res.returncode == 0, res.stderr
+    lines = ctl("list").stdout.splitlines()
+    assert lines[0].split() == ["ID", "CREATED", "STATE", "ENGINE", "NODES"]
+    assert lines[1].startswith(job_id) and "completed" in lines[1]  # newest first
+    assert len(lines) <= 21
+    active = ctl("list", "--active").stdout.splitlines()
+    assert active[0].startswith("ID") and job_id not in "".join(active)
+    assert len(ctl("list", "-n", "1").stdout.splitlines()) == 2
+    assert "--active" in ctl("list", "--active", "--all").one_line_error()
+
+
 def test_module_by_cid_and_list(cluster: Cluster, ctl: Ctl):
     with Client(cluster[0].address) as c:
         cid = c.add_file(ECHO_WASM).cid
     res, job_id = run_job(ctl, cid, "by", "cid")
     assert res.returncode == 0, res.stderr
-    listed = ctl.json("list", "--all")
+    listed = ctl.json("list")
     assert job_id in [j["id"] for j in listed]
-    active = ctl.json("list")
+    active = ctl.json("list", "--active")
     assert job_id not in [j["id"] for j in active]
     assert ctl("describe", job_id[:12]).returncode == 0  # a unique prefix is enough
 
