@@ -396,11 +396,17 @@ def _print_stdout(c: Client, job_id: str) -> None:
     out.flush()
 
 
+STDERR_TAIL = "the job's stderr ended with:"  # then its lines, each after TAIL_MARK
+TAIL_MARK = "  | "
+
+
 def _stderr_tails(job: Any) -> None:
-    """The last lines of stderr of the job's failed executions (each distinct tail once)."""
+    """The last lines of stderr of the job's failed executions (each distinct tail once),
+    marked apart from bacalhauctl's own error line, which follows."""
     tails = [ex.stderr_tail for ex in job.executions if ex.stderr_tail]
     for t in dict.fromkeys(tails):
-        sys.stderr.write(t.rstrip("\n") + "\n")
+        sys.stderr.write(STDERR_TAIL + "\n")
+        sys.stderr.writelines(f"{TAIL_MARK}{line}\n" for line in t.splitlines())
     sys.stderr.flush()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from bacalhau.cli._job_cmds import STDERR_TAIL, TAIL_MARK
 from bacalhau.client import Client
 from tests._wait import wait_for
 
@@ -191,11 +193,20 @@ class Result:
         self.stderr = proc.stderr.decode(errors="replace")
 
     def one_line_error(self) -> str:
-        """The error line; fails unless stderr is exactly one line and the exit non-zero."""
+        """The error line; fails unless bacalhauctl's stderr is exactly one line and the exit
+        non-zero. A failed job's own stderr tail, which `run` prints first (a header, then
+        each line marked), is not bacalhauctl's and is left out."""
         assert self.returncode != 0, self.stdout
         lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in self.stderr, self.stderr
+        while lines and lines[0] == STDERR_TAIL:
+            lines = list(itertools.dropwhile(lambda t: t.startswith(TAIL_MARK), lines[1:]))
+        assert len(lines) == 1 and "Traceback" not in lines[0], self.stderr
         return lines[0]
+
+    def job_stderr_tail(self) -> list[str]:
+        """The lines of a failed job's stderr tail that `run` printed (unmarked)."""
+        lines = self.stderr.splitlines()
+        return [t.removeprefix(TAIL_MARK) for t in lines if t.startswith(TAIL_MARK)]
 
 
 @pytest.fixture
