@@ -38,7 +38,7 @@ from bacalhau._pb.bacalhau.v1 import types_pb2 as pb
 from bacalhau.blockstore import INPUT, Blockstore
 from bacalhau.content import Importer, dag
 from bacalhau.content.cid import CID
-from bacalhau.content.errors import TooLarge
+from bacalhau.content.errors import NotFound, TooLarge
 from bacalhau.content.importer import Node as ImportedNode
 from bacalhau.data import (
     InputRequest,
@@ -47,6 +47,7 @@ from bacalhau.data import (
     StorageProvider,
     UrlFetcher,
     UrlProvider,
+    nobody_has,
 )
 from bacalhau.errors import BacalhauError
 from bacalhau.network import DagFetcher, Network
@@ -319,6 +320,10 @@ class InputCache:
                     )
                 resolved = await self.providers["ipfs"].resolve(InputRequest(spec, requester))
             declared = resolved.size
+        except NotFound as e:  # nobody has it: said at once, in words (the provider's)
+            if await asyncio.to_thread(self._blocks.has, root):
+                raise
+            raise nobody_has(cid_text, e) from None
         except TooLarge as e:
             declared = e.size or await asyncio.to_thread(self._declared, root)
             raise _too_large(cid_text, e.size, max_bytes, declared) from None

@@ -5,7 +5,7 @@ rules (bacalhau.spec), re-exported here."""
 from __future__ import annotations
 
 from bacalhau.data.base import InputRequest, Resolved, StorageProvider
-from bacalhau.data.ipfs import IpfsProvider
+from bacalhau.data.ipfs import IpfsProvider, nobody_has
 from bacalhau.data.url import DEFAULT_MAX_BYTES, UrlError, UrlFetcher, UrlProvider
 from bacalhau.spec import check_url, file_name, mount_paths, parse_url_list
 
@@ -21,5 +21,6 @@ __all__ = [
     "check_url",
     "file_name",
     "mount_paths",
+    "nobody_has",
     "parse_url_list",
 ]

@@ -20,6 +20,7 @@ from bacalhau.cli._download import download_result
 from bacalhau.client import Client, ClientStub, load_user_key
 from bacalhau.content import Importer
 from bacalhau.content.cid import CID
+from tests._wait import wait_for
 from tests._web import QuietHandler, serve, stop
 from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, NodeProc, metrics
 
@@ -366,11 +367,30 @@ def test_cid_nobody_holds_fails_naming_it(net: Cluster, dctl: Ctl):
     missing = "bafkreibjfez3ryeimujynshf4b7v6gupmpogapn52lfsvgxs56rjdnthc4"
     res, _ = run(dctl, "--labels", "name=node-2", "-v", f"{missing}:/in/x", str(ECHO_WASM))
     line = res.one_line_error()
-    assert missing in line and "no peer could send it" in line
+    assert f"input {missing} is on no node" in line and "not there" in line
+    assert "add the data first" not in line  # a peer's own advice is not passed on
     assert not (cache_dir(net[2]) / missing).exists()
     _no_leftovers(net[2])
     bad = dctl("wasm", "run", "-v", "Qmnotacid:/in/x", str(ECHO_WASM)).one_line_error()
     assert "not a CID" in bad
+
+
+@pytest.mark.parametrize("runner", [0, 2])  # the requester itself, another node
+def test_cid_nobody_holds_fails_at_once(net: Cluster, dctl: Ctl, runner: int):
+    """No waiting for the fetch's patience (30 s, for a requester that restarts) when every
+    node answered "not here", also when the node that runs the job is its requester."""
+    missing = "bafkreiflw6ndfzwoanrd7p2kcqodtjitiqrkwvhevejzmqo7pqdamrjd6e"
+    res, job_id = run(
+        dctl, "--no-wait", "--labels", f"name=node-{runner}", "-v", f"{missing}:/x", str(ECHO_WASM)
+    )
+    assert res.returncode == 0, res.stderr
+
+    def failed() -> Any:
+        doc = dctl.json("describe", job_id)
+        return doc if doc["state"] == "failed" else None
+
+    doc = wait_for(failed, 10, "the job to fail well within the fetch's 30 s patience")
+    assert f"input {missing} is on no node" in doc["message"]
 
 
 # -- results -----------------------------------------------------------------------------------
