@@ -33,16 +33,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bacalhau-demo-") as tmp:
         node_a, node_b = Path(tmp) / "node-a", Path(tmp) / "node-b"
         sample = HERE / "sample"
-        out = sh("add", str(sample), data_dir=node_a).decode()
+        out = sh("add", "--local", str(sample), data_dir=node_a).decode()
         print(out, end="")
         cids = {line.split()[2]: line.split()[1] for line in out.splitlines()}
         root = cids["sample"]
-        hello = sh("cat", cids["sample/hello.txt"], data_dir=node_a)
+        hello = sh("cat", "--local", cids["sample/hello.txt"], data_dir=node_a)
         print(hello.decode(), "\n")
         car = sh("car", "export", root, data_dir=node_a)
         print(f"({len(car)} bytes of CAR v1)")
         print(sh("car", "import", "-", data_dir=node_b, stdin=car).decode(), end="")
-        back = sh("cat", cids["sample/notes/data.csv"], data_dir=node_b)
+        back = sh("cat", "--local", cids["sample/notes/data.csv"], data_dir=node_b)
         print(back.decode(), end="")
         print(f"\nroot CID of the sample folder: {root}")
 
