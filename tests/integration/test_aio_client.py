@@ -39,6 +39,12 @@ def test_submit_follow_logs_and_read_a_result_file(node: NodeProc, tmp_path: Pat
             assert b"".join(ch.data for ch in logs if ch.stream == 1) == b"hi aio\n"
             assert await c.read_file(job_id, "stdout") == b"hi aio\n"
             assert await c.read_file(job_id, "exitCode") == b"0\n"
+            # Cat: the node reads and checks the file; chunks as asked, the first says its size
+            chunks = [ch async for ch in c.cat(job_id=job_id, file="stdout")]
+            assert b"".join(ch.data for ch in chunks) == b"hi aio\n" and chunks[0].size == 7
+            by_cid = [ch async for ch in c.cat(module.cid, chunk_size=1000)]
+            assert b"".join(ch.data for ch in by_cid) == ECHO_WASM.read_bytes()
+            assert all(len(ch.data) <= 1000 for ch in by_cid)
             listed = await c.list_jobs(all=True)
             assert job_id in [j.id for j in listed.jobs]
             # Calls run concurrently on one channel.
