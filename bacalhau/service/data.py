@@ -52,6 +52,30 @@ class Added:
     truncated: bool = False
 
 
+class _Listing:
+    """An import's entries as (path, CID), keeping at most `limit`: the first ones, and the
+    last (the importer reports the root last)."""
+
+    def __init__(self, limit: int = MAX_LISTED) -> None:
+        self._limit = limit
+        self._kept: list[tuple[str, str]] = []
+        self._last: tuple[str, str] | None = None
+        self.count = 0
+
+    def add(self, path: str, node: Any) -> None:
+        self.count += 1
+        if self._last is not None and len(self._kept) < self._limit - 1:
+            self._kept.append(self._last)
+        self._last = (path, str(CID.from_bytes(node.cid)))
+
+    def entries(self) -> list[tuple[str, str]]:
+        return self._kept + ([self._last] if self._last is not None else [])
+
+    @property
+    def truncated(self) -> bool:
+        return self.count > len(self._kept) + 1
+
+
 class QuotaExceeded(UsageError):
     """An upload would take its user over the node's --upload-quota."""
 
@@ -110,8 +134,7 @@ class DataService:
 
         self._tmp.mkdir(exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="upload-", dir=self._tmp))
-        entries: list[tuple[str, str]] = []
-        truncated = False
+        listing: _Listing | None = None
         try:
             header, target, size = await _receive(items, work, self.max_bytes, count)
             with contextlib.ExitStack() as held:
@@ -125,11 +148,8 @@ class DataService:
                         raw_leaves=header.raw_leaves if header.HasField("raw_leaves") else None,
                         chunk_size=header.chunk_size or DEFAULT_CHUNK_SIZE,
                     )
-                    listed = entries if header.list_entries else None
-                    cid = await asyncio.to_thread(self._add_files, target, options, held, listed)
-                    truncated = len(entries) > MAX_LISTED
-                    if truncated:  # the first ones, and the root (the last)
-                        del entries[MAX_LISTED - 1 : -1]
+                    listing = _Listing() if header.list_entries else None
+                    cid = await asyncio.to_thread(self._add_files, target, options, held, listing)
                 cid_text = str(CID.from_bytes(cid))
                 await self._record(user, cid_text, mine)
                 await asyncio.to_thread(self._blocks.pin, cid, UPLOAD)
@@ -140,7 +160,9 @@ class DataService:
             else:
                 self._streaming.pop(user, None)
             await asyncio.to_thread(shutil.rmtree, work, True)
-        return Added(cid_text, size, entries, truncated)
+        if listing is None:
+            return Added(cid_text, size)
+        return Added(cid_text, size, listing.entries(), listing.truncated)
 
     async def _record(self, user: str, cid: str, size: int) -> None:
         """Write the upload record, checking the quota against what is recorded now."""
@@ -162,12 +184,9 @@ class DataService:
         target: Path,
         options: ImportOptions,
         held: contextlib.ExitStack,
-        listed: list[tuple[str, str]] | None = None,
+        listing: _Listing | None = None,
     ) -> bytes:
-        def record(path: str, node: Any) -> None:
-            if listed is not None:
-                listed.append((path, str(CID.from_bytes(node.cid))))
-
+        record = listing.add if listing is not None else None
         with self._blocks.batch() as batch:
             with Importer(options, batch, record, workers=1) as importer:
                 root = importer.add_path(target)
