@@ -1,5 +1,6 @@
 """examples/node/client.js (Node.js, @grpc/grpc-js) against a real node started here: signed
-calls, upload, submit, events, logs, a result file read through GetResults, an error's reason.
+calls, upload, submit, events, logs, a result file read through GetResults and one through Cat,
+an error's reason.
 
 `./dev test` installs nodejs and npm (apt-get, as root) and runs `npm ci` in examples/node. With
 CI=true a missing node or node_modules fails the test; elsewhere it skips."""
@@ -60,6 +61,7 @@ def test_node_client_submits_follows_and_reads_its_result(tmp_path: Path):
         assert "log stdout: hello from node.js" in lines
         assert "state JOB_STATE_COMPLETED" in lines
         assert "result stdout: hello from node.js" in lines
+        assert "cat outputs/result.txt: hello from node.js" in lines  # Cat: no decoding
         assert "empty job_id: INVALID_ARGUMENT FIELD_REQUIRED: job_id is required" in lines
         # The job is the user's whose key file the example made: the Python client agrees.
         from bacalhau.client import Client
