@@ -3,6 +3,11 @@ or by job/path), from any node, with nothing but the generated stubs on the clie
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -133,3 +138,38 @@ def test_get_path_writes_one_file_or_stdout(cluster: Cluster, ctl: Ctl, tmp_path
     line = ctl("get", job_id, "--path", "outputs/x.csv", "--output-dir", "-").one_line_error()
     assert "outputs/x.csv not found" in line
     assert "--shard goes with --path" in ctl("get", job_id, "--shard", "1").one_line_error()
+
+
+def test_add_shows_progress_on_a_terminal_for_large_data(cluster: Cluster, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(pattern(17 << 20))  # over the 16 MiB from which progress is shown
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"small\n")
+    seen = {}
+    for path in (big, small):
+        leader, follower = pty.openpty()  # stderr is a terminal; stdout a pipe
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bacalhau.cli.ctl",
+                "--api",
+                cluster[0].address,
+                "add",
+                str(path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=120,
+        )
+        os.close(follower)
+        err = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(leader, 65536):
+                err += chunk
+        os.close(leader)
+        assert proc.returncode == 0, err
+        assert proc.stdout.decode().startswith("added ")  # stdout stays clean
+        seen[path.name] = err.decode()
+    assert "17.0/17.0 MiB 100%" in seen["big.bin"]
+    assert seen["small.txt"] == ""
