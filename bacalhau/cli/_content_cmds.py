@@ -63,6 +63,11 @@ def _add_to_node(args: argparse.Namespace, options: ImportOptions) -> int:
     path = Path(args.path)
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{args.path}: no such file or directory")
+    if options.chunk_size < 1024:
+        raise UsageError(
+            f"a node takes chunks of 1024 bytes or more, not {options.chunk_size}",
+            hint="give --chunker size-1024 or more, or add --local",
+        )
     header = client_pb2.AddDataHeader(
         cid_version=options.cid_version,
         chunk_size=options.chunk_size,

@@ -77,6 +77,7 @@ def test_cat_errors_are_one_line(cluster: Cluster, ctl: Ctl, folder: Path) -> No
     assert "not a folder" in line
     assert "no '.', '..'" in ctl("cat", f"{root}/../x").one_line_error()
     assert "invalid CID" in ctl("cat", "Qmnotacid/x").one_line_error()
+    assert "1024 bytes or more" in ctl("add", "--chunker", "size-4", str(folder)).one_line_error()
     nobody = "bafkreibjfez3ryeimujynshf4b7v6gupmpogapn52lfsvgxs56rjdnthc4"
     line = ctl("cat", nobody).one_line_error()
     assert nobody in line and "no peer could send it" in line  # at once: every peer answered
