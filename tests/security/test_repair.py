@@ -141,11 +141,11 @@ def verify(ctl: Run, *args: str) -> CliResult:
 
 
 def test_add_repairs_a_corrupt_block(ctl: Run, data: Path, tmp_path: Path) -> None:
-    root_text = ctl("add", "-q", str(data)).stdout.strip()
+    root_text = ctl("add", "--local", "-q", str(data)).stdout.strip()
     root, leaves = dag_of(data)
     assert root_text == str(CID.from_bytes(root))
     flip(tmp_path / "node" / "blocks", leaves[1])
-    res = ctl("cat", root_text)
+    res = ctl("cat", "--local", root_text)
     assert_one_line_error(res, str(CID.from_bytes(leaves[1])), "is corrupt on this node",
                           "bacalhauctl repo verify --repair")  # fmt: skip
     res = verify(ctl)
@@ -153,14 +153,14 @@ def test_add_repairs_a_corrupt_block(ctl: Run, data: Path, tmp_path: Path) -> No
     assert res.stdout.splitlines() == [str(CID.from_bytes(leaves[1]))]
     assert "4 blocks" in res.stderr and "1 corrupt" in res.stderr
     # Adding the same file again rewrites the bad block (before: "already have it").
-    assert ctl("add", "-q", str(data)).stdout.strip() == root_text
-    assert ctl("cat", root_text).stdout_bytes == data.read_bytes()
+    assert ctl("add", "--local", "-q", str(data)).stdout.strip() == root_text
+    assert ctl("cat", "--local", root_text).stdout_bytes == data.read_bytes()
     res = verify(ctl)
     assert (res.returncode, res.stdout) == (0, "") and "none is corrupt" in res.stderr
 
 
 def test_car_import_repairs_a_corrupt_block(ctl: Run, data: Path, tmp_path: Path) -> None:
-    root_text = ctl("add", "-q", str(data)).stdout.strip()
+    root_text = ctl("add", "--local", "-q", str(data)).stdout.strip()
     car = tmp_path / "data.car"
     assert ctl("car", "export", root_text, "-o", str(car)).returncode == 0
     root, _ = dag_of(data)
@@ -168,12 +168,12 @@ def test_car_import_repairs_a_corrupt_block(ctl: Run, data: Path, tmp_path: Path
     assert verify(ctl).returncode == 1
     res = ctl("car", "import", str(car))
     assert res.returncode == 0, res.stderr
-    assert ctl("cat", root_text).stdout_bytes == data.read_bytes()
+    assert ctl("cat", "--local", root_text).stdout_bytes == data.read_bytes()
     assert verify(ctl).returncode == 0
 
 
 def test_verify_repair_drops_corrupt_blocks(ctl: Run, data: Path, tmp_path: Path) -> None:
-    root_text = ctl("add", "-q", str(data)).stdout.strip()
+    root_text = ctl("add", "--local", "-q", str(data)).stdout.strip()
     _, leaves = dag_of(data)
     for leaf in leaves[:2]:
         flip(tmp_path / "node" / "blocks", leaf)
@@ -190,9 +190,9 @@ def test_verify_repair_drops_corrupt_blocks(ctl: Run, data: Path, tmp_path: Path
     res = verify(ctl, "--output", "json")
     assert json.loads(res.stdout) == {"blocks": 2, "bytes": json.loads(res.stdout)["bytes"],
                                       "corrupt": [], "dropped": 0}  # fmt: skip
-    assert "is not in the local blockstore" in ctl("cat", root_text).stderr
-    assert ctl("add", "-q", str(data)).returncode == 0
-    assert ctl("cat", root_text).stdout_bytes == data.read_bytes()
+    assert "is not in the local blockstore" in ctl("cat", "--local", root_text).stderr
+    assert ctl("add", "--local", "-q", str(data)).returncode == 0
+    assert ctl("cat", "--local", root_text).stdout_bytes == data.read_bytes()
 
 
 def test_verify_without_a_blockstore_is_one_line(ctl: Run, tmp_path: Path) -> None:
