@@ -54,6 +54,7 @@ _HINTS = {
     "JOB_HAS_NO_RESULT": "'bacalhauctl describe {job_id}' shows what happened",
     "QUOTA_EXCEEDED": "'bacalhauctl uploads' lists yours, 'bacalhauctl unpin CID' removes one",
     "PERMISSION_DENIED": "'bacalhauctl whoami' shows your user ID; --user-key picks the key",
+    "TOO_LARGE": "'bacalhauctl get JOB' downloads a whole result, of any size",
     "DATA_CORRUPT": "the node's operator can run 'bacalhauctl repo verify --repair' on its data "
     "directory, or add the data again",
 }

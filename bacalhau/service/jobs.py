@@ -316,9 +316,9 @@ class JobService:
 
     async def _result_logs(self, ex: Any, sent: dict[int, int]) -> AsyncIterator[LogChunk]:
         """stdout and stderr from an execution's result, less the bytes already `sent`."""
-        root = await self._results.ensure_dag(ex.result_cid, [ex.node_id])
         for name, stream in _LOG_STREAMS:
-            cid = self._results.child(root, name)
+            # stdout and stderr only: a result's output folders may be far larger
+            cid = await self._results.ensure_entry(ex.result_cid, name, [ex.node_id])
             if cid is None:
                 continue
             skip = sent[stream]

@@ -81,6 +81,24 @@ class ResultService:
             await self._dags.fetch(root, holders, max_bytes=max_bytes)
         return root
 
+    async def ensure_entry(self, cid_text: str, name: str, holders: list[str]) -> bytes | None:
+        """The entry `name` of the folder `cid_text` with its DAG made local (from `holders`
+        first), or None if the folder has no such entry: only that entry's blocks (and the
+        folder's root block) come, not the whole folder. Raises as `ensure_dag`."""
+        root = bytes(CID.parse(cid_text))
+        if self.blockstore.has(root):
+            block = self.blockstore.get(root)
+        else:
+            block = (await self.peek([root])).get(root) or b""
+            if not block:  # nobody sends it alone: fetch the folder (says who lacks it)
+                await self.ensure_dag(cid_text, holders)
+                block = self.blockstore.get(root)
+        for link in dag.decode(root, block).links:
+            if link.name == name.encode():
+                await self.ensure_dag(str(CID.from_bytes(link.cid)), holders)
+                return bytes(link.cid)
+        return None
+
     def store_raw(self, data: bytes) -> str:
         """Store `data` as one raw block (CIDv1), pinned; its CID."""
         cid = CID(1, RAW, hashlib.sha256(data).digest())

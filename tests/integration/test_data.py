@@ -214,8 +214,12 @@ def test_bids_prefer_the_node_holding_the_inputs(net: Cluster, dctl: Ctl, tmp_pa
     (tmp_path / "local.txt").write_bytes(b"only node-2 has me\n")
     with Client(net[2].address) as c:
         cid = c.add_file(tmp_path / "local.txt").cid
+    # --quiet: printing the job's stdout would bring it to node-0, and its stdout has the
+    # input's bytes, so its CID: node-0 would then hold the input too.
     for _ in range(3):  # not a coin toss: every time
-        res, job_id = run(dctl, "-v", f"{cid}:/in/local.txt", str(ECHO_WASM), "cat", "local.txt")
+        res, job_id = run(
+            dctl, "--quiet", "-v", f"{cid}:/in/local.txt", str(ECHO_WASM), "cat", "local.txt"
+        )
         assert res.returncode == 0, res.stderr
         doc = dctl.json("describe", job_id)
         (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
