@@ -42,6 +42,9 @@ def test_add_prints_each_entry_root_last(ctl: Ctl, tmp_path: Path) -> None:
     ]
     big = ctl("cat", "--local", "QmWKdZuiD9zqoZFnLYbpV2Q5YhRCJWpqiVeYA8ygYEjcEe")
     assert big.returncode == 0 and big.stdout_bytes == pattern(600000)
+    root = "QmNXf1GUdKG5SDunDet2ih7Po1C3BqhwJH82eAXcoJXsaC"
+    assert ctl("cat", "--local", f"{root}/sub/big.bin").stdout_bytes == pattern(600000)
+    assert_one_line_error(ctl("cat", "--local", f"{root}/sub/nope"), "has no 'nope'")
 
 
 def test_add_quiet_only_hash_stores_nothing(ctl: Ctl, tmp_path: Path) -> None:
