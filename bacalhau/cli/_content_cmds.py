@@ -59,6 +59,7 @@ def _add_to_node(args: argparse.Namespace, options: ImportOptions) -> int:
     the node lists each entry's CID."""
     from bacalhau._pb.bacalhau.v1 import client_pb2
     from bacalhau.cli._job_cmds import _client
+    from bacalhau.client import ClientError
 
     path = Path(args.path)
     if not path.exists() and not path.is_symlink():
@@ -80,6 +81,10 @@ def _add_to_node(args: argparse.Namespace, options: ImportOptions) -> int:
         with _client(args) as c:
             upload = c.add_directory if path.is_dir() else c.add_file
             answer = upload(path, header, bar)
+    except ClientError as e:
+        if e.message.startswith("cannot reach a node"):
+            e.hint = f"{e.hint}; or add --local to store it in {args.data_dir} without a node"
+        raise
     finally:
         if bar is not None:
             bar.close()
