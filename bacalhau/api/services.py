@@ -175,6 +175,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             peers=[_peer(p) for p in node.peers],
             engines=node.engines,
             labels=node.labels,
+            resources=node.resources,
+            nvidia_container_runtime=node.nvidia_container_runtime,
         )
 
     @unary

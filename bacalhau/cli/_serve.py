@@ -110,6 +110,7 @@ def serve(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         limits=Limits(total=resources("total"), job=resources("job")),
         docker_pull=args.docker_pull,
+        docker_nvidia_runtime=args.docker_nvidia_runtime,
         nvidia_smi=args.nvidia_smi,
         input_cache_bytes=_size(args.input_cache_size, "--input-cache-size"),
         url_max_bytes=_size(args.url_max_size, "--url-max-size"),

@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         "never, the node bids only on jobs whose image its engine already has",
     )
     serve.add_argument(
+        "--docker-nvidia-runtime",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="whether the Docker engine can give containers NVIDIA GPUs (default: auto, asked "
+        "of the engine at start: the nvidia runtime in `docker info`); without it the node "
+        "does not bid on docker jobs that ask for GPUs",
+    )
+    serve.add_argument(
         "--nvidia-smi",
         metavar="PATH",
         help="the nvidia-smi that reports this node's GPUs (default: the one on PATH, if any)",

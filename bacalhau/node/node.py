@@ -82,6 +82,7 @@ class NodeConfig:
     mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
     limits: Limits = field(default_factory=Limits)  # --limit-total-* and --limit-job-*
     docker_pull: str = "missing"  # never | missing
+    docker_nvidia_runtime: str = "auto"  # auto (ask the engine) | yes | no
     nvidia_smi: str | None = None  # the nvidia-smi to ask for GPUs (default: on PATH)
     input_cache_bytes: int = 0  # cap on cached inputs no job holds (0: no cap)
     url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
@@ -130,6 +131,7 @@ class Node:
         ctx = EngineContext(
             cache_dir=cfg.data_dir / layout.CACHE_DIR,
             docker_pull=cfg.docker_pull,
+            docker_nvidia_runtime=cfg.docker_nvidia_runtime,
             node_id=self.node_id,
         )
         executors = {name: get_engine(name).make_executor(ctx) for name in cfg.engines}
@@ -143,6 +145,15 @@ class Node:
         machine = await asyncio.to_thread(detect, cfg.data_dir, cfg.nvidia_smi)
         allocator = Allocator(machine, cfg.limits)
         total = allocator.total
+        docker = executors.get("docker")
+        gpu_runtime = getattr(docker, "gpu_runtime", None)
+        self.nvidia_runtime = bool(gpu_runtime is not None and gpu_runtime())
+        if total.gpu and docker is not None and not self.nvidia_runtime:
+            log.warning(
+                "this node has %d GPU(s) but its Docker engine has no NVIDIA container runtime: "
+                "it will not bid on docker jobs that ask for GPUs",
+                total.gpu,
+            )
         self.client_calls_refused = Counter(
             "bacalhau_client_calls_refused_total",
             "Client calls refused before their handler, by reason: unsigned, malformed, forged, "
@@ -260,6 +271,8 @@ class Node:
             engines=self.compute.engines,
             labels=cfg.labels,
             peers=self.peers.infos,
+            resources=hello.resources,
+            nvidia_container_runtime=self.nvidia_runtime,
         )
         client = ClientServicer(
             jobs=self.jobs,
