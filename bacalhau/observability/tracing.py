@@ -134,41 +134,34 @@ class SpanStore:
         return self._count
 
 
-class _Keeper:
-    """A span processor that files each finished span of a job in the store."""
+def _keeper(store: SpanStore, node_id: str) -> Any:
+    """A span processor that files each finished span of a job in the store (the SDK's
+    base class, imported only by a node that traces)."""
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-    def __init__(self, store: SpanStore, node_id: str) -> None:
-        self._store, self._node_id = store, node_id
+    class Keeper(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            attrs = span.attributes or {}
+            job_id = attrs.get(JOB_ID)
+            if not isinstance(job_id, str) or not job_id or span.context is None:
+                return
+            sc, parent = span.context, span.parent
+            store.add(
+                job_id,
+                KeptSpan(
+                    name=span.name,
+                    node_id=node_id,
+                    trace_id=f"{sc.trace_id:032x}",
+                    span_id=f"{sc.span_id:016x}",
+                    parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
+                    start_ns=span.start_time or 0,
+                    end_ns=span.end_time or 0,
+                    attributes={k: str(v)[:MAX_ATTRIBUTE_CHARS] for k, v in attrs.items()},
+                    error=span.status.status_code == trace.StatusCode.ERROR,
+                ),
+            )
 
-    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: Any) -> None:
-        attrs = span.attributes or {}
-        job_id = attrs.get(JOB_ID)
-        if not isinstance(job_id, str) or not job_id:
-            return
-        sc, parent = span.context, span.parent
-        self._store.add(
-            job_id,
-            KeptSpan(
-                name=span.name,
-                node_id=self._node_id,
-                trace_id=f"{sc.trace_id:032x}",
-                span_id=f"{sc.span_id:016x}",
-                parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
-                start_ns=span.start_time or 0,
-                end_ns=span.end_time or 0,
-                attributes={k: str(v)[:MAX_ATTRIBUTE_CHARS] for k, v in attrs.items()},
-                error=span.status.status_code == trace.StatusCode.ERROR,
-            ),
-        )
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    return Keeper()
 
 
 class _OnceLogged:
@@ -232,7 +225,7 @@ class Tracing:
             resource=resource, span_limits=SpanLimits(max_attributes=32, max_events=16)
         )
         if keep:
-            provider.add_span_processor(_Keeper(self.store, node_id))  # type: ignore[arg-type]
+            provider.add_span_processor(_keeper(self.store, node_id))
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
