@@ -107,7 +107,7 @@ def test_one_trace_across_nodes(
 
         def complete() -> list[dict[str, Any]] | None:
             spans = r.of_job(job_id)
-            return spans if SPANS <= {s["name"] for s in spans} else None
+            return spans if {s["name"] for s in spans} >= SPANS else None
 
         spans = wait_for(complete, 30, "every span of the job at the receiver")
         ids = {n.name: n.node_id for n in cluster.nodes}
