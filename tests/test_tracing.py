@@ -96,6 +96,14 @@ def test_bogus_parent_starts_a_new_trace() -> None:
     assert s.parent_span_id == "" and len(s.trace_id) == 32
 
 
+def test_unsampled_parent_is_still_recorded() -> None:
+    tracing = Tracing("n")
+    with tracing.span("job", GOOD[:-2] + "00", job_id="j"):
+        pass
+    (s,) = tracing.store.spans("j")
+    assert s.parent_span_id == "00f067aa0ba902b7"
+
+
 def test_off_makes_nothing() -> None:
     tracing = Tracing.off()
     assert not tracing.on

@@ -218,11 +218,16 @@ class Tracing:
         # Imported only when on: a node that traces nothing loads no SDK.
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         resource = Resource.create({"service.name": "bacalhaud", "service.instance.id": node_id})
+        # ALWAYS_ON, not the default ParentBased: the node records every job it takes part
+        # in, whatever sampled flag a client or a peer sent (it cannot turn tracing off).
         provider = TracerProvider(
-            resource=resource, span_limits=SpanLimits(max_attributes=32, max_events=16)
+            resource=resource,
+            sampler=ALWAYS_ON,
+            span_limits=SpanLimits(max_attributes=32, max_events=16),
         )
         if keep:
             provider.add_span_processor(_keeper(self.store, node_id))
@@ -290,9 +295,7 @@ class Tracing:
         if self._provider is not None:
             provider, self._provider = self._provider, None
             with contextlib.suppress(Exception):
-                provider.force_flush(3000)
-            with contextlib.suppress(Exception):
-                provider.shutdown()
+                provider.shutdown()  # exports what is left (one try: at most the timeout)
 
 
 def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
