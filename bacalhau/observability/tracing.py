@@ -34,6 +34,7 @@ __all__ = [
     "KeptSpan",
     "SpanStore",
     "Tracing",
+    "annotate",
     "context_of",
     "parse_traceparent",
     "traceparent_of",
@@ -77,6 +78,14 @@ def traceparent_of(span: Span | None = None) -> str:
     if not sc.is_valid:
         return ""
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+
+
+def annotate(**attrs: Any) -> None:
+    """Add attributes to the current span, if one is being recorded (say, an input fetch's
+    source peers, from the network layer that found them); nothing otherwise."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(_clean(attrs))
 
 
 @dataclass(frozen=True)
@@ -218,8 +227,8 @@ class Tracing:
         # Imported only when on: a node that traces nothing loads no SDK.
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
         resource = Resource.create({"service.name": "bacalhaud", "service.instance.id": node_id})
         # ALWAYS_ON, not the default ParentBased: the node records every job it takes part

@@ -138,6 +138,7 @@ def test_one_trace_across_nodes(
                 assert ex in _ancestors(s, by_id), name
         fetch = by_name["input_fetch"][0]
         assert fetch["attrs"]["bacalhau.cid"] and fetch["attrs"]["bacalhau.bytes"] > 0
+        assert ids["node-0"] in fetch["attrs"]["bacalhau.sources"].split(",")  # the module's
         assert by_name["run"][0]["attrs"]["bacalhau.exit_code"] == 0
         for name in ("submit", "bid_round", "selection", "verification", "get"):
             (s,) = by_name[name]
