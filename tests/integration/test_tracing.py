@@ -15,6 +15,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from bacalhau._pb.bacalhau.v1 import types_pb2
 from bacalhau.client import Client
 from bacalhau.identity import Identity
 from tests._wait import wait_for
@@ -210,5 +211,36 @@ def test_tracing_off(tmp_path: Path) -> None:
         assert doc["spans"] == []
         assert "no spans" in ctl("trace", job_id).stdout
         assert json.loads(ctl("--output", "json", "trace", job_id).stdout)["job_id"] == job_id
+    finally:
+        node.stop()
+
+
+def test_client_traceparent_continues_or_is_ignored(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "n")
+    try:
+        with Client(node.address) as c:
+            module = c.add_file(ECHO_WASM).cid
+            spec = types_pb2.JobSpec(
+                engine="wasm",
+                wasm=types_pb2.WasmSpec(module_cid=module, args=["x"]),
+                outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+            )
+            theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            traced = c.submit(spec, traceparent=theirs).job_id
+            bogus = ("00-zz", theirs.upper(), "00-" + "0" * 32 + "-b7ad6b7169203331-01")
+            untraced = [c.submit(spec, traceparent=b).job_id for b in bogus]
+            for job_id in (traced, *untraced):
+                assert c.wait(job_id).job.state == types_pb2.JOB_STATE_COMPLETED
+
+            def root(job_id: str) -> Any:
+                spans = [s for s in c.get_trace(job_id).spans if s.name == "job"]
+                return spans[0] if spans else None
+
+            mine = wait_for(lambda: root(traced), 10, "the job span")
+            assert mine.trace_id == theirs[3:35] and mine.parent_span_id == theirs[36:52]
+            assert c.get_job(traced).job.trace_parent.startswith(f"00-{theirs[3:35]}-")
+            for job_id in untraced:  # a trace of its own
+                other = wait_for(lambda job_id=job_id: root(job_id), 10, "the job span")
+                assert other.parent_span_id == "" and other.trace_id != mine.trace_id
     finally:
         node.stop()
