@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the nodes' image pull policy (default: never, so no registry is asked)",
     )
     dev.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"))
+    dev.add_argument(
+        "--otlp-endpoint",
+        default="",
+        metavar="HOST:PORT",
+        help="every node exports its spans to this OTLP/gRPC collector (serve --otlp-endpoint)",
+    )
     return parser
 
 
