@@ -19,7 +19,7 @@ from bacalhau._pb.bacalhau.v1 import types_pb2
 from bacalhau.client import Client
 from bacalhau.identity import Identity
 from tests._wait import wait_for
-from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, start_node
+from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, start_node, wait_connected
 
 SPANS = {
     "job",
@@ -244,3 +244,31 @@ def test_client_traceparent_continues_or_is_ignored(tmp_path: Path) -> None:
                 assert other.parent_span_id == "" and other.trace_id != mine.trace_id
     finally:
         node.stop()
+
+
+def test_spans_after_a_restart_join_the_jobs_trace(tmp_path: Path) -> None:
+    a = start_node(tmp_path / "a", name="a", args=("--labels", "name=a"))
+    b = start_node(tmp_path / "b", name="b", peers=(a.address,), args=("--labels", "name=b"))
+    try:
+        wait_connected([a, b])
+        res = Ctl(a.address, tmp_path)("wasm", "run", "--labels", "name=b", str(ECHO_WASM), "r")
+        assert res.returncode == 0, res.stderr
+        job_id = res.stdout.split()[0]
+        with Client(a.address) as c:
+            trace_parent = c.get_job(job_id).job.trace_parent
+        trace_id, root_id = trace_parent[3:35], trace_parent[36:52]
+        a.stop()
+        a = start_node(a.data_dir, name="a", args=("--labels", "name=a"))  # redials b (peer table)
+        wait_connected([a, b], timeout=30)
+        got = Ctl(a.address, tmp_path)("get", job_id, "--output-dir", str(tmp_path / "out"))
+        assert got.returncode == 0, got.stderr
+        doc = Ctl(a.address, tmp_path).json("trace", job_id)
+        spans = {(s["name"], s["node_id"]): s for s in doc["spans"]}
+        get = spans[("get", a.node_id)]  # made after the restart, from the stored context
+        assert get["trace_id"] == trace_id and get["parent_span_id"] == root_id
+        assert spans[("execution", b.node_id)]["trace_id"] == trace_id  # b kept its spans
+        assert ("job", a.node_id) not in spans  # a's memory went with the restart
+        assert {s["trace_id"] for s in doc["spans"]} == {trace_id}
+    finally:
+        a.stop()
+        b.stop()
