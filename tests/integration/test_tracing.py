@@ -262,7 +262,13 @@ def test_spans_after_a_restart_join_the_jobs_trace(tmp_path: Path) -> None:
         wait_connected([a, b], timeout=30)
         got = Ctl(a.address, tmp_path)("get", job_id, "--output-dir", str(tmp_path / "out"))
         assert got.returncode == 0, got.stderr
-        doc = Ctl(a.address, tmp_path).json("trace", job_id)
+        ctl = Ctl(a.address, tmp_path)
+
+        def traced() -> Any:  # the get span ends as its stream closes, maybe after the client
+            doc = ctl.json("trace", job_id)
+            return doc if any(s["name"] == "get" for s in doc["spans"]) else None
+
+        doc = wait_for(traced, 10, "the get span in the job's trace")
         spans = {(s["name"], s["node_id"]): s for s in doc["spans"]}
         get = spans[("get", a.node_id)]  # made after the restart, from the stored context
         assert get["trace_id"] == trace_id and get["parent_span_id"] == root_id
