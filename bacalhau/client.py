@@ -8,6 +8,7 @@ one line saying what went wrong and what to do.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -153,9 +154,12 @@ def _serialize(message: Any) -> bytes:
 
 
 def _signed(multi_callable: Any, key: Identity, path: str) -> Callable[..., Any]:
-    def call(request: Any, timeout: float | None = None) -> Any:
+    def call(
+        request: Any, timeout: float | None = None, metadata: Iterable[tuple[str, str]] = ()
+    ) -> Any:
         body = _serialize(request)  # signed and sent as these very bytes
-        return multi_callable(body, timeout=timeout, metadata=callsign.sign(key, path, body))
+        signed = [*callsign.sign(key, path, body), *metadata]
+        return multi_callable(body, timeout=timeout, metadata=signed)
 
     return call
 
@@ -231,9 +235,17 @@ class Client:
         req = client_pb2.ListPeersRequest(alive_only=alive_only, limit=limit)
         return self._call(self._stub.ListPeers, req)
 
-    def submit(self, spec: Any) -> Any:
+    def submit(self, spec: Any, *, traceparent: str | None = None) -> Any:
+        """SubmitResponse. `traceparent` (W3C): the span the job's trace continues; default:
+        the current OpenTelemetry span if this program traces, else $TRACEPARENT if set."""
         req = client_pb2.SubmitRequest(spec=spec)
-        return self._call(self._stub.Submit, req)
+        tp = _current_traceparent() if traceparent is None else traceparent
+        try:
+            return self._stub.Submit(
+                req, timeout=self.timeout, metadata=[("traceparent", tp)] if tp else []
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
 
     def get_job(self, job_id: str, *, wait: bool = False) -> Any:
         """GetJobResponse; with `wait`, once the job is completed, failed or cancelled."""
@@ -321,6 +333,10 @@ class Client:
     def unpin(self, cid: str) -> Any:
         """UnpinResponse: this user's record of the upload removed (an admin's: everyone's)."""
         return self._call(self._stub.Unpin, client_pb2.UnpinRequest(cid=cid))
+
+    def get_trace(self, job_id: str) -> Any:
+        """GetTraceResponse: the spans of the job's trace, from every node that answered."""
+        return self._call(self._stub.GetTrace, client_pb2.GetTraceRequest(job_id=job_id))
 
     def collect_garbage(self) -> Any:
         """CollectGarbageResponse (admin keys only); waits as long as the collection takes."""
@@ -449,3 +465,14 @@ def _folder_entries(root: Path) -> list[tuple[str, bool]]:
                 )
             out.append(((base / name).as_posix(), True))
     return out
+
+
+def _current_traceparent() -> str:
+    """The current OpenTelemetry span as a traceparent, if the program loaded OpenTelemetry
+    (bacalhauctl does not: it costs it nothing), else $TRACEPARENT; "" if neither."""
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is not None:
+        sc = otel.get_current_span().get_span_context()
+        if sc.is_valid:
+            return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+    return os.environ.get("TRACEPARENT", "").strip()[:55]

@@ -153,6 +153,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 )
     _python_summary(tr)
     _planner_summary(tr)
+    if "trace_off" in NOTES:
+        from bench.test_bench_tracing import summary
+
+        summary(tr, NOTES)
     if "block_exchange" in RESULTS:
         from bench.test_bench_blocks import SIZE_MIB
 

@@ -21,7 +21,7 @@ from bacalhau.content.paths import parts_of, split_path
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
-from bacalhau.service import DataService, InfoService, JobService, ResultService
+from bacalhau.service import DataService, InfoService, JobService, ResultService, TraceService
 from bacalhau.service.files import DEFAULT_CHUNK, MAX_CHUNK, FileReader
 from bacalhau.service.info import PeerView
 
@@ -35,14 +35,29 @@ def require(request: Any, *fields: str) -> None:
             raise MissingField(field)
 
 
+def traceparent(context: grpc.aio.ServicerContext) -> str:
+    """The call's W3C `traceparent` metadata ("" if none; the tracer checks its form)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            return value
+    return ""
+
+
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, *, jobs: JobService, results: ResultService, data: DataService, info: InfoService
+        self,
+        *,
+        jobs: JobService,
+        results: ResultService,
+        data: DataService,
+        info: InfoService,
+        traces: TraceService | None = None,
     ) -> None:
         self.jobs = jobs
         self.results = results
         self.data = data
         self.info = info
+        self.traces = traces
         # A read fetches onto this node no more than an upload may put there.
         self.files = FileReader(results, data.max_bytes)
 
@@ -50,8 +65,16 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
     async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not request.HasField("spec"):
             raise MissingField("spec")
-        job = await self.jobs.submit(request.spec, caller())
+        job = await self.jobs.submit(request.spec, caller(), traceparent(context))
         return client_pb2.SubmitResponse(job_id=job.id, job=job)
+
+    @unary
+    async def GetTrace(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require(request, "job_id")
+        if self.traces is None:
+            raise BacalhauError("this node keeps no traces")
+        job_id, spans, missing = await self.traces.trace(request.job_id, caller())
+        return client_pb2.GetTraceResponse(job_id=job_id, spans=spans, missing_nodes=missing)
 
     @unary
     async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -116,7 +139,21 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         if request.cid:
             cid_text = str(_cid(request.cid, "cid"))
         else:
-            cid_text, holders = self.results.job_result(self.jobs.get(request.job_id))
+            job = self.jobs.get(request.job_id)
+            cid_text, holders = self.results.job_result(job)
+            if self.traces is not None:
+                with self.traces.span("get", job, result_cid=cid_text) as span:
+                    async for chunk in self._results(cid_text, holders, have):
+                        yield chunk
+                    if span is not None:
+                        span.set_attribute("bacalhau.holders", len(holders))
+                return
+        async for chunk in self._results(cid_text, holders, have):
+            yield chunk
+
+    async def _results(
+        self, cid_text: str, holders: list[str], have: frozenset[bytes]
+    ) -> AsyncIterator[Any]:
         root = await self.results.ensure_dag(cid_text, holders)
         yield client_pb2.ResultsChunk(root_cid=cid_text)
         async for block in self.results.blocks([root], recursive=True, skip=have):
@@ -221,6 +258,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             peers=[_peer(p) for p in node.peers],
             engines=node.engines,
             labels=node.labels,
+            resources=node.resources,
+            nvidia_container_runtime=node.nvidia_container_runtime,
         )
 
     @unary
@@ -286,10 +325,20 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         network: Network,
         results: ResultService,
         memo: Callable[[str], Any] = lambda key: None,
+        traces: TraceService | None = None,
     ) -> None:
         self.network = network
         self.results = results
         self.memo = memo
+        self.traces = traces
+
+    @unary
+    async def GetSpans(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Open to any peer, as GetBlocks is: the job ID is the capability (as for logs).
+        if not 0 < len(request.job_id) <= 128:
+            raise UsageError("a job ID is 1 to 128 characters")
+        spans = self.traces.local(request.job_id) if self.traces is not None else []
+        return peer_pb2.GetSpansResponse(spans=spans)
 
     async def Connect(
         self, request_iterator: Any, context: grpc.aio.ServicerContext

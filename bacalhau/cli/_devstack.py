@@ -77,6 +77,8 @@ def devstack(args: argparse.Namespace) -> int:
             ]
             for addr in addresses:
                 cmd += ["--peer", addr]
+            if args.otlp_endpoint:
+                cmd += ["--otlp-endpoint", args.otlp_endpoint]
             log = open(data_dir / "node.log", "ab")  # noqa: SIM115 - lives as long as the node
             env = dict(os.environ)
             env.pop(BAD_ACTOR_ENV, None)

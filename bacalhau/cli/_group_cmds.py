@@ -134,7 +134,8 @@ def _nodes(args: argparse.Namespace) -> list[dict[str, Any]]:
             "engines": list(info.engines),
             "labels": dict(info.labels),
             "version": info.version or None,
-            "resources": None,
+            "resources": _resources_doc(info.resources),
+            "nvidia_container_runtime": info.nvidia_container_runtime,
             "last_seen": None,
         }
     ]
@@ -168,6 +169,18 @@ def node_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpus_text(doc: dict[str, Any]) -> str:
+    """How many GPUs the node lends, and for this node whether containers can use them."""
+    n = (doc["resources"] or {}).get("gpu", 0)
+    if not n:
+        return "none"
+    if "nvidia_container_runtime" not in doc:
+        return str(n)
+    if doc["nvidia_container_runtime"]:
+        return f"{n} (docker jobs: NVIDIA container runtime)"
+    return f"{n} (no NVIDIA container runtime: docker jobs asking for GPUs are declined)"
+
+
 def node_describe(args: argparse.Namespace) -> int:
     docs = _nodes(args)
     if args.node is None:
@@ -191,6 +204,7 @@ def node_describe(args: argparse.Namespace) -> int:
             ("State", "this node" if doc["self"] else "alive" if doc["alive"] else "not alive"),
             ("Engines", ", ".join(doc["engines"]) or "-"),
             ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(doc["labels"].items())) or "-"),
+            ("GPUs", _gpus_text(doc)),
             ("Version", doc["version"] or "-"),
         )
     )

@@ -74,6 +74,7 @@ def serve(args: argparse.Namespace) -> int:
             f"--max-spec-size must be above 0 and at most {spec.MAX_SPEC_BYTES} bytes (1Mi)"
         )
     tls_cert, tls_key, tls_ca = _tls(args)
+    otlp = _otlp_endpoint(args.otlp_endpoint)
     if not 0 <= args.penalty <= spec.MAX_TIMEOUT_S * 30:  # also refuses nan
         raise UsageError(
             f"--penalty must be 0 to {spec.MAX_TIMEOUT_S * 30:g} s, not {args.penalty}"
@@ -102,6 +103,8 @@ def serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         web_port=args.web_port,
         web_host=args.web_host.strip(),
+        tracing=args.tracing == "on",
+        otlp_endpoint=otlp,
         max_parallel=args.max_parallel,
         bid_window_s=args.bid_window,
         node_lost_s=args.node_lost_timeout,
@@ -110,6 +113,7 @@ def serve(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         limits=Limits(total=resources("total"), job=resources("job")),
         docker_pull=args.docker_pull,
+        docker_nvidia_runtime=args.docker_nvidia_runtime,
         nvidia_smi=args.nvidia_smi,
         input_cache_bytes=_size(args.input_cache_size, "--input-cache-size"),
         url_max_bytes=_size(args.url_max_size, "--url-max-size"),
@@ -278,3 +282,21 @@ async def _run(node: object) -> int:
     logging.getLogger("bacalhau").info("stopping")
     await node.stop()
     return 0
+
+
+def _otlp_endpoint(text: str) -> str:
+    """--otlp-endpoint as HOST:PORT ("" when not given). Raises UsageError."""
+    text = text.strip()
+    if not text:
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(
+            f"--otlp-endpoint must be HOST:PORT (an OTLP/gRPC collector), not {text!r}",
+            hint="e.g. --otlp-endpoint 127.0.0.1:4317",
+        )
+    if host not in ("127.0.0.1", "localhost", "[::1]") and not host.startswith("127."):
+        logging.getLogger("bacalhau").warning(
+            "spans go to %s without TLS: keep the collector on a trusted network", text
+        )
+    return text

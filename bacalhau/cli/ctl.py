@@ -252,6 +252,16 @@ def _add_job_commands(sub: Any) -> None:
     )
     cancel = add("cancel", help="cancel a job")
     cancel.add_argument("job", metavar="JOB")
+    trace = add(
+        "trace",
+        help="a job's trace: its spans on every node, as a waterfall (--output json: the spans)",
+        description="Draw the job's trace: each span (submit, bid rounds, bids, selection, "
+        "input fetches, executions, result storage, verification, get) as a bar on a time axis "
+        "shared by every node, with its node and duration, children under their parents. The "
+        "requester gathers the spans from the nodes that bid on or ran the job; nodes keep "
+        "the spans of their last 1000 jobs. Only the job's owner or an admin may ask.",
+    )
+    trace.add_argument("job", metavar="JOB")
     _spec_commands(sub, add, common)
     _data_commands(add)
 
@@ -598,6 +608,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bacalhau.cli import _job_cmds
 
         return int(getattr(_job_cmds, _JOB_COMMANDS[args.command])(args))
+    if args.command == "trace":
+        from bacalhau.cli import _trace_cmds
+
+        return _trace_cmds.trace(args)
     if args.command in _DATA_COMMANDS:
         from bacalhau.cli import _data_cmds
 

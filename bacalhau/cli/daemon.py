@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the dashboard listens on (default 127.0.0.1: this machine only); it has "
         "no login, so anyone who reaches it reads what any API client may",
     )
+    serve.add_argument(
+        "--otlp-endpoint",
+        default="",
+        metavar="HOST:PORT",
+        help="export OpenTelemetry spans (one trace per job) to this OTLP/gRPC collector, "
+        "without TLS (Jaeger, Tempo, an OpenTelemetry Collector; off by default)",
+    )
+    serve.add_argument(
+        "--tracing",
+        choices=["on", "off"],
+        default="on",
+        help="keep the spans of recent jobs in memory for `bacalhauctl trace` (default on); "
+        "off, with no --otlp-endpoint, makes no spans at all",
+    )
     serve.add_argument("--labels", action="append", default=[], metavar="K=V")
     serve.add_argument(
         "--engines",
@@ -84,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="missing",
         help="whether the docker engine may pull images it lacks (default: missing); with "
         "never, the node bids only on jobs whose image its engine already has",
+    )
+    serve.add_argument(
+        "--docker-nvidia-runtime",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="whether the Docker engine can give containers NVIDIA GPUs (default: auto, asked "
+        "of the engine at start: the nvidia runtime in `docker info`); without it the node "
+        "does not bid on docker jobs that ask for GPUs",
     )
     serve.add_argument(
         "--nvidia-smi",
@@ -296,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the nodes' image pull policy (default: never, so no registry is asked)",
     )
     dev.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"))
+    dev.add_argument(
+        "--otlp-endpoint",
+        default="",
+        metavar="HOST:PORT",
+        help="every node exports its spans to this OTLP/gRPC collector (serve --otlp-endpoint)",
+    )
     return parser
 
 

@@ -234,6 +234,16 @@ class InputCache:
         entry.used = next(self._tick)
         return entry.path
 
+    def size_of(self, path: Path) -> int:
+        """The bytes written out at `path` (from `acquire`); 0 if it is not in the cache."""
+        cid_text = self._by_path.get(path)
+        entry = self._entries.get(cid_text) if cid_text is not None else None
+        return entry.size if entry is not None else 0
+
+    def cached(self, cid_text: str) -> bool:
+        """Whether the CID's content is written out here already."""
+        return cid_text in self._entries
+
     def release(self, path: Path) -> None:
         """A job is done with `path` (from `acquire`); it may be evicted once no job holds it."""
         cid_text = self._by_path.get(path)

@@ -36,6 +36,7 @@ from bacalhau.executor.base import DEFAULT_DISK_LIMIT
 from bacalhau.models import ExecutionState, now_ns, pb
 from bacalhau.network import Network, rpc_error_line
 from bacalhau.network.dispatch import ANY_PEER, MayFrom
+from bacalhau.observability.tracing import Tracing, parse_traceparent
 
 log = logging.getLogger(__name__)
 E = ExecutionState
@@ -82,8 +83,10 @@ class Compute:
         scratch_dir: Path,
         config: ComputeConfig,
         inputs: InputCache | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._net = network
+        self.tracing = tracing or Tracing.off()
         self._blocks = blockstore
         self._executors = executors
         self._scratch = scratch_dir
@@ -106,6 +109,7 @@ class Compute:
             scratch=scratch_dir,
             max_parallel=config.max_parallel,
             bad_actor=config.bad_actor,
+            tracing=self.tracing,
         )
         self._active: dict[str, _Active] = {}
         # unfinished at a restart, waiting for the requester to say they are still wanted
@@ -184,20 +188,37 @@ class Compute:
     # -- messages from requesters --------------------------------------------------------
 
     def _on_announce(self, sender: str, a: Any) -> None:
-        self._net.send(sender, bid=self.bidder.bid(sender, a))
+        if not self.tracing.on:
+            self._net.send(sender, bid=self.bidder.bid(sender, a))
+            return
+        shards = len(a.shards) or 1
+        with self.tracing.span("bid", a.traceparent, job_id=a.job_id, shards=shards) as span:
+            bid = self.bidder.bid(sender, a)
+            span.set_attribute("bacalhau.willing", bid.willing)
+            if bid.reason:
+                span.set_attribute("bacalhau.reason", bid.reason)
+        self._net.send(sender, bid=bid)
 
     def _on_bid_decision(self, sender: str, d: Any) -> None:
+        # Only a well-formed traceparent is kept, and only to link this node's spans to it.
+        tp = d.traceparent if parse_traceparent(d.traceparent) is not None else ""
         if not d.shards:
-            self._decided(sender, d.job_id, d.shard, d.execution_id, d.accepted)
+            self._decided(sender, d.job_id, d.shard, d.execution_id, d.accepted, tp)
             return
         for s in d.shards:
             if s.accepted and not s.execution_id:
                 continue  # malformed: an accepted shard names its execution
             if s.accepted or self.bidder.offered_to(sender, d.job_id, s.shard):
-                self._decided(sender, d.job_id, s.shard, s.execution_id, s.accepted)
+                self._decided(sender, d.job_id, s.shard, s.execution_id, s.accepted, tp)
 
     def _decided(
-        self, sender: str, job_id: str, shard: int, execution_id: str, accepted: bool
+        self,
+        sender: str,
+        job_id: str,
+        shard: int,
+        execution_id: str,
+        accepted: bool,
+        traceparent: str = "",
     ) -> None:
         """The requester's decision on this node's bid for a shard of a job."""
         offer = self.bidder.take(sender, job_id, shard)
@@ -223,6 +244,7 @@ class Compute:
             ),
             requester_node_id=sender,
             spec=spec,
+            traceparent=traceparent,
         )
         # Registered now, so a cancel that arrives before the record is written is not lost.
         self._active[execution_id] = _Active(sender, spec)
@@ -337,6 +359,24 @@ class Compute:
     # -- running ------------------------------------------------------------------------
 
     async def _run(self, record: Any) -> None:
+        if not self.tracing.on:
+            await self._execute(record)
+            return
+        ex = record.execution
+        with self.tracing.span(
+            "execution",
+            record.traceparent,
+            job_id=ex.job_id,
+            execution_id=ex.id,
+            shard=ex.shard,
+            engine=record.spec.engine,
+        ) as span:
+            await self._execute(record)
+            span.set_attribute("bacalhau.state", E.of(ex.state).value)
+            if ex.HasField("exit_code"):
+                span.set_attribute("bacalhau.exit_code", ex.exit_code)
+
+    async def _execute(self, record: Any) -> None:
         ex = record.execution
         active = self._active.get(ex.id) or _Active(record.requester_node_id, record.spec)
         cancel = active.cancel
@@ -358,6 +398,7 @@ class Compute:
                     held,
                     self._defaults(record),
                     on_fetch=lambda s: timing("input_fetch", engine, s),
+                    tracing=self.tracing,
                 )
                 allocation = await self.runner.allocate(self._needs(record.spec), cancel)
                 if allocation is None:
@@ -366,7 +407,7 @@ class Compute:
                 timing("queue_wait", engine, (now_ns() - ex.create_time_unix_nano) / 1e9)
                 request["gpu_devices"] = [str(i) for i in allocation.gpu_indexes]
                 executor = self._executors[record.spec.engine]
-                result, cid = await self.runner.run(executor, request, cancel)
+                result, cid = await self.runner.run(executor, request, cancel, ex.job_id)
             finally:
                 if allocation is not None:
                     self.runner.release(allocation)

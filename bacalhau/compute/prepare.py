@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -20,6 +21,7 @@ from bacalhau.compute.inputs import InputCache
 from bacalhau.engines import get as get_engine
 from bacalhau.models import pb
 from bacalhau.network import Network
+from bacalhau.observability.tracing import Tracing
 
 
 async def prepare_request(
@@ -28,6 +30,7 @@ async def prepare_request(
     held: list[Path],
     defaults: dict[str, Any],
     on_fetch: Callable[[float], None] = lambda seconds: None,
+    tracing: Tracing | None = None,
 ) -> dict[str, Any]:
     """The RunRequest fields for `record` (all but workdir, cpu share and GPU devices).
     `on_fetch(seconds)` is told how long each input by CID took to have (a job's URL inputs,
@@ -37,12 +40,13 @@ async def prepare_request(
     raises: the first failure (NotFound, UrlError, ...) once every fetch settled.
     """
     spec, requester, ex = record.spec, record.requester_node_id, record.execution
+    fetch = _Fetch(inputs, requester, held, on_fetch, tracing or Tracing.off(), ex.job_id)
     engine = get_engine(spec.engine)
     wanted = engine.data_cids(spec)
     disk = spec.resources.disk_bytes or defaults["disk_limit_bytes"]
     got = await asyncio.gather(
-        _mounts(record, inputs, held, disk, on_fetch),
-        *(_hold(inputs, requester, held, c, disk, on_fetch) for c in wanted.values()),
+        _mounts(record, inputs, held, disk, on_fetch, fetch),
+        *(fetch.hold(c, disk) for c in wanted.values()),
         return_exceptions=True,
     )
     for g in got:
@@ -62,21 +66,27 @@ async def prepare_request(
 
 
 async def _mounts(
-    record: Any, inputs: InputCache, held: list[Path], disk: int, on_fetch: Callable[[float], None]
+    record: Any,
+    inputs: InputCache,
+    held: list[Path],
+    disk: int,
+    on_fetch: Callable[[float], None],
+    fetch: _Fetch,
 ) -> list[tuple[Path, str]]:
     """The job's inputs as (local path, guest path); each input by CID at most `disk` bytes.
 
     URL inputs that share a mount folder are mounted as one folder, in the place of the
     first of them; their CIDs are recorded in the execution's `inputs`.
     """
-    spec, requester = record.spec, record.requester_node_id
+    spec = record.spec
 
     async def by_url() -> dict[str, Path]:
         urls = [(i.url, i.mount_path) for i in spec.inputs if i.source == "url"]
         folders = {}
         del record.execution.inputs[:]  # run again after a restart: resolved afresh
         started = time.monotonic()
-        got = await inputs.acquire_urls(urls)
+        with fetch.tracing.span("input_fetch", job_id=fetch.job_id, source="url", urls=len(urls)):
+            got = await inputs.acquire_urls(urls)
         on_fetch(time.monotonic() - started)
         for path, folder, resolved in got:
             held.append(path)
@@ -90,7 +100,7 @@ async def _mounts(
     cids = [i for i in spec.inputs if i.source != "url"]
     has_urls = len(cids) < len(spec.inputs)
     got = await asyncio.gather(
-        *(_hold(inputs, requester, held, i.cid, disk, on_fetch) for i in cids),
+        *(fetch.hold(i.cid, disk) for i in cids),
         *([by_url()] if has_urls else []),
         return_exceptions=True,
     )
@@ -110,19 +120,28 @@ async def _mounts(
     return out
 
 
-async def _hold(
-    inputs: InputCache,
-    requester: str,
-    held: list[Path],
-    cid_text: str,
-    disk: int,
-    on_fetch: Callable[[float], None],
-) -> Path:
-    started = time.monotonic()
-    path = await inputs.acquire(cid_text, requester, disk)
-    on_fetch(time.monotonic() - started)
-    held.append(path)
-    return path
+@dataclass
+class _Fetch:
+    """Fetches a job's inputs by CID through the cache: timed, traced, held."""
+
+    inputs: InputCache
+    requester: str
+    held: list[Path]
+    on_fetch: Callable[[float], None]
+    tracing: Tracing
+    job_id: str
+
+    async def hold(self, cid_text: str, disk: int) -> Path:
+        started = time.monotonic()
+        with self.tracing.span("input_fetch", job_id=self.job_id, cid=cid_text) as span:
+            if self.tracing.on:
+                span.set_attribute("bacalhau.cached", self.inputs.cached(cid_text))
+            path = await self.inputs.acquire(cid_text, self.requester, disk)
+            if self.tracing.on:
+                span.set_attribute("bacalhau.bytes", self.inputs.size_of(path))
+        self.on_fetch(time.monotonic() - started)
+        self.held.append(path)
+        return path
 
 
 class LogForwarder:

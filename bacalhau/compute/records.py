@@ -102,6 +102,7 @@ class LocalRecords:
             stderr_tail=ex.stderr_tail,
             message=ex.message,
             inputs=ex.inputs,
+            traceparent=rec.traceparent,
         )
         if ex.HasField("exit_code"):
             update.exit_code = ex.exit_code

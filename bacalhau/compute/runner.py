@@ -8,6 +8,7 @@ pinned UnixFS folder (`results.publish_result`) whose CID the requester is then 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from bacalhau.compute.capacity import Allocation, Allocator, Resources
 from bacalhau.compute.results import publish_result
 from bacalhau.executor import Executor
 from bacalhau.executor.base import RunRequest, RunResult
+from bacalhau.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 _ALLOCATE_POLL_S = 2.0  # how often a job waiting for resources looks at its cancel event
@@ -42,9 +44,11 @@ class Runner:
         scratch: Path,
         max_parallel: int,
         bad_actor: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         """`bad_actor` (devstack --bad-actors only): every result is made wrong on purpose."""
         self.allocator = allocator
+        self.tracing = tracing or Tracing.off()
         self.bad_actor = bad_actor
         # (what, engine, seconds) of each run and result stored, for the node's histograms
         self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
@@ -97,19 +101,26 @@ class Runner:
         self.wake()
 
     async def run(
-        self, executor: Executor, request: dict[str, Any], cancel: threading.Event
+        self, executor: Executor, request: dict[str, Any], cancel: threading.Event, job_id: str = ""
     ) -> tuple[RunResult, str]:
         """Run `request` in a pool thread; (the result, its CID; "" if cancelled)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, executor, request, cancel)
+        run = contextvars.copy_context().run  # the caller's span is the parent of ours
+        return await loop.run_in_executor(
+            self._pool, run, self._run, executor, request, cancel, job_id
+        )
 
     def _run(
-        self, executor: Executor, request: dict[str, Any], cancel: threading.Event
+        self, executor: Executor, request: dict[str, Any], cancel: threading.Event, job_id: str
     ) -> tuple[RunResult, str]:
         workdir = Path(tempfile.mkdtemp(prefix="exec-", dir=self._scratch))
         try:
             started = time.monotonic()
-            result = executor.run(RunRequest(workdir=workdir, **request), cancel)
+            with self.tracing.span("run", job_id=job_id, engine=executor.name) as span:
+                result = executor.run(RunRequest(workdir=workdir, **request), cancel)
+                if self.tracing.on:
+                    span.set_attribute("bacalhau.exit_code", result.exit_code)
+                    span.set_attribute("bacalhau.error", result.error or "")
             self.on_timing("execution", executor.name, time.monotonic() - started)
             if result.error == "cancelled":
                 return result, ""
@@ -118,9 +129,11 @@ class Runner:
             if self.bad_actor:  # a different lie every time: bad actors cannot agree either
                 stdout += f"\nBAD ACTOR {os.urandom(8).hex()}\n".encode()
                 log.warning("BAD ACTOR: returning a wrong result on purpose (devstack)")
-            cid = publish_result(
-                self._blocks, result.outputs_dir, stdout, result.stderr, result.exit_code
-            )
+            with self.tracing.span("result_storage", job_id=job_id) as span:
+                cid = publish_result(
+                    self._blocks, result.outputs_dir, stdout, result.stderr, result.exit_code
+                )
+                span.set_attribute("bacalhau.result_cid", cid)
             self.on_timing("result_storage", executor.name, time.monotonic() - started)
             return result, cid
         finally:

@@ -24,10 +24,11 @@ Head = Callable[[str], bytes]  # a file CID's first bytes; raises content.errors
 
 @dataclass(frozen=True)
 class EngineContext:
-    """What a node gives `make_executor`: its cache folder, Docker pull policy and ID."""
+    """What a node gives `make_executor`: its cache folder, Docker settings and ID."""
 
     cache_dir: Path | None = None
     docker_pull: str = "missing"  # never | missing
+    docker_nvidia_runtime: str = "auto"  # auto (ask the engine) | yes | no
     node_id: str = ""
 
 
@@ -56,7 +57,10 @@ class Engine(abc.ABC):
         (KeyError if one is missing)."""
 
     def decline_reason(self, spec: Any, executor: Executor) -> str:
-        """Why this engine declines `spec` on a node with `executor` ("" if not); no errors."""
+        """Why this engine declines `spec` on a node with `executor` ("" if not); no errors.
+        Only containers are given GPUs: other engines decline a job that asks for them."""
+        if spec.resources.gpu:
+            return f"the {self.name} engine cannot use GPUs (docker jobs can)"
         return ""
 
     def make_executor(self, ctx: EngineContext) -> Executor:

@@ -36,7 +36,15 @@ class DockerEngine(Engine):
         }
 
     def decline_reason(self, spec: Any, executor: Executor) -> str:
-        """Why the executor cannot run the image (e.g. not pulled under --docker-pull never)."""
+        """Why the executor cannot run the job: GPUs asked of an engine without the NVIDIA
+        container runtime, or an image not pulled under --docker-pull never."""
+        if spec.resources.gpu:
+            has_runtime = getattr(executor, "gpu_runtime", None)
+            if has_runtime is None or not has_runtime():
+                return (
+                    "GPU jobs need the NVIDIA container runtime, and this node's Docker engine "
+                    "has none (docker info: Runtimes)"
+                )
         can_run = getattr(executor, "can_run", None)
         return str(can_run(spec.docker.image)) if can_run is not None else ""
 
@@ -51,4 +59,6 @@ class DockerEngine(Engine):
             raise ExecutorError(
                 "the docker executor is not installed", hint="pip install docker"
             ) from e
-        return DockerExecutor(pull=ctx.docker_pull, node_id=ctx.node_id)
+        return DockerExecutor(
+            pull=ctx.docker_pull, node_id=ctx.node_id, nvidia_runtime=ctx.docker_nvidia_runtime
+        )

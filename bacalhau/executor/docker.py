@@ -55,9 +55,23 @@ class DockerExecutor:
 
     name = "docker"
 
-    def __init__(self, *, pull: str = "missing", node_id: str = "", client: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        pull: str = "missing",
+        node_id: str = "",
+        client: Any = None,
+        nvidia_runtime: str = "auto",
+    ) -> None:
+        """`nvidia_runtime`: whether the engine can give containers NVIDIA GPUs: "auto" asks
+        it (once), "yes" and "no" say so."""
         if pull not in PULL_POLICIES:
             raise ExecutorError(f"bad pull policy {pull!r}", hint="use never or missing")
+        if nvidia_runtime not in ("auto", "yes", "no"):
+            raise ExecutorError(f"bad NVIDIA runtime setting {nvidia_runtime!r}")
+        self._gpu_runtime: bool | None = (
+            None if nvidia_runtime == "auto" else nvidia_runtime == "yes"
+        )
         self.pull = pull
         self.node_id = node_id
         self._client = client
@@ -88,6 +102,19 @@ class DockerExecutor:
         except Exception:
             return False
         return True
+
+    def gpu_runtime(self) -> bool:
+        """Whether the engine can give containers NVIDIA GPUs: the NVIDIA container runtime
+        is registered with it (`docker info`: Runtimes, or the default runtime), unless the
+        node was told. Asked once, when an engine answers. Raises nothing."""
+        if self._gpu_runtime is None:
+            try:
+                info = self.client.info()
+            except Exception:
+                return False  # no engine now: asked again next time
+            runtimes = info.get("Runtimes") or {}
+            self._gpu_runtime = "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia"
+        return self._gpu_runtime
 
     def has_image(self, image: str) -> bool:
         """Whether the engine holds `image` (by name:tag or ID). Raises ExecutorError."""

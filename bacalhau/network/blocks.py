@@ -16,6 +16,7 @@ from bacalhau.content.cid import CID, RAW
 from bacalhau.content.dag import check_block
 from bacalhau.content.errors import ContentError, CorruptData, NotFound, TooLarge
 from bacalhau.errors import UsageError
+from bacalhau.observability.tracing import annotate
 
 if TYPE_CHECKING:
     from bacalhau.network.peers import Network
@@ -306,6 +307,8 @@ async def _find_sources(
             if received is not None:
                 received.inc(sum(len(d) for _, d in answer))
             sources.append((node_id, channel))
+    # the input fetch's span (if this runs under one) says where the blocks came from
+    annotate(sources=",".join(n for n, _ in sources[:16]), source_errors=len(errors))
     return sources, errors, holders_answered
 
 

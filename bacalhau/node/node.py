@@ -43,7 +43,14 @@ from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
 from bacalhau.network.dispatch import Dispatcher
 from bacalhau.network.peers import API_VERSION, MAX_PEERS
 from bacalhau.node.peer_table import PeerTable
-from bacalhau.observability import Counter, Gauge, Histogram, Registry, start_http_server
+from bacalhau.observability import (
+    Counter,
+    Gauge,
+    Histogram,
+    Registry,
+    Tracing,
+    start_http_server,
+)
 from bacalhau.requester.node import Requester
 from bacalhau.service import (
     Access,
@@ -52,8 +59,10 @@ from bacalhau.service import (
     JobService,
     JobWatch,
     ResultService,
+    TraceService,
 )
 from bacalhau.service.data import DEFAULT_MAX_UPLOAD, DEFAULT_UPLOAD_QUOTA
+from bacalhau.service.traces import ASK_TIMEOUT_S
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,8 @@ class NodeConfig:
     metrics_port: int | None = None
     web_port: int | None = None  # serve the read-only dashboard (None: not served)
     web_host: str = "127.0.0.1"  # where the dashboard listens
+    tracing: bool = True  # keep the spans of recent jobs in memory (GetTrace)
+    otlp_endpoint: str = ""  # HOST:PORT: export spans there over OTLP/gRPC (plaintext)
     max_parallel: int = 0  # 0: one per CPU
     bid_window_s: float = 0.5
     node_lost_s: float = 10.0  # how long a disconnected node may take to come back
@@ -82,6 +93,7 @@ class NodeConfig:
     mdns: bool = False  # advertise and browse _bacalhau._tcp.local. on the --host interface
     limits: Limits = field(default_factory=Limits)  # --limit-total-* and --limit-job-*
     docker_pull: str = "missing"  # never | missing
+    docker_nvidia_runtime: str = "auto"  # auto (ask the engine) | yes | no
     nvidia_smi: str | None = None  # the nvidia-smi to ask for GPUs (default: on PATH)
     input_cache_bytes: int = 0  # cap on cached inputs no job holds (0: no cap)
     url_max_bytes: int = DEFAULT_MAX_BYTES  # largest URL input a node downloads
@@ -130,6 +142,7 @@ class Node:
         ctx = EngineContext(
             cache_dir=cfg.data_dir / layout.CACHE_DIR,
             docker_pull=cfg.docker_pull,
+            docker_nvidia_runtime=cfg.docker_nvidia_runtime,
             node_id=self.node_id,
         )
         executors = {name: get_engine(name).make_executor(ctx) for name in cfg.engines}
@@ -143,6 +156,15 @@ class Node:
         machine = await asyncio.to_thread(detect, cfg.data_dir, cfg.nvidia_smi)
         allocator = Allocator(machine, cfg.limits)
         total = allocator.total
+        docker = executors.get("docker")
+        gpu_runtime = getattr(docker, "gpu_runtime", None)
+        self.nvidia_runtime = bool(gpu_runtime is not None and gpu_runtime())
+        if total.gpu and docker is not None and not self.nvidia_runtime:
+            log.warning(
+                "this node has %d GPU(s) but its Docker engine has no NVIDIA container runtime: "
+                "it will not bid on docker jobs that ask for GPUs",
+                total.gpu,
+            )
         self.client_calls_refused = Counter(
             "bacalhau_client_calls_refused_total",
             "Client calls refused before their handler, by reason: unsigned, malformed, forged, "
@@ -175,6 +197,7 @@ class Node:
                 gpu=total.gpu,
             ),
         )
+        self.tracing = Tracing(self.node_id, keep=cfg.tracing, otlp_endpoint=cfg.otlp_endpoint)
         self.network = Network(self.identity, hello, Dispatcher())
         self.network.max_peers = cfg.max_peers
         self.network.trusted = cfg.trusted_peers
@@ -196,6 +219,7 @@ class Node:
             penalty_s=cfg.penalty_s,
             input_size=self._input_size,
             on_bid_refused=lambda node_id: self.bids_refused.labels(reason="claim").inc(),
+            tracing=self.tracing,
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
@@ -240,6 +264,7 @@ class Node:
                 default_timeout_s=cfg.default_job_timeout_s,
             ),
             inputs=inputs,
+            tracing=self.tracing,
         )
         self.submitted = Counter("bacalhau_jobs_submitted_total", "Jobs submitted to this node.")
         self.results = ResultService(self.blockstore, self.dags, self.block_bytes_sent)
@@ -260,6 +285,8 @@ class Node:
             engines=self.compute.engines,
             labels=cfg.labels,
             peers=self.peers.infos,
+            resources=hello.resources,
+            nvidia_container_runtime=self.nvidia_runtime,
         )
         client = ClientServicer(
             jobs=self.jobs,
@@ -272,9 +299,19 @@ class Node:
                 quota=cfg.upload_quota_bytes,
             ),
             info=info,
+            traces=(
+                traces := TraceService(
+                    jobs=self.jobs,
+                    tracing=self.tracing,
+                    node_id=self.node_id,
+                    ask_peer=self._ask_spans,
+                )
+            ),
         )
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
-        peers = PeerServicer(network=self.network, results=self.results, memo=self.store.get_memo)
+        peers = PeerServicer(
+            network=self.network, results=self.results, memo=self.store.get_memo, traces=traces
+        )
         peer_pb2_grpc.add_PeerServiceServicer_to_server(peers, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -327,6 +364,16 @@ class Node:
             if answer is not None:
                 return answer
         return None
+
+    async def _ask_spans(self, node_id: str, job_id: str) -> list[Any]:
+        """A peer's spans of a job (GetSpans). Raises if it is not connected or fails."""
+        channel = self.network.channel_to(node_id)
+        if channel is None:
+            raise ConnectionError(f"node {node_id} is not connected")
+        answer = await peer_pb2_grpc.PeerServiceStub(channel).GetSpans(
+            peer_pb2.GetSpansRequest(job_id=job_id), timeout=ASK_TIMEOUT_S
+        )
+        return list(answer.spans)
 
     def _input_size(self, cid_text: str) -> int | None:
         """What the DAG under a CID weighs by its root block here; None if not here."""
@@ -530,6 +577,7 @@ class Node:
                 server.server_close()
         self.store.close()
         self.blockstore.close()
+        await asyncio.to_thread(self.tracing.shutdown)
 
 
 def _warm_up(executor: Any) -> asyncio.Task[Any] | None:

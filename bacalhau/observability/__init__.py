@@ -1,4 +1,4 @@
-"""Observability: Prometheus metrics served over HTTP."""
+"""Observability: Prometheus metrics served over HTTP, OpenTelemetry traces."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from bacalhau.observability.metrics import (
     Registry,
     start_http_server,
 )
+from bacalhau.observability.tracing import (
+    KeptSpan,
+    SpanStore,
+    Tracing,
+    context_of,
+    parse_traceparent,
+    traceparent_of,
+)
 
 __all__ = [
     "CONTENT_TYPE",
@@ -20,8 +28,14 @@ __all__ = [
     "Counter",
     "Gauge",
     "Histogram",
+    "KeptSpan",
     "Metric",
     "MetricsError",
     "Registry",
+    "SpanStore",
+    "Tracing",
+    "context_of",
+    "parse_traceparent",
     "start_http_server",
+    "traceparent_of",
 ]

@@ -155,10 +155,17 @@ class Ledger:
             **fields,
         )
 
-    async def create(self, spec: Any, client_id: str, shards: list[list[Any]] | None = None) -> Any:
-        """Store a new pending job (with its shards' inputs, if sharded); return it once
-        durable."""
+    async def create(
+        self,
+        spec: Any,
+        client_id: str,
+        shards: list[list[Any]] | None = None,
+        trace_parent: str = "",
+    ) -> Any:
+        """Store a new pending job (with its shards' inputs, if sharded; the traceparent of
+        its root span); return it once durable."""
         job = self._new_job(spec, client_id, JobState.PENDING, shard_count=len(shards or []))
+        job.trace_parent = trace_parent
 
         def write(tx: Tx) -> Any:
             for index, inputs in enumerate(shards or []):

@@ -26,6 +26,7 @@ from bacalhau.errors import BacalhauError, JobStateError
 from bacalhau.models import ExecutionState, JobState
 from bacalhau.network import Network
 from bacalhau.network.dispatch import MayFrom
+from bacalhau.observability.tracing import JOB_ID, Tracing, traceparent_of
 from bacalhau.requester.bidding import LOCAL_BONUS, Round, WillingBid
 from bacalhau.requester.ledger import (
     Decision,
@@ -68,12 +69,17 @@ class Requester:
         penalty_s: float = 3600.0,
         input_size: Callable[[str], int | None] = lambda cid: None,
         on_bid_refused: Callable[[str], None] = lambda node_id: None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`input_size(cid)`: what the DAG under `cid` weighs, as far as this node can tell
         (None: unknown); it bounds the locality bidders claim. `on_bid_refused(node_id)` is
         called for each bid refused for an impossible claim."""
         self._net = network
         self._store = store
+        self.tracing = tracing or Tracing.off()
+        # job -> the traceparent of its root span (Job.trace_parent), for the jobs in flight
+        self._trace: dict[str, str] = {}
+        self._job_spans: dict[str, Any] = {}  # job -> its root span, ended when it ends
         self.ledger = Ledger(store, network.node_id, penalty_s)
         self._penalty_s = penalty_s
         known = store.list_peers()
@@ -143,12 +149,17 @@ class Requester:
         self.logs.drop(job_ids)
         for job_id in job_ids:
             self._where.pop(job_id, None)
+            self._trace.pop(job_id, None)
+            root = self._job_spans.pop(job_id, None)
             job = self._job(job_id)
             if job is not None and JobState.of(job.state).is_terminal:
                 took = (job.update_time_unix_nano - job.create_time_unix_nano) / 1e9
                 self.on_timing("job", job.spec.engine or "?", took)
                 state = JobState.of(job.state).value
                 why = f": {job.message}" if job.message else ""
+                if root is not None:
+                    root.set_attribute("bacalhau.state", state)
+                    root.end()
                 log.info("job %s %s after %.3f s%s", job.id, state, took, why)
 
     # -- who may send what ---------------------------------------------------------------
@@ -185,11 +196,30 @@ class Requester:
     # -- client requests ----------------------------------------------------------------
 
     async def submit(
-        self, spec: Any, client_id: str = "", shards: list[list[Any]] | None = None
+        self,
+        spec: Any,
+        client_id: str = "",
+        shards: list[list[Any]] | None = None,
+        traceparent: str = "",
     ) -> Any:
         """Store a new job (pending; with its shards' inputs if sharded) and announce it;
-        return it once it is durable."""
-        job = await self.ledger.create(spec, client_id, shards)
+        return it once it is durable. `traceparent`: the caller's span, the parent of the
+        job's root span (the job's trace is its)."""
+        if not self.tracing.on:
+            job = await self.ledger.create(spec, client_id, shards)
+        else:
+            root = self.tracing.start("job", traceparent, engine=spec.engine)
+            tp = traceparent_of(root)
+            with self.tracing.span("submit", tp, engine=spec.engine) as sub:
+                try:
+                    job = await self.ledger.create(spec, client_id, shards, trace_parent=tp)
+                except BaseException:
+                    root.end()
+                    raise
+                sub.set_attribute(JOB_ID, job.id)
+            root.set_attribute(JOB_ID, job.id)
+            root.set_attribute("bacalhau.shards", shard_count(job))
+            self._job_spans[job.id] = root
         log.info("job %s submitted (%s, %d shard(s))", job.id, spec.engine, shard_count(job))
         self._announce(job)
         return job
@@ -241,7 +271,11 @@ class Requester:
                 state = E.of(ex.state)
                 if state == E.BID_ACCEPTED:
                     decision = peer_pb2.BidDecision(
-                        job_id=job.id, shard=ex.shard, execution_id=ex.id, accepted=True
+                        job_id=job.id,
+                        shard=ex.shard,
+                        execution_id=ex.id,
+                        accepted=True,
+                        traceparent=job.trace_parent,
                     )
                     self._net.send(node_id, bid_decision=decision)
                 if state.is_active:
@@ -258,6 +292,8 @@ class Requester:
         shards = to_place(job)
         if not shards:
             return
+        if job.trace_parent:
+            self._trace[job.id] = job.trace_parent
         batched = jobspec.is_sharded(job.spec)
         failed = failed_nodes(job)
         outside = jobspec.sharded_inputs(job.spec)[1] if batched else []
@@ -310,7 +346,10 @@ class Requester:
                 batches.setdefault(rnd.job_id, []).append(rnd)
             else:
                 announce = peer_pb2.JobAnnouncement(
-                    job_id=rnd.job_id, shard=rnd.shard, spec=rnd.spec
+                    job_id=rnd.job_id,
+                    shard=rnd.shard,
+                    spec=rnd.spec,
+                    traceparent=self._trace.get(rnd.job_id, ""),
                 )
                 out.append((announce, [rnd]))
         for job_id, rs in batches.items():
@@ -321,6 +360,7 @@ class Requester:
                     spec=chunk[0].spec,
                     shard_count=chunk[0].count,
                     shards=[peer_pb2.ShardAsk(index=r.shard, inputs=r.inputs) for r in chunk],
+                    traceparent=self._trace.get(job_id, ""),
                 )
                 out.append((announce, chunk))
         return out
@@ -455,7 +495,12 @@ class Requester:
                 self._select(key)
 
     def _send_decisions(
-        self, node_id: str, job_id: str, decisions: list[Decision], reason: str
+        self,
+        node_id: str,
+        job_id: str,
+        decisions: list[Decision],
+        reason: str,
+        traceparent: str = "",
     ) -> None:
         """Tell a bidder the decisions on its bids for a job: one message, or for many
         shards one per SHARDS_PER_MESSAGE (`reason` is why a bid was declined)."""
@@ -467,6 +512,7 @@ class Requester:
                 execution_id=d.execution_id,
                 accepted=d.accepted,
                 reason="" if d.accepted else reason,
+                traceparent=traceparent,
             )
             self._net.send(node_id, bid_decision=msg)
             return
@@ -478,7 +524,9 @@ class Requester:
                 )
                 for d in chunk
             ]
-            msg = peer_pb2.BidDecision(job_id=job_id, reason=reason, shards=shards)
+            msg = peer_pb2.BidDecision(
+                job_id=job_id, reason=reason, shards=shards, traceparent=traceparent
+            )
             self._net.send(node_id, bid_decision=msg)
 
     def _impossible(self, sender: str, cids: list[str], bid: Any) -> str:
@@ -566,7 +614,19 @@ class Requester:
     def _select(self, key: tuple[str, int], waited: str = "") -> None:
         rnd = self._close_round(key)
         assert rnd is not None
-        self.on_timing("bid_round", rnd.spec.engine or "?", time.monotonic() - rnd.opened)
+        took = time.monotonic() - rnd.opened
+        self.on_timing("bid_round", rnd.spec.engine or "?", took)
+        if self.tracing.on:
+            self.tracing.record(
+                "bid_round",
+                time.time_ns() - int(took * 1e9),
+                parent=self._trace.get(rnd.job_id, ""),
+                job_id=rnd.job_id,
+                shard=rnd.shard,
+                asked=len(rnd.asked),
+                willing=len(rnd.willing),
+                declined=len(rnd.declines),
+            )
         if rnd.willing and not rnd.enough:
             n, want = len(rnd.willing), rnd.spec.deal.min_bids
             rnd.declines.insert(
@@ -652,7 +712,18 @@ class Requester:
     def _decide(self, job_id: str) -> None:
         picks = self._picks.pop(job_id, [])
 
-        def send(decisions: list[Decision]) -> None:
+        async def select() -> tuple[list[Decision], str]:
+            parent = self._trace.get(job_id, "")
+            with self.tracing.span("selection", parent, job_id=job_id, shards=len(picks)) as s:
+                decisions = await self.ledger.select(job_id, picks)
+                if self.tracing.on:
+                    chosen = sorted({d.node_id for d in decisions if d.accepted})
+                    s.set_attribute("bacalhau.nodes", ",".join(n[-8:] for n in chosen[:32]))
+                    s.set_attribute("bacalhau.accepted", sum(d.accepted for d in decisions))
+                return decisions, traceparent_of(s)
+
+        def send(selected: tuple[list[Decision], str]) -> None:
+            decisions, traceparent = selected
             where = self._where.setdefault(job_id, {})
             by_node: dict[str, list[Decision]] = {}
             for d in decisions:
@@ -660,9 +731,10 @@ class Requester:
                 if d.accepted:
                     where[d.execution_id] = d.node_id
             for node_id, mine in by_node.items():
-                self._send_decisions(node_id, job_id, mine, "enough nodes were selected")
+                why = "enough nodes were selected"
+                self._send_decisions(node_id, job_id, mine, why, traceparent)
 
-        self._spawn(self.ledger.select(job_id, picks), "selecting bids", send)
+        self._spawn(select(), "selecting bids", send)
 
     # -- execution progress ----------------------------------------------------------------
 
@@ -688,6 +760,7 @@ class Requester:
                 reports = self._reports.pop(job_id, None)
                 if not reports:
                     break
+                started = time.time_ns()
                 try:
                     results = [await self.ledger.update_many(job_id, reports)]
                 except BacalhauError:  # one was refused: each on its own
@@ -700,6 +773,8 @@ class Requester:
                 except Exception:
                     log.exception("recording %d update(s) of job %s failed", len(reports), job_id)
                     continue
+                if self.tracing.on:
+                    self._trace_verdicts(job_id, started, [r[0] for r in results])
                 for outgoing, again in results:
                     self._penalize(outgoing)
                     for node_id, decision in outgoing:
@@ -708,6 +783,22 @@ class Requester:
                         self._announce(again)
         finally:
             self._recording.discard(job_id)
+
+    def _trace_verdicts(self, job_id: str, started: int, verdicts: list[Any]) -> None:
+        """A `verification` span for reports that got results decided (accepted or not)."""
+        decided = [d for outgoing in verdicts for _, d in outgoing]
+        if not decided:
+            return
+        parent = self._trace.get(job_id) or str(getattr(self._job(job_id), "trace_parent", ""))
+        accepted = sum(d.accepted for d in decided)
+        self.tracing.record(
+            "verification",
+            started,
+            parent=parent,
+            job_id=job_id,
+            accepted=accepted,
+            rejected=len(decided) - accepted,
+        )
 
     def _on_still_wanted(self, sender: str, q: Any) -> None:
         """A restarted compute node asks before running an execution again: the decision
@@ -719,7 +810,11 @@ class Requester:
         state = E.of(ex.state)
         if not JobState.of(job.state).is_terminal and state in (E.BID_ACCEPTED, E.RUNNING):
             decision = peer_pb2.BidDecision(
-                job_id=job.id, shard=ex.shard, execution_id=ex.id, accepted=True
+                job_id=job.id,
+                shard=ex.shard,
+                execution_id=ex.id,
+                accepted=True,
+                traceparent=job.trace_parent,
             )
             self._net.send(sender, bid_decision=decision)
             return

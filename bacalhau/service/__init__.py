@@ -1,6 +1,7 @@
 """The application layer between gRPC and the roles: plain Python calls for job queries,
-waiting, watching, logs, results, data ingest and node info (`jobs`, `results`, `data`,
-`info`). The gRPC servicers in `bacalhau.api` only adapt requests and replies onto these."""
+waiting, watching, logs, results, data ingest, node info and traces (`jobs`, `results`,
+`data`, `info`, `traces`). The gRPC servicers in `bacalhau.api` only adapt requests and
+replies onto these."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from bacalhau.service.data import DataService
 from bacalhau.service.info import InfoService, NodeView, PeerView
 from bacalhau.service.jobs import JobService, LogChunk
 from bacalhau.service.results import NoResult, ResultService, result_execution
+from bacalhau.service.traces import TraceService
 from bacalhau.service.watch import JobWatch
 
 __all__ = [
@@ -24,5 +26,6 @@ __all__ = [
     "NodeView",
     "PeerView",
     "ResultService",
+    "TraceService",
     "result_execution",
 ]

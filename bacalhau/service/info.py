@@ -25,6 +25,8 @@ class NodeView:
     labels: dict[str, str]
     peers: list[PeerView] = field(default_factory=list)
     version: str = __version__
+    resources: Any = None  # types_pb2.Resources: what it lends to jobs in all
+    nvidia_container_runtime: bool = False
 
 
 class InfoService:
@@ -38,7 +40,11 @@ class InfoService:
         engines: list[str],
         labels: dict[str, str],
         peers: Callable[[], list[tuple[Any, bool, int, Any]]],
+        resources: Any = None,
+        nvidia_container_runtime: bool = False,
     ) -> None:
+        self._resources = resources
+        self._nvidia = nvidia_container_runtime
         self._node_id = node_id
         self._address = address
         self._engines = engines
@@ -52,4 +58,6 @@ class InfoService:
             engines=list(self._engines),
             labels=dict(self._labels),
             peers=[PeerView(*row) for row in self._peers()],
+            resources=self._resources,
+            nvidia_container_runtime=self._nvidia,
         )

@@ -76,8 +76,9 @@ class JobService:
         self._max_spec_bytes = max_spec_bytes
         self.access = access or Access()
 
-    async def submit(self, spec: Any, caller: Caller) -> Any:
+    async def submit(self, spec: Any, caller: Caller, traceparent: str = "") -> Any:
         """Check `spec` and store the job, owned by `caller`; the job once durable.
+        `traceparent`: the caller's span (W3C), the parent of the job's trace.
 
         Raises Forbidden if the caller may not submit here, SpecError naming what is wrong,
         NotFound for data the engine needs on this node (a wasm module) that is not here.
@@ -97,7 +98,7 @@ class JobService:
         shards = None
         if jobspec.is_sharded(spec):
             shards = await expand(spec, self._results.peek)
-        job = await self._requester.submit(spec, caller.user_id, shards)
+        job = await self._requester.submit(spec, caller.user_id, shards, traceparent)
         self._on_submit()
         return job
 

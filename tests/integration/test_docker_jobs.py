@@ -40,9 +40,15 @@ def nodes(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
             start_node(root / "node-0", name="node-0", args=(*DOCKER_ARGS, "--nvidia-smi",
                        str(none), "--labels", "name=node-0"))
         )  # fmt: skip
+        # node-1 is told its engine has the NVIDIA runtime; node-2 asks the engine (none here)
         started.append(
             start_node(root / "node-1", name="node-1", peers=(started[0].address,),
-                       args=(*DOCKER_ARGS, "--nvidia-smi", str(smi), "--labels", "name=node-1"))
+                       args=(*DOCKER_ARGS, "--nvidia-smi", str(smi), "--labels", "name=node-1",
+                             "--docker-nvidia-runtime", "yes"))
+        )  # fmt: skip
+        started.append(
+            start_node(root / "node-2", name="node-2", peers=(started[0].address,),
+                       args=(*DOCKER_ARGS, "--nvidia-smi", str(smi), "--labels", "name=node-2"))
         )  # fmt: skip
         wait_connected(started)
         yield started
@@ -172,14 +178,31 @@ def test_unmet_gpu_request_says_what_is_missing(nodes: list[NodeProc], ctl: Ctl)
 
 
 def test_gpu_job_goes_to_the_gpu_node_with_its_devices(nodes: list[NodeProc], ctl: Ctl) -> None:
-    # node-1's GPUs are reported by a recorded nvidia-smi output; this engine has no NVIDIA
-    # runtime, so the container fails to start, which shows the device request was made.
+    # node-1's GPUs are reported by a recorded nvidia-smi output and it is told its engine has
+    # the NVIDIA runtime; this engine has none, so the container fails to start, which shows
+    # the device request was made. node-2 has the same GPUs but asked the engine: no bid.
     res, job_id = docker_run(ctl, "--gpu", "2", TEST_IMAGE, "true")
     line = res.one_line_error()
     doc = ctl.json("describe", job_id)
     (ex,) = [e for e in doc["executions"] if e["state"] == "failed"]
     assert ex["node_id"] == nodes[1].node_id
     assert "the container did not start" in line and "[[gpu]]" in line, line
+
+
+def test_gpu_jobs_need_the_nvidia_runtime(nodes: list[NodeProc], ctl: Ctl, tmp_path: Path) -> None:
+    res, _ = docker_run(ctl, "--gpu", "1", "--labels", "name=node-2", TEST_IMAGE, "true")
+    line = res.one_line_error()
+    assert "no node can run this job" in line
+    assert "GPU jobs need the NVIDIA container runtime" in line, line
+    shown = Ctl(nodes[2].address, tmp_path)("node", "describe")
+    assert (
+        "GPUs:       4 (no NVIDIA container runtime: docker jobs asking for GPUs are declined)"
+        in shown.stdout
+    ), shown.stdout
+    shown = Ctl(nodes[1].address, tmp_path)("node", "describe")
+    assert "GPUs:       4 (docker jobs: NVIDIA container runtime)" in shown.stdout, shown.stdout
+    doc = Ctl(nodes[0].address, tmp_path).json("node", "describe")
+    assert doc["resources"]["gpu"] == 0 and doc["nvidia_container_runtime"] is False
 
 
 def test_crashed_node_removes_its_containers_at_start(
