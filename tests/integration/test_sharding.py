@@ -89,6 +89,10 @@ def test_a_sharded_job_gives_the_unsharded_jobs_output(
         assert len(list((own / "outputs").iterdir())) == 10
     logs = ctl("logs", sharded, "--shard", "3")
     assert logs.stdout.strip() == "shard=3/10 files=10"
+    # run printed every shard's stdout in shard order after the ID; Cat reads one shard's
+    assert res.stdout.splitlines()[1:] == stdout
+    one = ctl("get", sharded, "--path", "stdout", "--shard", "7", "--output-dir", "-")
+    assert one.returncode == 0 and one.stdout == "shard=7/10 files=10\n", one.stderr
 
 
 def test_no_matching_file_is_one_line_naming_the_pattern(
