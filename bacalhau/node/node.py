@@ -308,6 +308,7 @@ class Node:
                 )
             ),
         )
+        self.traces = traces
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
         peers = PeerServicer(
             network=self.network, results=self.results, memo=self.store.get_memo, traces=traces
@@ -523,7 +524,14 @@ class Node:
             }
             return views.node(self.info.node(), own)
 
-        board = Dashboard(jobs=self.jobs, results=self.results, node=node, loop=self._loop)
+        traces = self.traces if self.tracing.on else None
+        board = Dashboard(
+            jobs=self.jobs,
+            results=self.results,
+            node=node,
+            loop=self._loop,
+            trace=traces.gather if traces is not None else None,
+        )
         self._web_server, self.web_port = start_web_server(
             board, self.config.web_host, self.config.web_port
         )

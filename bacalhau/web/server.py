@@ -39,6 +39,8 @@ MAX_FILES: Final = 1000  # the most entries a result listing walks
 MAX_DEPTH: Final = 16  # the deepest folder a result listing walks
 LOOP_WAIT_S: Final = 10.0  # how long a request waits for the event loop
 FETCH_WAIT_S: Final = 60.0  # how long a request waits for a result DAG from peers
+TRACE_WAIT_S: Final = 10.0  # how long for a job's spans (each node is asked for 3 s at most)
+MAX_SPANS_SHOWN: Final = 2000  # spans drawn in a job's waterfall
 STATIC: Final = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 HEADERS: Final = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -77,11 +79,15 @@ class Dashboard:
         results: ResultService,
         node: Callable[[], dict[str, Any]],
         loop: asyncio.AbstractEventLoop,
+        trace: Callable[[Any], Coroutine[Any, Any, tuple[str, list[Any], list[str]]]] | None = None,
     ) -> None:
+        """`trace(job)`: the job's spans from every node that answered, and those that did
+        not (`TraceService.gather`); None where the node keeps no traces."""
         self._jobs = jobs
         self._results = results
         self._node = node
         self._loop = loop
+        self._trace = trace
 
     def node(self) -> dict[str, Any]:
         """This node, its capacity and its peers."""
@@ -104,6 +110,19 @@ class Dashboard:
     def events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         job = self._jobs.get(job_id)
         return [views.event(ev) for ev in self._jobs.events(job.id, after)]
+
+    def trace(self, job_id: str) -> dict[str, Any]:
+        """The job's spans across the nodes (its waterfall), and the nodes that did not
+        answer in time."""
+        if self._trace is None:
+            return {"spans": [], "missing_nodes": [], "recorded": False}
+        job = self._jobs.get(job_id)
+        _, spans, missing = self._on_loop(self._trace(job), TRACE_WAIT_S)
+        return {
+            "spans": [views.span(s) for s in spans[:MAX_SPANS_SHOWN]],
+            "missing_nodes": missing,
+            "recorded": True,
+        }
 
     def files(self, job_id: str, execution_id: str) -> dict[str, Any]:
         """The files of an execution's accepted result: path, size, CID (at most MAX_FILES)."""
@@ -217,6 +236,8 @@ def start_web_server(
                     self._json(200, {"jobs": dashboard.jobs(_int(query, "limit", 100))})
                 case ["jobs", job_id]:
                     self._json(200, dashboard.job(job_id))
+                case ["jobs", job_id, "trace"]:
+                    self._json(200, dashboard.trace(job_id))
                 case ["jobs", job_id, "events"]:
                     events = dashboard.events(job_id, _int(query, "after", 0))
                     self._json(200, {"events": events})

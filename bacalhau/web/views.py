@@ -147,3 +147,16 @@ def event(ev: Any) -> dict[str, Any]:
         "execution_state": E.of(ev.execution_state).value if ev.execution_state else "",
         "detail": ev.detail,
     }
+
+
+def span(s: Any) -> dict[str, Any]:
+    """A TraceSpan, for the job page's waterfall."""
+    return {
+        "name": s.name,
+        "node_id": s.node_id,
+        "span_id": s.span_id,
+        "parent_span_id": s.parent_span_id,
+        "start_unix_nano": s.start_time_unix_nano,
+        "end_unix_nano": s.end_time_unix_nano,
+        "error": s.error,
+    }

@@ -177,7 +177,13 @@ def test_the_dashboard_in_a_browser(
         lambda: _text(browser, '#results tr[data-path="stdout"]'), 30, "the result files listed"
     )
     assert "completed" in _text(browser, "#shard-counts")
-    assert "trace" in _text(browser, "#trace").lower()  # the place kept for the waterfall
+    # The finished job's waterfall: its spans across both nodes, each a bar on one time axis.
+    wait_for(lambda: _text(browser, '#trace tr[data-span="execution"]'), 30, "the job's trace")
+    names = browser.execute_script(
+        "return [...document.querySelectorAll('#trace tr[data-span]')].map(r => r.dataset.span)"
+    )
+    assert {"job", "bid_round", "execution", "run"} <= set(names), names
+    assert "null" not in _text(browser, "#trace")
     href = browser.execute_script(
         "return document.querySelector('#results tr[data-path=\"stdout\"] a').href"
     )
@@ -196,6 +202,8 @@ def test_the_dashboard_in_a_browser(
     shot = artifacts / "dashboard-job.png"
     assert browser.save_screenshot(str(shot))
     print(f"dashboard screenshot: {shot}")
+    browser.execute_script("document.querySelector('#trace').scrollIntoView()")
+    assert browser.save_screenshot(str(artifacts / "dashboard-trace.png"))
 
 
 def test_the_dashboard_is_read_only_and_answers_only_to_its_own_address(

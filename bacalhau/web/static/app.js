@@ -142,6 +142,7 @@ async function jobsPage(gen) {
 function jobPage(id, gen) {
   let lastSeq = 0;
   let final = false;
+  let traced = false;
   const events = el("tbody", {});
   const files = new Map();  // execution ID -> its files section, fetched once
   const parts = {
@@ -149,10 +150,8 @@ function jobPage(id, gen) {
     shards: el("section", { id: "shards" }),
     executions: el("section", { id: "executions" }),
     results: el("section", { id: "results" }, el("h2", { text: "Result files" })),
-    trace: el("section", { id: "trace", class: "placeholder" },
-      el("h2", { text: "Trace" }),
-      el("p", { text: "The trace waterfall of this job will be shown here once the node records traces. " +
-                      "This node records none yet: nothing is shown rather than something made up." })),
+    trace: el("section", { id: "trace" }, el("h2", { text: "Trace" }),
+      el("p", { class: "muted", text: "Shown once the job has ended." })),
     events: el("section", { id: "events" }, el("h2", { text: "Events (live)" }),
       el("div", { class: "events" }, table(["#", "time", "type", "node", "shard", "state", "detail"], [], "event-table"))),
   };
@@ -221,7 +220,42 @@ function jobPage(id, gen) {
         el("td", { text: ev.job_state || ev.execution_state }), el("td", { text: ev.detail })));
     }
     await showFiles(job);
+    if (final && !traced) {
+      traced = true;
+      await showTrace(job.id);
+    }
     return final;
+  }
+
+  // Each span a bar on the job's time axis, with its node and duration beside it.
+  async function showTrace(jobId) {
+    const { spans, missing_nodes: missing, recorded } = await api(`jobs/${encodeURIComponent(jobId)}/trace`);
+    if (gen !== generation) return;
+    if (!recorded || !spans.length) {
+      parts.trace.replaceChildren(el("h2", { text: "Trace" }),
+        el("p", { class: "muted", text: recorded ? "No spans of this job are kept any more."
+                                                 : "This node keeps no traces (serve --tracing off)." }));
+      return;
+    }
+    const t0 = Math.min(...spans.map((s) => Number(s.start_unix_nano)));
+    const t1 = Math.max(...spans.map((s) => Number(s.end_unix_nano || s.start_unix_nano)));
+    const whole = Math.max(t1 - t0, 1);
+    const rows = spans.map((s) => {
+      const start = Number(s.start_unix_nano), end = Number(s.end_unix_nano || s.start_unix_nano);
+      const bar = el("span", { class: `span-bar${s.error ? " span-error" : ""}`,
+                               title: `${s.name} on ${s.node_id}: ${((end - start) / 1e6).toFixed(2)} ms` });
+      bar.style.marginLeft = `${(100 * (start - t0)) / whole}%`;
+      bar.style.width = `${Math.max((100 * (end - start)) / whole, 0.3)}%`;
+      return el("tr", { "data-span": s.name },
+        el("td", { text: s.name }),
+        el("td", {}, el("code", { text: short(s.node_id), title: s.node_id })),
+        el("td", { class: "num", text: `${((end - start) / 1e6).toFixed(2)} ms` }),
+        el("td", { class: "waterfall" }, bar));
+    });
+    parts.trace.replaceChildren(
+      el("h2", { text: `Trace (${spans.length} spans, ${(whole / 1e6).toFixed(1)} ms)` }),
+      ...(missing.length ? [el("p", { class: "muted", text: `Nodes that did not answer: ${missing.map(short).join(", ")}` })] : []),
+      table(["span", "node", "duration", "time"], rows, "trace-table"));
   }
   return refresh;
 }
