@@ -164,6 +164,19 @@ def test_decline_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     for name in ("wasm", "python", "noop"):
         assert get(name).decline_reason(spec, noop) == ""
 
+    # GPUs: only for containers, and only where the engine has the NVIDIA runtime
+    spec.resources.gpu = 1
+    for name in ("wasm", "python", "noop"):
+        assert (
+            get(name).decline_reason(spec, noop)
+            == f"the {name} engine cannot use GPUs (docker jobs can)"
+        )
+    told_no = DockerExecutor(pull="missing", nvidia_runtime="no")
+    assert "GPU jobs need the NVIDIA container runtime" in docker.decline_reason(spec, told_no)
+    no_engine = DockerExecutor(pull="missing")  # auto: asks the engine, and none answers
+    assert "GPU jobs need the NVIDIA container runtime" in docker.decline_reason(spec, no_engine)
+    assert docker.decline_reason(spec, DockerExecutor(pull="missing", nvidia_runtime="yes")) == ""
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:

@@ -28,8 +28,8 @@ class EngineContext:
 
     cache_dir: Path | None = None
     docker_pull: str = "missing"  # never | missing
-    docker_nvidia_runtime: str = "auto"  # auto (ask the engine) | yes | no
     node_id: str = ""
+    docker_nvidia_runtime: str = "auto"  # auto (ask the engine) | yes | no
 
 
 class Engine(abc.ABC):
