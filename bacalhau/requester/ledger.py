@@ -257,16 +257,7 @@ class Ledger:
             if not bid.willing:
                 tx.add_event(event(job, "BidDeclined", detail=bid.reason, node_id=sender))
                 return
-            now = now_ns()
-            ex = job.executions.add(
-                id=new_id("e"),
-                job_id=job.id,
-                node_id=sender,
-                shard=bid.shard,
-                state=E.BID_PROPOSED.pb,
-                create_time_unix_nano=now,
-                update_time_unix_nano=now,
-            )
+            ex = _propose(job, sender, bid.shard)
             tx.put_job(job)
             detail = f"queue length {bid.queued}"
             if bid.local_inputs:
@@ -300,24 +291,13 @@ class Ledger:
                 if E.of(ex.state) == E.BID_PROPOSED:
                     proposed.setdefault(ex.shard, []).append(ex)
             decisions = []
-            now = now_ns()
             for pick in picks:
                 mine = proposed.get(pick.shard, [])
                 recorded = {ex.node_id for ex in mine}
                 for node_id in sorted(pick.chosen - recorded):
                     if final:
                         break
-                    mine.append(
-                        job.executions.add(
-                            id=new_id("e"),
-                            job_id=job.id,
-                            node_id=node_id,
-                            shard=pick.shard,
-                            state=E.BID_PROPOSED.pb,
-                            create_time_unix_nano=now,
-                            update_time_unix_nano=now,
-                        )
-                    )
+                    mine.append(_propose(job, node_id, pick.shard))
                 for ex in mine:
                     accepted = not final and ex.node_id in pick.chosen
                     if not final:
@@ -604,6 +584,20 @@ class Ledger:
             message = f"shard {ex.shard} of {shard_count(job)} failed ({tries} tries): {message}"
         set_job_state(job, JobState.FAILED, message)
         tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
+
+
+def _propose(job: Any, node_id: str, shard: int) -> Any:
+    """A new execution of `job`: `node_id`'s bid for `shard`, proposed."""
+    now = now_ns()
+    return job.executions.add(
+        id=new_id("e"),
+        job_id=job.id,
+        node_id=node_id,
+        shard=shard,
+        state=E.BID_PROPOSED.pb,
+        create_time_unix_nano=now,
+        update_time_unix_nano=now,
+    )
 
 
 def _placed(ex: Any) -> bool:
