@@ -387,12 +387,22 @@ def submit(c: Client, spec: Any, args: argparse.Namespace) -> int:
 
 
 def _print_stdout(c: Client, job_id: str) -> None:
-    """The job's stdout (every shard's, in order) on stdout, as `logs` gives it."""
+    """The job's stdout (every shard's, in order) on stdout, as `logs` gives it. The job
+    completed whether or not its output can be read now: a failure to read it is one line on
+    stderr, not a failed run."""
     out = sys.stdout.buffer
     sys.stdout.flush()
-    for chunk in c.logs(job_id, follow=False):
-        if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT:
-            out.write(chunk.data)
+    try:
+        for chunk in c.logs(job_id, follow=False):
+            if chunk.stream == client_pb2.LogChunk.STREAM_STDOUT:
+                out.write(chunk.data)
+    except BacalhauError as e:
+        out.flush()
+        print(
+            f"the job completed, but its output could not be read through this node: "
+            f"{e.message} ('bacalhauctl logs {job_id}' tries again)",
+            file=sys.stderr,
+        )
     out.flush()
 
 

@@ -237,6 +237,8 @@ def test_a_job_reaches_a_node_without_a_stream_to_the_requester_through_gossip(
         ctl = Ctl(a.address, tmp_path)
         res = ctl("wasm", "run", "--labels", "name=c", cid, "via", "gossip")
         assert res.returncode == 0, res.stderr
+        # a cannot reach c's result (no stream): the run says so, and still succeeds
+        assert "the job completed, but its output could not be read" in res.stderr, res.stderr
         doc = ctl.json("describe", res.stdout.split()[0])
         (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
         assert ex["node_id"] == c.node_id
