@@ -427,7 +427,8 @@ def test_oversized_malformed_and_forged_packets_name_their_reason(
         announce=peer_pb2.JobAnnouncement(job_id="j" * (MAX_PACKET + 1), shard=1)
     )
     cases = {
-        "oversized": sealed(a, b.node_id, big),
+        # built by hand: a node's own sender drops a message too large for any packet
+        "oversized": signed(a, peer_pb2.PeerPacket(sender=a.node_id, messages=[big])),
         "malformed": signed(a, peer_pb2.PeerPacket()).__class__(
             payload=b"\xff\xff\xff",
             public_key=a.public_key_bytes,
@@ -510,3 +511,22 @@ def test_gossip_goes_only_towards_nodes_the_origin_cannot_reach(a: Identity, b: 
     assert net.gossip.unreached() == {"12D3KooWFar"}
     net.gossip.forget("12D3KooWPeer")
     assert not net.gossip.unreached()
+
+
+def test_messages_too_many_for_one_packet_go_in_several_in_order(
+    a: Identity, b: Identity, net_b: Network
+) -> None:
+    logs = [
+        peer_pb2.PeerMessage(log=peer_pb2.ExecutionLog(job_id="j", offset=n, data=b"x" * 300_000))
+        for n in range(30)
+    ]  # about 9 MB, and one message larger than any packet, which is dropped
+    huge = peer_pb2.PeerMessage(log=peer_pb2.ExecutionLog(job_id="j", data=b"y" * (5 << 20)))
+    conn = Connection(outbound=True)
+    network(a)._send_packet(conn, b.node_id, [*logs[:10], huge, *logs[10:]])
+    envelopes = []
+    while not conn.queue.empty():
+        envelopes.append(conn.queue.get_nowait())
+    assert len(envelopes) > 1 and conn.sent_seq == len(envelopes)
+    assert all(len(env.payload) <= MAX_PACKET for env in envelopes)
+    got = [m.log.offset for env in envelopes for m in net_b._open(inbound(a), env).messages]
+    assert got == list(range(30))

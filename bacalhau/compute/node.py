@@ -206,9 +206,7 @@ class Compute:
             self._decided(sender, d.job_id, d.shard, d.execution_id, d.accepted, tp)
             return
         for s in d.shards:
-            if s.accepted and not s.execution_id:
-                continue  # malformed: an accepted shard names its execution
-            if s.accepted or self.bidder.offered_to(sender, d.job_id, s.shard):
+            if s.execution_id or not s.accepted:  # an accepted shard names its execution
                 self._decided(sender, d.job_id, s.shard, s.execution_id, s.accepted, tp)
 
     def _decided(

@@ -166,44 +166,38 @@ class Network:
         return self.gossip.broadcast(peer_pb2.PeerMessage(**body))
 
     def _flush(self, conn: Connection) -> None:
-        """Send what is queued for `conn`'s peer, packed into as few packets as fit
-        PACKET_FILL (a message too large for any packet is dropped, loudly)."""
-        if not conn.pending:
-            return
-        messages, conn.pending = conn.pending, []
-        packet: list[Any] = []
-        size = 0
-        for msg in messages:
-            n = msg.ByteSize() + 8
-            if n > PACKET_FILL:
-                log.error("not sending a %s of %d bytes to %s: too large for a packet",
-                          msg.WhichOneof("body"), n, conn.node_id)  # fmt: skip
-                continue
-            if packet and size + n > PACKET_FILL:
-                self._send_packet(conn, conn.node_id, packet)
-                packet, size = [], 0
-            packet.append(msg)
-            size += n
-        if packet:
-            self._send_packet(conn, conn.node_id, packet)
+        if conn.pending:
+            messages, conn.pending = conn.pending, []
+            self._send_packet(conn, conn.node_id, messages)
 
     def _send_packet(
         self, conn: Connection, recipient: str, messages: list[Any], ack: bytes = b""
     ) -> bytes:
-        """Seal and queue one packet; its nonce."""
-        self.packets_sent += 1
-        conn.sent_seq += 1
+        """Seal and queue one packet; its nonce. Messages too many for one packet (over
+        PACKET_FILL) go in several, in order; one too large for any packet is dropped, loudly."""
         nonce = os.urandom(NONCE_BYTES)
         packet = peer_pb2.PeerPacket(
             sender=self.node_id,
             recipient=recipient,
-            seq=conn.sent_seq,
+            seq=conn.sent_seq + 1,
             time_unix_nano=now_ns(),
             messages=messages,
             nonce=nonce,
             ack=ack,
         )
         payload = packet.SerializeToString()
+        if len(payload) > PACKET_FILL:
+            if len(messages) > 1:
+                half = len(messages) // 2
+                nonce = self._send_packet(conn, recipient, messages[:half], ack)
+                self._send_packet(conn, recipient, messages[half:])
+                return nonce
+            if len(payload) > MAX_PACKET:
+                log.error("not sending a %s of %d bytes to %s: too large for a packet",
+                          messages[0].WhichOneof("body"), len(payload), recipient)  # fmt: skip
+                return nonce
+        self.packets_sent += 1
+        conn.sent_seq += 1
         conn.queue.put_nowait(
             peer_pb2.Envelope(
                 payload=payload,
