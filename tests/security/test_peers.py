@@ -135,6 +135,47 @@ def test_a_locality_claim_is_bounded_by_what_the_inputs_weigh(
         node.stop()
 
 
+def test_a_shard_bid_claiming_more_than_its_file_weighs_is_refused(
+    tmp_path: Path, stranger: Any
+) -> None:
+    """The same bound for bids on many shards at once: each shard's claim is checked against
+    its own files; one impossible claim refuses the whole bid, and the shards run elsewhere."""
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    try:
+        folder = tmp_path / "files"
+        folder.mkdir()
+        for i in range(3):
+            (folder / f"f{i}.txt").write_bytes(b"x" * 100)
+        with Client(node.address) as c:
+            cid = c.add_directory(folder).cid  # the requester holds every file
+
+        def on_announce(sender: str, a: Any) -> None:
+            claims = [
+                peer_pb2.ShardBid(shard=ask.index, local_input_bytes=1 << 62, local_inputs=1)
+                for ask in a.shards
+            ]
+            bid = peer_pb2.Bid(job_id=a.job_id, willing=True, queued=0, shards=claims)
+            stranger.net.send(sender, bid=bid)
+
+        stranger.net.dispatcher.register("announce", on_announce, ANY_PEER)
+        stranger.dial(node)
+        spec = types_pb2.JobSpec(
+            engine="noop",
+            inputs=[types_pb2.InputSpec(source="ipfs", cid=cid, mount_path="/inputs")],
+            outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
+            sharding=types_pb2.ShardingSpec(glob_pattern="*.txt", batch_size=1),
+        )
+        with Client(node.address) as c:
+            done = c.wait(c.submit(spec).job_id)
+        assert done.job.state == types_pb2.JOB_STATE_COMPLETED, done.job
+        assert {ex.node_id for ex in done.job.executions} == {node.node_id}
+        refusals = [e.detail for e in done.events if "bid refused" in e.detail]
+        assert len(refusals) == 1 and "bytes of inputs that weigh at most 100" in refusals[0]
+        assert metrics(node)['bacalhau_bids_refused_total{reason="claim"}'] == 1
+    finally:
+        node.stop()
+
+
 def _strangers(n: int) -> list[Stranger]:
     return [Stranger() for _ in range(n)]
 
