@@ -264,9 +264,11 @@ class Client:
         client_id: str = "",
         all_users: bool = False,
         cursor: str = "",
+        network: bool = False,
     ) -> Any:
         """ListJobsResponse: a page of jobs (newest first) and the cursor of the next: this
-        user's, or `client_id`'s, or with `all_users` everyone's."""
+        user's, or `client_id`'s, or with `all_users` everyone's; with `network`, of every
+        node the node can reach (`limit` at most 500; 0: 100)."""
         req = client_pb2.ListJobsRequest(
             all=all,
             limit=limit,
@@ -274,6 +276,7 @@ class Client:
             client_id=client_id,
             all_users=all_users,
             cursor=cursor,
+            network=network,
         )
         return self._call(self._stub.ListJobs, req)
 

@@ -8,6 +8,9 @@ one onto the protobuf enums. Every state change goes through `set_job_state` or
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import time
 import uuid
 from enum import StrEnum
@@ -22,8 +25,11 @@ __all__ = [
     "IllegalTransition",
     "JobState",
     "new_id",
+    "new_job_id",
+    "node_tag",
     "now_ns",
     "pb",
+    "requester_tag",
     "set_execution_state",
     "set_job_state",
     "upload_record",
@@ -154,6 +160,26 @@ def set_execution_state(execution: pb.Execution, state: ExecutionState, message:
 def new_id(prefix: str) -> str:
     """A fresh random ID such as ``j-5f0c...`` (`prefix` names the kind of record)."""
     return f"{prefix}-{uuid.uuid4()}"
+
+
+_JOB_ID = re.compile(r"j-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}-([a-z2-7]{16})")
+
+
+def node_tag(node_id: str) -> str:
+    """16 base32 characters (80 bits of SHA-256) standing for a node in the IDs of its jobs."""
+    return base64.b32encode(hashlib.sha256(node_id.encode()).digest()[:10]).decode().lower()
+
+
+def new_job_id(requester_node_id: str) -> str:
+    """A fresh job ID, ``j-<uuid4>-<tag>``: the tag (`node_tag`) names the job's requester, so
+    any node can tell where to ask about it, and no other node can claim it."""
+    return f"j-{uuid.uuid4()}-{node_tag(requester_node_id)}"
+
+
+def requester_tag(job_id: str) -> str | None:
+    """The requester's tag of a whole job ID; None for a prefix or an ID of another form."""
+    m = _JOB_ID.fullmatch(job_id)
+    return m.group(1) if m else None
 
 
 def now_ns() -> int:

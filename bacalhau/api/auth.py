@@ -17,11 +17,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from bacalhau.api.errors import abort
+from bacalhau.api.relay import CLIENT_SERVICE, RELAYED_BY, ROUTED, RawCall, Relay, set_raw_call
 from bacalhau.callsign import CallRefused, Verifier
-from bacalhau.errors import UsageError
+from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.service.callers import Access, Caller
-
-CLIENT_SERVICE = "/bacalhau.v1.ClientService/"
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
 
@@ -44,6 +43,8 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.access = access
         self.verifier = verifier or Verifier()
         self.on_refused = on_refused
+        # Set once the node's network is up: calls on jobs held elsewhere are relayed there.
+        self.relay: Relay | None = None
 
     async def intercept_service(
         self,
@@ -54,9 +55,14 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         if handler is None or not method.startswith(CLIENT_SERVICE):
             return handler
-        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        pairs = tuple((k, v) for k, v in (details.invocation_metadata or ()) if isinstance(v, str))
+        metadata = dict(pairs)
         decode = handler.request_deserializer
         encode = handler.response_serializer
+        routed = method[len(CLIENT_SERVICE) :] in ROUTED
+
+        def serialize(message: Any) -> bytes:  # a relayed answer comes as bytes already
+            return message if isinstance(message, bytes) else encode(message)
 
         def check(body: bytes | None) -> Caller:
             try:
@@ -79,16 +85,36 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except (CallRefused, DecodeError) as exc:
                 await refuse(context, exc)
             _caller.set(who)
+            set_raw_call(RawCall(method, body, pairs))
             return request
+
+        async def target(request: Any, context: grpc.aio.ServicerContext) -> str | None:
+            """The node to relay this call to (None: answer here)."""
+            relay = self.relay
+            job_id = getattr(request, "job_id", "") if routed else ""
+            if relay is None or not job_id or RELAYED_BY in metadata:
+                return None
+            if getattr(request, "cid", "") or getattr(request, "path", ""):
+                return None  # by CID (GetResults, Cat): answered here; both given: refused here
+            try:
+                return await relay.where(job_id)
+            except BacalhauError as exc:
+                await abort(context, exc)
+            return None
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
-                return await inner_uu(await opened(body, context), context)
+                request = await opened(body, context)
+                node_id = await target(request, context)
+                if node_id is not None and self.relay is not None:
+                    call = RawCall(method, body, pairs)
+                    return await self.relay.unary(node_id, request.job_id, call, context)
+                return await inner_uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=None, response_serializer=encode
+                unary_unary, request_deserializer=None, response_serializer=serialize
             )
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
@@ -96,11 +122,18 @@ class SignedCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def unary_stream(
                 body: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                async for item in inner_us(await opened(body, context), context):
+                request = await opened(body, context)
+                node_id = await target(request, context)
+                if node_id is not None and self.relay is not None:
+                    call = RawCall(method, body, pairs)
+                    async for answer in self.relay.stream(node_id, request.job_id, call, context):
+                        yield answer
+                    return
+                async for item in inner_us(request, context):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=None, response_serializer=encode
+                unary_stream, request_deserializer=None, response_serializer=serialize
             )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary

@@ -52,6 +52,10 @@ class BadField(UsageError):
         self.field = field
 
 
+class Unreachable(BacalhauError):
+    """The node that holds what was asked for cannot be reached from this one."""
+
+
 # (exception, status code, ErrorInfo reason): the first match wins.
 _CODES: list[tuple[type[BaseException], grpc.StatusCode, str]] = [
     (MissingField, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_REQUIRED"),
@@ -70,6 +74,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode, str]] = [
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION, "JOB_STATE"),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     (CallRefused, grpc.StatusCode.UNAUTHENTICATED, "CALL_REFUSED"),
+    (Unreachable, grpc.StatusCode.UNAVAILABLE, "NODE_UNREACHABLE"),
 ]
 
 

@@ -15,15 +15,18 @@ import grpc
 from bacalhau._pb.bacalhau.v1 import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from bacalhau.api.auth import caller
 from bacalhau.api.errors import BadField, MissingField, abort, streaming, unary
+from bacalhau.api.relay import DEFAULT_NETWORK_LIMIT, MAX_NETWORK_LIMIT, Relay, raw_call
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
 from bacalhau.content.paths import parts_of, split_path
+from bacalhau.datastore import AmbiguousID, JobNotFound
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
 from bacalhau.service import DataService, InfoService, JobService, ResultService, TraceService
 from bacalhau.service.files import DEFAULT_CHUNK, MAX_CHUNK, FileReader
 from bacalhau.service.info import PeerView
+from bacalhau.spec import SpecError
 
 MAX_HAVE = 100_000  # CIDs a GetResults request may say the client has
 
@@ -52,12 +55,14 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         data: DataService,
         info: InfoService,
         traces: TraceService | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self.jobs = jobs
         self.results = results
         self.data = data
         self.info = info
         self.traces = traces
+        self.relay = relay
         # A read fetches onto this node no more than an upload may put there.
         self.files = FileReader(results, data.max_bytes)
 
@@ -88,6 +93,11 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
 
     @unary
     async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = request.limit
+        if request.network:
+            if limit > MAX_NETWORK_LIMIT:
+                raise BadField("limit", f"a network-wide list takes at most {MAX_NETWORK_LIMIT}")
+            limit = limit or DEFAULT_NETWORK_LIMIT
         page = self.jobs.list(
             caller(),
             all_users=request.all_users,
@@ -96,10 +106,14 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
             client_id=request.client_id,
             labels=dict(request.labels),
             oldest_first=request.oldest_first,
-            limit=request.limit,
+            limit=limit,
             cursor=request.cursor,
         )
-        return client_pb2.ListJobsResponse(jobs=page.jobs, next_cursor=page.next_cursor)
+        call = raw_call()
+        if not request.network or self.relay is None or call is None or call.relayed:
+            return client_pb2.ListJobsResponse(jobs=page.jobs, next_cursor=page.next_cursor)
+        theirs, more, missing = await self.relay.list_network(call)
+        return _merged(page, theirs, more, missing, limit, request.oldest_first)
 
     @streaming
     async def WatchEvents(
@@ -274,6 +288,26 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):  # type: ignore[mis
         return client_pb2.ListPeersResponse(peers=[_peer(p) for p in peers])
 
 
+def _merged(
+    page: Any, theirs: list[Any], more: list[str], missing: list[str], limit: int, oldest: bool
+) -> Any:
+    """One page of the network's jobs: this node's page and its peers', in time order. Every
+    node's cursor is the key of the last job sent (create time, ID), so the next page starts
+    after it on each node alike."""
+    jobs = {job.id: job for job in [*page.jobs, *theirs]}
+    ordered = sorted(jobs.values(), key=_time_key, reverse=not oldest)
+    shown = ordered[:limit]
+    cut = len(ordered) > limit or bool(more) or bool(page.next_cursor)
+    cursor = _time_key(shown[-1]).hex() if cut and shown else ""
+    return client_pb2.ListJobsResponse(jobs=shown, next_cursor=cursor, missing_nodes=missing)
+
+
+def _time_key(job: Any) -> bytes:
+    """Where a job sorts among all jobs, as the datastore's cursors say it."""
+    key: bytes = int(job.create_time_unix_nano).to_bytes(8, "big") + job.id.encode()
+    return key
+
+
 def _peer(p: PeerView) -> Any:
     return client_pb2.PeerInfo(
         node_id=p.record.node_id,
@@ -318,6 +352,10 @@ def _upload(record: Any) -> Any:
     )
 
 
+def _no_job(job_id: str) -> str:
+    raise JobNotFound(f"job {job_id} not found on this node")
+
+
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -326,11 +364,25 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         results: ResultService,
         memo: Callable[[str], Any] = lambda key: None,
         traces: TraceService | None = None,
+        find_job: Callable[[str], str] | None = None,
     ) -> None:
         self.network = network
         self.results = results
         self.memo = memo
         self.traces = traces
+        self.find_job = find_job or _no_job
+
+    @unary
+    async def FindJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Open to any peer: it says no more than ListJobs(all_users) says to any signed user.
+        if not 0 < len(request.job_id) <= 128:
+            raise UsageError("a job ID is 1 to 128 characters")
+        try:
+            return peer_pb2.FindJobResponse(job_id=self.find_job(request.job_id))
+        except AmbiguousID:
+            return peer_pb2.FindJobResponse(ambiguous=True)
+        except (JobNotFound, SpecError):
+            return peer_pb2.FindJobResponse()
 
     @unary
     async def GetSpans(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -49,7 +49,7 @@ def print_version(prog: str) -> int:
 # What bacalhauctl adds to a node's error, by its ErrorInfo reason (the API's messages name no
 # client's commands).
 _HINTS = {
-    "JOB_NOT_FOUND": "'bacalhauctl list --all' shows the jobs it knows",
+    "JOB_NOT_FOUND": "'bacalhauctl list --network' shows the jobs of the nodes it reaches",
     "RESULT_NOT_READY": "wait for it: 'bacalhauctl describe {job_id}' shows its progress",
     "JOB_HAS_NO_RESULT": "'bacalhauctl describe {job_id}' shows what happened",
     "QUOTA_EXCEEDED": "'bacalhauctl uploads' lists yours, 'bacalhauctl unpin CID' removes one",

@@ -461,6 +461,7 @@ def _check_wasm_file(path: Path) -> None:
 
 
 RECENT = 20  # jobs `list` shows without -n, --all or --active
+NETWORK_PAGE = 500  # jobs a network-wide list asks for at a time (the node's most)
 
 
 def list_jobs(args: argparse.Namespace) -> int:
@@ -471,16 +472,30 @@ def list_jobs(args: argparse.Namespace) -> int:
     if args.active and (args.all or args.state):
         raise UsageError("--active shows the active jobs; give it alone, or --state/--all")
     limit = args.n or (0 if args.all or args.active else RECENT)
+    jobs: list[Any] = []
+    missing: set[str] = set()
     with _client(args) as c:
         states = [JobState(s).pb for s in args.state]
-        page = c.list_jobs(
-            all=not args.active,
-            limit=limit,
-            states=states,
-            client_id=args.client,
-            all_users=args.all_users,
-        )
-    docs = [job_doc(j) for j in page.jobs]
+        cursor = ""
+        while True:
+            want = limit - len(jobs) if limit else 0
+            if args.network:  # paged: the network's jobs come at most a page at a time
+                want = min(want or NETWORK_PAGE, NETWORK_PAGE)
+            page = c.list_jobs(
+                all=not args.active,
+                limit=want,
+                states=states,
+                client_id=args.client,
+                all_users=args.all_users,
+                cursor=cursor,
+                network=args.network,
+            )
+            jobs.extend(page.jobs)
+            missing.update(page.missing_nodes)
+            cursor = page.next_cursor
+            if not (args.network and cursor and (not limit or len(jobs) < limit)):
+                break
+    docs = [job_doc(j) for j in jobs]
     rows = [("ID", "CREATED", "STATE", "ENGINE", "NODES")]
     for d in docs:
         # each node once, in the order it was chosen (a sharded job runs many times on each)
@@ -493,8 +508,11 @@ def list_jobs(args: argparse.Namespace) -> int:
         for r in rows
     )
     _print(docs, args, text)
-    if args.output == "text" and page.next_cursor:
+    if args.output == "text" and cursor:
         print(f"(the {len(docs)} newest; -n N or --all for more)", file=sys.stderr)
+    if missing:
+        names = ", ".join(sorted(n[-8:] for n in missing))
+        print(f"({len(missing)} node(s) did not answer: {names})", file=sys.stderr)
     return 0
 
 

@@ -321,6 +321,11 @@ def _job_verbs(add: Any) -> None:
         help="every user's jobs, not only yours (their env values hidden)",
     )
     ls.add_argument("--client", default="", metavar="ID", help="only jobs of this user ID")
+    ls.add_argument(
+        "--network",
+        action="store_true",
+        help="jobs submitted to any node the node reaches, not only to it (merged by time)",
+    )
 
     describe = add("describe", help="a job's state, executions and events")
     describe.add_argument("job", metavar="JOB")

@@ -604,6 +604,10 @@ class Network:
     def last_seen(self, node_id: str) -> int:
         return self._last_seen.get(node_id, 0)
 
+    def known(self) -> list[str]:
+        """The nodes this one has an address of (connected now or before)."""
+        return list(self._addresses)
+
     def connected(self) -> list[str]:
         return sorted(self._conns)
 

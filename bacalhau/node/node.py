@@ -25,6 +25,7 @@ from bacalhau._pb.bacalhau.v1 import (
 )
 from bacalhau.api import ClientServicer, PeerServicer, reflection
 from bacalhau.api.auth import SignedCalls
+from bacalhau.api.relay import Relay
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute.capacity import Allocator, Limits, detect
 from bacalhau.compute.inputs import InputCache
@@ -32,7 +33,7 @@ from bacalhau.compute.node import Compute, ComputeConfig
 from bacalhau.content import dag
 from bacalhau.content.cid import CID
 from bacalhau.data import DEFAULT_MAX_BYTES, UrlFetcher
-from bacalhau.datastore import LmdbDatastore
+from bacalhau.datastore import JobNotFound, LmdbDatastore
 from bacalhau.engines import EngineContext
 from bacalhau.engines import get as get_engine
 from bacalhau.errors import BacalhauError
@@ -299,6 +300,7 @@ class Node:
                 quota=cfg.upload_quota_bytes,
             ),
             info=info,
+            relay=(relay := Relay(node_id=self.node_id, network=self.network, is_here=self._holds)),
             traces=(
                 traces := TraceService(
                     jobs=self.jobs,
@@ -309,9 +311,14 @@ class Node:
             ),
         )
         self.traces = traces
+        signed.relay = relay
         client_pb2_grpc.add_ClientServiceServicer_to_server(client, self._server)
         peers = PeerServicer(
-            network=self.network, results=self.results, memo=self.store.get_memo, traces=traces
+            network=self.network,
+            results=self.results,
+            memo=self.store.get_memo,
+            traces=traces,
+            find_job=lambda job_id: self.jobs.get(job_id).id,
         )
         peer_pb2_grpc.add_PeerServiceServicer_to_server(peers, self._server)
         self._health = health.aio.HealthServicer()
@@ -365,6 +372,17 @@ class Node:
             if answer is not None:
                 return answer
         return None
+
+    def _holds(self, job_id: str) -> bool:
+        """Whether a call on `job_id` is this node's to answer: the job is here, or the ID is
+        not one to look for elsewhere (malformed, or a prefix of several jobs here)."""
+        try:
+            self.jobs.get(job_id)
+        except JobNotFound:
+            return False
+        except BacalhauError:
+            return True
+        return True
 
     async def _ask_spans(self, node_id: str, job_id: str) -> list[Any]:
         """A peer's spans of a job (GetSpans). Raises if it is not connected or fails."""

@@ -21,6 +21,7 @@ from bacalhau.models import (
     ExecutionState,
     JobState,
     new_id,
+    new_job_id,
     now_ns,
     pb,
     set_execution_state,
@@ -145,7 +146,7 @@ class Ledger:
     def _new_job(self, spec: Any, client_id: str, state: JobState, **fields: Any) -> Any:
         now = now_ns()
         return pb.Job(
-            id=new_id("j"),
+            id=new_job_id(self.node_id),
             spec=spec,
             client_id=client_id,
             state=state.pb,

@@ -24,7 +24,7 @@ MAX_INPUTS_BYTES = 1 << 20
 WASM_MAGIC = b"\0asm"
 # A whole spec travels in one signed peer packet (at most 4 MiB) with room to spare.
 MAX_SPEC_BYTES = 1 << 20
-MAX_ID_LENGTH = 128  # job and execution IDs (ours are 38 characters)
+MAX_ID_LENGTH = 128  # job and execution IDs (ours are 55 and 38 characters)
 
 # Result entries every job has; an output folder may not take their names.
 RESERVED_OUTPUT_NAMES = frozenset({"stdout", "stderr", "exitCode"})

@@ -180,8 +180,8 @@ class Ctl:
         )
         return Result(proc)
 
-    def json(self, *args: str) -> Any:
-        res = self("--output", "json", *args)
+    def json(self, *args: str, api: str | None = None) -> Any:
+        res = self("--output", "json", *args, api=api)
         assert res.returncode == 0, res.stderr
         return json.loads(res.stdout)
 

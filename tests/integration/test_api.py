@@ -96,7 +96,7 @@ def test_errors_carry_reasons_and_metadata(stub: Any, ctl: Ctl):
         lambda: stub.GetJob(client_pb2.GetJobRequest(job_id="j-nope"), timeout=10)
     )
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
-    assert message == "job j-nope not found on this node"
+    assert message == "job j-nope not found on this node or on its 1 connected peer"
     code, message, reason, meta = failure(
         lambda: stub.GetResults(client_pb2.GetResultsRequest(job_id="j-1", cid="bafy"), timeout=10)
     )
