@@ -135,6 +135,7 @@ def serve(args: argparse.Namespace) -> int:
         if args.trusted_peers is None
         else frozenset(_ids(args.trusted_peers, "--trusted-peers")),
         max_upload_bytes=_size(args.max_upload_size, "--max-upload-size"),
+        max_result_bytes=_size(args.max_result_size, "--max-result-size"),
         upload_quota_bytes=_size(args.upload_quota, "--upload-quota"),
     )
     return asyncio.run(_run(Node(config)))

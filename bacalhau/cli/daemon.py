@@ -282,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-size); an upload that would go over it is refused and nothing of it "
         "kept; 'bacalhauctl uploads' and 'bacalhauctl unpin' free room (default 100Gi; 0: none)",
     )
+    serve.add_argument(
+        "--max-result-size",
+        default="10Gi",
+        metavar="SIZE",
+        help="largest result of a job submitted here that this node copies and keeps (a job "
+        "completes only once its results are kept on its requester); an execution whose "
+        "result is larger fails, saying so (default 10Gi; 0: no limit)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     serve.add_argument(
         "--log-format",

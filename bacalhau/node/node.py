@@ -32,6 +32,7 @@ from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.node import Compute, ComputeConfig
 from bacalhau.content import dag
 from bacalhau.content.cid import CID
+from bacalhau.content.errors import TooLarge
 from bacalhau.data import DEFAULT_MAX_BYTES, UrlFetcher
 from bacalhau.datastore import JobNotFound, LmdbDatastore
 from bacalhau.engines import EngineContext
@@ -67,6 +68,7 @@ from bacalhau.service.traces import ASK_TIMEOUT_S
 from bacalhau.version import __version__
 
 log = logging.getLogger(__name__)
+RESULT_PIN = b"kept-result"  # the pin tag of a result copied to its job's requester
 LIVENESS_WAIT_S = 2.0  # /livez: how long the event loop may take to run a no-op
 HEALTH_MIN_FREE = 1 << 30  # /healthz: the least free space on the data directory's disk
 
@@ -112,6 +114,7 @@ class NodeConfig:
     bad_actor: bool = False  # devstack --bad-actors only: every result wrong on purpose
     penalty_s: float = 3600.0  # how long a peer whose result was rejected gets no work
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD  # the largest upload (AddData) it takes; 0: any
+    max_result_bytes: int = DEFAULT_MAX_UPLOAD  # the largest result it keeps as requester; 0: any
     upload_quota_bytes: int = DEFAULT_UPLOAD_QUOTA  # what a user's uploads may add up to; 0: any
 
 
@@ -221,6 +224,7 @@ class Node:
             input_size=self._input_size,
             on_bid_refused=lambda node_id: self.bids_refused.labels(reason="claim").inc(),
             tracing=self.tracing,
+            keep_result=self._keep_result,
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
@@ -372,6 +376,22 @@ class Node:
             if answer is not None:
                 return answer
         return None
+
+    async def _keep_result(self, cid_text: str, holder: str) -> None:
+        """Copy a result DAG here from `holder` (and any peer that has it), every block
+        verified, and pin it: the requester keeps the results of its jobs."""
+        root = bytes(CID.parse(cid_text))
+        most = self.config.max_result_bytes
+        with self.blockstore.hold(root):
+            try:
+                await self.dags.fetch(root, [holder], max_bytes=most)
+            except TooLarge as e:
+                size = f"{e.size} bytes" if e.size else "more than that"
+                raise TooLarge(
+                    f"it is {size}; this node keeps results of up to {most} bytes "
+                    "(serve --max-result-size)"
+                ) from None
+            await asyncio.to_thread(self.blockstore.pin, root, RESULT_PIN)
 
     def _holds(self, job_id: str) -> bool:
         """Whether a call on `job_id` is this node's to answer: the job is here, or the ID is

@@ -70,10 +70,13 @@ class Requester:
         input_size: Callable[[str], int | None] = lambda cid: None,
         on_bid_refused: Callable[[str], None] = lambda node_id: None,
         tracing: Tracing | None = None,
+        keep_result: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         """`input_size(cid)`: what the DAG under `cid` weighs, as far as this node can tell
         (None: unknown); it bounds the locality bidders claim. `on_bid_refused(node_id)` is
-        called for each bid refused for an impossible claim."""
+        called for each bid refused for an impossible claim. `keep_result(cid, holder)`
+        copies a result DAG onto this node from the node that made it, and pins it (raises
+        if it cannot): a job completes only once its results are kept here."""
         self._net = network
         self._store = store
         self.tracing = tracing or Tracing.off()
@@ -111,6 +114,11 @@ class Requester:
         # job -> execution -> its node, for the jobs placed here and not final: who may report
         # on an execution, without reading the job
         self._where: dict[str, dict[str, str]] = {}
+        self._keep_result = keep_result
+        # job -> execution -> the result CID it proposed (until the job ends), and the copies
+        # of accepted results being made here: execution -> the task copying it
+        self._proposed: dict[str, dict[str, str]] = {}
+        self._keeping: dict[str, asyncio.Task[None]] = {}
         # (what, engine, seconds) of each job and bid round, for the node's histograms
         self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
         network.on_connect.append(self._on_peer_connected)
@@ -148,6 +156,8 @@ class Requester:
         engine, s)`)."""
         self.logs.drop(job_ids)
         for job_id in job_ids:
+            for ex_id in self._proposed.pop(job_id, {}):
+                self._keeping.pop(ex_id, None)
             self._where.pop(job_id, None)
             self._trace.pop(job_id, None)
             root = self._job_spans.pop(job_id, None)
@@ -741,6 +751,8 @@ class Requester:
     def _on_update(self, sender: str, u: Any) -> None:
         if E.of(u.state) in (E.RESULT_PROPOSED, E.FAILED, E.CANCELLED) and self._placed.get(sender):
             self._placed[sender] -= 1  # done computing: no longer in its queue
+        if u.result_cid:
+            self._proposed.setdefault(u.job_id, {})[u.execution_id] = u.result_cid
         self._reports.setdefault(u.job_id, []).append((sender, u))
         if u.job_id not in self._recording:
             self._recording.add(u.job_id)
@@ -760,6 +772,8 @@ class Requester:
                 reports = self._reports.pop(job_id, None)
                 if not reports:
                     break
+                if self._keep_result is not None:
+                    reports = await self._kept(job_id, reports)
                 started = time.time_ns()
                 try:
                     results = [await self.ledger.update_many(job_id, reports)]
@@ -779,10 +793,67 @@ class Requester:
                     self._penalize(outgoing)
                     for node_id, decision in outgoing:
                         self._net.send(node_id, result_decision=decision)
+                        if decision.accepted:  # copy it while the node publishes it
+                            self._keep(job_id, decision.execution_id, node_id)
                     if again is not None:
                         self._announce(again)
         finally:
             self._recording.discard(job_id)
+
+    def _keep(self, job_id: str, execution_id: str, holder: str) -> asyncio.Task[None] | None:
+        """Start copying an execution's result here (once); the task, None if no result is
+        known or it is this node's own."""
+        task = self._keeping.get(execution_id)
+        cid = self._proposed.get(job_id, {}).get(execution_id, "")
+        if task is not None or not cid or holder == self._net.node_id:
+            return task
+        if self._keep_result is None:
+            return None
+        task = asyncio.ensure_future(self._keep_result(cid, holder))
+        task.add_done_callback(_observed)
+        self._keeping[execution_id] = task
+        return task
+
+    async def _kept(self, job_id: str, reports: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """`reports`, once the results they end with are kept here: an accepted result
+        being published, and what a failed run wrote. A published result that cannot be
+        copied here is reported as a failure (nothing would keep it once its node is gone)."""
+        waits: list[tuple[int, asyncio.Task[None]]] = []
+        for i, (sender, u) in enumerate(reports):
+            if E.of(u.state) not in (E.PUBLISHED, E.FAILED):
+                continue
+            if not self._proposed.get(job_id, {}).get(u.execution_id):
+                job = self._job(job_id)  # known before a restart only: read it
+                for ex in job.executions if job is not None else ():
+                    if ex.id == u.execution_id and ex.result_cid:
+                        self._proposed.setdefault(job_id, {})[ex.id] = ex.result_cid
+            task = self._keep(job_id, u.execution_id, sender)
+            if task is not None:
+                waits.append((i, task))
+        if not waits:
+            return reports
+        await asyncio.wait([t for _, t in waits])
+        out = list(reports)
+        for i, task in waits:
+            sender, u = reports[i]
+            error = task.exception()
+            if error is None:
+                continue
+            self._keeping.pop(u.execution_id, None)  # a later report tries again
+            cid = self._proposed.get(job_id, {}).get(u.execution_id, "")
+            why = getattr(error, "message", None) or str(error) or type(error).__name__
+            log.warning("could not copy result %s of job %s from %s: %s", cid, job_id, sender, why)
+            if E.of(u.state) == E.PUBLISHED:
+                out[i] = (
+                    sender,
+                    peer_pb2.ExecutionUpdate(
+                        job_id=job_id,
+                        execution_id=u.execution_id,
+                        state=E.FAILED.pb,
+                        message=f"its result {cid} could not be copied to the requester: {why}",
+                    ),
+                )
+        return out
 
     def _trace_verdicts(self, job_id: str, started: int, verdicts: list[Any]) -> None:
         """A `verification` span for reports that got results decided (accepted or not)."""
@@ -893,6 +964,12 @@ class Requester:
         for timer in self._lost.values():
             timer.cancel()
         self._lost.clear()
+
+
+def _observed(task: asyncio.Task[None]) -> None:
+    """Mark a copy's failure as seen (the report waiting for it says why)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _csr(rows: list[list[int]]) -> tuple[array[int], array[int]]:

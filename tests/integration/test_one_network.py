@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bacalhau.client import Client
 from bacalhau.models import node_tag, requester_tag
 from tests._wait import wait_for
@@ -88,3 +90,48 @@ def test_unknown_job_named_by_its_requester_tag(cluster: Cluster, ctl: Ctl):
     mine = "j-00000000-0000-0000-0000-000000000000-" + node_tag(cluster[0].node_id)
     line = ctl("describe", mine, api=cluster[2].address).one_line_error()
     assert f"job {mine} not found" in line
+
+
+def test_results_and_logs_outlive_the_node_that_made_them(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+):
+    pair = Cluster(tmp_path_factory.mktemp("pair"), 2)
+    try:
+        ctl = Ctl(pair[0].address, tmp_path)
+        ok = ctl("wasm", "run", "--labels", "name=node-1", str(ECHO_WASM), "kept", "result")
+        assert ok.returncode == 0, ok.stderr
+        ok_id = ok.stdout.splitlines()[0]
+        bad = ctl("wasm", "run", "--labels", "name=node-1", str(ECHO_WASM), "fail")
+        assert bad.returncode == 1
+        bad_id = bad.stdout.splitlines()[0]
+        events = [e["type"] for e in ctl.json("describe", ok_id)["events"]]
+        assert events[-1] == "JobCompleted"
+
+        pair[1].proc.kill()  # the compute node is gone, with everything it held
+        pair[1].proc.wait()
+
+        assert ctl("logs", ok_id).stdout == "kept result\n"
+        out = tmp_path / "kept"
+        got = ctl("get", ok_id, "--output-dir", str(out))
+        assert got.returncode == 0, got.stderr
+        assert (out / "outputs" / "result.txt").read_bytes() == b"kept result\n"
+        failed_logs = ctl("logs", bad_id)  # a failed run's output is kept too
+        assert failed_logs.returncode == 0 and "failing as asked" in failed_logs.stderr
+    finally:
+        pair.close()
+
+
+def test_a_result_larger_than_its_requester_keeps_fails_the_job(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+):
+    pair = Cluster(tmp_path_factory.mktemp("small"), 2, args=("--max-result-size", "64"))
+    try:
+        ctl = Ctl(pair[0].address, tmp_path)
+        res = ctl("wasm", "run", "--labels", "name=node-1", str(ECHO_WASM), "big", "enough")
+        line = res.one_line_error()
+        assert "could not be copied to the requester" in line, line
+        assert "this node keeps results of up to 64 bytes" in line, line
+        doc = ctl.json("describe", res.stdout.splitlines()[0])
+        assert doc["state"] == "failed"
+    finally:
+        pair.close()
