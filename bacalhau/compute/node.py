@@ -412,6 +412,7 @@ class Compute:
                 for path in held:
                     self.inputs.release(path)
             if result.error == "cancelled":
+                ex.result_cid = cid  # its stdout and stderr until then
                 await self.records.advance(record, E.CANCELLED, "cancelled while running")
             elif result.ok:
                 ex.exit_code = 0

@@ -13,10 +13,11 @@ TAIL_LINES, TAIL_CHARS = 10, 2000
 
 
 def publish_result(
-    store: Blockstore, outputs: Path, stdout: bytes, stderr: bytes, exit_code: int
+    store: Blockstore, outputs: Path | None, stdout: bytes, stderr: bytes, exit_code: int
 ) -> str:
     """Add `stdout`, `stderr`, `exitCode` and each folder in `outputs` (one per output
-    volume) to `store` as one UnixFS folder, in one synced batch; pin it; return its CID.
+    volume; None: none) to `store` as one UnixFS folder, in one synced batch; pin it; return
+    its CID.
 
     Raises BlockstoreError or PathImportError if a folder cannot be read or stored.
     """
@@ -26,7 +27,7 @@ def publish_result(
             "stderr": importer.add_bytes(stderr),
             "exitCode": importer.add_bytes(f"{exit_code}\n".encode()),
         }
-        for folder in outputs.iterdir():
+        for folder in outputs.iterdir() if outputs is not None else ():
             entries[folder.name] = importer.add_path(folder)
         root = importer.add_directory(entries)
         batch.pin(root.cid)

@@ -103,7 +103,8 @@ class Runner:
     async def run(
         self, executor: Executor, request: dict[str, Any], cancel: threading.Event, job_id: str = ""
     ) -> tuple[RunResult, str]:
-        """Run `request` in a pool thread; (the result, its CID; "" if cancelled)."""
+        """Run `request` in a pool thread; (the result, its CID: of stdout and stderr only if
+        it was cancelled)."""
         loop = asyncio.get_running_loop()
         run = contextvars.copy_context().run  # the caller's span is the parent of ours
         return await loop.run_in_executor(
@@ -122,8 +123,10 @@ class Runner:
                     span.set_attribute("bacalhau.exit_code", result.exit_code)
                     span.set_attribute("bacalhau.error", result.error or "")
             self.on_timing("execution", executor.name, time.monotonic() - started)
-            if result.error == "cancelled":
-                return result, ""
+            if result.error == "cancelled":  # what it wrote until then, kept for its logs
+                return result, publish_result(
+                    self._blocks, None, result.stdout, result.stderr, result.exit_code
+                )
             started = time.monotonic()
             stdout = result.stdout
             if self.bad_actor:  # a different lie every time: bad actors cannot agree either

@@ -392,9 +392,11 @@ class Ledger:
         state = E.of(u.state)
         current = E.of(ex.state)
         if current == E.CANCELLED and state == E.CANCELLED:
-            # Cancelled here first: the node now confirms the program stopped.
+            # Cancelled here first: the node now confirms the program stopped, with what it
+            # wrote until then.
+            ex.result_cid = u.result_cid or ex.result_cid
             tx.add_event(event(job, "ExecutionStopped", ex, f"{state.value}: {u.message}"))
-            return [], False, None, None
+            return [], bool(u.result_cid), None, None
         behind = state in _FLOW and current in _FLOW and _FLOW[state] < _FLOW[current]
         if current == state or behind:
             # A report repeated after a reconnect or restart; a proposal we already

@@ -53,6 +53,7 @@ SHARDS_PER_MESSAGE = 1000  # shards asked about (or decided) in one peer message
 WINDOW_PER_SHARD_S = 0.5e-3  # a bid window's extra length per shard asked about
 COALESCE_PER_EXECUTION_S = 20e-6  # how long reports on a job wait to be written together,
 COALESCE_MAX_S = 0.2  # per execution it has, and at most
+COPY_RETRY_S = (0.1, 0.3, 1.0, 2.0)  # pauses between tries to copy a result from a connected node
 
 
 class Requester:
@@ -816,44 +817,70 @@ class Requester:
 
     async def _kept(self, job_id: str, reports: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         """`reports`, once the results they end with are kept here: an accepted result
-        being published, and what a failed run wrote. A published result that cannot be
-        copied here is reported as a failure (nothing would keep it once its node is gone)."""
-        waits: list[tuple[int, asyncio.Task[None]]] = []
+        being published, and what a failed or cancelled run wrote. A report whose node went
+        away before its result was copied is not recorded now: the node reports again when
+        it is back (`sync`), or its executions fail once it is given up on. A published
+        result that its node, still here, does not send is reported as a failure (nothing
+        would keep it once that node is gone)."""
+        copies: dict[int, Awaitable[BaseException | None]] = {}
         for i, (sender, u) in enumerate(reports):
-            if E.of(u.state) not in (E.PUBLISHED, E.FAILED):
+            if E.of(u.state) not in (E.PUBLISHED, E.FAILED, E.CANCELLED):
                 continue
             if not self._proposed.get(job_id, {}).get(u.execution_id):
                 job = self._job(job_id)  # known before a restart only: read it
                 for ex in job.executions if job is not None else ():
                     if ex.id == u.execution_id and ex.result_cid:
                         self._proposed.setdefault(job_id, {})[ex.id] = ex.result_cid
-            task = self._keep(job_id, u.execution_id, sender)
-            if task is not None:
-                waits.append((i, task))
-        if not waits:
+            if self._keep(job_id, u.execution_id, sender) is not None:
+                copies[i] = self._copied(job_id, u.execution_id, sender)
+        if not copies:
             return reports
-        await asyncio.wait([t for _, t in waits])
-        out = list(reports)
-        for i, task in waits:
-            sender, u = reports[i]
-            error = task.exception()
+        errors = dict(zip(copies, await asyncio.gather(*copies.values()), strict=True))
+        out = []
+        for i, (sender, u) in enumerate(reports):
+            error = errors.get(i)
             if error is None:
+                out.append((sender, u))
                 continue
-            self._keeping.pop(u.execution_id, None)  # a later report tries again
             cid = self._proposed.get(job_id, {}).get(u.execution_id, "")
             why = getattr(error, "message", None) or str(error) or type(error).__name__
+            if not self._net.is_connected(sender):
+                log.info("result %s of job %s: its node %s went away; asked again when it is "
+                         "back", cid, job_id, short(sender))  # fmt: skip
+                continue
             log.warning("could not copy result %s of job %s from %s: %s", cid, job_id, sender, why)
             if E.of(u.state) == E.PUBLISHED:
-                out[i] = (
-                    sender,
-                    peer_pb2.ExecutionUpdate(
-                        job_id=job_id,
-                        execution_id=u.execution_id,
-                        state=E.FAILED.pb,
-                        message=f"its result {cid} could not be copied to the requester: {why}",
-                    ),
+                u = peer_pb2.ExecutionUpdate(
+                    job_id=job_id,
+                    execution_id=u.execution_id,
+                    state=E.FAILED.pb,
+                    message=f"its result {cid} could not be copied to the requester: {why}",
                 )
+            out.append((sender, u))
+        if job_id not in self._where:  # it ended meanwhile (a cancel): forget its copies
+            for ex_id in self._proposed.pop(job_id, {}):
+                self._keeping.pop(ex_id, None)
         return out
+
+    async def _copied(self, job_id: str, execution_id: str, holder: str) -> BaseException | None:
+        """Wait for the copy of an execution's result; what went wrong, or None. A copy that
+        failed while its node is still connected is tried again, a little later each time
+        (a node that just died may still look connected for a moment)."""
+        error: BaseException | None = None
+        for pause in (*COPY_RETRY_S, None):
+            task = self._keep(job_id, execution_id, holder)
+            if task is None:
+                return None
+            try:
+                await task
+                return None
+            except Exception as e:
+                error = e
+                self._keeping.pop(execution_id, None)  # the next try starts afresh
+            if pause is None or not self._net.is_connected(holder):
+                break
+            await asyncio.sleep(pause)
+        return error
 
     def _trace_verdicts(self, job_id: str, started: int, verdicts: list[Any]) -> None:
         """A `verification` span for reports that got results decided (accepted or not)."""

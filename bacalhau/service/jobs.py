@@ -20,7 +20,7 @@ from bacalhau.models import ExecutionState, JobState
 from bacalhau.requester.logs import STDERR, STDOUT
 from bacalhau.requester.node import Requester
 from bacalhau.service.callers import Access, Caller, check_owner, view
-from bacalhau.service.results import ResultService, result_execution
+from bacalhau.service.results import ResultService, output_execution
 from bacalhau.service.shards import expand
 from bacalhau.service.watch import JobWatch
 
@@ -279,7 +279,7 @@ class JobService:
                 job = await self.wait_final(job.id)
             for s in range(count) if shard is None else [shard]:
                 mine = [ex for ex in job.executions if ex.shard == s]
-                ex = result_execution(_with(job, mine))
+                ex = output_execution(_with(job, mine))
                 if ex is not None:
                     async for chunk in self._result_logs(ex, {STDOUT: 0, STDERR: 0}):
                         yield chunk
@@ -291,7 +291,7 @@ class JobService:
                 live_id = chunk.execution_id
                 yield chunk
             job = self._store.get_job(job.id)
-        ex = result_execution(job)
+        ex = output_execution(job)
         if ex is None or (live_id and ex.id != live_id):
             return
         async for chunk in self._result_logs(ex, sent):

@@ -39,18 +39,33 @@ class NoResult(NotFound):
 
 def result_execution(job: Any, shard: int | None = None) -> Any:
     """The execution whose result stands for the job (with `shard`: for that shard):
-    published first, else any with one that was not rejected (a rejected result is never
-    served as the job's)."""
-    rejected = ExecutionState.RESULT_REJECTED.pb
+    published first, else any with one that was not rejected or cancelled (a rejected result
+    is never served as the job's; a cancelled run's output is its logs only)."""
+    no = (ExecutionState.RESULT_REJECTED.pb, ExecutionState.CANCELLED.pb)
     with_result = [
         ex
         for ex in job.executions
-        if ex.result_cid and ex.state != rejected and (shard is None or ex.shard == shard)
+        if ex.result_cid and ex.state not in no and (shard is None or ex.shard == shard)
     ]
     for ex in with_result:
         if ExecutionState.of(ex.state) in _RESULT_STATES:
             return ex
     return with_result[0] if with_result else None
+
+
+def output_execution(job: Any, shard: int | None = None) -> Any:
+    """The execution whose stdout and stderr stand for the job's: its result's, else what the
+    last cancelled execution wrote until it was stopped."""
+    ex = result_execution(job, shard)
+    if ex is not None:
+        return ex
+    cancelled = ExecutionState.CANCELLED.pb
+    stopped = [
+        e
+        for e in job.executions
+        if e.result_cid and e.state == cancelled and (shard is None or e.shard == shard)
+    ]
+    return stopped[-1] if stopped else None
 
 
 class ResultService:

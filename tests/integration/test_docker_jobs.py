@@ -159,6 +159,10 @@ def test_cancel_stops_the_container_and_logs_follow_live(
     doc = wait_for(stopped, 30, "the node to report the container stopped")
     assert doc["state"] == "cancelled"
     assert_no_container_left(engine, job_id)
+    # What it wrote until it was stopped is kept: its logs, not a result to get.
+    kept = ctl("logs", job_id)
+    assert kept.returncode == 0 and kept.stdout == "first line\n", kept.stderr
+    assert "cancelled without a result" in ctl("get", job_id).one_line_error()
 
 
 def test_missing_image_is_not_pulled_and_fails_clearly(ctl: Ctl) -> None:
