@@ -157,6 +157,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         from bench.test_bench_tracing import summary
 
         summary(tr, NOTES)
+    if "result_get_relayed" in RESULTS:
+        from bench.test_bench_results import summary as results_summary
+
+        results_summary(tr, RESULTS)
     if "block_exchange" in RESULTS:
         from bench.test_bench_blocks import SIZE_MIB
 
