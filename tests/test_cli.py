@@ -378,7 +378,7 @@ def test_job_validate(ctl: Ctl, tmp_path: Path) -> None:
     assert res.stdout.splitlines() == [
         f"{bad}: spec: unknown key 'colour' (known here: annotations, concurrency, confidence, "
         "docker, engine, inputs, min_bids, no_memo, node_selector, outputs, python, resources, "
-        "sharding, timeout_seconds, verifier, wasm)"
+        "result_replicas, sharding, timeout_seconds, verifier, wasm)"
     ]
     bad.write_text("engine: wasm\nwasm: {module_cid: nope}\nconcurrency: 99\n")
     res = ctl("job", "validate", "-", stdin=bad.read_bytes())

@@ -288,7 +288,11 @@ def run_job(args: argparse.Namespace, build: Build) -> int:
     problems += check_timeout(timeout)
     problems += check_resources(cpu=cpu, gpu=args.gpu, memory_bytes=memory, disk_bytes=disk)
     problems += check_concurrency(args.concurrency)
-    for flag, value in (("--confidence", args.confidence), ("--min-bids", args.min_bids)):
+    for flag, value in (
+        ("--confidence", args.confidence),
+        ("--min-bids", args.min_bids),
+        ("--result-replicas", args.result_replicas),
+    ):
         if value < 0:
             raise UsageError(f"{flag} must be 0 or more, not {value}")
     sharding = _sharding(args)
@@ -326,6 +330,7 @@ def run_job(args: argparse.Namespace, build: Build) -> int:
                 confidence=args.confidence,
                 min_bids=args.min_bids,
                 verifier=args.verifier or "",
+                result_replicas=args.result_replicas,
             ),
             timeout_seconds=timeout,
             node_selector=selector,

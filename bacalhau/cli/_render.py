@@ -30,6 +30,7 @@ def execution_doc(ex: Any) -> dict[str, Any]:
         "created_at": time_text(ex.create_time_unix_nano),
         "updated_at": time_text(ex.update_time_unix_nano),
         "inputs": [_input_doc(i) for i in ex.inputs],
+        "replica_node_ids": list(ex.replica_node_ids),
     }
 
 
@@ -98,6 +99,7 @@ def spec_doc(spec: Any) -> dict[str, Any]:
     doc["verifier"] = spec.deal.verifier or "noop"
     doc["confidence"] = spec.deal.confidence or None
     doc["min_bids"] = spec.deal.min_bids or None
+    doc["result_replicas"] = spec.deal.result_replicas or None
     doc["node_selector"] = dict(spec.node_selector)
     doc["annotations"] = dict(spec.annotations)
     doc["no_memo"] = spec.no_memo
@@ -195,6 +197,9 @@ def describe_text(doc: dict[str, Any], *, by_shard: bool = False) -> str:
         lines.append(line)
         if ex["message"]:
             lines.append(f"      {ex['message']}")
+        if ex["replica_node_ids"]:
+            nodes = ", ".join(n[-8:] for n in ex["replica_node_ids"])
+            lines.append(f"      result also kept on node(s) {nodes}")
         if ex["stderr_tail"]:
             lines += ["      stderr: " + t for t in ex["stderr_tail"].splitlines()]
     if "events" in doc:

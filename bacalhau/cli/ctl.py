@@ -515,6 +515,14 @@ def _run_flags(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="run it even when an equal verified job's result is known (see docs/verification.md)",
     )
     run.add_argument(
+        "--result-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="nodes besides the requester that copy and pin each result before the job "
+        "completes, so it outlives them (at most 8; default 0)",
+    )
+    run.add_argument(
         "--min-bids",
         type=int,
         default=0,

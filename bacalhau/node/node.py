@@ -45,6 +45,7 @@ from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
 from bacalhau.network.dispatch import Dispatcher
 from bacalhau.network.peers import API_VERSION, MAX_PEERS
 from bacalhau.node.peer_table import PeerTable
+from bacalhau.node.replicas import Replicas
 from bacalhau.observability import (
     Counter,
     Gauge,
@@ -293,16 +294,24 @@ class Node:
             resources=hello.resources,
             nvidia_container_runtime=self.nvidia_runtime,
         )
+        data = DataService(
+            self.blockstore,
+            cfg.data_dir / layout.TMP_DIR,
+            cfg.max_upload_bytes,
+            store=self.store,
+            quota=cfg.upload_quota_bytes,
+        )
+        self.replicas = Replicas(
+            network=self.network,
+            blockstore=self.blockstore,
+            dags=self.dags,
+            data=data,
+            max_bytes=cfg.max_result_bytes,
+        )
         client = ClientServicer(
             jobs=self.jobs,
             results=self.results,
-            data=DataService(
-                self.blockstore,
-                cfg.data_dir / layout.TMP_DIR,
-                cfg.max_upload_bytes,
-                store=self.store,
-                quota=cfg.upload_quota_bytes,
-            ),
+            data=data,
             info=info,
             relay=(relay := Relay(node_id=self.node_id, network=self.network, is_here=self._holds)),
             traces=(

@@ -413,6 +413,9 @@ class Ledger:
             ex.exit_code = u.exit_code
         ex.result_cid = u.result_cid or ex.result_cid
         ex.stderr_tail = u.stderr_tail or ex.stderr_tail
+        if state == E.PUBLISHED and u.replica_node_ids:  # set by this requester only
+            del ex.replica_node_ids[:]
+            ex.replica_node_ids.extend(u.replica_node_ids)
         if u.inputs:  # URL inputs as the node resolved them (their CIDs)
             del ex.inputs[:]
             ex.inputs.extend(u.inputs)

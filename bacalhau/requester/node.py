@@ -54,6 +54,7 @@ WINDOW_PER_SHARD_S = 0.5e-3  # a bid window's extra length per shard asked about
 COALESCE_PER_EXECUTION_S = 20e-6  # how long reports on a job wait to be written together,
 COALESCE_MAX_S = 0.2  # per execution it has, and at most
 COPY_RETRY_S = (0.1, 0.3, 1.0, 2.0)  # pauses between tries to copy a result from a connected node
+REPLICA_TIMEOUT_S = 300.0  # how long a node asked to keep a copy of a result may take
 
 
 class Requester:
@@ -120,6 +121,10 @@ class Requester:
         # of accepted results being made here: execution -> the task copying it
         self._proposed: dict[str, dict[str, str]] = {}
         self._keeping: dict[str, asyncio.Task[None]] = {}
+        # job -> the result replicas it asks for (Deal.result_replicas), for the jobs in flight;
+        # (execution, node) -> the answer awaited from a node asked to keep a copy
+        self._replica_count: dict[str, int] = {}
+        self._replica_waits: dict[tuple[str, str], asyncio.Future[tuple[bool, str]]] = {}
         # (what, engine, seconds) of each job and bid round, for the node's histograms
         self.on_timing: Callable[[str, str, float], None] = lambda what, engine, s: None
         network.on_connect.append(self._on_peer_connected)
@@ -136,6 +141,14 @@ class Requester:
             "still_wanted",
             self._on_still_wanted,
             MayFrom("the compute node of this execution", self._from_compute_node),
+        )
+        d.register(
+            "result_replicated",
+            self._on_replicated,
+            MayFrom(
+                "a node asked to keep a copy of this result",
+                lambda sender, r: (r.execution_id, sender) in self._replica_waits,
+            ),
         )
         d.register(
             "log",
@@ -159,6 +172,7 @@ class Requester:
         for job_id in job_ids:
             for ex_id in self._proposed.pop(job_id, {}):
                 self._keeping.pop(ex_id, None)
+            self._replica_count.pop(job_id, None)
             self._where.pop(job_id, None)
             self._trace.pop(job_id, None)
             root = self._job_spans.pop(job_id, None)
@@ -300,6 +314,7 @@ class Requester:
         """Ask for bids on every shard of the job that has nothing placed and tries left;
         nodes a shard failed on are not asked again for it. The shards of a sharded job are
         asked about together (a few messages per node, not one per shard)."""
+        self._replica_count[job.id] = job.spec.deal.result_replicas
         shards = to_place(job)
         if not shards:
             return
@@ -754,6 +769,7 @@ class Requester:
             self._placed[sender] -= 1  # done computing: no longer in its queue
         if u.result_cid:
             self._proposed.setdefault(u.job_id, {})[u.execution_id] = u.result_cid
+        del u.replica_node_ids[:]  # the requester's to say, not the compute node's
         self._reports.setdefault(u.job_id, []).append((sender, u))
         if u.job_id not in self._recording:
             self._recording.add(u.job_id)
@@ -833,8 +849,6 @@ class Requester:
                         self._proposed.setdefault(job_id, {})[ex.id] = ex.result_cid
             if self._keep(job_id, u.execution_id, sender) is not None:
                 copies[i] = self._copied(job_id, u.execution_id, sender)
-        if not copies:
-            return reports
         errors = dict(zip(copies, await asyncio.gather(*copies.values()), strict=True))
         out = []
         for i, (sender, u) in enumerate(reports):
@@ -860,7 +874,82 @@ class Requester:
         if job_id not in self._where:  # it ended meanwhile (a cancel): forget its copies
             for ex_id in self._proposed.pop(job_id, {}):
                 self._keeping.pop(ex_id, None)
+        want = self._replicas_wanted(job_id)
+        published = [i for i, (_, u) in enumerate(out) if E.of(u.state) == E.PUBLISHED]
+        if want and published:
+            kept = await asyncio.gather(*(self._replicate(*out[i], want) for i in published))
+            for i, nodes in zip(published, kept, strict=True):
+                sender, u = out[i]
+                u = _copy(u)
+                u.replica_node_ids.extend(nodes)
+                out[i] = (sender, u)
         return out
+
+    def _replicas_wanted(self, job_id: str) -> int:
+        """The result replicas the job asks for (read once after a restart)."""
+        count = self._replica_count.get(job_id)
+        if count is None:
+            job = self._job(job_id)
+            count = job.spec.deal.result_replicas if job is not None else 0
+            self._replica_count[job_id] = count
+        return count
+
+    async def _replicate(self, holder: str, u: Any, want: int) -> list[str]:
+        """Have `want` connected peers (not the node that made the result, not one
+        penalised here) copy and pin the execution's result; the nodes that did. A node
+        that refuses or does not answer within REPLICA_TIMEOUT_S is replaced by another."""
+        cid = self._proposed.get(u.job_id, {}).get(u.execution_id, "")
+        if not cid:
+            job = self._job(u.job_id)
+            found = (
+                [ex.result_cid for ex in job.executions if ex.id == u.execution_id] if job else []
+            )
+            cid = found[0] if found else ""
+        me = self._net.node_id
+        skip = {me, holder}
+        candidates = [
+            n for n in self._net.connected() if n not in skip and n not in self._penalized
+        ]
+        random.shuffle(candidates)
+        ask = peer_pb2.ReplicateResult(
+            job_id=u.job_id,
+            execution_id=u.execution_id,
+            result_cid=cid,
+            holders=list(dict.fromkeys([me, holder])),
+        )
+        loop = asyncio.get_running_loop()
+
+        async def one(node_id: str) -> tuple[str, bool, str]:
+            key = (u.execution_id, node_id)
+            self._replica_waits[key] = answer = loop.create_future()
+            self._net.send(node_id, replicate_result=ask)
+            try:
+                ok, why = await asyncio.wait_for(answer, REPLICA_TIMEOUT_S)
+            except TimeoutError:
+                ok, why = False, f"no answer within {REPLICA_TIMEOUT_S:g} s"
+            finally:
+                self._replica_waits.pop(key, None)
+            return node_id, ok, why
+
+        kept: list[str] = []
+        while cid and len(kept) < want and candidates:
+            batch, candidates = candidates[: want - len(kept)], candidates[want - len(kept) :]
+            for node_id, ok, why in await asyncio.gather(*map(one, batch)):
+                if ok:
+                    kept.append(node_id)
+                else:
+                    log.info("node %s did not keep result %s: %s", short(node_id), cid, why)
+        if len(kept) < want:
+            log.warning(
+                "result %s of job %s is kept on %d of the %d other nodes it asks for",
+                cid, u.job_id, len(kept), want,
+            )  # fmt: skip
+        return kept
+
+    def _on_replicated(self, sender: str, r: Any) -> None:
+        answer = self._replica_waits.get((r.execution_id, sender))
+        if answer is not None and not answer.done():
+            answer.set_result((r.ok, r.message))
 
     async def _copied(self, job_id: str, execution_id: str, holder: str) -> BaseException | None:
         """Wait for the copy of an execution's result; what went wrong, or None. A copy that
@@ -991,6 +1080,12 @@ class Requester:
         for timer in self._lost.values():
             timer.cancel()
         self._lost.clear()
+
+
+def _copy(u: Any) -> Any:
+    out = peer_pb2.ExecutionUpdate()
+    out.CopyFrom(u)
+    return out
 
 
 def _observed(task: asyncio.Task[None]) -> None:

@@ -164,6 +164,15 @@ class DataService:
             return Added(cid_text, size)
         return Added(cid_text, size, listing.entries(), listing.truncated)
 
+    def uploaded_bytes(self, user: str) -> int:
+        """What `user`'s recorded uploads here add up to."""
+        return self._store.uploaded_bytes(user)
+
+    async def record(self, user: str, cid: str, size: int) -> None:
+        """Record `cid` (`size` bytes, stored here) as `user`'s upload. Raises QuotaExceeded
+        if it would take `user` past the quota."""
+        await self._record(user, cid, size)
+
     async def _record(self, user: str, cid: str, size: int) -> None:
         """Write the upload record, checking the quota against what is recorded now."""
         record = upload_record(user, cid, size)

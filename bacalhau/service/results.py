@@ -82,7 +82,7 @@ class ResultService:
         ex = result_execution(job, shard)
         if ex is None:
             raise NoResult(job)
-        return ex.result_cid, [ex.node_id]
+        return ex.result_cid, [ex.node_id, *ex.replica_node_ids]
 
     async def ensure_dag(self, cid_text: str, holders: list[str], max_bytes: int = 0) -> bytes:
         """The DAG under `cid_text`, fetched into the blockstore from `holders` if missing

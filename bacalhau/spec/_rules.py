@@ -275,6 +275,7 @@ def size_text(n: int) -> str:
 
 VERIFIERS = ("noop", "deterministic")  # bacalhau.verifier's registry (a test keeps them equal)
 MAX_MIN_BIDS = 1024
+MAX_RESULT_REPLICAS = 8
 
 
 def check_verification(deal: Any) -> list[Problem]:
@@ -301,5 +302,12 @@ def check_verification(deal: Any) -> list[Problem]:
     if deal.min_bids > MAX_MIN_BIDS:
         problems.append(
             Problem("deal.min_bids", f"min bids {deal.min_bids} is above {MAX_MIN_BIDS}")
+        )
+    if deal.result_replicas > MAX_RESULT_REPLICAS:
+        problems.append(
+            Problem(
+                "deal.result_replicas",
+                f"result replicas {deal.result_replicas} is above {MAX_RESULT_REPLICAS}",
+            )
         )
     return problems

@@ -135,3 +135,29 @@ def test_a_result_larger_than_its_requester_keeps_fails_the_job(
         assert doc["state"] == "failed"
     finally:
         pair.close()
+
+
+def test_result_replicas_keep_a_result_when_both_its_nodes_are_gone(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+):
+    trio = Cluster(tmp_path_factory.mktemp("trio"), 3)
+    try:
+        ctl = Ctl(trio[0].address, tmp_path)
+        res = ctl(
+            "wasm", "run", "--result-replicas", "1", "--labels", "name=node-1",
+            str(ECHO_WASM), "replicated",
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        doc = ctl.json("describe", res.stdout.splitlines()[0])
+        assert doc["spec"]["result_replicas"] == 1
+        (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
+        assert ex["replica_node_ids"] == [trio[2].node_id]  # neither requester nor runner
+        for node in (trio[0], trio[1]):  # the requester and the node that ran it
+            node.proc.kill()
+            node.proc.wait()
+        cat = ctl("cat", f"{ex['result_cid']}/stdout", api=trio[2].address)
+        assert cat.returncode == 0 and cat.stdout == "replicated\n", cat.stderr
+        many = ctl("wasm", "run", "--result-replicas", "9", str(ECHO_WASM), api=trio[2].address)
+        assert "result replicas 9 is above 8" in many.one_line_error()
+    finally:
+        trio.close()

@@ -13,6 +13,7 @@ import grpc
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc, types_pb2
 from bacalhau.client import Client
 from bacalhau.identity import Identity
+from bacalhau.models import node_tag
 from bacalhau.network.dispatch import ANY_PEER
 from bacalhau.network.peers import API_VERSION, NEW_IDS_PER_MINUTE, Connection, Network
 from tests._peer import Stranger
@@ -238,4 +239,40 @@ def test_trusted_peers_keeps_everyone_else_out(tmp_path: Path) -> None:
     finally:
         friend.close()
         other.close()
+        node.stop()
+
+
+def test_only_a_jobs_requester_may_ask_for_a_copy_of_its_result(tmp_path: Path) -> None:
+    """A peer cannot make a node fetch and keep data for jobs that are not the peer's own:
+    a job ID names its requester (its tag), and the node refuses the others' requests."""
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    stranger = Stranger()
+    answers: list[Any] = []
+    stranger.net.dispatcher.register(
+        "result_replicated", lambda sender, r: answers.append(r), ANY_PEER
+    )
+    try:
+        stranger.dial(node)
+        someone_elses = "j-00000000-0000-0000-0000-000000000000-" + node_tag(node.node_id)
+        mine = "j-00000000-0000-0000-0000-000000000000-" + node_tag(stranger.net.node_id)
+        cid = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+        for job_id in (someone_elses, mine):
+            ask = peer_pb2.ReplicateResult(
+                job_id=job_id, execution_id="e-1", result_cid=cid, holders=[node.node_id]
+            )
+            stranger.loop.call_soon_threadsafe(
+                lambda a=ask: stranger.net.send(node.node_id, replicate_result=a)
+            )
+        # Its own job's request is answered (the CID cannot be had: not kept); the other
+        # one is refused before any work, and counted.
+        wait_for(lambda: answers, 20, "an answer to the stranger's own request")
+        assert [a.job_id for a in answers] == [mine] and not answers[0].ok
+
+        def refused() -> float:
+            key = 'bacalhau_peer_messages_refused_total{kind="replicate_result"}'
+            return metrics(node).get(key, 0)
+
+        assert wait_for(lambda: refused() >= 1, 10, "the refusal counted")
+    finally:
+        stranger.close()
         node.stop()
