@@ -146,7 +146,7 @@ class JsonFormatter(logging.Formatter):
     the message names (`job_id`, `execution_id`), for log pipelines."""
 
     converter = time.gmtime  # type: ignore[assignment]  # the "Z" is true
-    _JOB = re.compile(r"\bj-[0-9a-f]{8}-[0-9a-f-]{27}\b")
+    _JOB = re.compile(r"\bj-[0-9a-f]{8}-[0-9a-f-]{27}(?:-[a-z2-7]{16})?\b")
     _EXECUTION = re.compile(r"\be-[0-9a-f]{8}-[0-9a-f-]{27}\b")
 
     def format(self, record: logging.LogRecord) -> str:

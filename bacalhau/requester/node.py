@@ -54,6 +54,7 @@ WINDOW_PER_SHARD_S = 0.5e-3  # a bid window's extra length per shard asked about
 COALESCE_PER_EXECUTION_S = 20e-6  # how long reports on a job wait to be written together,
 COALESCE_MAX_S = 0.2  # per execution it has, and at most
 COPY_RETRY_S = (0.1, 0.3, 1.0, 2.0)  # pauses between tries to copy a result from a connected node
+COPIES_AT_ONCE = 16  # results being copied here at once
 REPLICA_TIMEOUT_S = 300.0  # how long a node asked to keep a copy of a result may take
 
 
@@ -121,6 +122,7 @@ class Requester:
         # of accepted results being made here: execution -> the task copying it
         self._proposed: dict[str, dict[str, str]] = {}
         self._keeping: dict[str, asyncio.Task[None]] = {}
+        self._copy_gate = asyncio.Semaphore(COPIES_AT_ONCE)
         # job -> the result replicas it asks for (Deal.result_replicas), for the jobs in flight;
         # (execution, node) -> the answer awaited from a node asked to keep a copy
         self._replica_count: dict[str, int] = {}
@@ -826,10 +828,16 @@ class Requester:
             return task
         if self._keep_result is None:
             return None
-        task = asyncio.ensure_future(self._keep_result(cid, holder))
+        task = asyncio.ensure_future(self._copy_result(cid, holder))
         task.add_done_callback(_observed)
         self._keeping[execution_id] = task
         return task
+
+    async def _copy_result(self, cid: str, holder: str) -> None:
+        keep = self._keep_result
+        async with self._copy_gate:  # a large job's copies, a few at a time
+            if keep is not None:
+                await keep(cid, holder)
 
     async def _kept(self, job_id: str, reports: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         """`reports`, once the results they end with are kept here: an accepted result
@@ -837,7 +845,8 @@ class Requester:
         away before its result was copied is not recorded now: the node reports again when
         it is back (`sync`), or its executions fail once it is given up on. A published
         result that its node, still here, does not send is reported as a failure (nothing
-        would keep it once that node is gone)."""
+        would keep it once that node is gone). One from a node this one has no stream to
+        (heard of through gossip only) is recorded as it is, saying it was not kept here."""
         copies: dict[int, Awaitable[BaseException | None]] = {}
         for i, (sender, u) in enumerate(reports):
             if E.of(u.state) not in (E.PUBLISHED, E.FAILED, E.CANCELLED):
@@ -858,12 +867,17 @@ class Requester:
                 continue
             cid = self._proposed.get(job_id, {}).get(u.execution_id, "")
             why = getattr(error, "message", None) or str(error) or type(error).__name__
-            if not self._net.is_connected(sender):
+            if sender in self._lost:
                 log.info("result %s of job %s: its node %s went away; asked again when it is "
                          "back", cid, job_id, short(sender))  # fmt: skip
                 continue
             log.warning("could not copy result %s of job %s from %s: %s", cid, job_id, sender, why)
-            if E.of(u.state) == E.PUBLISHED:
+            if not self._net.is_connected(sender):  # never had a stream to it: it stays there
+                u = _copy(u)
+                u.message = (
+                    f"its result is not kept on the requester (no stream to its node): {why}"
+                )
+            elif E.of(u.state) == E.PUBLISHED:
                 u = peer_pb2.ExecutionUpdate(
                     job_id=job_id,
                     execution_id=u.execution_id,
