@@ -35,6 +35,7 @@ from typing import Any
 
 import lmdb
 
+from bacalhau._fast import blockio
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError, CorruptData, NotFound
 
@@ -78,6 +79,20 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
             parts = parts[1:]
         if n:
             parts = [memoryview(parts[0])[n:], *parts[1:]]
+
+
+def _not_here(cid: bytes) -> NotFound:
+    return NotFound(
+        f"block {CID.from_bytes(cid)} is not in the local blockstore",
+        hint="add the data first, or fetch it from a node that has it",
+    )
+
+
+def _corrupt_here(cid: bytes, pack: int, offset: int) -> CorruptData:
+    return CorruptData(
+        f"block {CID.from_bytes(cid)} is corrupt on this node (pack {pack}, offset {offset})",
+        hint=REPAIR_HINT,
+    )
 
 
 class BlockstoreError(ContentError):
@@ -196,10 +211,7 @@ class Blockstore:
         loc = self._loc(mh)
         while True:
             if loc is None:
-                raise NotFound(
-                    f"block {CID.from_bytes(cid)} is not in the local blockstore",
-                    hint="add the data first, or fetch it from a node that has it",
-                )
+                raise _not_here(cid)
             pack, offset, length = _LOC.unpack(loc)
             data = self._pread(pack, length, offset)
             if len(data) == length and (not verify or hashlib.sha256(data).digest() == mh[2:]):
@@ -208,11 +220,26 @@ class Blockstore:
             # it was looked up: read it where the index says it is now.
             moved = self._loc(mh)
             if moved == loc:
-                raise CorruptData(
-                    f"block {CID.from_bytes(cid)} is corrupt on this node "
-                    f"(pack {pack}, offset {offset})",
-                    hint=REPAIR_HINT,
-                )
+                raise _corrupt_here(cid, pack, offset)
+            loc = moved
+
+    def get_framed(self, cid: bytes, head: Callable[[int], bytes]) -> tuple[bytes, int]:
+        """(`head(n)` followed by the block's n bytes, as one bytes object that the block is
+        read straight into; n). Not checked against the CID: for sending to a peer, which
+        checks every block itself. Raises NotFound, or CorruptData if the pack is cut short."""
+        mh = _multihash(cid)
+        loc = self._loc(mh)
+        while True:
+            if loc is None:
+                raise _not_here(cid)
+            pack, offset, length = _LOC.unpack(loc)
+            first = head(length)
+            data = self._pread(pack, length, offset, head=first)
+            if len(data) == len(first) + length:
+                return data, length
+            moved = self._loc(mh)  # moved by garbage collection meanwhile, as in `get`
+            if moved == loc:
+                raise _corrupt_here(cid, pack, offset)
             loc = moved
 
     def _loc(self, mh: bytes) -> bytes | None:
@@ -310,8 +337,11 @@ class Blockstore:
         with self.batch() as batch:
             return sum(batch.drop_at(b.multihash, b.pack, b.offset) for b in blocks)
 
-    def _pread(self, pack: int, length: int, offset: int, *, missing_ok: bool = True) -> bytes:
-        """Bytes of a pack; b"" if the pack file is gone (unless not `missing_ok`).
+    def _pread(
+        self, pack: int, length: int, offset: int, *, missing_ok: bool = True, head: bytes = b""
+    ) -> bytes:
+        """Bytes of a pack, after `head` if one is given (read straight into the bytes object
+        returned); b"" if the pack file is gone (unless not `missing_ok`).
 
         The pack's descriptor is counted in use while it is read, so `_retire` (garbage
         collection deleting the pack) closes it only after the last reader is done."""
@@ -327,6 +357,9 @@ class Blockstore:
                 reader = self._readers[pack] = _Reader(fd)
             reader.users += 1
         try:
+            if head:
+                framed: bytes = blockio.pread_after(reader.fd, head, length, offset)
+                return framed
             return os.pread(reader.fd, length, offset)
         finally:
             with self._readers_lock:

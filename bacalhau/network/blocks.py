@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+from bacalhau._fast import blockio, dagpb
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.blockstore import FETCHED, REPAIR_HINT, Blockstore
 from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
-from bacalhau.content.dag import check_block
 from bacalhau.content.errors import ContentError, CorruptData, NotFound, TooLarge
 from bacalhau.errors import UsageError
 from bacalhau.observability.tracing import annotate
@@ -21,21 +21,89 @@ from bacalhau.observability.tracing import annotate
 if TYPE_CHECKING:
     from bacalhau.network.peers import Network
 
-_BATCH_BYTES = 4 << 20
+_BATCH_BYTES = 4 << 20  # blocks read from the store at a time, by a worker thread
+BATCH_BYTES = 4 << 20  # blocks in one batched Block message (a larger block goes alone)
 WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
 MAX_WANT = 1024  # CIDs a node takes in one GetBlocks request (it sends at most WANT_BATCH)
 COMMIT_BYTES = 32 << 20  # verified blocks stored (synced) together
 
 
-def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[tuple[bytes, bytes]]:
+class WireBlock:
+    """A block as GetBlocks sends it: `message` is its serialized `peer_pb2.Block`, which the
+    block's bytes were read straight into (a `peer_pb2.Block` would copy them twice more on
+    the way out). `cid` and `data` read as a `peer_pb2.Block`'s do; `encode_block` gives
+    `message` to gRPC as it is."""
+
+    __slots__ = ("cid", "message", "size")
+
+    def __init__(self, cid: bytes, message: bytes, size: int) -> None:
+        self.cid = cid
+        self.message = message
+        self.size = size  # of the block: its bytes end `message`
+
+    @classmethod
+    def of(cls, cid: bytes, data: bytes) -> WireBlock:
+        return cls(cid, _head(cid, len(data)) + data, len(data))
+
+    @property
+    def data(self) -> bytes:
+        return self.message[len(self.message) - self.size :]
+
+
+def _head(cid: bytes, size: int) -> bytes:
+    """What precedes a block's `size` bytes in its serialized `peer_pb2.Block` (as protobuf
+    writes it: fields in order, an empty one left out)."""
+    head: bytes = b"\x0a" + dagpb.varint(len(cid)) + cid
+    return head + b"\x12" + dagpb.varint(size) if size else head
+
+
+def encode_block(block: Any) -> bytes:
+    """A GetBlocks answer as it goes on the wire: a WireBlock's message, or a serialized
+    `peer_pb2.Block`."""
+    if type(block) is WireBlock:
+        return block.message
+    encoded: bytes = block.SerializeToString()
+    return encoded
+
+
+class _Registry:
+    """Takes what a generated `add_..._to_server` registers, instead of a server."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_peer_service(servicer: Any, server: grpc.aio.Server) -> None:
+    """Serve PeerService with `servicer` on `server`, as
+    `peer_pb2_grpc.add_PeerServiceServicer_to_server` does, except that GetBlocks' answers are
+    encoded by `encode_block` (so `serve_blocks` can yield WireBlocks)."""
+    reg = _Registry()
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(servicer, reg)
+    handlers = reg.handlers
+    handlers["GetBlocks"] = handlers["GetBlocks"]._replace(response_serializer=encode_block)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(reg.service, handlers),))
+    server.add_registered_method_handlers(reg.service, handlers)
+
+
+def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[WireBlock]:
     # Read without hashing: the receiver checks every block against its CID anyway, and a
     # block that is corrupt on disk is refused there (and fetched from another peer).
-    get = functools.partial(store.get, verify=False)
+    if recursive:
+        get = functools.partial(store.get, verify=False)
+        for cid in cids:
+            for c, data in dag.walk(get, cid):
+                yield WireBlock.of(c, data)
+        return
     for cid in cids:
-        if recursive:
-            yield from dag.walk(get, cid)
-        else:
-            yield cid, get(cid)
+        message, size = store.get_framed(cid, functools.partial(_head, cid))
+        yield WireBlock(cid, message, size)
 
 
 async def serve_blocks(
@@ -45,19 +113,20 @@ async def serve_blocks(
     recursive: bool,
     sent: Tally | None = None,
     skip: frozenset[bytes] = frozenset(),
-) -> AsyncIterator[Any]:
-    """Yield `peer_pb2.Block`s of `cids` (with `recursive`, of their DAGs, parents first);
-    walking and reading happen in a worker thread; blocks in `skip` are walked, not sent.
-    Raises NotFound for a missing block."""
+) -> AsyncIterator[WireBlock]:
+    """Yield the blocks of `cids` (with `recursive`, of their DAGs, parents first) as
+    WireBlocks (`cid`, `data`, and the message GetBlocks sends); walking and reading happen in
+    a worker thread; blocks in `skip` are walked, not sent. Raises NotFound for a missing
+    block."""
     it = _blocks(store, cids, recursive)
 
-    def next_batch() -> list[tuple[bytes, bytes]]:
+    def next_batch() -> list[WireBlock]:
         out, size = [], 0
-        for cid, data in it:
-            if cid in skip:
+        for block in it:
+            if block.cid in skip:
                 continue
-            out.append((cid, data))
-            size += len(data)
+            out.append(block)
+            size += block.size
             if size >= _BATCH_BYTES:
                 break
         return out
@@ -68,9 +137,9 @@ async def serve_blocks(
         while batch := await reading:
             reading = asyncio.ensure_future(asyncio.to_thread(next_batch))
             if sent is not None:
-                sent.inc(sum(len(d) for _, d in batch))
-            for cid, data in batch:
-                yield peer_pb2.Block(cid=cid, data=data)
+                sent.inc(sum(b.size for b in batch))
+            for block in batch:
+                yield block
     finally:
         reading.cancel()
 
@@ -86,6 +155,10 @@ def check_want(cids: list[bytes]) -> None:
         raise UsageError("GetBlocks names a CID more than once")
 
 
+_GET_BLOCKS = "/bacalhau.v1.PeerService/GetBlocks"
+MAX_CID_BYTES = 128  # a sha2-256 CID is 34 to 38 bytes; a longer one in a Block is refused
+
+
 async def fetch_blocks(
     channel: grpc.aio.Channel,
     cids: list[bytes],
@@ -94,24 +167,98 @@ async def fetch_blocks(
     timeout: float = 60.0,
     verify: bool = True,
 ) -> list[tuple[bytes, bytes]]:
-    """Blocks from a peer, each verified (unless the caller does it: `verify=False`).
+    """Blocks from a peer, each verified (unless the caller does it: `verify=False`). Without
+    `recursive`, exactly the blocks of `cids`, in that order (anything else is CorruptData).
 
     Raises CorruptData, NotFound, or grpc.RpcError."""
-    stub = peer_pb2_grpc.PeerServiceStub(channel)
-    out: list[tuple[bytes, bytes]] = []
-    call = stub.GetBlocks(
-        peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive), timeout=timeout
+    blocks = await _receive(channel, cids, recursive=recursive, timeout=timeout)
+    if verify:
+        _check(blocks)
+    return [(cid, bytes(data)) for cid, data in blocks]
+
+
+async def _receive(
+    channel: grpc.aio.Channel, cids: list[bytes], *, recursive: bool, timeout: float
+) -> list[tuple[bytes, memoryview]]:
+    """The blocks a peer sends for one GetBlocks request, not verified: their bytes are views
+    of the messages as they came (nothing is copied). Without `recursive`, checks that they are
+    exactly the blocks of `cids`, in order. Raises CorruptData, NotFound or grpc.RpcError."""
+    # The raw messages, not Block objects: a Block's data would be copied twice on the way.
+    get = channel.unary_stream(
+        _GET_BLOCKS,
+        request_serializer=peer_pb2.GetBlocksRequest.SerializeToString,
+        response_deserializer=None,
+        _registered_method=True,
     )
+    call = get(peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive), timeout=timeout)
+    out: list[tuple[bytes, memoryview]] = []
     try:
-        async for block in call:
-            if verify:
-                check_block(block.cid, block.data)
-            out.append((block.cid, block.data))
+        async for msg in call:
+            out.append(parse_block_message(msg))
+            if not recursive and len(out) > len(cids):
+                raise CorruptData(f"the peer sent more than the {len(cids)} blocks asked for")
     except grpc.aio.AioRpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
             raise NotFound(e.details() or "block not found on the peer") from e
         raise
+    finally:
+        call.cancel()
+    if not recursive:
+        if len(out) != len(cids):
+            raise CorruptData(f"the peer sent {len(out)} of the {len(cids)} blocks asked for")
+        for (got, _), want in zip(out, cids, strict=True):
+            if got != want:
+                raise CorruptData(
+                    f"the peer sent block {_cid_text(got)} where {CID.from_bytes(want)} "
+                    "was asked for"
+                )
     return out
+
+
+def _cid_text(cid: bytes) -> str:
+    try:
+        return str(CID.from_bytes(cid))
+    except ContentError:
+        return "(not a CID)"
+
+
+def parse_block_message(msg: bytes) -> tuple[bytes, memoryview]:
+    """(CID, the block's bytes as a view of `msg`) of one serialized `peer_pb2.Block`, read
+    as protobuf reads it (unknown fields skipped, the last of a repeated field kept) but
+    without copying the block. Raises CorruptData if the message is malformed (a truncated
+    field, a wire type protobuf does not have) or its CID is empty or over MAX_CID_BYTES."""
+    view = memoryview(msg)
+    end = len(msg)
+    pos = 0
+    cid = b""
+    data = view[0:0]
+    try:
+        while pos < end:
+            key, pos = dagpb.read_varint(msg, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 2:
+                n, pos = dagpb.read_varint(msg, pos)
+                stop = pos + n
+                if stop > end:
+                    raise CorruptData("a Block message from the peer is truncated")
+                if field == 1:
+                    cid = msg[pos:stop]
+                elif field == 2:
+                    data = view[pos:stop]
+                pos = stop
+            elif wire == 0:
+                _, pos = dagpb.read_varint(msg, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                if pos > end:
+                    raise CorruptData("a Block message from the peer is truncated")
+            else:
+                raise CorruptData(f"a Block message from the peer has wire type {wire}")
+    except dagpb.DecodeError as exc:
+        raise CorruptData(f"a Block message from the peer is malformed: {exc}") from None
+    if not 0 < len(cid) <= MAX_CID_BYTES:
+        raise CorruptData(f"a Block message from the peer has a CID of {len(cid)} bytes")
+    return cid, data
 
 
 def missing(store: Blockstore, root: bytes) -> bool:
@@ -312,15 +459,15 @@ async def _find_sources(
     return sources, errors, holders_answered
 
 
-def _links(cid: bytes, data: bytes) -> list[bytes]:
+def _links(cid: bytes, data: bytes | memoryview) -> list[bytes]:
     """CIDs a block links to. A dag-pb block that is one Data field and nothing else (a
     file's leaf) is recognised without decoding (and copying) its payload."""
-    if CID.from_bytes(cid).codec == RAW or _only_data(data):
+    if (cid[0] == 1 and CID.from_bytes(cid).codec == RAW) or _only_data(data):
         return []
-    return [link.cid for link in dag.decode(cid, data).links]
+    return [link.cid for link in dag.decode(cid, bytes(data)).links]
 
 
-def _only_data(block: bytes) -> bool:
+def _only_data(block: bytes | memoryview) -> bool:
     if block[:1] != b"\x0a":  # field 1 (Data), length-delimited
         return False
     size, shift, i = 0, 0, 1
@@ -352,12 +499,21 @@ def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[byte
     return need, below
 
 
-def _verify(blocks: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Check each block against its CID (CorruptData if one does not match); returns the
-    links under them. Runs in a worker thread: hashlib releases the GIL."""
+def _check(blocks: list[tuple[bytes, memoryview]]) -> list[bytes]:
+    """Check each block against its CID (CorruptData naming the first that does not match);
+    returns the links under them. Hashes the whole batch in one call (compiled: without the
+    GIL), so run it in a worker thread."""
+    digests = []
+    for cid, _ in blocks:
+        if len(cid) == 34 and cid[:2] == b"\x12\x20":  # CIDv0: the multihash itself
+            digests.append(cid[2:])
+        else:
+            digests.append(CID.from_bytes(cid).digest)  # sha2-256 only, or ContentError
+    bad = blockio.first_mismatch(digests, [data for _, data in blocks])
+    if bad >= 0:
+        raise CorruptData(f"block {CID.from_bytes(blocks[bad][0])} does not match its CID")
     below = []
     for cid, data in blocks:
-        check_block(cid, data)
         below.extend(_links(cid, data))
     return below
 
@@ -373,12 +529,12 @@ class _Sink:
         self.root = root
         self.max_bytes = max_bytes
         self.total = 0  # block bytes added, for `max_bytes`
-        self.pending: list[tuple[bytes, bytes]] = []
+        self.pending: list[tuple[bytes, bytes | memoryview]] = []
         self.size = 0
         self.lock = asyncio.Lock()
         self.writes: list[asyncio.Future[None]] = []
 
-    async def add(self, blocks: list[tuple[bytes, bytes]]) -> None:
+    async def add(self, blocks: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
         """Raises TooLarge once more than `max_bytes` came (0: no limit)."""
         added = sum(len(d) for _, d in blocks)
         self.total += added
@@ -402,11 +558,13 @@ class _Sink:
             if isinstance(r, BaseException):
                 raise r
 
-    def _take(self) -> list[tuple[bytes, bytes]]:
+    def _take(self) -> list[tuple[bytes, bytes | memoryview]]:
         blocks, self.pending, self.size = self.pending, [], 0
         return blocks
 
-    async def _write(self, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:
+    async def _write(
+        self, blocks: list[tuple[bytes, bytes | memoryview]], pin: bytes | None
+    ) -> None:
         async with self.lock:
             if blocks or pin is not None:
                 await asyncio.to_thread(store_blocks, self.store, blocks, pin)
@@ -455,22 +613,35 @@ async def _fetch_spread(
 ) -> list[bytes]:
     """Fetch `need` from `sources` in parallel, WANT_BATCH CIDs per request, two requests in
     flight per source; a batch a source fails (or sends corrupt) goes back to the queue for
-    the others. Returns the links below the fetched blocks."""
+    the others, and that source is asked no more. A worker stops when the queue is empty and
+    no batch is in flight (asked for, or verified, and not stored yet). Returns the links
+    below the fetched blocks."""
     queue: list[list[bytes]] = [need[i : i + WANT_BATCH] for i in range(0, len(need), WANT_BATCH)]
     below: list[bytes] = []
     inflight = 0
     wakeup = asyncio.Event()
-    Checking = tuple[list[bytes], list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]
+    Checking = tuple[list[bytes], list[tuple[bytes, memoryview]], asyncio.Future[list[bytes]]]
+
+    def requeue(batch: list[bytes]) -> None:
+        nonlocal inflight
+        queue.append(batch)
+        inflight -= 1
+        wakeup.set()
 
     async def settle(node_id: str, checking: Checking) -> bool:
+        nonlocal inflight
         batch, blocks, fut = checking
         try:
             below.extend(await fut)
         except ContentError as e:  # a corrupt block: the batch goes to another source
-            queue.append(batch)
+            requeue(batch)
             errors.append(f"{node_id[-8:]}: {e}")
             return False
-        await sink.add(blocks)
+        try:
+            await sink.add(blocks)
+        finally:
+            inflight -= 1
+            wakeup.set()
         return True
 
     async def worker(node_id: str, channel: grpc.aio.Channel) -> None:
@@ -491,16 +662,13 @@ async def _fetch_spread(
                     await wakeup.wait()
                     continue
                 batch = queue.pop()
-                inflight += 1
+                inflight += 1  # until it is stored, or back in the queue
                 try:
-                    blocks = await fetch_blocks(channel, batch, recursive=False, verify=False)
+                    blocks = await _receive(channel, batch, recursive=False, timeout=60.0)
                 except (grpc.RpcError, ContentError) as e:
-                    queue.append(batch)
+                    requeue(batch)
                     errors.append(f"{node_id[-8:]}: {rpc_error_line(e)}")
                     return
-                finally:
-                    inflight -= 1
-                    wakeup.set()
                 if received is not None:
                     received.inc(sum(len(d) for _, d in blocks))
                 # One batch is hashed in a thread while the next one arrives.
@@ -508,9 +676,9 @@ async def _fetch_spread(
                     ok = await settle(node_id, checking)
                     checking = None
                     if not ok:
-                        queue.append(batch)
+                        requeue(batch)
                         return
-                hashing = asyncio.ensure_future(asyncio.to_thread(_verify, blocks))
+                hashing = asyncio.ensure_future(asyncio.to_thread(_check, blocks))
                 checking = (batch, blocks, hashing)
         finally:
             if checking is not None:
@@ -533,7 +701,9 @@ async def _fetch_spread(
     return below
 
 
-def store_blocks(store: Blockstore, blocks: list[tuple[bytes, bytes]], pin: bytes | None) -> None:
+def store_blocks(
+    store: Blockstore, blocks: Sequence[tuple[bytes, bytes | memoryview]], pin: bytes | None
+) -> None:
     """Write `blocks` in one batch (pinning `pin`); blocking, run it in a thread."""
     with store.batch() as batch:
         for cid, data in blocks:

@@ -40,6 +40,7 @@ from bacalhau.identity import Identity
 from bacalhau.layout import ADDRESS_FILE
 from bacalhau.models import JobState
 from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
+from bacalhau.network.blocks import add_peer_service
 from bacalhau.network.dispatch import Dispatcher
 from bacalhau.network.peers import API_VERSION, MAX_PEERS
 from bacalhau.node.peer_table import PeerTable
@@ -313,7 +314,7 @@ class Node:
         peers = PeerServicer(
             network=self.network, results=self.results, memo=self.store.get_memo, traces=traces
         )
-        peer_pb2_grpc.add_PeerServiceServicer_to_server(peers, self._server)
+        add_peer_service(peers, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [
