@@ -10,12 +10,15 @@ then runs over all of them without it.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.errno cimport EINTR, errno
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 from posix.types cimport off_t
 from posix.unistd cimport pread
+
+from operator import index as _index
 
 DIGEST_SIZE = 32
 
@@ -70,27 +73,42 @@ def first_mismatch(digests, blocks):
     return bad
 
 
-def pread_after(int fd, bytes head not None, Py_ssize_t length, off_t offset):
-    """`head` followed by `length` bytes of the file `fd` at `offset`, as one new bytes object
-    the file is read straight into (shorter if the file ends first). Raises OSError, or
-    ValueError for a negative length or offset."""
-    if length < 0 or offset < 0:
-        raise ValueError("a negative length or offset")
-    cdef Py_ssize_t h = PyBytes_GET_SIZE(head), got = 0
+def pread_many(bytes head not None, reads):
+    """`head` followed by what each of `reads` ((fd, offset, length): that many bytes of the
+    file at that offset) reads, one after another, as one new bytes object that the files are
+    read straight into; None if a file ends before a read is complete. Raises OSError,
+    ValueError for a negative offset or length, TypeError for a read that is not three ints."""
+    cdef list rs = []
+    cdef Py_ssize_t h = PyBytes_GET_SIZE(head), total = h, got, pos
     cdef ssize_t n
-    out = PyBytes_FromStringAndSize(NULL, h + length)
+    cdef int fd
+    cdef off_t offset
+    cdef Py_ssize_t length
+    for r in reads:
+        fd, offset, length = [_index(x) for x in r]
+        if length < 0 or offset < 0:
+            raise ValueError("a negative length or offset")
+        if length > PY_SSIZE_T_MAX - total:
+            raise ValueError("reads too large")
+        total += length
+        rs.append((fd, offset, length))
+    out = PyBytes_FromStringAndSize(NULL, total)
     cdef char* p = PyBytes_AS_STRING(out)
     memcpy(p, PyBytes_AS_STRING(head), h)
-    while got < length:
-        with nogil:
-            n = pread(fd, p + h + got, <size_t>(length - got), offset + got)
-        if n < 0:
-            if errno == EINTR:
-                PyErr_CheckSignals()
-                continue
-            PyErr_SetFromErrno(OSError)
-            return None  # not reached: the error is raised
-        if n == 0:
-            return out[: h + got]
-        got += n
+    pos = h
+    for fd, offset, length in rs:
+        got = 0
+        while got < length:
+            with nogil:
+                n = pread(fd, p + pos + got, <size_t>(length - got), offset + got)
+            if n < 0:
+                if errno == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                PyErr_SetFromErrno(OSError)
+                return None  # not reached: the error is raised
+            if n == 0:
+                return None
+            got += n
+        pos += length
     return out

@@ -8,6 +8,7 @@ hashes a block of 2 KiB or more).
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -41,20 +42,26 @@ def first_mismatch(digests: Iterable[bytes], blocks: Iterable[Any]) -> int:
     return -1
 
 
-def pread_after(fd: int, head: bytes, length: int, offset: int) -> bytes:
-    """`head` followed by `length` bytes of the file `fd` at `offset`, as one new bytes object
-    (shorter if the file ends first). Raises OSError, or ValueError for a negative length or
-    offset."""
+def pread_many(head: bytes, reads: Iterable[tuple[int, int, int]]) -> bytes | None:
+    """`head` followed by what each of `reads` ((fd, offset, length): that many bytes of the
+    file at that offset) reads, one after another, as one new bytes object; None if a file
+    ends before a read is complete. Raises OSError, ValueError for a negative offset or length,
+    TypeError for a read that is not three ints."""
     if type(head) is not bytes:
         raise TypeError("head is bytes")
-    if length < 0 or offset < 0:
-        raise ValueError("a negative length or offset")
+    rs = []
+    for r in reads:
+        fd, offset, length = (operator.index(x) for x in r)
+        if length < 0 or offset < 0:
+            raise ValueError("a negative length or offset")
+        rs.append((fd, offset, length))
     parts = [head]
-    got = 0
-    while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
+    for fd, offset, length in rs:
+        got = 0
+        while got < length:
+            chunk = os.pread(fd, length - got, offset + got)
+            if not chunk:
+                return None
+            parts.append(chunk)
+            got += len(chunk)
     return b"".join(parts)

@@ -26,7 +26,7 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,24 +223,42 @@ class Blockstore:
                 raise _corrupt_here(cid, pack, offset)
             loc = moved
 
-    def get_framed(self, cid: bytes, head: Callable[[int], bytes]) -> tuple[bytes, int]:
-        """(`head(n)` followed by the block's n bytes, as one bytes object that the block is
-        read straight into; n). Not checked against the CID: for sending to a peer, which
-        checks every block itself. Raises NotFound, or CorruptData if the pack is cut short."""
-        mh = _multihash(cid)
-        loc = self._loc(mh)
-        while True:
-            if loc is None:
-                raise _not_here(cid)
-            pack, offset, length = _LOC.unpack(loc)
-            first = head(length)
-            data = self._pread(pack, length, offset, head=first)
-            if len(data) == len(first) + length:
-                return data, length
-            moved = self._loc(mh)  # moved by garbage collection meanwhile, as in `get`
-            if moved == loc:
-                raise _corrupt_here(cid, pack, offset)
-            loc = moved
+    def get_framed(
+        self, cids: list[bytes], head: Callable[[list[int]], bytes], *, max_bytes: int = 0
+    ) -> tuple[bytes, list[int]]:
+        """(`head(sizes)` followed by the blocks' bytes one after another, as one bytes object
+        that the blocks are read straight into; the blocks' sizes) for the first blocks of
+        `cids` that together hold at most `max_bytes` (0: all of them; always at least one).
+        Not checked against their CIDs: for sending to a peer, which checks every block
+        itself. Raises NotFound, or CorruptData if a pack is cut short."""
+        where: list[tuple[int, int, int]] = []
+        total = 0
+        with self._env.begin(db=self._blocks) as txn:
+            for cid in cids:
+                loc = txn.get(_multihash(cid))
+                if loc is None:
+                    raise _not_here(cid)
+                pack, offset, length = _LOC.unpack(loc)
+                if where and max_bytes and total + length > max_bytes:
+                    break
+                where.append((pack, offset, length))
+                total += length
+        cids = cids[: len(where)]
+        sizes = [length for _, _, length in where]
+        first = head(sizes)
+        try:
+            with self._reading({pack for pack, _, _ in where}) as fds:
+                reads = [(fds[pack], offset, length) for pack, offset, length in where]
+                framed: bytes | None = blockio.pread_many(first, reads)
+        except FileNotFoundError:
+            framed = None
+        if framed is not None:
+            return framed, sizes
+        # A pack was cut short or is gone, or garbage collection moved a block meanwhile:
+        # read them one by one, as `get` does (which says which block is corrupt).
+        blocks = [self.get(cid, verify=False) for cid in cids]
+        sizes = [len(b) for b in blocks]
+        return b"".join([head(sizes), *blocks]), sizes
 
     def _loc(self, mh: bytes) -> bytes | None:
         with self._env.begin(db=self._blocks) as txn:
@@ -337,35 +355,40 @@ class Blockstore:
         with self.batch() as batch:
             return sum(batch.drop_at(b.multihash, b.pack, b.offset) for b in blocks)
 
-    def _pread(
-        self, pack: int, length: int, offset: int, *, missing_ok: bool = True, head: bytes = b""
-    ) -> bytes:
-        """Bytes of a pack, after `head` if one is given (read straight into the bytes object
-        returned); b"" if the pack file is gone (unless not `missing_ok`).
-
-        The pack's descriptor is counted in use while it is read, so `_retire` (garbage
-        collection deleting the pack) closes it only after the last reader is done."""
-        with self._readers_lock:
-            reader = self._readers.get(pack)
-            if reader is None:
-                try:
-                    fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    if missing_ok:
-                        return b""
-                    raise
-                reader = self._readers[pack] = _Reader(fd)
-            reader.users += 1
+    def _pread(self, pack: int, length: int, offset: int, *, missing_ok: bool = True) -> bytes:
+        """Bytes of a pack; b"" if the pack file is gone (unless not `missing_ok`)."""
         try:
-            if head:
-                framed: bytes = blockio.pread_after(reader.fd, head, length, offset)
-                return framed
-            return os.pread(reader.fd, length, offset)
+            with self._reading((pack,)) as fds:
+                return os.pread(fds[pack], length, offset)
+        except FileNotFoundError:
+            if missing_ok:
+                return b""
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self, packs: Iterable[int]) -> Iterator[dict[int, int]]:
+        """Descriptors of `packs` ({pack: fd}), counted in use while the block is entered, so
+        `_retire` (garbage collection deleting a pack) closes one only after the last reader is
+        done. Raises FileNotFoundError if a pack file is gone."""
+        taken: list[_Reader] = []
+        fds = {}
+        try:
+            with self._readers_lock:
+                for pack in packs:
+                    reader = self._readers.get(pack)
+                    if reader is None:
+                        fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                        reader = self._readers[pack] = _Reader(fd)
+                    reader.users += 1
+                    taken.append(reader)
+                    fds[pack] = reader.fd
+            yield fds
         finally:
             with self._readers_lock:
-                reader.users -= 1
-                if reader.retired and not reader.users:
-                    os.close(reader.fd)
+                for reader in taken:
+                    reader.users -= 1
+                    if reader.retired and not reader.users:
+                        os.close(reader.fd)
 
     def _retire(self, pack: int) -> None:
         """Forget this process's descriptor of a deleted pack (closed once no read uses it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,39 +23,61 @@ if TYPE_CHECKING:
     from bacalhau.network.peers import Network
 
 _BATCH_BYTES = 4 << 20  # blocks read from the store at a time, by a worker thread
-BATCH_BYTES = 4 << 20  # blocks in one batched Block message (a larger block goes alone)
+BATCH_BYTES = 1 << 20  # blocks in one message to an asker that takes batches (a larger one alone)
 WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
 MAX_WANT = 1024  # CIDs a node takes in one GetBlocks request (it sends at most WANT_BATCH)
 COMMIT_BYTES = 32 << 20  # verified blocks stored (synced) together
 
 
 class WireBlock:
-    """A block as GetBlocks sends it: `message` is its serialized `peer_pb2.Block`, which the
-    block's bytes were read straight into (a `peer_pb2.Block` would copy them twice more on
-    the way out). `cid` and `data` read as a `peer_pb2.Block`'s do; `encode_block` gives
+    """Blocks as GetBlocks sends them: `message` is a serialized `peer_pb2.Block` that the
+    blocks' bytes were read straight into (a `peer_pb2.Block` would copy them twice more on
+    the way out): one block (`cid`, `data`), or a batch of them for an asker that takes
+    batches. `cid` and `data` read as a one-block `peer_pb2.Block`'s do; `encode_block` gives
     `message` to gRPC as it is."""
 
-    __slots__ = ("cid", "message", "size")
+    __slots__ = ("cids", "message", "sizes")
 
-    def __init__(self, cid: bytes, message: bytes, size: int) -> None:
-        self.cid = cid
+    def __init__(self, cids: list[bytes], message: bytes, sizes: list[int]) -> None:
+        self.cids = cids
         self.message = message
-        self.size = size  # of the block: its bytes end `message`
+        self.sizes = sizes  # of the blocks, whose bytes end `message`, one after another
 
     @classmethod
     def of(cls, cid: bytes, data: bytes) -> WireBlock:
-        return cls(cid, _head(cid, len(data)) + data, len(data))
+        """One block, as a `peer_pb2.Block` serializes it."""
+        return cls([cid], _head([cid], [len(data)]) + data, [len(data)])
+
+    @property
+    def cid(self) -> bytes:
+        return self.cids[0]
 
     @property
     def data(self) -> bytes:
         return self.message[len(self.message) - self.size :]
 
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
 
-def _head(cid: bytes, size: int) -> bytes:
-    """What precedes a block's `size` bytes in its serialized `peer_pb2.Block` (as protobuf
-    writes it: fields in order, an empty one left out)."""
-    head: bytes = b"\x0a" + dagpb.varint(len(cid)) + cid
-    return head + b"\x12" + dagpb.varint(size) if size else head
+
+def _head(cids: list[bytes], sizes: list[int]) -> bytes:
+    """What precedes the blocks' bytes in their serialized `peer_pb2.Block`: for one block,
+    `cid` and the start of `data` as protobuf writes them (fields in order, an empty one left
+    out); for a batch, `cids`, `sizes` (packed) and the start of `data`."""
+    varint = dagpb.varint
+    total = sum(sizes)
+    if len(cids) == 1:
+        head: bytes = b"\x0a" + varint(len(cids[0])) + cids[0]
+    else:
+        packed = b"".join(map(varint, sizes))
+        head = b"".join(b"\x1a" + varint(len(c)) + c for c in cids)
+        head += b"\x22" + varint(len(packed)) + packed
+    return head + b"\x12" + varint(total) if total else head
+
+
+def _head_of_first(cids: list[bytes], sizes: list[int]) -> bytes:
+    return _head(cids[: len(sizes)], sizes)
 
 
 def encode_block(block: Any) -> bytes:
@@ -64,6 +87,11 @@ def encode_block(block: Any) -> bytes:
         return block.message
     encoded: bytes = block.SerializeToString()
     return encoded
+
+
+# Whether the GetBlocks call being answered takes batches: set by the handler that
+# `add_peer_service` registers (each call runs in a task of its own), read by `serve_blocks`.
+_batched: contextvars.ContextVar[bool] = contextvars.ContextVar("batched", default=False)
 
 
 class _Registry:
@@ -83,27 +111,44 @@ class _Registry:
 def add_peer_service(servicer: Any, server: grpc.aio.Server) -> None:
     """Serve PeerService with `servicer` on `server`, as
     `peer_pb2_grpc.add_PeerServiceServicer_to_server` does, except that GetBlocks' answers are
-    encoded by `encode_block` (so `serve_blocks` can yield WireBlocks)."""
+    encoded by `encode_block` (so `serve_blocks` can yield WireBlocks), and `serve_blocks`
+    sends batches when the request says the asker takes them."""
     reg = _Registry()
     peer_pb2_grpc.add_PeerServiceServicer_to_server(servicer, reg)
     handlers = reg.handlers
-    handlers["GetBlocks"] = handlers["GetBlocks"]._replace(response_serializer=encode_block)
+    inner = handlers["GetBlocks"].unary_stream
+
+    async def get_blocks(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        _batched.set(bool(request.batched))
+        async for answer in inner(request, context):
+            yield answer
+
+    handlers["GetBlocks"] = handlers["GetBlocks"]._replace(
+        unary_stream=get_blocks, response_serializer=encode_block
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(reg.service, handlers),))
     server.add_registered_method_handlers(reg.service, handlers)
 
 
-def _blocks(store: Blockstore, cids: list[bytes], recursive: bool) -> Iterator[WireBlock]:
+def _blocks(
+    store: Blockstore, cids: list[bytes], recursive: bool, skip: frozenset[bytes], batched: bool
+) -> Iterator[WireBlock]:
     # Read without hashing: the receiver checks every block against its CID anyway, and a
     # block that is corrupt on disk is refused there (and fetched from another peer).
     if recursive:
         get = functools.partial(store.get, verify=False)
         for cid in cids:
             for c, data in dag.walk(get, cid):
-                yield WireBlock.of(c, data)
+                if c not in skip:
+                    yield WireBlock.of(c, data)
         return
-    for cid in cids:
-        message, size = store.get_framed(cid, functools.partial(_head, cid))
-        yield WireBlock(cid, message, size)
+    todo = [cid for cid in cids if cid not in skip]
+    while todo:
+        take = todo[:MAX_WANT] if batched else todo[:1]
+        head = functools.partial(_head_of_first, take)
+        message, sizes = store.get_framed(take, head, max_bytes=BATCH_BYTES)
+        yield WireBlock(take[: len(sizes)], message, sizes)
+        del todo[: len(sizes)]
 
 
 async def serve_blocks(
@@ -113,18 +158,21 @@ async def serve_blocks(
     recursive: bool,
     sent: Tally | None = None,
     skip: frozenset[bytes] = frozenset(),
+    batched: bool | None = None,
 ) -> AsyncIterator[WireBlock]:
     """Yield the blocks of `cids` (with `recursive`, of their DAGs, parents first) as
     WireBlocks (`cid`, `data`, and the message GetBlocks sends); walking and reading happen in
-    a worker thread; blocks in `skip` are walked, not sent. Raises NotFound for a missing
+    a worker thread; blocks in `skip` are walked, not sent. With `batched` (None: if the
+    GetBlocks request being answered asks for it), a WireBlock holds up to BATCH_BYTES of
+    blocks (a larger block goes alone), except with `recursive`. Raises NotFound for a missing
     block."""
-    it = _blocks(store, cids, recursive)
+    if batched is None:
+        batched = _batched.get()
+    it = _blocks(store, cids, recursive, skip, batched)
 
     def next_batch() -> list[WireBlock]:
         out, size = [], 0
         for block in it:
-            if block.cid in skip:
-                continue
             out.append(block)
             size += block.size
             if size >= _BATCH_BYTES:
@@ -190,11 +238,12 @@ async def _receive(
         response_deserializer=None,
         _registered_method=True,
     )
-    call = get(peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive), timeout=timeout)
+    request = peer_pb2.GetBlocksRequest(cids=cids, recursive=recursive, batched=True)
+    call = get(request, timeout=timeout)
     out: list[tuple[bytes, memoryview]] = []
     try:
         async for msg in call:
-            out.append(parse_block_message(msg))
+            out.extend(parse_block_message(msg))
             if not recursive and len(out) > len(cids):
                 raise CorruptData(f"the peer sent more than the {len(cids)} blocks asked for")
     except grpc.aio.AioRpcError as e:
@@ -222,22 +271,27 @@ def _cid_text(cid: bytes) -> str:
         return "(not a CID)"
 
 
-def parse_block_message(msg: bytes) -> tuple[bytes, memoryview]:
-    """(CID, the block's bytes as a view of `msg`) of one serialized `peer_pb2.Block`, read
-    as protobuf reads it (unknown fields skipped, the last of a repeated field kept) but
-    without copying the block. Raises CorruptData if the message is malformed (a truncated
-    field, a wire type protobuf does not have) or its CID is empty or over MAX_CID_BYTES."""
+def parse_block_message(msg: bytes) -> list[tuple[bytes, memoryview]]:
+    """The blocks of one serialized `peer_pb2.Block`, (CID, a view of the block's bytes in
+    `msg`): one block (`cid`, `data`) or a batch (`cids`, `sizes`, `data`). Read as protobuf
+    reads it (unknown fields skipped, the last of a repeated scalar kept), but without copying
+    a block. Raises CorruptData for a malformed message: a truncated field, a wire type
+    protobuf does not have, more than MAX_WANT blocks (a request names no more), a CID that
+    is empty or over MAX_CID_BYTES, sizes that do not add up to `data`, both forms at once."""
     view = memoryview(msg)
     end = len(msg)
     pos = 0
     cid = b""
     data = view[0:0]
+    cids: list[bytes] = []
+    sizes: list[int] = []
+    read = dagpb.read_varint
     try:
         while pos < end:
-            key, pos = dagpb.read_varint(msg, pos)
+            key, pos = read(msg, pos)
             field, wire = key >> 3, key & 7
             if wire == 2:
-                n, pos = dagpb.read_varint(msg, pos)
+                n, pos = read(msg, pos)
                 stop = pos + n
                 if stop > end:
                     raise CorruptData("a Block message from the peer is truncated")
@@ -245,9 +299,27 @@ def parse_block_message(msg: bytes) -> tuple[bytes, memoryview]:
                     cid = msg[pos:stop]
                 elif field == 2:
                     data = view[pos:stop]
+                elif field == 3:
+                    cids.append(msg[pos:stop])
+                    if len(cids) > MAX_WANT:
+                        raise CorruptData(f"a batch from the peer has more than {MAX_WANT} blocks")
+                elif field == 4:  # sizes, packed
+                    while pos < stop:
+                        size, pos = read(msg, pos)
+                        sizes.append(size)
+                        if len(sizes) > MAX_WANT:
+                            raise CorruptData(
+                                f"a batch from the peer has more than {MAX_WANT} blocks"
+                            )
+                    if pos != stop:
+                        raise CorruptData("a Block message from the peer is truncated")
                 pos = stop
             elif wire == 0:
-                _, pos = dagpb.read_varint(msg, pos)
+                value, pos = read(msg, pos)
+                if field == 4:  # sizes, one by one
+                    sizes.append(value)
+                    if len(sizes) > MAX_WANT:
+                        raise CorruptData(f"a batch from the peer has more than {MAX_WANT} blocks")
             elif wire in (1, 5):
                 pos += 8 if wire == 1 else 4
                 if pos > end:
@@ -256,9 +328,22 @@ def parse_block_message(msg: bytes) -> tuple[bytes, memoryview]:
                 raise CorruptData(f"a Block message from the peer has wire type {wire}")
     except dagpb.DecodeError as exc:
         raise CorruptData(f"a Block message from the peer is malformed: {exc}") from None
-    if not 0 < len(cid) <= MAX_CID_BYTES:
-        raise CorruptData(f"a Block message from the peer has a CID of {len(cid)} bytes")
-    return cid, data
+    if not cids:
+        if sizes:
+            raise CorruptData("a Block message from the peer has sizes but no cids")
+        cids, sizes = [cid], [len(data)]
+    elif cid:
+        raise CorruptData("a Block message from the peer has both cid and cids")
+    elif len(sizes) != len(cids) or sum(sizes) != len(data):
+        raise CorruptData("a batch of blocks from the peer does not add up")
+    out = []
+    at = 0
+    for c, size in zip(cids, sizes, strict=True):
+        if not 0 < len(c) <= MAX_CID_BYTES:
+            raise CorruptData(f"a Block message from the peer has a CID of {len(c)} bytes")
+        out.append((c, data[at : at + size]))
+        at += size
+    return out
 
 
 def missing(store: Blockstore, root: bytes) -> bool:

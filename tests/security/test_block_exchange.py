@@ -25,6 +25,7 @@ from bacalhau.content.importer import Importer
 from bacalhau.network.blocks import (
     WireBlock,
     _fetch_levels,
+    _head,
     add_peer_service,
     check_want,
     fetch_blocks,
@@ -32,7 +33,7 @@ from bacalhau.network.blocks import (
 )
 
 MIB = 1 << 20
-LIES = ("other", "swap", "short", "extra", "corrupt", "malformed", "empty")
+LIES = ("other", "swap", "short", "extra", "corrupt", "malformed", "empty", "batch")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,15 @@ def lie(how: str, store: Blockstore, root: bytes) -> Callable[[Any, Any], AsyncI
             data = bytearray(blocks[-1].data)
             data[len(data) // 2] ^= 1
             blocks[-1] = WireBlock.of(blocks[-1].cid, bytes(data))
+        if how == "batch":  # one well-formed batch: CIDs swapped, or a block cut by a byte
+            cids = [b.cid for b in blocks]
+            datas = [b.data for b in blocks]
+            if len(cids) > 1:
+                cids[0], cids[-1] = cids[-1], cids[0]
+            else:
+                datas[0] = datas[0][:-1]
+            sizes = [len(d) for d in datas]
+            blocks = [WireBlock(cids, _head(cids, sizes) + b"".join(datas), sizes)]
         for block in blocks:
             yield block.message
         if how == "malformed":
