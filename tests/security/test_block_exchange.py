@@ -188,3 +188,47 @@ def test_a_liar_alone_stores_nothing_unverified(
             assert not dest.is_pinned(root)
 
     run(source, "corrupt", body)
+
+
+class Older(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+    """GetBlocks as a node that knows no batches serves it: a peer_pb2.Block a block."""
+
+    def __init__(self, store: Blockstore) -> None:
+        self.store = store
+
+    async def GetBlocks(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        for cid in request.cids:
+            yield peer_pb2.Block(cid=cid, data=self.store.get(cid))
+
+
+def test_an_older_node_and_a_stock_client_are_understood(
+    source: tuple[Path, bytes, bytes], tmp_path: Path
+) -> None:
+    _, root, data = source
+
+    async def main() -> None:
+        with Blockstore(source[0]) as store:
+            older = grpc.aio.server()
+            peer_pb2_grpc.add_PeerServiceServicer_to_server(Older(store), older)
+            port = older.add_insecure_port("127.0.0.1:0")
+            await older.start()
+            honest, honest_ch = await serve(Honest(store), raw=False)
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    with Blockstore(tmp_path / "dest") as dest:
+                        await _fetch_levels(dest, root, [("node-old00001", ch)], None, [])
+                        assert b"".join(dag.cat(dest.get, root)) == data
+                # A client that knows no batches gets one peer_pb2.Block a block.
+                leaves = [link.cid for link in dag.decode(root, store.get(root)).links]
+                stub = peer_pb2_grpc.PeerServiceStub(honest_ch)
+                got = [
+                    (b.cid, b.data)
+                    async for b in stub.GetBlocks(peer_pb2.GetBlocksRequest(cids=leaves))
+                ]
+                assert got == [(c, store.get(c)) for c in leaves]
+            finally:
+                await honest_ch.close()
+                await honest.stop(None)
+                await older.stop(None)
+
+    asyncio.run(main())
