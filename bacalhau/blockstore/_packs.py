@@ -356,14 +356,28 @@ class Blockstore:
             return sum(batch.drop_at(b.multihash, b.pack, b.offset) for b in blocks)
 
     def _pread(self, pack: int, length: int, offset: int, *, missing_ok: bool = True) -> bytes:
-        """Bytes of a pack; b"" if the pack file is gone (unless not `missing_ok`)."""
+        """Bytes of a pack; b"" if the pack file is gone (unless not `missing_ok`).
+
+        The pack's descriptor is counted in use while it is read, as `_reading` does (inline
+        here: this is every block read)."""
+        with self._readers_lock:
+            reader = self._readers.get(pack)
+            if reader is None:
+                try:
+                    fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    if missing_ok:
+                        return b""
+                    raise
+                reader = self._readers[pack] = _Reader(fd)
+            reader.users += 1
         try:
-            with self._reading((pack,)) as fds:
-                return os.pread(fds[pack], length, offset)
-        except FileNotFoundError:
-            if missing_ok:
-                return b""
-            raise
+            return os.pread(reader.fd, length, offset)
+        finally:
+            with self._readers_lock:
+                reader.users -= 1
+                if reader.retired and not reader.users:
+                    os.close(reader.fd)
 
     @contextlib.contextmanager
     def _reading(self, packs: Iterable[int]) -> Iterator[dict[int, int]]:

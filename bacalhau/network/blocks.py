@@ -571,8 +571,11 @@ def _plan(store: Blockstore, level: list[bytes]) -> tuple[list[bytes], list[byte
     stored corrupt here is fetched again (storing it rewrites the bad copy)."""
     need, below = [], []
     for cid in level:
+        if not store.has(cid):  # most often, when a DAG comes for the first time
+            need.append(cid)
+            continue
         if CID.from_bytes(cid).codec == RAW:
-            if not store.has(cid) or store.is_corrupt(cid):
+            if store.is_corrupt(cid):
                 need.append(cid)
             continue
         try:
