@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import queue
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,7 +15,7 @@ import grpc
 
 from bacalhau._fast import blockio, dagpb
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
-from bacalhau.blockstore import FETCHED, REPAIR_HINT, Blockstore
+from bacalhau.blockstore import FETCHED, REPAIR_HINT, Batch, Blockstore
 from bacalhau.content import dag
 from bacalhau.content.cid import CID, RAW
 from bacalhau.content.errors import ContentError, CorruptData, NotFound, TooLarge
@@ -27,6 +30,7 @@ BATCH_BYTES = 1 << 20  # blocks in one message to an asker that takes batches (a
 WANT_BATCH = 32  # CIDs per GetBlocks request of a want-list (8 MiB of 256 KiB blocks)
 MAX_WANT = 1024  # CIDs a node takes in one GetBlocks request (it sends at most WANT_BATCH)
 COMMIT_BYTES = 32 << 20  # verified blocks stored (synced) together
+IDLE_COMMIT_S = 0.05  # a fetch's open batch is committed when nothing came for this long
 
 
 class WireBlock:
@@ -607,20 +611,25 @@ def _check(blocks: list[tuple[bytes, memoryview]]) -> list[bytes]:
 
 
 class _Sink:
-    """Verified blocks, stored in groups of about COMMIT_BYTES, one synced batch each, in the
-    background and in order (a batch holds the blockstore's write lock: it is opened only
-    when a group is ready). `flush` stores what is left and waits for all of it; it raises
-    what storing raised (a full disk)."""
+    """Verified blocks, stored by a thread of their own as they come: a batch is opened for
+    the first of them and committed (synced) once COMMIT_BYTES went into it, once nothing came
+    for IDLE_COMMIT_S (a batch holds the blockstore's write lock: a stalled fetch must not keep
+    others from writing), or at `flush`. So writing a group overlaps receiving it, and a fetch
+    that stops keeps what was committed. At most 2 x COMMIT_BYTES are taken and not committed
+    yet (`add` waits). `flush` commits what was added and waits for it; it raises what storing
+    raised (a full disk). `close` ends the thread."""
 
     def __init__(self, store: Blockstore, root: bytes = b"", max_bytes: int = 0) -> None:
         self.store = store
         self.root = root
         self.max_bytes = max_bytes
         self.total = 0  # block bytes added, for `max_bytes`
-        self.pending: list[tuple[bytes, bytes | memoryview]] = []
-        self.size = 0
-        self.lock = asyncio.Lock()
-        self.writes: list[asyncio.Future[None]] = []
+        self.unsaved = 0  # bytes added and not committed yet
+        self.saved = asyncio.Event()  # set when a commit makes room
+        self.error: BaseException | None = None
+        self.loop = asyncio.get_running_loop()
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
 
     async def add(self, blocks: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
         """Raises TooLarge once more than `max_bytes` came (0: no limit)."""
@@ -631,31 +640,111 @@ class _Sink:
                 f"{CID.from_bytes(self.root)} is larger than its root says: more than "
                 f"{self.max_bytes} bytes of blocks came"
             )
-        self.pending.extend(blocks)
-        self.size += added
-        if self.size >= COMMIT_BYTES:
-            if len(self.writes) >= 2:  # bounded memory: wait for the oldest group
-                await self.writes.pop(0)
-            self.writes.append(asyncio.ensure_future(self._write(self._take(), None)))
+        while self.unsaved >= 2 * COMMIT_BYTES and self.error is None:
+            self.saved.clear()
+            await self.saved.wait()
+        if self.error is not None:
+            raise self.error
+        self.unsaved += added
+        self._put(list(blocks))
 
     async def flush(self, pin: bytes | None = None) -> None:
-        writes, self.writes = self.writes, []
-        writes.append(asyncio.ensure_future(self._write(self._take(), pin)))
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._put(_Flush(pin, done))
+        await done
 
-    def _take(self) -> list[tuple[bytes, bytes | memoryview]]:
-        blocks, self.pending, self.size = self.pending, [], 0
-        return blocks
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
 
-    async def _write(
-        self, blocks: list[tuple[bytes, bytes | memoryview]], pin: bytes | None
-    ) -> None:
-        async with self.lock:
-            if blocks or pin is not None:
-                await asyncio.to_thread(store_blocks, self.store, blocks, pin)
+    def _put(self, item: Any) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="bacalhau-fetch", daemon=True)
+            self.thread.start()
+        self.queue.put(item)
+
+    def _run(self) -> None:
+        batch: Batch | None = None
+        size = 0  # bytes put in `batch`
+
+        def commit(pin: bytes | None) -> None:
+            nonlocal batch, size
+            if batch is None and pin is None:
+                return
+            if batch is None:
+                batch = self.store.batch().__enter__()
+            if pin is not None:
+                batch.pin(pin, FETCHED)
+            done, batch, committed = batch, None, size
+            size = 0
+            try:
+                done.__exit__(None, None, None)
+            finally:
+                self._tell(self._saved, committed)
+
+        while True:
+            try:
+                item = self.queue.get(timeout=IDLE_COMMIT_S if batch is not None else None)
+            except queue.Empty:
+                item = _Flush(None, None)  # nothing came for a while: let others write
+            try:
+                if item is None:
+                    commit(None)
+                    return
+                if isinstance(item, _Flush):
+                    commit(item.pin)
+                    if item.done is not None:  # a failed write fails every later flush
+                        self._tell(_settle, item.done, self.error)
+                    continue
+                if self.error is not None:
+                    continue  # the blocks are dropped: the fetch fails at its next step
+                if batch is None:
+                    batch = self.store.batch().__enter__()
+                for cid, data in item:
+                    batch.put(cid, data)
+                    size += len(data)
+                if size >= COMMIT_BYTES:
+                    commit(None)
+            except BaseException as exc:  # a full disk: it is raised where the fetch is
+                error = exc
+                if batch is not None:
+                    aborted, batch = batch, None
+                    try:  # aborts; says BlockstoreError for a failed write, as `with` would
+                        aborted.__exit__(type(exc), exc, exc.__traceback__)
+                    except BaseException as said:
+                        error = said
+                self.error = self.error or error
+                self._tell(self._saved, 0)
+                if isinstance(item, _Flush) and item.done is not None:
+                    self._tell(_settle, item.done, self.error)
+                if item is None:
+                    return
+
+    def _tell(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on the fetch's event loop (not if it is closed: nobody waits)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _saved(self, committed: int) -> None:
+        self.unsaved -= committed
+        self.saved.set()
+
+
+class _Flush:
+    """Commit what was added (pinning `pin`), then settle `done`."""
+
+    def __init__(self, pin: bytes | None, done: asyncio.Future[None] | None) -> None:
+        self.pin = pin
+        self.done = done
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
 
 
 async def _fetch_levels(
@@ -669,17 +758,20 @@ async def _fetch_levels(
     sink = _Sink(store, root, max_bytes)
     level = [root]
     try:
-        while level:
-            need, below = await asyncio.to_thread(_plan, store, list(dict.fromkeys(level)))
-            if need:
-                below += await _fetch_spread(sink, need, sources, received, errors)
-                await sink.flush()
-            if level == [root] and max_bytes:  # the root is here: what does it say?
-                _check_declared(store, root, max_bytes)
-            level = below
+        try:
+            while level:
+                need, below = await asyncio.to_thread(_plan, store, list(dict.fromkeys(level)))
+                if need:
+                    below += await _fetch_spread(sink, need, sources, received, errors)
+                    await sink.flush()
+                if level == [root] and max_bytes:  # the root is here: what does it say?
+                    _check_declared(store, root, max_bytes)
+                level = below
+        finally:
+            await sink.flush()  # what was verified stays: a later fetch resumes from there
+        await sink.flush(pin=root)
     finally:
-        await sink.flush()  # what was verified stays: a later fetch resumes from there
-    await sink.flush(pin=root)
+        sink.close()
 
 
 def _check_declared(store: Blockstore, root: bytes, max_bytes: int) -> None:

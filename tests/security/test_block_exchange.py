@@ -9,7 +9,9 @@ node does; the liar is a gRPC server of its own that answers GetBlocks with craf
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,9 @@ import grpc
 import pytest
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
-from bacalhau.blockstore import Blockstore
+from bacalhau.blockstore import Blockstore, BlockstoreError
 from bacalhau.content import ImportOptions, dag
-from bacalhau.content.errors import CorruptData, NotFound
+from bacalhau.content.errors import CorruptData, NotFound, TooLarge
 from bacalhau.content.importer import Importer
 from bacalhau.network.blocks import (
     WireBlock,
@@ -232,3 +234,37 @@ def test_an_older_node_and_a_stock_client_are_understood(
                 await older.stop(None)
 
     asyncio.run(main())
+
+
+def test_a_fetch_past_its_limit_or_onto_a_full_disk_fails_with_one_error(
+    source: tuple[Path, bytes, bytes], tmp_path: Path
+) -> None:
+    _, root, _ = source
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=False
+        ).returncode
+        == 0
+    )
+
+    async def body(store: Blockstore, honest: grpc.aio.Channel, liar: grpc.aio.Channel) -> None:
+        with Blockstore(tmp_path / "dest") as dest:
+            with pytest.raises(TooLarge, match="by its root"):
+                await _fetch_levels(dest, root, [("node-good0001", honest)], None, [], 1 << 20)
+            assert not dest.is_pinned(root)
+        if not mounted:
+            return
+        with Blockstore(mnt / "dest") as dest:
+            with pytest.raises(BlockstoreError, match="nothing was stored"):
+                await _fetch_levels(dest, root, [("node-good0001", honest)], None, [])
+            assert not dest.is_pinned(root) and dest.verify().corrupt == []
+            dest.put(root, store.get(root))  # still writable
+
+    try:
+        run(source, "corrupt", body)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=False)
