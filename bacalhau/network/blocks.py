@@ -692,8 +692,9 @@ class _Sink:
                     commit(None)
                     return
                 if isinstance(item, _Flush):
-                    commit(item.pin)
-                    if item.done is not None:  # a failed write fails every later flush
+                    if self.error is None:  # after a failed write, nothing more is stored
+                        commit(item.pin)
+                    if item.done is not None:  # and every later flush fails
                         self._tell(_settle, item.done, self.error)
                     continue
                 if self.error is not None:
