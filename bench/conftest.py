@@ -173,6 +173,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 line += f"; one sha256 thread: {SIZE_MIB / RESULTS['blocks_sha256']:.0f} MiB/s"
             line += ")"
         tr.write_line(f"{'block exchange':>22}: {line}")
+        if "blocks_plain_interleaved" in NOTES:
+            plain, ex = NOTES["blocks_plain_interleaved"], MEDIANS["block_exchange"]
+            tr.write_line(
+                f"{'interleaved':>22}: {plain / ex:8.2f}x plain streaming run before each round "
+                f"(medians: {SIZE_MIB / ex:.0f} and {SIZE_MIB / plain:.0f} MiB/s)"
+            )
     converged = [(n, MEDIANS[f"converge_{n}"]) for n in (5, 10, 20) if f"converge_{n}" in MEDIANS]
     if converged:
         for n, seconds in converged:

@@ -179,3 +179,37 @@ def test_kill_9_during_add_loses_nothing_committed(tmp_path: Path, delay_mib: in
     )
     assert first_back.stdout == first.read_bytes()
     _verify_all(data_dir / "blocks")
+
+
+def test_get_framed_reads_blocks_after_a_head(tmp_path: Path) -> None:
+    blocks = [os.urandom(n) for n in (100, 0, 5000, 70)]
+    cids = [cid_v0(b) for b in blocks]
+    with Blockstore(tmp_path) as store:
+        with store.batch() as batch:
+            for cid, block in zip(cids[:2], blocks[:2], strict=True):
+                batch.put(cid, block)
+            batch.seal()  # the rest in another pack
+            for cid, block in zip(cids[2:], blocks[2:], strict=True):
+                batch.put(cid, block)
+
+        def head(sizes: list[int]) -> bytes:
+            return b"<%s>" % b",".join(b"%d" % n for n in sizes)
+
+        assert store.get_framed(cids, head) == (b"<100,0,5000,70>" + b"".join(blocks),
+                                                [100, 0, 5000, 70])  # fmt: skip
+        # As many as fit in max_bytes, and always one.
+        assert store.get_framed(cids, head, max_bytes=5100) == (
+            b"<100,0,5000>" + b"".join(blocks[:3]), [100, 0, 5000])  # fmt: skip
+        assert store.get_framed(cids[2:], head, max_bytes=10)[1] == [5000]
+        with pytest.raises(NotFound, match="not in the local"):
+            store.get_framed([cids[0], cid_v0(b"absent")], head)
+        # A pack cut short: the block in it is named corrupt, as `get` names it.
+        os.truncate(tmp_path / "packs" / "000002.pack", 5050)
+        with pytest.raises(CorruptData, match=str(CID.from_bytes(cids[3]))):
+            store.get_framed(cids, head)
+        assert store.get_framed(cids[:2], head)[1] == [100, 0]
+        # A pack that is gone.
+        os.unlink(tmp_path / "packs" / "000001.pack")
+        store._retire(1)
+        with pytest.raises(CorruptData, match=str(CID.from_bytes(cids[0]))):
+            store.get_framed(cids, head)

@@ -26,7 +26,7 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 
 import lmdb
 
+from bacalhau._fast import blockio
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError, CorruptData, NotFound
 
@@ -78,6 +79,20 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
             parts = parts[1:]
         if n:
             parts = [memoryview(parts[0])[n:], *parts[1:]]
+
+
+def _not_here(cid: bytes) -> NotFound:
+    return NotFound(
+        f"block {CID.from_bytes(cid)} is not in the local blockstore",
+        hint="add the data first, or fetch it from a node that has it",
+    )
+
+
+def _corrupt_here(cid: bytes, pack: int, offset: int) -> CorruptData:
+    return CorruptData(
+        f"block {CID.from_bytes(cid)} is corrupt on this node (pack {pack}, offset {offset})",
+        hint=REPAIR_HINT,
+    )
 
 
 class BlockstoreError(ContentError):
@@ -196,10 +211,7 @@ class Blockstore:
         loc = self._loc(mh)
         while True:
             if loc is None:
-                raise NotFound(
-                    f"block {CID.from_bytes(cid)} is not in the local blockstore",
-                    hint="add the data first, or fetch it from a node that has it",
-                )
+                raise _not_here(cid)
             pack, offset, length = _LOC.unpack(loc)
             data = self._pread(pack, length, offset)
             if len(data) == length and (not verify or hashlib.sha256(data).digest() == mh[2:]):
@@ -208,12 +220,45 @@ class Blockstore:
             # it was looked up: read it where the index says it is now.
             moved = self._loc(mh)
             if moved == loc:
-                raise CorruptData(
-                    f"block {CID.from_bytes(cid)} is corrupt on this node "
-                    f"(pack {pack}, offset {offset})",
-                    hint=REPAIR_HINT,
-                )
+                raise _corrupt_here(cid, pack, offset)
             loc = moved
+
+    def get_framed(
+        self, cids: list[bytes], head: Callable[[list[int]], bytes], *, max_bytes: int = 0
+    ) -> tuple[bytes, list[int]]:
+        """(`head(sizes)` followed by the blocks' bytes one after another, as one bytes object
+        that the blocks are read straight into; the blocks' sizes) for the first blocks of
+        `cids` that together hold at most `max_bytes` (0: all of them; always at least one).
+        Not checked against their CIDs: for sending to a peer, which checks every block
+        itself. Raises NotFound, or CorruptData if a pack is cut short."""
+        where: list[tuple[int, int, int]] = []
+        total = 0
+        with self._env.begin(db=self._blocks) as txn:
+            for cid in cids:
+                loc = txn.get(_multihash(cid))
+                if loc is None:
+                    raise _not_here(cid)
+                pack, offset, length = _LOC.unpack(loc)
+                if where and max_bytes and total + length > max_bytes:
+                    break
+                where.append((pack, offset, length))
+                total += length
+        cids = cids[: len(where)]
+        sizes = [length for _, _, length in where]
+        first = head(sizes)
+        try:
+            with self._reading({pack for pack, _, _ in where}) as fds:
+                reads = [(fds[pack], offset, length) for pack, offset, length in where]
+                framed: bytes | None = blockio.pread_many(first, reads)
+        except FileNotFoundError:
+            framed = None
+        if framed is not None:
+            return framed, sizes
+        # A pack was cut short or is gone, or garbage collection moved a block meanwhile:
+        # read them one by one, as `get` does (which says which block is corrupt).
+        blocks = [self.get(cid, verify=False) for cid in cids]
+        sizes = [len(b) for b in blocks]
+        return b"".join([head(sizes), *blocks]), sizes
 
     def _loc(self, mh: bytes) -> bytes | None:
         with self._env.begin(db=self._blocks) as txn:
@@ -313,8 +358,8 @@ class Blockstore:
     def _pread(self, pack: int, length: int, offset: int, *, missing_ok: bool = True) -> bytes:
         """Bytes of a pack; b"" if the pack file is gone (unless not `missing_ok`).
 
-        The pack's descriptor is counted in use while it is read, so `_retire` (garbage
-        collection deleting the pack) closes it only after the last reader is done."""
+        The pack's descriptor is counted in use while it is read, as `_reading` does (inline
+        here: this is every block read)."""
         with self._readers_lock:
             reader = self._readers.get(pack)
             if reader is None:
@@ -333,6 +378,31 @@ class Blockstore:
                 reader.users -= 1
                 if reader.retired and not reader.users:
                     os.close(reader.fd)
+
+    @contextlib.contextmanager
+    def _reading(self, packs: Iterable[int]) -> Iterator[dict[int, int]]:
+        """Descriptors of `packs` ({pack: fd}), counted in use while the block is entered, so
+        `_retire` (garbage collection deleting a pack) closes one only after the last reader is
+        done. Raises FileNotFoundError if a pack file is gone."""
+        taken: list[_Reader] = []
+        fds = {}
+        try:
+            with self._readers_lock:
+                for pack in packs:
+                    reader = self._readers.get(pack)
+                    if reader is None:
+                        fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+                        reader = self._readers[pack] = _Reader(fd)
+                    reader.users += 1
+                    taken.append(reader)
+                    fds[pack] = reader.fd
+            yield fds
+        finally:
+            with self._readers_lock:
+                for reader in taken:
+                    reader.users -= 1
+                    if reader.retired and not reader.users:
+                        os.close(reader.fd)
 
     def _retire(self, pack: int) -> None:
         """Forget this process's descriptor of a deleted pack (closed once no read uses it)."""

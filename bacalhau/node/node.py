@@ -42,6 +42,7 @@ from bacalhau.identity import Identity
 from bacalhau.layout import ADDRESS_FILE
 from bacalhau.models import JobState
 from bacalhau.network import CHANNEL_OPTIONS, DagFetcher, Network
+from bacalhau.network.blocks import add_peer_service
 from bacalhau.network.dispatch import Dispatcher
 from bacalhau.network.peers import API_VERSION, MAX_PEERS
 from bacalhau.node.peer_table import PeerTable
@@ -333,7 +334,7 @@ class Node:
             traces=traces,
             find_job=lambda job_id: self.jobs.get(job_id).id,
         )
-        peer_pb2_grpc.add_PeerServiceServicer_to_server(peers, self._server)
+        add_peer_service(peers, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [
