@@ -263,7 +263,8 @@ def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spans of 3 chunks of 1000 bytes, handed over 2 at a time: a few KB cross many."""
     monkeypatch.setattr(importer, "_SPAN_BYTES", 3000)
     monkeypatch.setattr(importer, "_GROUP_BYTES", 7000)
-    monkeypatch.setattr(importer, "_GROUP_BYTES_SINK", 7000)
+    # With a sink: groups of 4, 2 and 1 spans for 1, 2 and 3 readers.
+    monkeypatch.setattr(importer, "_SINK_INFLIGHT", 3000 * 2 * 3 * 2)
 
 
 @pytest.mark.usefixtures("small_spans")

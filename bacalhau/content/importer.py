@@ -34,9 +34,9 @@ MAX_CHUNK_SIZE = 1 << 20  # kubo refuses chunks over 1 MiB: blocks must fit its 
 HAMT_THRESHOLD = 262144
 _BATCH_CHUNKS = 32
 _SPAN_BYTES = 1 << 20  # what a reader reads and hashes at a time (it stays in the CPU cache)
-_GROUP_BYTES = 16 << 20  # spans a reader hashes before handing their digests over...
-_GROUP_BYTES_SINK = 4 << 20  # ...or their bytes and digests, when a sink takes the blocks
+_GROUP_BYTES = 16 << 20  # spans a reader hashes before handing their digests over
 _QUEUED_GROUPS = 2  # groups a reader may have handed over and not yet taken
+_SINK_INFLIGHT = 24 << 20  # file bytes read and not yet taken, all readers, when there's a sink
 
 Buffer = bytes | memoryview
 # A hashed leaf: digest, Tsize, and the block's bytes in parts (no copy of the chunk).
@@ -222,8 +222,12 @@ class Importer:
         with contextlib.suppress(OSError):  # only a hint
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         workers = self._workers
-        # With a sink the spans' bytes travel with their digests: hand them over sooner.
-        group = max(1, (_GROUP_BYTES if sink is None else _GROUP_BYTES_SINK) // span)
+        if sink is None:
+            group = max(1, _GROUP_BYTES // span)
+        else:
+            # The spans' bytes travel with their digests: each reader fills a group while
+            # _QUEUED_GROUPS wait, and all of that together stays about _SINK_INFLIGHT.
+            group = max(1, _SINK_INFLIGHT // (span * workers * (_QUEUED_GROUPS + 1)))
         readers = [
             _SpanReader(fd, k, workers, span, size, group, pre, suf, sink is not None)
             for k in range(workers)
