@@ -210,7 +210,11 @@ class Importer:
         to the sink and the layout. Memory stays bounded: each reader keeps a few groups.
         """
         size = self.options.chunk_size
-        span = size * max(1, _SPAN_BYTES // size)
+        # Spans of up to _SPAN_BYTES, fewer chunks when that gives every worker some of a
+        # smaller file, and no more readers than spans (one past the end reads nothing).
+        chunks = size_hint // size + 1
+        span = size * max(1, min(_SPAN_BYTES // size, -(-chunks // self._workers)))
+        workers = max(1, min(self._workers, size_hint // span + 1))
         sink = self._sink
         raw = self.options.use_raw_leaves
         pre, suf = (b"", b"") if raw else dagpb.leaf_envelope(size)
@@ -221,7 +225,6 @@ class Importer:
         )
         with contextlib.suppress(OSError):  # only a hint
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        workers = self._workers
         if sink is None:
             group = max(1, _GROUP_BYTES // span)
         else:
