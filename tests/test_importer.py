@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from pathlib import Path
 
 import pytest
 
 from bacalhau._fast import dagpb
 from bacalhau._pb.ipfs import merkledag_pb2, unixfs_pb2
-from bacalhau.content import CID, Importer, ImportOptions, Node, PathImportError
+from bacalhau.content import CID, Importer, ImportOptions, Node, PathImportError, importer
 from bacalhau.content.importer import parse_chunker
 from bacalhau.errors import UsageError
 from tests.conftest import SHARED_VECTORS, VECTORS, pattern, vector_content
@@ -255,3 +256,86 @@ def test_add_directory_matches_add_path(tmp_path: Path, cid_version: int) -> Non
             }
         )
     assert built == expected
+
+
+@pytest.fixture
+def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans of 3 chunks of 1000 bytes, handed over 2 at a time: a few KB cross many."""
+    monkeypatch.setattr(importer, "_SPAN_BYTES", 3000)
+    monkeypatch.setattr(importer, "_GROUP_BYTES", 7000)
+    # With a sink: groups of 4, 2 and 1 spans for 1, 2 and 3 readers.
+    monkeypatch.setattr(importer, "_SINK_INFLIGHT", 3000 * 2 * 3 * 2)
+
+
+@pytest.mark.usefixtures("small_spans")
+@pytest.mark.parametrize("cid_version", [0, 1])
+def test_file_read_in_spans_matches_add_bytes(tmp_path: Path, cid_version: int) -> None:
+    rng = random.Random(5)
+    opts = ImportOptions(cid_version=cid_version, chunk_size=1000)
+    path = tmp_path / "f"
+    for size in (1000, 1001, 2999, 3000, 3001, 6000, 6001, 12_000, 60_999, 61_000):
+        data = rng.randbytes(size)
+        path.write_bytes(data)
+        imp, want_blocks = collect(opts)
+        want = imp.add_bytes(data)
+        for workers in (1, 2, 3):
+            with Importer(opts, workers=workers) as only_hash:
+                assert only_hash.add_path(path) == want, (size, workers)
+            imp, blocks = collect(opts)
+            imp._workers = workers
+            assert imp.add_path(path) == want, (size, workers)
+            assert blocks == want_blocks, (size, workers)
+
+
+@pytest.mark.usefixtures("small_spans")
+def test_file_that_changed_size_since_it_was_listed(tmp_path: Path) -> None:
+    # The size from the listing is only a hint: what is read up to the end counts.
+    opts = ImportOptions(chunk_size=1000)
+    path = tmp_path / "f"
+    for size in (0, 2500, 9000, 9001):
+        data = random.Random(size).randbytes(size)
+        path.write_bytes(data)
+        want = cid_of(data, chunk_size=1000)
+        for hint in (0, 999, 1000, size // 2, size, size * 3 + 5000):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                with Importer(opts) as imp:
+                    assert str(CID.from_bytes(imp._add_fd(fd, hint).cid)) == want, (size, hint)
+            finally:
+                os.close(fd)
+
+
+@pytest.mark.usefixtures("small_spans")
+def test_errors_while_reading_or_storing_stop_the_readers(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(pattern(100_000))
+
+    class Full(Exception):
+        pass
+
+    class FullSink:
+        def __init__(self) -> None:
+            self.stored = 0
+
+        def put(self, cid: bytes, *parts: bytes) -> None:
+            if self.stored == 7:
+                raise Full("no room")
+            self.stored += 1
+
+    for workers in (1, 2, 3):
+        sink = FullSink()
+        with Importer(ImportOptions(chunk_size=1000), sink, workers=workers) as imp:
+            with pytest.raises(Full):
+                imp.add_path(path)
+            assert sink.stored == 7
+            # The importer is still usable: its threads were not left blocked.
+            imp._sink = None
+            want = cid_of(pattern(100_000), chunk_size=1000)
+            assert str(CID.from_bytes(imp.add_path(path).cid)) == want
+    # A read that fails in a reader thread is raised here (a directory cannot be read).
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with Importer(workers=2) as imp, pytest.raises(IsADirectoryError):
+            imp._add_fd(fd, 10_000_000)
+    finally:
+        os.close(fd)

@@ -1,15 +1,19 @@
 """UnixFS importer: files, directories and symlinks into a kubo-compatible DAG.
 
 Reading and threads live here; node encoding, the balanced layout and CID assembly come
-from ``bacalhau._fast``. Large files are hashed on all cores: the main thread reads the next
-batch of chunks while worker threads hash the current one (hashlib releases the GIL), so a
-file of any size is imported in constant memory.
+from ``bacalhau._fast``. Large files are read and hashed on all cores: one reader thread per
+core reads every n-th span of the file with pread and hashes its chunks (hashlib releases the
+GIL), while the calling thread takes their digests in order to the sink and the layout (see
+`Importer._add_fd`). Bytes given as a stream are cut here and hashed in the same threads.
+A file of any size is imported in constant memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import stat
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,6 +33,10 @@ MAX_CHUNK_SIZE = 1 << 20  # kubo refuses chunks over 1 MiB: blocks must fit its 
 # (names plus CIDs); we do not build HAMT shards yet, so we refuse such directories.
 HAMT_THRESHOLD = 262144
 _BATCH_CHUNKS = 32
+_SPAN_BYTES = 1 << 20  # what a reader reads and hashes at a time (it stays in the CPU cache)
+_GROUP_BYTES = 16 << 20  # spans a reader hashes before handing their digests over
+_QUEUED_GROUPS = 2  # groups a reader may have handed over and not yet taken
+_SINK_INFLIGHT = 24 << 20  # file bytes read and not yet taken, all readers, when there's a sink
 
 Buffer = bytes | memoryview
 # A hashed leaf: digest, Tsize, and the block's bytes in parts (no copy of the chunk).
@@ -176,19 +184,98 @@ class Importer:
             raise PathImportError(f"{path}: cannot read: {exc.strerror}") from None
         try:
             size = self.options.chunk_size
-            # Ask for one byte more than the file should hold, so that a short read says
-            # "end of file". Not asking for a whole chunk matters: a 256 KiB read buffer is
-            # an mmap and munmap per small file in glibc.
-            want = min(size_hint + 1, size)
             try:
-                first = os.read(fd, want)
-                if len(first) < want:
-                    return self._single_leaf(first)
-                return self._add_stream(_chunks(fd, size, first))
+                if size_hint < size:
+                    # Ask for one byte more than the file should hold, so that a short read
+                    # says "end of file". Not asking for a whole chunk matters: a 256 KiB
+                    # read buffer is an mmap and munmap per small file in glibc.
+                    want = size_hint + 1
+                    first = os.read(fd, want)
+                    if len(first) < want:
+                        return self._single_leaf(first)
+                    # It grew since it was listed: read it all, from the start.
+                return self._add_fd(fd, size_hint)
             except OSError as exc:
                 raise PathImportError(f"{path}: cannot read: {exc.strerror}") from None
         finally:
             os.close(fd)
+
+    def _add_fd(self, fd: int, size_hint: int) -> Node:
+        """Import a regular file (``size_hint`` bytes when it was listed) from all cores.
+
+        The file is cut in spans of whole chunks, dealt round-robin to one `_SpanReader` per
+        worker thread: each reads its spans with pread and hashes their chunks (hashlib
+        releases the GIL), and hands the digests over a group of spans at a time, so the
+        threads seldom wait on each other. This thread only takes the digests in file order
+        to the sink and the layout. Memory stays bounded: each reader keeps a few groups.
+        """
+        size = self.options.chunk_size
+        # Spans of up to _SPAN_BYTES, fewer chunks when that gives every worker some of a
+        # smaller file, and no more readers than spans (one past the end reads nothing).
+        chunks = size_hint // size + 1
+        span = size * max(1, min(_SPAN_BYTES // size, -(-chunks // self._workers)))
+        workers = max(1, min(self._workers, size_hint // span + 1))
+        sink = self._sink
+        raw = self.options.use_raw_leaves
+        pre, suf = (b"", b"") if raw else dagpb.leaf_envelope(size)
+        full_tsize = len(pre) + size + len(suf)
+        prefix = self._leaf_prefix
+        layout = dagpb.BalancedLayout(
+            self.options.node_prefix, sink.put if sink is not None else None, self.options.max_links
+        )
+        with contextlib.suppress(OSError):  # only a hint
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if sink is None:
+            group = max(1, _GROUP_BYTES // span)
+        else:
+            # The spans' bytes travel with their digests: each reader fills a group while
+            # _QUEUED_GROUPS wait, and all of that together stays about _SINK_INFLIGHT.
+            group = max(1, _SINK_INFLIGHT // (span * workers * (_QUEUED_GROUPS + 1)))
+        readers = [
+            _SpanReader(fd, k, workers, span, size, group, pre, suf, sink is not None)
+            for k in range(workers)
+        ]
+        pool = self._get_pool()
+        futures = [pool.submit(r.run) for r in readers]
+        leaves = 0
+        try:
+            j = 0
+            while True:
+                n, digests, data = readers[j % workers].next()
+                last = len(digests) - 1
+                for i, digest in enumerate(digests):
+                    cid = prefix + digest
+                    start = i * size
+                    if i < last or n - start == size:
+                        length, tsize = size, full_tsize
+                        envelope = pre, suf
+                    else:  # the file's last, short chunk
+                        length = n - start
+                        envelope = (b"", b"") if raw else dagpb.leaf_envelope(length)
+                        tsize = len(envelope[0]) + length + len(envelope[1])
+                    if sink is not None:
+                        assert data is not None
+                        chunk = data[start : start + length]
+                        if raw:
+                            sink.put(cid, chunk)
+                        else:
+                            sink.put(cid, envelope[0], chunk, envelope[1])
+                    layout.add(cid, tsize, length)
+                leaves += len(digests)
+                if n < span:
+                    break
+                j += 1
+        finally:
+            # The readers stop at the end of the file, or here on an error; none may still
+            # be reading when the caller closes the file.
+            for r in readers:
+                r.stop()
+            for f in futures:
+                f.result()
+        if leaves == 0:  # it was emptied while we read it
+            return self._single_leaf(b"")
+        cid, tsize, filesize = layout.finish()
+        return Node(cid, tsize, filesize)
 
     def _single_leaf(self, chunk: Buffer) -> Node:
         digest, tsize, parts = self._hash_leaf(chunk)
@@ -218,13 +305,17 @@ class Importer:
         cid, tsize, filesize = layout.finish()
         return Node(cid, tsize, filesize)
 
-    def _submit(self, batch: list[Buffer]) -> list[Future[list[_Leaf]]]:
+    def _get_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="bacalhau-hash")
+        return self._pool
+
+    def _submit(self, batch: list[Buffer]) -> list[Future[list[_Leaf]]]:
+        pool = self._get_pool()
         hash_leaf = self._hash_leaf
         step = -(-len(batch) // self._workers)
         return [
-            self._pool.submit(lambda s: [hash_leaf(c) for c in s], batch[i : i + step])
+            pool.submit(lambda s: [hash_leaf(c) for c in s], batch[i : i + step])
             for i in range(0, len(batch), step)
         ]
 
@@ -307,13 +398,113 @@ class Importer:
         return Node(cid, len(block) + sum(t for _, _, t in links), 0)
 
 
-def _chunks(fd: int, size: int, first: bytes) -> Iterator[Buffer]:
-    yield first
-    while True:
-        data = os.read(fd, size * _BATCH_CHUNKS)
-        if not data:
-            return
-        yield data
+_Span = tuple[int, list[bytes], memoryview | None]  # bytes read, chunk digests, the bytes
+
+
+class _SpanReader:
+    """Reads and hashes spans ``first``, ``first + step``, ... of a file, in a pool thread.
+
+    ``run`` stops after the first short span (the end of the file) or when told to `stop`;
+    ``next`` gives the spans in order to the importing thread, re-raising any error.
+    Without ``keep``, one preallocated buffer is read into again and again (it stays in
+    the CPU's cache); with it, each span is a fresh bytes object that a sink may hold on to.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        first: int,
+        step: int,
+        span: int,
+        size: int,
+        group: int,
+        pre: bytes,
+        suf: bytes,
+        keep: bool,
+    ) -> None:
+        self._fd, self._first, self._step, self._span = fd, first, step, span
+        self._size, self._group, self._pre, self._suf, self._keep = size, group, pre, suf, keep
+        self._queue: queue.Queue[list[_Span] | BaseException] = queue.Queue(_QUEUED_GROUPS)
+        self._stopped = False
+        self._taken: list[_Span] = []
+        self._pos = 0
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def next(self) -> _Span:
+        if self._pos == len(self._taken):
+            got = self._queue.get()
+            if isinstance(got, BaseException):
+                raise got
+            self._taken, self._pos = got, 0
+        self._pos += 1
+        return self._taken[self._pos - 1]
+
+    def _hand_over(self, item: list[_Span] | BaseException) -> None:
+        while not self._stopped:
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # handed to the importing thread
+            self._hand_over(exc)
+
+    def _run(self) -> None:
+        fd, span, size, suf = self._fd, self._span, self._size, self._suf
+        offset = self._first * span
+        stride = self._step * span
+        buf = None if self._keep else memoryview(bytearray(span))
+        sha256 = hashlib.sha256
+        base = sha256(self._pre) if self._pre else None
+        spans: list[_Span] = []
+        while not self._stopped:
+            data = _pread(fd, offset, span, buf)
+            n = len(data)
+            full = n - n % size
+            if base is None:
+                digests = [sha256(data[i : i + size]).digest() for i in range(0, n, size)]
+            else:
+                digests = []
+                for i in range(0, full, size):
+                    h = base.copy()
+                    h.update(data[i : i + size])
+                    h.update(suf)
+                    digests.append(h.digest())
+                if full < n:
+                    digests.append(Importer._hash_pb(data[full:])[0])
+            spans.append((n, digests, data if self._keep else None))
+            if n < span or len(spans) == self._group:
+                self._hand_over(spans)
+                spans = []
+            if n < span:
+                return
+            offset += stride
+
+
+def _pread(fd: int, offset: int, span: int, buf: memoryview | None) -> memoryview:
+    """Up to ``span`` bytes at ``offset`` (into ``buf`` when given): fewer only at the end
+    of the file."""
+    if buf is None:
+        data = os.pread(fd, span, offset)
+        while 0 < len(data) < span:  # a short read before the end (a signal): go on
+            more = os.pread(fd, span - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return memoryview(data)
+    got = 0
+    while got < span:
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return buf[:got]
 
 
 def _rechunk(pieces: Iterator[Buffer], size: int) -> Iterator[Buffer]:
