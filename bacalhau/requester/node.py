@@ -105,6 +105,9 @@ class Requester:
         self._placed: dict[str, int] = {}  # node -> executions placed there, not done yet
         self._planning: dict[str, list[Round]] = {}  # job -> shard rounds closed this tick
         self._picks: dict[str, list[Pick]] = {}  # job -> choices to record in one transaction
+        # job -> bids (sender, Bid) not recorded yet: written together, with the selection
+        # when one is due
+        self._bids: dict[str, list[tuple[str, Any]]] = {}
         # job -> reports not recorded yet; the jobs whose reports are being recorded
         self._reports: dict[str, list[tuple[str, Any]]] = {}
         self._recording: set[str] = set()
@@ -173,7 +176,9 @@ class Requester:
         return job if job is not None and job.id == job_id else None
 
     def _ours(self, sender: str, body: Any) -> bool:
-        return self._job(body.job_id) is not None
+        # A job being placed or run here is ours, without reading its record.
+        job_id = body.job_id
+        return job_id in self._open or job_id in self._where or self._job(job_id) is not None
 
     def _from_compute_node(self, sender: str, body: Any, job: Any = None) -> bool:
         node = self._where.get(body.job_id, {}).get(body.execution_id)
@@ -427,10 +432,25 @@ class Requester:
             rnd.willing.append(WillingBid(sender, bid.queued, bid.local_input_bytes))
         else:
             rnd.declines.append(f"{short(sender)}: {bid.reason}")
-        self._spawn(self.ledger.record_bid(sender, bid), "recording a bid")
+        self._record_bid(sender, bid)
         # Every node asked answered; or a willing bid came after the window closed empty.
         if rnd.complete or (bid.willing and rnd.timer is None and rnd.enough):
             self._select(rnd.key)
+
+    def _record_bid(self, sender: str, bid: Any) -> None:
+        """Record a bid with the others that came this tick, or with the job's selection if
+        one is due by then (one transaction)."""
+        pending = self._bids.setdefault(bid.job_id, [])
+        if not pending:
+            self._loop.call_soon(self._flush_bids, bid.job_id)
+        pending.append((sender, bid))
+
+    def _flush_bids(self, job_id: str) -> None:
+        if job_id in self._picks:
+            return  # a selection is due: it records them
+        bids = self._bids.pop(job_id, None)
+        if bids:
+            self._spawn(self.ledger.record_bids(job_id, bids), "recording bids")
 
     def _on_shard_bids(self, sender: str, bid: Any) -> None:
         """A node's answer to an announcement of many shards of a job: it takes the shards
@@ -711,11 +731,12 @@ class Requester:
 
     def _decide(self, job_id: str) -> None:
         picks = self._picks.pop(job_id, [])
+        bids = self._bids.pop(job_id, None)
 
         async def select() -> tuple[list[Decision], str]:
             parent = self._trace.get(job_id, "")
             with self.tracing.span("selection", parent, job_id=job_id, shards=len(picks)) as s:
-                decisions = await self.ledger.select(job_id, picks)
+                decisions = await self.ledger.select(job_id, picks, bids)
                 if self.tracing.on:
                     chosen = sorted({d.node_id for d in decisions if d.accepted})
                     s.set_attribute("bacalhau.nodes", ",".join(n[-8:] for n in chosen[:32]))
