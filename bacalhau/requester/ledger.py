@@ -249,9 +249,10 @@ class Ledger:
 
     # -- bidding --------------------------------------------------------------------------
 
-    async def record_bids(self, job_id: str, bids: list[tuple[str, Any]]) -> None:
-        """Nodes' answers (sender, Bid) to announcements of one job, in one transaction: an
-        event each, and a proposed execution for each willing one."""
+    async def record_bids(self, job_id: str, bids: list[tuple[str, Any, bool]]) -> None:
+        """Nodes' answers (sender, Bid, whether it came willing after its round closed) to
+        announcements of one job, in one transaction: an event each, and a proposed execution
+        for each willing one in time."""
 
         def write(tx: Tx) -> None:
             job = tx.get_job(job_id)
@@ -272,7 +273,7 @@ class Ledger:
         await self._write(write)
 
     async def select(
-        self, job_id: str, picks: list[Pick], bids: list[tuple[str, Any]] | None = None
+        self, job_id: str, picks: list[Pick], bids: list[tuple[str, Any, bool]] | None = None
     ) -> list[Decision]:
         """Decide the bids on shards of a job, in one transaction: for each `Pick`, accept the
         chosen nodes' bids and reject the others. A chosen node whose bid was not recorded as
@@ -586,17 +587,22 @@ class Ledger:
         tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
 
 
-def _record_bids(tx: Tx, job: Any, bids: list[tuple[str, Any]]) -> bool:
-    """Record bids on `job` (sender, Bid): an event each, and a proposed execution for each
-    willing one; whether the job changed (it is to be written)."""
+def _record_bids(tx: Tx, job: Any, bids: list[tuple[str, Any, bool]]) -> bool:
+    """Record bids on `job` (sender, Bid, whether it came willing after its round closed): an
+    event each, and a proposed execution for each willing one in time; whether the job
+    changed (it is to be written)."""
     changed = False
-    for sender, bid in bids:
+    for sender, bid, late in bids:
         if not bid.willing:
             tx.add_event(event(job, "BidDeclined", detail=bid.reason, node_id=sender))
             continue
         detail = f"queue length {bid.queued}"
         if bid.local_inputs:
             detail += f"; holds {bid.local_inputs} input(s), {bid.local_input_bytes} bytes"
+        if late:
+            detail += "; after bidding closed"
+            tx.add_event(event(job, "BidReceived", detail=detail, node_id=sender))
+            continue
         ex = _propose(job, sender, bid.shard)
         changed = True
         tx.add_event(event(job, "BidReceived", ex, detail))
