@@ -307,9 +307,9 @@ class _Watchers:
             except Exception:
                 log.exception("a run's watcher failed")
             finally:
+                with self._lock:  # free before its run hears so: the next run takes it
+                    self._idle += 1
                 done.set()
-            with self._lock:
-                self._idle += 1
 
 
 _WATCHERS = _Watchers()
