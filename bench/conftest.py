@@ -121,6 +121,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
         rate = BATCH / MEDIANS["jobs_batch"]
         tr.write_line(f"{'jobs/s':>22}: {rate:8.0f} ({BATCH} submitted at once, 3 nodes)")
+    if "dask_rate" in NOTES:
+        where = "own network namespace" if NOTES.get("dask_isolated") else "host loopback"
+        lat, rate = NOTES["dask_latency"], NOTES["dask_rate"]
+        tr.write_line(
+            f"{'Dask LocalCluster':>22}: {lat * 1e3:8.2f} ms p50 a task, {rate:.0f} tasks/s "
+            f"(2 worker processes, {where}; same run, baseline)"
+        )
+        if "job_latency" in MEDIANS and "jobs_batch" in MEDIANS:
+            from bench.test_bench_jobs import BATCH
+
+            p50, jobs = MEDIANS["job_latency"], BATCH / MEDIANS["jobs_batch"]
+            tr.write_line(
+                f"{'jobs vs Dask':>22}: latency {p50 / lat:8.2f}x Dask's p50; "
+                f"throughput {jobs / rate:.2f}x Dask's tasks/s"
+            )
     if "ds_raw_commit" in MEDIANS:
         from bench.test_bench_datastore import DEEP, INFLIGHT, N_JOBS, THREADS
 

@@ -3,12 +3,21 @@
 Latency: one trivial WASM job from Submit until the client sees it completed, against the
 baseline of a unary gRPC round trip (NodeInfo) to the same node in the same run.
 Throughput: 50 jobs submitted at once, until all are completed.
+Beside them, in the same run on the same machine: Dask's distributed LocalCluster (two
+worker processes on 127.0.0.1, `bench/_dask_jobs.py`) on equivalent trivial tasks, measured
+the same two ways; the summary gives the ratios. It runs in a network namespace of its own
+(`unshare -n`, loopback only) where the machine permits, else plainly.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +27,9 @@ from bacalhau.client import Client
 from tests.integration.conftest import ECHO_WASM, Cluster
 
 Record = Callable[[str, object], None]
+Note = Callable[[str, float], None]
 BATCH = 50
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +95,26 @@ def test_memoized_job_latency(benchmark: Any, client: Client, spec: Any, record:
     one_job(client, memo)  # the verified run the others are answered with
     benchmark.pedantic(one_job, args=(client, memo), rounds=60, iterations=1, warmup_rounds=5)
     record("memo_latency", benchmark)
+
+
+def _run_dask(isolated: bool) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "bench._dask_jobs"]
+    if isolated:
+        cmd = ["unshare", "-n", *cmd, "--isolated"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_dask_baseline(note: Note) -> None:
+    """Dask's LocalCluster on equivalent trivial tasks (`bench/_dask_jobs.py`), for the
+    summary's ratios; inside `unshare -n` where that is permitted."""
+    pytest.importorskip("distributed", reason="Dask is the bench extra: ./dev setup installs it")
+    isolated = shutil.which("unshare") is not None
+    proc = _run_dask(isolated) if isolated else None
+    if proc is None or proc.returncode != 0:
+        isolated = False  # not permitted here (no CAP_SYS_ADMIN, say): plainly, on loopback
+        proc = _run_dask(False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    note("dask_latency", figures["latency_p50"])
+    note("dask_rate", figures["rate"])
+    note("dask_isolated", float(isolated))

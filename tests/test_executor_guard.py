@@ -4,6 +4,7 @@ on real wasmtime (wasm, python) and a real Docker engine."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -129,3 +130,22 @@ def test_a_sleep_does_not_outlive_the_timeout(executor: WasmExecutor, tmp_path: 
     res = run(executor, tmp_path, bytes(wasmtime.wat2wasm(wat)), timeout_s=0.5)
     assert res.error == "timed out after 0.5 s"
     assert time.monotonic() - started < 5
+
+
+def test_runs_one_after_another_share_one_watcher_thread(
+    executor: WasmExecutor, tmp_path: Path
+) -> None:
+    """A run's watcher thread is kept for the next run, not started anew for each."""
+
+    def watchers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "run-guard"}
+
+    exit0 = wasi_module("")
+    for i in range(13):
+        (tmp_path / f"r{i}").mkdir()
+        res = run(executor, tmp_path / f"r{i}", exit0)
+        assert res.exit_code == 0, res
+        if i == 2:
+            kept = watchers()
+            assert kept  # alive between runs, waiting for the next
+    assert watchers() <= kept

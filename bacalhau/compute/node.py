@@ -249,12 +249,15 @@ class Compute:
         self._spawn(self._accept(record))
 
     async def _accept(self, record: Any) -> None:
+        # Accepted and running in one commit (one report), unless cancelled meanwhile.
+        active = self._active.get(record.execution.id)
+        running = active is not None and not active.cancel.is_set()
         try:
-            await self.records.create(record)
+            await self.records.create(record, running=running)
         except BaseException:
             self._active.pop(record.execution.id, None)
             raise
-        await self._run(record)
+        await self._run(record, fresh=running)
 
     def _on_result_decision(self, sender: str, d: Any) -> None:
         async def decide() -> None:
@@ -356,9 +359,10 @@ class Compute:
 
     # -- running ------------------------------------------------------------------------
 
-    async def _run(self, record: Any) -> None:
+    async def _run(self, record: Any, *, fresh: bool = False) -> None:
+        """Run an execution (`fresh`: its RUNNING record was just written and reported)."""
         if not self.tracing.on:
-            await self._execute(record)
+            await self._execute(record, fresh)
             return
         ex = record.execution
         with self.tracing.span(
@@ -369,12 +373,12 @@ class Compute:
             shard=ex.shard,
             engine=record.spec.engine,
         ) as span:
-            await self._execute(record)
+            await self._execute(record, fresh)
             span.set_attribute("bacalhau.state", E.of(ex.state).value)
             if ex.HasField("exit_code"):
                 span.set_attribute("bacalhau.exit_code", ex.exit_code)
 
-    async def _execute(self, record: Any) -> None:
+    async def _execute(self, record: Any, fresh: bool = False) -> None:
         ex = record.execution
         active = self._active.get(ex.id) or _Active(record.requester_node_id, record.spec)
         cancel = active.cancel
@@ -384,7 +388,7 @@ class Compute:
                 return
             if E.of(ex.state) == E.BID_ACCEPTED:
                 await self.records.advance(record, E.RUNNING)
-            else:  # started before a restart: running again from the start
+            elif not fresh:  # started before a restart: running again from the start
                 self.records.report(record)
             held: list[Path] = []
             allocation: Allocation | None = None

@@ -33,9 +33,13 @@ class LocalRecords:
     async def list(self) -> list[Any]:
         return await asyncio.to_thread(self._store.list_local)
 
-    async def create(self, record: Any) -> None:
-        """Write a newly accepted execution. Raises BacalhauError if it exists already."""
+    async def create(self, record: Any, *, running: bool = False) -> None:
+        """Write a newly accepted execution; with `running`, already started (accepted and
+        running in one commit: `record` is changed to say so, and reported). Raises
+        BacalhauError if it exists already."""
         execution_id = record.execution.id
+        if running:
+            set_execution_state(record.execution, ExecutionState.RUNNING)
 
         def put(tx: Tx) -> None:
             if tx.get_local(execution_id) is not None:
@@ -43,6 +47,8 @@ class LocalRecords:
             tx.put_local(record)
 
         await asyncio.wrap_future(self._store.submit(put))
+        if running:
+            self.report(record)
 
     async def advance(self, record: Any, state: ExecutionState, message: str = "") -> None:
         """Write `state` (with the record's result fields), then report it to the requester.

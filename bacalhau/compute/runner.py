@@ -29,8 +29,6 @@ from bacalhau.executor.base import RunRequest, RunResult
 from bacalhau.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
-_ALLOCATE_POLL_S = 2.0  # how often a job waiting for resources looks at its cancel event
-# (`wake` is called on a cancel, so this is only a backstop)
 
 
 class Runner:
@@ -66,23 +64,21 @@ class Runner:
             return None
         if not self._waiters and (allocation := self.allocator.allocate(wants)) is not None:
             return allocation
+        # Woken by `wake` (a release, or a cancel: whoever sets `cancel` calls it), not polled.
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters.append((wants, fut, cancel))
         try:
-            while not fut.done():
-                await asyncio.wait({fut}, timeout=_ALLOCATE_POLL_S)
-                self.wake()
+            result: Allocation | None = await asyncio.shield(fut)
         except asyncio.CancelledError:
             if fut.done() and fut.result() is not None:
                 self.release(fut.result())
             fut.cancel()
             raise
-        result: Allocation | None = fut.result()
         return result
 
     def wake(self) -> None:
         """Give waiting executions what is free, in the order they came; those cancelled
-        meanwhile stop waiting."""
+        meanwhile stop waiting. Call it after setting an execution's cancel event."""
         while self._waiters:
             wants, fut, cancel = self._waiters[0]
             if fut.done():

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import logging
 import os
+import queue
 import select
 import shutil
 import threading
@@ -90,7 +91,7 @@ class RunGuard:
         self._fifos: list[Path] = []
         self._written = 0  # stdout and stderr, all of it
         self._in_folders = 0  # at the last walk
-        self._thread = threading.Thread(target=self._watch, name="run-guard", daemon=True)
+        self._watched: threading.Event | None = None  # set when the watcher returned
 
     # -- what the engines call ----------------------------------------------------------
 
@@ -132,14 +133,15 @@ class RunGuard:
 
     def __enter__(self) -> RunGuard:
         self._deadline = time.monotonic() + self._req.timeout_s
-        self._thread.start()
+        self._watched = _WATCHERS.run(self._watch)
         return self
 
     def __exit__(self, *exc: object) -> None:
         """Stop watching, drain and close the pipes, measure the folders a last time, and
         empty them if the run went over its limit."""
         self._done.set()
-        self._thread.join()
+        if self._watched is not None:
+            self._watched.wait()
         self._drain(block=False)
         for fd in list(self._pipes):
             self._close_pipe(fd)
@@ -262,6 +264,55 @@ class RunGuard:
         if self._pipes.pop(fd, None) is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class _Watchers:
+    """The threads that run guards' watchers, kept for the next run: starting a thread for
+    each run costs a wait for it to be scheduled, which on a busy machine is much of a short
+    run. A thread idle for `IDLE_S` ends; there are never more than runs at once."""
+
+    IDLE_S = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for work that no submitted run has counted on
+        self._work: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+
+    def run(self, fn: Callable[[], None]) -> threading.Event:
+        """Run `fn` on a watcher thread; the event is set once it returned."""
+        done = threading.Event()
+        with self._lock:
+            spawn = not self._idle
+            if not spawn:
+                self._idle -= 1
+        self._work.put((fn, done))
+        if spawn:
+            threading.Thread(target=self._serve, name="run-guard", daemon=True).start()
+        return done
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                fn, done = self._work.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # nobody counts on this thread: it ends
+                        self._idle -= 1
+                        return
+                continue  # a run counted on it just now: its work is on the way
+            try:
+                fn()
+            except Exception:
+                log.exception("a run's watcher failed")
+            finally:
+                with self._lock:  # free before its run hears so: the next run takes it
+                    self._idle += 1
+                done.set()
+
+
+_WATCHERS = _Watchers()
 
 
 class _Stream:

@@ -1,7 +1,9 @@
 """Bid rounds: who was asked to bid on a shard, who answered, and whom to select.
 
 A round closes when every node asked has answered (unless the announcement also went out as
-gossip, when anyone may bid) or when its window ends with at least one willing bid.
+gossip, when anyone may bid) or when its window ends with at least one willing bid; or, for a
+job that wants one node and has no inputs by CID, on the requester's own bid with nothing
+queued (`Requester._unbeatable`), the others' answers then recorded as they come.
 """
 
 from __future__ import annotations

@@ -250,20 +250,15 @@ class Ledger:
 
     # -- bidding --------------------------------------------------------------------------
 
-    async def record_bid(self, sender: str, bid: Any) -> None:
-        """A node's answer to an announcement: an event, and a proposed execution if willing."""
+    async def record_bids(self, job_id: str, bids: list[tuple[str, Any, bool]]) -> None:
+        """Nodes' answers (sender, Bid, whether it came willing after its round closed) to
+        announcements of one job, in one transaction: an event each, and a proposed execution
+        for each willing one in time."""
 
         def write(tx: Tx) -> None:
-            job = tx.get_job(bid.job_id)
-            if not bid.willing:
-                tx.add_event(event(job, "BidDeclined", detail=bid.reason, node_id=sender))
-                return
-            ex = _propose(job, sender, bid.shard)
-            tx.put_job(job)
-            detail = f"queue length {bid.queued}"
-            if bid.local_inputs:
-                detail += f"; holds {bid.local_inputs} input(s), {bid.local_input_bytes} bytes"
-            tx.add_event(event(job, "BidReceived", ex, detail))
+            job = tx.get_job(job_id)
+            if _record_bids(tx, job, bids):
+                tx.put_job(job)
 
         await self._write(write)
 
@@ -278,14 +273,18 @@ class Ledger:
 
         await self._write(write)
 
-    async def select(self, job_id: str, picks: list[Pick]) -> list[Decision]:
+    async def select(
+        self, job_id: str, picks: list[Pick], bids: list[tuple[str, Any, bool]] | None = None
+    ) -> list[Decision]:
         """Decide the bids on shards of a job, in one transaction: for each `Pick`, accept the
         chosen nodes' bids and reject the others. A chosen node whose bid was not recorded as
         a proposed execution (it answered an announcement of many shards) gets a new one;
-        the other willing nodes of such a bid are told no."""
+        the other willing nodes of such a bid are told no. `bids` not recorded yet are recorded
+        first, in the same transaction, as `record_bids` does."""
 
         def write(tx: Tx) -> list[Decision]:
             job = tx.get_job(job_id)
+            proposed_now = _record_bids(tx, job, bids or [])
             final = JobState.of(job.state).is_terminal
             proposed: dict[int, list[Any]] = {}
             for ex in job.executions:
@@ -313,6 +312,8 @@ class Ledger:
                 for node_id in sorted(pick.willing - pick.chosen - recorded):
                     decisions.append(Decision(node_id, "", pick.shard, False))
             if final:
+                if proposed_now:
+                    tx.put_job(job)
                 return decisions
             if JobState.of(job.state) == JobState.PENDING:
                 set_job_state(job, JobState.RUNNING)
@@ -590,6 +591,28 @@ class Ledger:
             message = f"shard {ex.shard} of {shard_count(job)} failed ({tries} tries): {message}"
         set_job_state(job, JobState.FAILED, message)
         tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
+
+
+def _record_bids(tx: Tx, job: Any, bids: list[tuple[str, Any, bool]]) -> bool:
+    """Record bids on `job` (sender, Bid, whether it came willing after its round closed): an
+    event each, and a proposed execution for each willing one in time; whether the job
+    changed (it is to be written)."""
+    changed = False
+    for sender, bid, late in bids:
+        if not bid.willing:
+            tx.add_event(event(job, "BidDeclined", detail=bid.reason, node_id=sender))
+            continue
+        detail = f"queue length {bid.queued}"
+        if bid.local_inputs:
+            detail += f"; holds {bid.local_inputs} input(s), {bid.local_input_bytes} bytes"
+        if late:
+            detail += "; after bidding closed"
+            tx.add_event(event(job, "BidReceived", detail=detail, node_id=sender))
+            continue
+        ex = _propose(job, sender, bid.shard)
+        changed = True
+        tx.add_event(event(job, "BidReceived", ex, detail))
+    return changed
 
 
 def _propose(job: Any, node_id: str, shard: int) -> Any:

@@ -111,6 +111,14 @@ class Requester:
         self._placed: dict[str, int] = {}  # node -> executions placed there, not done yet
         self._planning: dict[str, list[Round]] = {}  # job -> shard rounds closed this tick
         self._picks: dict[str, list[Pick]] = {}  # job -> choices to record in one transaction
+        # job -> bids (sender, Bid) not recorded yet: written together, with the selection
+        # when one is due
+        self._bids: dict[str, list[tuple[str, Any, bool]]] = {}
+        # job -> its round closed on this node's own bid, which none could beat (`_unbeatable`),
+        # while the other nodes' answers come; and what is resolved once they all came (or
+        # the bid window passed): the job's reports wait for it, so its history has them
+        self._early: dict[str, Round] = {}
+        self._early_done: dict[str, asyncio.Future[None]] = {}
         # job -> reports not recorded yet; the jobs whose reports are being recorded
         self._reports: dict[str, list[tuple[str, Any]]] = {}
         self._recording: set[str] = set()
@@ -200,7 +208,9 @@ class Requester:
         return job if job is not None and job.id == job_id else None
 
     def _ours(self, sender: str, body: Any) -> bool:
-        return self._job(body.job_id) is not None
+        # A job being placed or run here is ours, without reading its record.
+        job_id = body.job_id
+        return job_id in self._open or job_id in self._where or self._job(job_id) is not None
 
     def _from_compute_node(self, sender: str, body: Any, job: Any = None) -> bool:
         node = self._where.get(body.job_id, {}).get(body.execution_id)
@@ -406,6 +416,10 @@ class Requester:
             self._on_shard_bids(sender, bid)
             return
         rnd = self._rounds.get((bid.job_id, bid.shard))
+        early = self._early.get(bid.job_id)
+        if rnd is None and early is not None and early.shard == bid.shard:
+            self._on_late_bid(sender, bid, early)
+            return
         if rnd is not None and rnd.gossiped and sender not in rnd.asked:
             rnd.asked.add(sender)  # a node reached through gossip
         if rnd is not None and sender in rnd.answered:
@@ -455,10 +469,91 @@ class Requester:
             rnd.willing.append(WillingBid(sender, bid.queued, bid.local_input_bytes))
         else:
             rnd.declines.append(f"{short(sender)}: {bid.reason}")
-        self._spawn(self.ledger.record_bid(sender, bid), "recording a bid")
+        self._record_bid(sender, bid)
         # Every node asked answered; or a willing bid came after the window closed empty.
         if rnd.complete or (bid.willing and rnd.timer is None and rnd.enough):
             self._select(rnd.key)
+        elif bid.willing and self._unbeatable(rnd, sender, bid):
+            self._select(rnd.key)
+            # The others' answers are still taken (and recorded) while the job runs.
+            self._early[rnd.job_id] = rnd
+            self._early_done[rnd.job_id] = self._loop.create_future()
+            rnd.timer = self._loop.call_later(self._bid_window_s, self._early_over, rnd.job_id)
+
+    def _unbeatable(self, rnd: Round, sender: str, bid: Any) -> bool:
+        """Whether this node's own willing bid is as good as any can be, so its round need
+        not wait for the others: one node is to be chosen, no bid can claim the job's data
+        (it has no CID inputs), and this node's queue is empty, nothing placed here since."""
+        deal = rnd.spec.deal
+        return (
+            sender == self._net.node_id
+            and not rnd.cids
+            and not rnd.batched
+            and not rnd.gossiped
+            and max(1, deal.min_bids) == 1
+            and max(1, deal.concurrency) == 1
+            and bid.queued == 0
+            and not self._placed.get(sender, 0)
+            and rnd.job_id not in self._early
+        )
+
+    def _on_late_bid(self, sender: str, bid: Any, rnd: Round) -> None:
+        """An answer in a round closed on this node's own bid (`_unbeatable`): checked as any
+        bid is, recorded, and a willing bidder told that bidding closed."""
+        if sender not in rnd.asked or sender in rnd.answered:
+            if bid.willing:  # too late: free the bidder's offer
+                decision = peer_pb2.BidDecision(
+                    job_id=bid.job_id, shard=bid.shard, accepted=False, reason="bidding closed"
+                )
+                self._net.send(sender, bid_decision=decision)
+            return
+        rnd.answered.add(sender)
+        if bid.willing:
+            reason = "bidding closed: a bid that none could beat was taken"
+            if lie := self._impossible(sender, rnd.cids, bid):
+                log.warning("refused a bid from %s on %s: %s", sender, bid.job_id, lie)
+                self._on_bid_refused(sender)
+                reason = f"bid refused: {lie}"
+                refused = peer_pb2.Bid()
+                refused.CopyFrom(bid)
+                refused.willing, refused.reason = False, reason
+                bid = refused
+            decision = peer_pb2.BidDecision(
+                job_id=bid.job_id, shard=bid.shard, accepted=False, reason=reason
+            )
+            self._net.send(sender, bid_decision=decision)
+        self._record_bid(sender, bid, late=bid.willing)
+        if rnd.answered >= rnd.asked:
+            self._early_over(rnd.job_id)
+
+    def _early_over(self, job_id: str) -> None:
+        """Every node asked in the job's early-closed round answered, or the bid window
+        passed: the answers that came are written, then the job's reports may be."""
+        rnd = self._early.pop(job_id, None)
+        if rnd is None:
+            return
+        if rnd.timer is not None:
+            rnd.timer.cancel()
+            rnd.timer = None
+        self._flush_bids(job_id)  # queued before the reports that waited
+        done = self._early_done.pop(job_id, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _record_bid(self, sender: str, bid: Any, late: bool = False) -> None:
+        """Record a bid with the others that came this tick, or with the job's selection if
+        one is due by then (one transaction). `late`: willing, after its round closed."""
+        pending = self._bids.setdefault(bid.job_id, [])
+        if not pending:
+            self._loop.call_soon(self._flush_bids, bid.job_id)
+        pending.append((sender, bid, late))
+
+    def _flush_bids(self, job_id: str) -> None:
+        if job_id in self._picks:
+            return  # a selection is due: it records them
+        bids = self._bids.pop(job_id, None)
+        if bids:
+            self._spawn(self.ledger.record_bids(job_id, bids), "recording bids")
 
     def _on_shard_bids(self, sender: str, bid: Any) -> None:
         """A node's answer to an announcement of many shards of a job: it takes the shards
@@ -739,11 +834,12 @@ class Requester:
 
     def _decide(self, job_id: str) -> None:
         picks = self._picks.pop(job_id, [])
+        bids = self._bids.pop(job_id, None)
 
         async def select() -> tuple[list[Decision], str]:
             parent = self._trace.get(job_id, "")
             with self.tracing.span("selection", parent, job_id=job_id, shards=len(picks)) as s:
-                decisions = await self.ledger.select(job_id, picks)
+                decisions = await self.ledger.select(job_id, picks, bids)
                 if self.tracing.on:
                     chosen = sorted({d.node_id for d in decisions if d.accepted})
                     s.set_attribute("bacalhau.nodes", ",".join(n[-8:] for n in chosen[:32]))
@@ -788,6 +884,9 @@ class Requester:
                 # more the more executions it has.
                 placed = len(self._where.get(job_id, ()))
                 await asyncio.sleep(min(COALESCE_MAX_S, placed * COALESCE_PER_EXECUTION_S))
+                held = self._early_done.get(job_id)
+                if held is not None:  # the answers its round did not wait for go in first
+                    await asyncio.shield(held)
                 reports = self._reports.pop(job_id, None)
                 if not reports:
                     break
@@ -1036,6 +1135,11 @@ class Requester:
         self.sync(node_id)
 
     def _on_peer_disconnected(self, node_id: str) -> None:
+        for job_id, early in list(self._early.items()):
+            if node_id in early.asked and node_id not in early.answered:
+                early.answered.add(node_id)
+                if early.answered >= early.asked:
+                    self._early_over(job_id)
         for key, rnd in list(self._rounds.items()):
             if node_id in rnd.asked and node_id not in rnd.answered:
                 rnd.answered.add(node_id)
@@ -1091,6 +1195,8 @@ class Requester:
     def close(self) -> None:
         for key in list(self._rounds):
             self._close_round(key)
+        for job_id in list(self._early):
+            self._early_over(job_id)
         for timer in self._lost.values():
             timer.cancel()
         self._lost.clear()

@@ -63,6 +63,27 @@ def test_events_follow_the_lifecycle(cluster: Cluster, ctl: Ctl):
     assert {e["node_id"] for e in declined} == {cluster[0].node_id, cluster[2].node_id}
 
 
+def test_an_idle_requester_takes_its_own_bid_and_records_the_others(tmp_path: Path):
+    """A job for one node, without inputs by CID, submitted to an idle node runs there at once
+    (no bid can beat an empty queue); the other node's answer, which came after, is in the
+    job's history by the time it completes."""
+    two = Cluster(tmp_path / "two", 2)
+    try:
+        ctl = Ctl(two[0].address, tmp_path)
+        for _ in range(2):
+            res, job_id = run_job(ctl, str(ECHO_WASM), "mine")
+            assert res.returncode == 0, res.stderr
+            doc = ctl.json("describe", job_id)
+            assert doc["state"] == "completed"
+            assert [e["node_id"] for e in doc["executions"]] == [two[0].node_id]
+            bids = [e for e in doc["events"] if e["type"] == "BidReceived"]
+            answers = {e["node_id"]: e["detail"] for e in bids}
+            assert answers.keys() == {two[0].node_id, two[1].node_id}, doc["events"]
+            assert "after bidding closed" in answers[two[1].node_id]
+    finally:
+        two.close()
+
+
 def test_describe_json_fields(ctl: Ctl):
     res, job_id = run_job(ctl, str(ECHO_WASM), "fields")
     assert res.returncode == 0, res.stderr
