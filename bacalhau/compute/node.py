@@ -26,7 +26,7 @@ from bacalhau.compute.capacity import Allocation, Allocator, Limits, Resources, 
 from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.prepare import LogForwarder, prepare_request
 from bacalhau.compute.records import LocalRecords
-from bacalhau.compute.results import tail
+from bacalhau.compute.results import INLINE_RESULT_BYTES, small_dag, tail
 from bacalhau.compute.runner import Runner
 from bacalhau.content.cid import CID
 from bacalhau.datastore import Datastore
@@ -93,7 +93,7 @@ class Compute:
         self.inputs = inputs or InputCache(network, blockstore, scratch_dir / "inputs")
         self.config = config
         self.allocator = config.allocator or Allocator(detect(scratch_dir), Limits())
-        self.records = LocalRecords(store, network)
+        self.records = LocalRecords(store, network, self._small_result)
         self.bidder = Bidder(
             executors=executors,
             labels=config.labels,
@@ -247,6 +247,11 @@ class Compute:
         # Registered now, so a cancel that arrives before the record is written is not lost.
         self._active[execution_id] = _Active(sender, spec)
         self._spawn(self._accept(record))
+
+    def _small_result(self, cid_text: str) -> list[tuple[bytes, bytes]]:
+        """The whole DAG of a result of at most INLINE_RESULT_BYTES ([]: larger, or not all
+        here), to send with its report."""
+        return small_dag(self._blocks, cid_text, INLINE_RESULT_BYTES)
 
     async def _accept(self, record: Any) -> None:
         # Accepted and running in one commit (one report), unless cancelled meanwhile.

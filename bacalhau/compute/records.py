@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2
@@ -17,12 +18,25 @@ from bacalhau.spec import MAX_ID_LENGTH
 log = logging.getLogger(__name__)
 
 
+# The states whose report names a result (proposed, or what a failed or cancelled run wrote).
+_WITH_RESULT = frozenset(
+    s.pb for s in (ExecutionState.RESULT_PROPOSED, ExecutionState.FAILED, ExecutionState.CANCELLED)
+)
+
+
 class LocalRecords:
     """Writes and reports the state of this node's executions."""
 
-    def __init__(self, store: Datastore, network: Network) -> None:
+    def __init__(
+        self,
+        store: Datastore,
+        network: Network,
+        result_blocks: Callable[[str], list[tuple[bytes, bytes]]] = lambda cid: [],
+    ) -> None:
+        """`result_blocks(cid)`: a small result's whole DAG, sent with its report ([]: none)."""
         self._store = store
         self._net = network
+        self._result_blocks = result_blocks
 
     def get(self, execution_id: str) -> Any:
         """The record of `execution_id`, or None."""
@@ -112,5 +126,8 @@ class LocalRecords:
         )
         if ex.HasField("exit_code"):
             update.exit_code = ex.exit_code
+        if ex.result_cid and ex.state in _WITH_RESULT:
+            for cid, data in self._result_blocks(ex.result_cid):
+                update.result_blocks.add(cid=cid, data=data)
         if not self._net.send(rec.requester_node_id, execution_update=update):
             log.warning("requester %s of %s is not connected", rec.requester_node_id, ex.job_id)

@@ -7,11 +7,31 @@ from pathlib import Path
 from typing import Any
 
 from bacalhau.blockstore import Blockstore
-from bacalhau.content import Importer, ImportOptions
+from bacalhau.content import Importer, ImportOptions, dag
 from bacalhau.content.cid import CID
+from bacalhau.errors import BacalhauError
 
 RESERVED_NAMES = frozenset({"stdout", "stderr", "exitCode"})
 TAIL_LINES, TAIL_CHARS = 10, 2000
+INLINE_RESULT_BYTES = 64 << 10  # a result this small goes to its requester with its report
+
+
+def small_dag(store: Blockstore, cid_text: str, limit: int) -> list[tuple[bytes, bytes]]:
+    """Every block of the DAG under `cid_text`, parents first, if all are here and add up
+    to at most `limit` bytes; else []."""
+    try:
+        root = bytes(CID.parse(cid_text))
+        if not store.has(root) or dag.declared_size(root, store.get(root)) > limit:
+            return []
+        out, total = [], 0
+        for cid, block in dag.walk(store.get, root):
+            total += len(block)
+            if total > limit:
+                return []
+            out.append((cid, block))
+        return out
+    except BacalhauError:  # a block missing or corrupt here: the requester fetches it
+        return []
 
 
 def publish_result(

@@ -227,6 +227,7 @@ class Node:
             on_bid_refused=lambda node_id: self.bids_refused.labels(reason="claim").inc(),
             tracing=self.tracing,
             keep_result=self._keep_result,
+            keep_blocks=self._keep_blocks,
         )
         self.block_bytes_received = Counter(
             "bacalhau_block_bytes_received_total", "Block bytes fetched from peers."
@@ -396,12 +397,42 @@ class Node:
             try:
                 await self.dags.fetch(root, [holder], max_bytes=most)
             except TooLarge as e:
-                size = f"{e.size} bytes" if e.size else "more than that"
-                raise TooLarge(
-                    f"it is {size}; this node keeps results of up to {most} bytes "
-                    "(serve --max-result-size)"
-                ) from None
+                raise self._too_large(e.size) from None
             await asyncio.to_thread(self.blockstore.pin, root, RESULT_PIN)
+
+    def _too_large(self, size: int) -> TooLarge:
+        """A result larger than this node keeps (`size`: what its root says, 0: unknown)."""
+        what = f"{size} bytes" if size else "more than that"
+        return TooLarge(
+            f"it is {what}; this node keeps results of up to {self.config.max_result_bytes} "
+            "bytes (serve --max-result-size)"
+        )
+
+    async def _keep_blocks(self, cid_text: str, blocks: list[tuple[bytes, bytes]]) -> bool:
+        """Keep a small result sent with its report: every block checked against its CID,
+        stored and pinned in one synced batch. False if `blocks` are not its whole DAG or one
+        does not match its CID (then it is fetched). Raises TooLarge past --max-result-size."""
+        root = bytes(CID.parse(cid_text))
+        most = self.config.max_result_bytes
+        if most and sum(len(data) for _, data in blocks) > most:
+            raise self._too_large(0)
+
+        def store() -> bool:
+            have = dict(blocks)
+            try:
+                whole = list(dag.walk(have.__getitem__, root))
+                for cid, data in whole:
+                    dag.check_block(cid, data)
+            except (KeyError, BacalhauError) as e:  # not all of it, or not what it says
+                log.warning("result %s sent with its report is not whole: %s", cid_text, e)
+                return False
+            with self.blockstore.batch() as batch:
+                for cid, data in whole:
+                    batch.put(cid, data)
+                batch.pin(root, RESULT_PIN)
+            return True
+
+        return await asyncio.to_thread(store)
 
     def _holds(self, job_id: str) -> bool:
         """Whether a call on `job_id` is this node's to answer: the job is here, or the ID is

@@ -55,6 +55,7 @@ COALESCE_PER_EXECUTION_S = 20e-6  # how long reports on a job wait to be written
 COALESCE_MAX_S = 0.2  # per execution it has, and at most
 COPY_RETRY_S = (0.1, 0.3, 1.0, 2.0)  # pauses between tries to copy a result from a connected node
 COPIES_AT_ONCE = 16  # results being copied here at once
+MAX_INLINE_HELD = 64 << 20  # small results' blocks held from their reports until kept
 REPLICA_TIMEOUT_S = 300.0  # how long a node asked to keep a copy of a result may take
 
 
@@ -74,12 +75,16 @@ class Requester:
         on_bid_refused: Callable[[str], None] = lambda node_id: None,
         tracing: Tracing | None = None,
         keep_result: Callable[[str, str], Awaitable[None]] | None = None,
+        keep_blocks: Callable[[str, list[tuple[bytes, bytes]]], Awaitable[bool]] | None = None,
     ) -> None:
         """`input_size(cid)`: what the DAG under `cid` weighs, as far as this node can tell
         (None: unknown); it bounds the locality bidders claim. `on_bid_refused(node_id)` is
         called for each bid refused for an impossible claim. `keep_result(cid, holder)`
         copies a result DAG onto this node from the node that made it, and pins it (raises
-        if it cannot): a job completes only once its results are kept here."""
+        if it cannot): a job completes only once its results are kept here.
+        `keep_blocks(cid, blocks)` does the same with a small result's blocks sent with its
+        report (False: they are not its whole DAG, or one does not match its CID: fetch it;
+        raises as `keep_result` for a result too large)."""
         self._net = network
         self._store = store
         self.tracing = tracing or Tracing.off()
@@ -126,6 +131,10 @@ class Requester:
         # on an execution, without reading the job
         self._where: dict[str, dict[str, str]] = {}
         self._keep_result = keep_result
+        self._keep_blocks = keep_blocks
+        # job -> execution -> a small result's blocks, sent with its report, until kept here
+        self._inline: dict[str, dict[str, list[tuple[bytes, bytes]]]] = {}
+        self._inline_bytes = 0
         # job -> execution -> the result CID it proposed (until the job ends), and the copies
         # of accepted results being made here: execution -> the task copying it
         self._proposed: dict[str, dict[str, str]] = {}
@@ -183,6 +192,7 @@ class Requester:
             for ex_id in self._proposed.pop(job_id, {}):
                 self._keeping.pop(ex_id, None)
             self._replica_count.pop(job_id, None)
+            self._drop_inline(job_id)
             self._where.pop(job_id, None)
             self._trace.pop(job_id, None)
             root = self._job_spans.pop(job_id, None)
@@ -868,6 +878,13 @@ class Requester:
         if u.result_cid:
             self._proposed.setdefault(u.job_id, {})[u.execution_id] = u.result_cid
         del u.replica_node_ids[:]  # the requester's to say, not the compute node's
+        if u.result_blocks:
+            size = sum(len(b.data) for b in u.result_blocks)
+            held = self._inline.setdefault(u.job_id, {})
+            if u.execution_id not in held and self._inline_bytes + size <= MAX_INLINE_HELD:
+                held[u.execution_id] = [(b.cid, b.data) for b in u.result_blocks]
+                self._inline_bytes += size
+            del u.result_blocks[:]
         self._reports.setdefault(u.job_id, []).append((sender, u))
         if u.job_id not in self._recording:
             self._recording.add(u.job_id)
@@ -927,12 +944,23 @@ class Requester:
             return task
         if self._keep_result is None:
             return None
-        task = asyncio.ensure_future(self._copy_result(cid, holder))
+        blocks = self._inline.get(job_id, {}).pop(execution_id, None)
+        if blocks is not None:
+            self._inline_bytes -= sum(len(data) for _, data in blocks)
+        task = asyncio.ensure_future(self._copy_result(cid, holder, blocks))
         task.add_done_callback(_observed)
         self._keeping[execution_id] = task
         return task
 
-    async def _copy_result(self, cid: str, holder: str) -> None:
+    def _drop_inline(self, job_id: str) -> None:
+        for blocks in self._inline.pop(job_id, {}).values():
+            self._inline_bytes -= sum(len(data) for _, data in blocks)
+
+    async def _copy_result(
+        self, cid: str, holder: str, blocks: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        if blocks and self._keep_blocks is not None and await self._keep_blocks(cid, blocks):
+            return  # sent whole with its report: nothing to fetch
         keep = self._keep_result
         async with self._copy_gate:  # a large job's copies, a few at a time
             if keep is not None:

@@ -10,7 +10,7 @@ import pytest
 from bacalhau.client import Client
 from bacalhau.models import node_tag, requester_tag
 from tests._wait import wait_for
-from tests.integration.conftest import ECHO_WASM, Cluster, Ctl
+from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, metrics
 
 
 def test_a_job_is_described_followed_fetched_and_cancelled_through_another_node(
@@ -95,7 +95,7 @@ def test_unknown_job_named_by_its_requester_tag(cluster: Cluster, ctl: Ctl):
 def test_results_and_logs_outlive_the_node_that_made_them(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ):
-    pair = Cluster(tmp_path_factory.mktemp("pair"), 2)
+    pair = Cluster(tmp_path_factory.mktemp("pair"), 2, args=("--metrics-port", "0"))
     try:
         ctl = Ctl(pair[0].address, tmp_path)
         ok = ctl("wasm", "run", "--labels", "name=node-1", str(ECHO_WASM), "kept", "result")
@@ -106,6 +106,8 @@ def test_results_and_logs_outlive_the_node_that_made_them(
         bad_id = bad.stdout.splitlines()[0]
         events = [e["type"] for e in ctl.json("describe", ok_id)["events"]]
         assert events[-1] == "JobCompleted"
+        # Small results came whole with their reports: the requester fetched no block.
+        assert metrics(pair[0])["bacalhau_block_bytes_received_total"] == 0
 
         pair[1].proc.kill()  # the compute node is gone, with everything it held
         pair[1].proc.wait()
