@@ -1015,6 +1015,7 @@ class Requester:
         if job_id not in self._where:  # it ended meanwhile (a cancel): forget its copies
             for ex_id in self._proposed.pop(job_id, {}):
                 self._keeping.pop(ex_id, None)
+            self._drop_inline(job_id)
         want = self._replicas_wanted(job_id)
         published = [i for i, (_, u) in enumerate(out) if E.of(u.state) == E.PUBLISHED]
         if want and published:

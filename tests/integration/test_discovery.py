@@ -17,11 +17,13 @@ from typing import Any
 
 import grpc
 import pytest
+import wasmtime
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc
 from bacalhau.client import Client
 from bacalhau.identity import Identity
 from bacalhau.network.peers import API_VERSION, MAX_PACKET
+from tests._bigwat import big_wat
 from tests._wait import wait_for
 from tests.integration.conftest import ECHO_WASM, Ctl, start_node, wait_connected
 from tests.integration.test_mdns import NETNS_SETUP, ROOT, _can_unshare
@@ -237,11 +239,25 @@ def test_a_job_reaches_a_node_without_a_stream_to_the_requester_through_gossip(
         ctl = Ctl(a.address, tmp_path)
         res = ctl("wasm", "run", "--labels", "name=c", cid, "via", "gossip")
         assert res.returncode == 0, res.stderr
-        # a cannot reach c's result (no stream): the run says so, and still succeeds
-        assert "the job completed, but its output could not be read" in res.stderr, res.stderr
+        # a has no stream to c, but c's small result came whole with its report (through b):
+        # a kept it, so the run prints the job's output
+        assert res.stdout.splitlines()[1:] == ["via gossip"], res.stdout
         doc = ctl.json("describe", res.stdout.split()[0])
         (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
         assert ex["node_id"] == c.node_id
+        # A larger result (1 MiB) is fetched, which needs a stream: it stays on c, the
+        # execution says so, and the run still succeeds.
+        module = tmp_path / "big.wasm"
+        module.write_bytes(wasmtime.wat2wasm(big_wat(1)))
+        for node in (a, c):
+            with Client(node.address) as cl:
+                big = cl.add_file(module).cid
+        res = ctl("wasm", "run", "--labels", "name=c", big)
+        assert res.returncode == 0, res.stderr
+        assert "the job completed, but its output could not be read" in res.stderr, res.stderr
+        doc = ctl.json("describe", res.stdout.split()[0])
+        (ex,) = [e for e in doc["executions"] if e["state"] == "published"]
+        assert "not kept on the requester (no stream to its node)" in ex["message"]
         # c's stdout, straight from c
         assert Ctl(c.address, tmp_path)("--output", "json", "id").returncode == 0
     finally:
