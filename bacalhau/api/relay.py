@@ -100,12 +100,10 @@ class Relay:
         """The node to relay a call on `job_id` to; None to answer here (the job is here, or
         the ID names this node, so this node's answer stands). Raises JobNotFound saying
         where it looked, AmbiguousID for a prefix several nodes' jobs start with."""
-        if self._is_here(job_id):
-            return None
         tag = requester_tag(job_id)
-        if tag is not None:
+        if tag is not None:  # a whole ID: it names its node, nothing to look up here
             if tag == self._tag:
-                return None  # ours, and not here: the handler says so
+                return None  # ours: the handler answers (or says it is not found)
             for node_id in self._net.known():
                 if node_tag(node_id) == tag:
                     return node_id
@@ -113,6 +111,8 @@ class Relay:
                 f"job {job_id} not found: it was submitted to a node this one does not know",
                 hint="ask the node it was submitted to, or one connected to it",
             )
+        if self._is_here(job_id):  # a prefix (or an older ID) of a job here
+            return None
         return await self._find(job_id)
 
     async def _find(self, prefix: str) -> str | None:

@@ -19,7 +19,7 @@ from bacalhau.api.relay import DEFAULT_NETWORK_LIMIT, MAX_NETWORK_LIMIT, Relay, 
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import ContentError
 from bacalhau.content.paths import parts_of, split_path
-from bacalhau.datastore import AmbiguousID, JobNotFound
+from bacalhau.datastore import AmbiguousID, JobNotFound, order_key
 from bacalhau.errors import BacalhauError, UsageError
 from bacalhau.network import Network
 from bacalhau.network.blocks import check_want
@@ -295,17 +295,11 @@ def _merged(
     node's cursor is the key of the last job sent (create time, ID), so the next page starts
     after it on each node alike."""
     jobs = {job.id: job for job in [*page.jobs, *theirs]}
-    ordered = sorted(jobs.values(), key=_time_key, reverse=not oldest)
+    ordered = sorted(jobs.values(), key=order_key, reverse=not oldest)
     shown = ordered[:limit]
     cut = len(ordered) > limit or bool(more) or bool(page.next_cursor)
-    cursor = _time_key(shown[-1]).hex() if cut and shown else ""
+    cursor = order_key(shown[-1]).hex() if cut and shown else ""
     return client_pb2.ListJobsResponse(jobs=shown, next_cursor=cursor, missing_nodes=missing)
-
-
-def _time_key(job: Any) -> bytes:
-    """Where a job sorts among all jobs, as the datastore's cursors say it."""
-    key: bytes = int(job.create_time_unix_nano).to_bytes(8, "big") + job.id.encode()
-    return key
 
 
 def _peer(p: PeerView) -> Any:

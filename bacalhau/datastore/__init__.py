@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bacalhau.datastore.base import AmbiguousID, Datastore, DatastoreError, JobNotFound, Tx
+from bacalhau.datastore.base import (
+    AmbiguousID,
+    Datastore,
+    DatastoreError,
+    JobNotFound,
+    Tx,
+    order_key,
+)
 from bacalhau.datastore.lmdbstore import LmdbDatastore
 from bacalhau.datastore.memory import MemoryDatastore
 
@@ -14,4 +21,5 @@ __all__ = [
     "LmdbDatastore",
     "MemoryDatastore",
     "Tx",
+    "order_key",
 ]

@@ -16,6 +16,12 @@ SCHEMA_VERSION = 5  # 2: the peer table; 3: shards; 4: memo and lineage; 5: uplo
 MAX_TEXT = 4096  # longest message, event detail or stderr tail kept in a record
 
 
+def order_key(job: types_pb2.Job) -> bytes:
+    """Where a job sorts among all jobs (creation time, then ID), and its cursor in job
+    queries: the same on every node, so one cursor pages a list merged from many."""
+    return job.create_time_unix_nano.to_bytes(8, "big") + job.id.encode()
+
+
 class DatastoreError(BacalhauError):
     """The datastore failed: a file could not be opened, written or synced."""
 

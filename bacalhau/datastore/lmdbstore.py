@@ -52,6 +52,7 @@ from bacalhau.datastore.base import (
     SchemaError,
     Tx,
     clip,
+    order_key,
 )
 from bacalhau.models import now_ns
 
@@ -76,13 +77,9 @@ def _event_key(job_id: str, seq: int) -> bytes:
     return job_id.encode() + b"\x00" + _BE64.pack(seq)
 
 
-def _time_key(job: types_pb2.Job) -> bytes:
-    return _BE64.pack(job.create_time_unix_nano) + job.id.encode()
-
-
 def _index_keys(job: types_pb2.Job) -> dict[bytes, bytes]:
     """The index entries of `job`: index name -> key."""
-    tkey = _time_key(job)
+    tkey = order_key(job)
     keys = {b"jobs_time": tkey, b"jobs_state": _state_prefix(job.state) + tkey}
     if job.client_id:
         keys[b"jobs_client"] = _client_prefix(job.client_id) + tkey
@@ -667,7 +664,7 @@ def _migrate_0_to_1(store: LmdbDatastore, txn: lmdb.Transaction) -> None:
     db = store._db
     for _, raw in txn.cursor(db=db[b"jobs"]):
         job = types_pb2.Job.FromString(bytes(raw))
-        tkey = _time_key(job)
+        tkey = order_key(job)
         txn.put(_state_prefix(job.state) + tkey, b"", db=db[b"jobs_state"])
         if job.client_id:
             txn.put(_client_prefix(job.client_id) + tkey, b"", db=db[b"jobs_client"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,18 +26,12 @@ from bacalhau.datastore.base import (
     JobPage,
     JobQuery,
     clip,
+    order_key,
 )
 from bacalhau.models import now_ns
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-_BE64 = struct.Struct(">Q")
-
-
-def _order_key(job: types_pb2.Job) -> bytes:
-    """Where a job sorts, and its cursor: the LMDB store's time-index key."""
-    return _BE64.pack(job.create_time_unix_nano) + job.id.encode()
 
 
 @dataclass
@@ -118,7 +111,7 @@ class _Tx:
         for layer in self._layers:
             jobs.update(layer.jobs)
         active = [job for job in jobs.values() if job.state in ACTIVE_JOB_STATES]
-        active.sort(key=lambda job: (job.state, _order_key(job)))  # the LMDB store's order
+        active.sort(key=lambda job: (job.state, order_key(job)))  # the LMDB store's order
         return [copy.deepcopy(job) for job in active]
 
     def get_local(self, execution_id: str) -> records_pb2.LocalExecution | None:
@@ -239,7 +232,7 @@ class MemoryDatastore(GroupWriter):
     def _matching(self, query: JobQuery) -> list[tuple[bytes, types_pb2.Job]]:
         with self._lock:
             jobs = list(self._committed.jobs.values())
-        return sorted(((_order_key(j), j) for j in jobs if query.matches(j)), key=lambda p: p[0])
+        return sorted(((order_key(j), j) for j in jobs if query.matches(j)), key=lambda p: p[0])
 
     def query_jobs(self, query: JobQuery) -> JobPage:
         keyed = self._matching(query)

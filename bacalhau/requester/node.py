@@ -978,11 +978,7 @@ class Requester:
         for i, (sender, u) in enumerate(reports):
             if E.of(u.state) not in (E.PUBLISHED, E.FAILED, E.CANCELLED):
                 continue
-            if not self._proposed.get(job_id, {}).get(u.execution_id):
-                job = self._job(job_id)  # known before a restart only: read it
-                for ex in job.executions if job is not None else ():
-                    if ex.id == u.execution_id and ex.result_cid:
-                        self._proposed.setdefault(job_id, {})[ex.id] = ex.result_cid
+            self._result_cid(job_id, u.execution_id)  # known before a restart only: read it
             if self._keep(job_id, u.execution_id, sender) is not None:
                 copies[i] = self._copied(job_id, u.execution_id, sender)
         errors = dict(zip(copies, await asyncio.gather(*copies.values()), strict=True))
@@ -1012,10 +1008,6 @@ class Requester:
                     message=f"its result {cid} could not be copied to the requester: {why}",
                 )
             out.append((sender, u))
-        if job_id not in self._where:  # it ended meanwhile (a cancel): forget its copies
-            for ex_id in self._proposed.pop(job_id, {}):
-                self._keeping.pop(ex_id, None)
-            self._drop_inline(job_id)
         want = self._replicas_wanted(job_id)
         published = [i for i, (_, u) in enumerate(out) if E.of(u.state) == E.PUBLISHED]
         if want and published:
@@ -1025,7 +1017,23 @@ class Requester:
                 u = _copy(u)
                 u.replica_node_ids.extend(nodes)
                 out[i] = (sender, u)
+        if job_id not in self._where:  # it ended meanwhile (a cancel): forget its copies
+            for ex_id in self._proposed.pop(job_id, {}):
+                self._keeping.pop(ex_id, None)
+            self._drop_inline(job_id)
+            self._replica_count.pop(job_id, None)
         return out
+
+    def _result_cid(self, job_id: str, execution_id: str) -> str:
+        """The result CID an execution reported ("" if none): remembered from its report,
+        else read from the job's record (after a restart) and remembered."""
+        cid = self._proposed.get(job_id, {}).get(execution_id, "")
+        if not cid:
+            job = self._job(job_id)
+            found = [ex.result_cid for ex in job.executions if ex.id == execution_id] if job else []
+            if found and found[0]:
+                cid = self._proposed.setdefault(job_id, {})[execution_id] = found[0]
+        return cid
 
     def _replicas_wanted(self, job_id: str) -> int:
         """The result replicas the job asks for (read once after a restart)."""
@@ -1040,13 +1048,7 @@ class Requester:
         """Have `want` connected peers (not the node that made the result, not one
         penalised here) copy and pin the execution's result; the nodes that did. A node
         that refuses or does not answer within REPLICA_TIMEOUT_S is replaced by another."""
-        cid = self._proposed.get(u.job_id, {}).get(u.execution_id, "")
-        if not cid:
-            job = self._job(u.job_id)
-            found = (
-                [ex.result_cid for ex in job.executions if ex.id == u.execution_id] if job else []
-            )
-            cid = found[0] if found else ""
+        cid = self._result_cid(u.job_id, u.execution_id)
         me = self._net.node_id
         skip = {me, holder}
         candidates = [
