@@ -4,6 +4,7 @@ over real streams."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import grpc
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, peer_pb2_grpc, types_pb2
 from bacalhau.client import Client
+from bacalhau.content.cid import CID, RAW
 from bacalhau.identity import Identity
 from bacalhau.models import node_tag
 from bacalhau.network.dispatch import ANY_PEER
@@ -19,6 +21,9 @@ from bacalhau.network.peers import API_VERSION, NEW_IDS_PER_MINUTE, Connection, 
 from tests._peer import Stranger
 from tests._wait import wait_for
 from tests.integration.conftest import NodeProc, metrics, start_node
+
+# A raw block's CID: any bytes decode as raw, so only checking the hash tells a lie.
+_RIGHT = CID(1, RAW, hashlib.sha256(b"right").digest())
 
 
 def _captured_hello(victim: Identity) -> peer_pb2.Envelope:
@@ -275,4 +280,52 @@ def test_only_a_jobs_requester_may_ask_for_a_copy_of_its_result(tmp_path: Path) 
         assert wait_for(lambda: refused() >= 1, 10, "the refusal counted")
     finally:
         stranger.close()
+        node.stop()
+
+
+def test_a_compute_node_cannot_slip_in_a_wrong_result_or_claim_replicas(
+    tmp_path: Path, stranger: Any
+) -> None:
+    """A compute node that sends blocks with its report that do not match their CIDs, and
+    names replicas itself: the blocks are not kept (the requester fetches the result
+    instead, and the node cannot serve it, so its execution fails), and its replica claim
+    is ignored."""
+    node = start_node(tmp_path / "n", args=("--engines", "wasm"))  # it cannot run noop jobs
+    lie = peer_pb2.Block(cid=bytes(_RIGHT), data=b"wrong")
+
+    def on_announce(sender: str, a: Any) -> None:
+        stranger.net.send(sender, bid=peer_pb2.Bid(job_id=a.job_id, shard=a.shard, willing=True))
+
+    def report(sender: str, d: Any, state: Any, **more: Any) -> None:
+        u = peer_pb2.ExecutionUpdate(job_id=d.job_id, execution_id=d.execution_id, state=state)
+        for key, value in more.items():
+            getattr(u, key).extend(value) if isinstance(value, list) else setattr(u, key, value)
+        stranger.net.send(sender, execution_update=u)
+
+    def on_bid_decision(sender: str, d: Any) -> None:
+        if d.accepted:
+            report(sender, d, types_pb2.EXECUTION_STATE_RUNNING)
+            report(
+                sender, d, types_pb2.EXECUTION_STATE_RESULT_PROPOSED, exit_code=0,
+                result_cid=str(_RIGHT), result_blocks=[lie], replica_node_ids=[node.node_id],
+            )  # fmt: skip
+
+    def on_result_decision(sender: str, d: Any) -> None:
+        if d.accepted:
+            report(sender, d, types_pb2.EXECUTION_STATE_PUBLISHED, replica_node_ids=["x"])
+
+    for kind, handler in (
+        ("announce", on_announce),
+        ("bid_decision", on_bid_decision),
+        ("result_decision", on_result_decision),
+    ):
+        stranger.net.dispatcher.register(kind, handler, ANY_PEER)
+    try:
+        stranger.dial(node)
+        done = _run_noop(node)
+        assert done.job.state == types_pb2.JOB_STATE_FAILED, done.job
+        assert "could not be copied to the requester" in done.job.message
+        (ex,) = [e for e in done.job.executions if e.node_id == stranger.net.node_id]
+        assert list(ex.replica_node_ids) == []
+    finally:
         node.stop()
