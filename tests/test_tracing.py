@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bacalhau.cli._trace_cmds import tree, waterfall
 from bacalhau.observability.tracing import (
+    MAX_ATTRIBUTES,
     KeptSpan,
     SpanStore,
     Tracing,
+    annotate,
     context_of,
     parse_traceparent,
     traceparent_of,
@@ -102,6 +105,24 @@ def test_unsampled_parent_is_still_recorded() -> None:
         pass
     (s,) = tracing.store.spans("j")
     assert s.parent_span_id == "00f067aa0ba902b7"
+
+
+def test_kept_span_error_limits_and_annotations() -> None:
+    """The spans a node only keeps (no exporter): an exception marks the span an error, an
+    annotation reaches the current span, attributes are capped, and a span ends once."""
+    tracing = Tracing("n")
+    with pytest.raises(ValueError), tracing.span("run", job_id="j") as s:
+        annotate(sources="peer-a")
+        for i in range(100):
+            s.set_attribute(f"bacalhau.a{i}", i)
+        raise ValueError("boom")
+    s.end()  # a second end keeps nothing more
+    s.set_attribute("bacalhau.late", 1)  # nor does a change after the end
+    (kept,) = tracing.store.spans("j")
+    assert kept.error and kept.name == "run"
+    assert kept.attributes["bacalhau.sources"] == "peer-a"
+    assert len(kept.attributes) == MAX_ATTRIBUTES and "bacalhau.late" not in kept.attributes
+    assert kept.end_ns >= kept.start_ns > 0
 
 
 def test_off_makes_nothing() -> None:

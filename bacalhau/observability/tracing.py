@@ -4,7 +4,9 @@ A node makes its spans with its own `Tracing` (passed to the roles through their
 constructors, so several nodes can live in one process). `Tracing.off()` is the API's no-op
 tracer: no span is made and the helpers return at once. When on, finished spans that name a
 job (`bacalhau.job_id`) are kept in a bounded `SpanStore` (for `GetTrace`), and, with an OTLP
-endpoint, exported over OTLP/gRPC in batches.
+endpoint, exported over OTLP/gRPC in batches. A node that only keeps its spans (the default)
+makes them with `_LightTracer`, a few plain objects a span, not the SDK's (which costs about
+four times as much per span, measured on the job path); one that exports uses the SDK.
 
 A span context crosses nodes as a W3C traceparent string (gRPC metadata `traceparent`; the
 `traceparent` field of peer messages). What a peer or a client sends is parsed strictly and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import re
 import threading
 import time
@@ -25,7 +28,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ MAX_JOBS = 1000  # jobs whose spans a node keeps (the oldest go first)
 MAX_SPANS = 50_000  # spans a node keeps in all
 MAX_SPANS_PER_JOB = 5_000  # spans kept of one job (a sharded job makes one per shard)
 MAX_ATTRIBUTE_CHARS = 256  # an attribute value kept longer is cut
+MAX_ATTRIBUTES = 32  # attributes a span keeps (more are dropped), as the SDK's limit here
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -173,6 +177,132 @@ def _keeper(store: SpanStore, node_id: str) -> Any:
     return Keeper()
 
 
+class _LightSpan(Span):
+    """A span that, when it ends, is filed in a `SpanStore` if it names a job, and is
+    otherwise forgotten: what a node that exports nothing needs of a span, at a fraction of
+    the SDK's cost. Used from one thread at a time (the one that made it), as spans are."""
+
+    __slots__ = ("_attrs", "_context", "_ended", "_error", "_keep", "_name", "_parent", "_start")
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        start_ns: int,
+        attrs: dict[str, Any],
+        keep: Any,
+    ) -> None:
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._start = start_ns
+        self._attrs = attrs
+        self._error = False
+        self._ended = False
+        self._keep = keep
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return not self._ended
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if not self._ended and (key in self._attrs or len(self._attrs) < MAX_ATTRIBUTES):
+            self._attrs[key] = value
+
+    def set_attributes(self, attributes: Any) -> None:
+        for k, v in (attributes or {}).items():
+            self.set_attribute(k, v)
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        pass  # events are not kept (GetTrace shows spans and their attributes)
+
+    def update_name(self, name: str) -> None:
+        if not self._ended:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        code = status.status_code if isinstance(status, Status) else status
+        if not self._ended:
+            self._error = code == StatusCode.ERROR
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        pass  # as the SDK's spans here: an exception sets the status, nothing more is kept
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._keep(self, end_time if end_time is not None else time.time_ns())
+
+    def kept(self, node_id: str, end_ns: int) -> KeptSpan:
+        sc, parent = self._context, self._parent
+        return KeptSpan(
+            name=self._name,
+            node_id=node_id,
+            trace_id=f"{sc.trace_id:032x}",
+            span_id=f"{sc.span_id:016x}",
+            parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
+            start_ns=self._start,
+            end_ns=end_ns,
+            attributes={k: str(v)[:MAX_ATTRIBUTE_CHARS] for k, v in self._attrs.items()},
+            error=self._error,
+        )
+
+
+class _LightTracer(trace.Tracer):
+    """Makes `_LightSpan`s: IDs from a random generator of its own (as the SDK's are: from
+    `random`, not a secret), every span recorded and sampled."""
+
+    def __init__(self, store: SpanStore, node_id: str) -> None:
+        self._store = store
+        self._node_id = node_id
+        self._random = random.Random()
+
+    def _keep(self, span: _LightSpan, end_ns: int) -> None:
+        job_id = span._attrs.get(JOB_ID)
+        if isinstance(job_id, str) and job_id:
+            self._store.add(job_id, span.kept(self._node_id, end_ns))
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        current = trace.get_current_span(context).get_span_context()
+        parent = current if current.is_valid else None
+        rnd = self._random
+        span_id = rnd.getrandbits(64) or 1
+        trace_id = parent.trace_id if parent is not None else (rnd.getrandbits(128) or 1)
+        sc = SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+        )
+        attrs = dict(list((attributes or {}).items())[:MAX_ATTRIBUTES])
+        return _LightSpan(name, sc, parent, start_time or time.time_ns(), attrs, self._keep)
+
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: Context | None = None, **kw: Any
+    ) -> Iterator[Span]:
+        span = self.start_span(name, context, **kw)
+        with trace.use_span(span, end_on_exit=True):
+            yield span
+
+
 class _OnceLogged:
     """Wraps an exporter: an export that fails is logged once (then at debug), never raised."""
 
@@ -223,6 +353,9 @@ class Tracing:
         self.on = bool(keep or otlp_endpoint)
         if not self.on:
             self.tracer: trace.Tracer = trace.NoOpTracer()
+            return
+        if not otlp_endpoint:
+            self.tracer = _LightTracer(self.store, node_id)
             return
         # Imported only when on: a node that traces nothing loads no SDK.
         from opentelemetry.sdk.resources import Resource
