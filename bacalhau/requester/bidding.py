@@ -3,7 +3,7 @@
 A round closes when every node asked has answered (unless the announcement also went out as
 gossip, when anyone may bid) or when its window ends with at least one willing bid; or, for a
 job that wants one node and has no inputs by CID, on the requester's own bid with nothing
-queued (`Requester._unbeatable`), the others' answers then recorded as they come.
+queued, asked first (`Requester._may_take_own`): the others are then not asked at all.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Round:
     timer: asyncio.TimerHandle | None = None  # the bid window; None once it closed
     deadline: asyncio.TimerHandle | None = None  # --queue-timeout: fail if nobody is willing
     gossiped: bool = False  # also sent to nodes without a stream to us: bids from anyone
+    own_first: bool = False  # only this node asked so far (`Requester._may_take_own`)
     exclude: set[str] = field(default_factory=set)  # nodes the shard failed on: not chosen
     opened: float = field(default_factory=time.monotonic)
     cids: list[str] = field(default_factory=list)  # CID inputs a locality claim is about

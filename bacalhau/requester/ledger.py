@@ -250,7 +250,7 @@ class Ledger:
 
     # -- bidding --------------------------------------------------------------------------
 
-    async def record_bids(self, job_id: str, bids: list[tuple[str, Any, bool]]) -> None:
+    async def record_bids(self, job_id: str, bids: list[tuple[str, Any]]) -> None:
         """Nodes' answers (sender, Bid, whether it came willing after its round closed) to
         announcements of one job, in one transaction: an event each, and a proposed execution
         for each willing one in time."""
@@ -274,7 +274,7 @@ class Ledger:
         await self._write(write)
 
     async def select(
-        self, job_id: str, picks: list[Pick], bids: list[tuple[str, Any, bool]] | None = None
+        self, job_id: str, picks: list[Pick], bids: list[tuple[str, Any]] | None = None
     ) -> list[Decision]:
         """Decide the bids on shards of a job, in one transaction: for each `Pick`, accept the
         chosen nodes' bids and reject the others. A chosen node whose bid was not recorded as
@@ -593,22 +593,17 @@ class Ledger:
         tx.add_event(event(job, "JobFailed", detail=message, node_id=self.node_id))
 
 
-def _record_bids(tx: Tx, job: Any, bids: list[tuple[str, Any, bool]]) -> bool:
-    """Record bids on `job` (sender, Bid, whether it came willing after its round closed): an
-    event each, and a proposed execution for each willing one in time; whether the job
-    changed (it is to be written)."""
+def _record_bids(tx: Tx, job: Any, bids: list[tuple[str, Any]]) -> bool:
+    """Record bids on `job` (sender, Bid): an event each, and a proposed execution for each
+    willing one; whether the job changed (it is to be written)."""
     changed = False
-    for sender, bid, late in bids:
+    for sender, bid in bids:
         if not bid.willing:
             tx.add_event(event(job, "BidDeclined", detail=bid.reason, node_id=sender))
             continue
         detail = f"queue length {bid.queued}"
         if bid.local_inputs:
             detail += f"; holds {bid.local_inputs} input(s), {bid.local_input_bytes} bytes"
-        if late:
-            detail += "; after bidding closed"
-            tx.add_event(event(job, "BidReceived", detail=detail, node_id=sender))
-            continue
         ex = _propose(job, sender, bid.shard)
         changed = True
         tx.add_event(event(job, "BidReceived", ex, detail))

@@ -118,12 +118,7 @@ class Requester:
         self._picks: dict[str, list[Pick]] = {}  # job -> choices to record in one transaction
         # job -> bids (sender, Bid) not recorded yet: written together, with the selection
         # when one is due
-        self._bids: dict[str, list[tuple[str, Any, bool]]] = {}
-        # job -> its round closed on this node's own bid, which none could beat (`_unbeatable`),
-        # while the other nodes' answers come; and what is resolved once they all came (or
-        # the bid window passed): the job's reports wait for it, so its history has them
-        self._early: dict[str, Round] = {}
-        self._early_done: dict[str, asyncio.Future[None]] = {}
+        self._bids: dict[str, list[tuple[str, Any]]] = {}
         # job -> reports not recorded yet; the jobs whose reports are being recorded
         self._reports: dict[str, list[tuple[str, Any]]] = {}
         self._recording: set[str] = set()
@@ -366,8 +361,22 @@ class Requester:
             self._close_round(rnd.key)  # a round still open from before: its timers go too
             self._rounds[rnd.key] = rnd
             self._open.setdefault(job.id, {})[shard] = rnd
+            rnd.own_first = self._may_take_own(rnd)
             rounds.append(rnd)
-        for node_id in [self._net.node_id, *self._net.connected()]:
+        for rnd in rounds:
+            rnd.deadline = self._loop.call_later(
+                self._queue_timeout_s, self._queue_timed_out, rnd.key
+            )
+        self._ask(rounds, self._net.node_id)
+        # A round this node may take alone asks the others only if its own bid is beatable.
+        self._ask_others([r for r in rounds if not r.own_first])
+
+    def _ask_others(self, rounds: list[Round]) -> None:
+        """Ask the other nodes to bid in these rounds (connected ones directly, the rest
+        through gossip), and open the rounds' bid window."""
+        if not rounds:
+            return
+        for node_id in self._net.connected():
             self._ask(rounds, node_id)
         gossiped = False
         for announce, _ in self._announcements(rounds):
@@ -375,13 +384,26 @@ class Requester:
         # The window opens once everything is sent, and grows with the shards asked about:
         # bids on many shards take their time to be made and read, and a window that closed
         # on the first (this node's own) would place every shard there.
-        window = self._bid_window_s + len(rounds) * WINDOW_PER_SHARD_S * batched
+        batched = sum(r.batched for r in rounds)
+        window = self._bid_window_s + batched * WINDOW_PER_SHARD_S
         for rnd in rounds:
             rnd.gossiped = gossiped
             rnd.timer = self._loop.call_later(window, self._window_closed, rnd.key)
-            rnd.deadline = self._loop.call_later(
-                self._queue_timeout_s, self._queue_timed_out, rnd.key
-            )
+
+    def _may_take_own(self, rnd: Round) -> bool:
+        """Whether this node's own bid, if willing with an empty queue, could not be beaten:
+        one node is to be chosen, no bid can claim the job's data (it has no CID inputs), and
+        nothing placed here is still running. Such a round asks this node first, and the
+        others only if its bid is not that good."""
+        deal = rnd.spec.deal
+        return (
+            not rnd.cids
+            and not rnd.batched
+            and max(1, deal.min_bids) == 1
+            and max(1, deal.concurrency) == 1
+            and self._net.node_id not in rnd.exclude
+            and not self._placed.get(self._net.node_id, 0)
+        )
 
     def _announcements(self, rounds: list[Round]) -> list[tuple[Any, list[Round]]]:
         """The announcements asking about these rounds, each with the rounds it asks about:
@@ -426,10 +448,6 @@ class Requester:
             self._on_shard_bids(sender, bid)
             return
         rnd = self._rounds.get((bid.job_id, bid.shard))
-        early = self._early.get(bid.job_id)
-        if rnd is None and early is not None and early.shard == bid.shard:
-            self._on_late_bid(sender, bid, early)
-            return
         if rnd is not None and rnd.gossiped and sender not in rnd.asked:
             rnd.asked.add(sender)  # a node reached through gossip
         if rnd is not None and sender in rnd.answered:
@@ -480,83 +498,26 @@ class Requester:
         else:
             rnd.declines.append(f"{short(sender)}: {bid.reason}")
         self._record_bid(sender, bid)
+        if rnd.own_first and sender == self._net.node_id:
+            rnd.own_first = False
+            if bid.willing and bid.queued == 0 and self._may_take_own(rnd):
+                self._select(rnd.key)  # none could beat it: the others are not asked
+            else:
+                self._ask_others([rnd])
+                if rnd.complete:  # nobody else to ask
+                    self._select(rnd.key)
+            return
         # Every node asked answered; or a willing bid came after the window closed empty.
         if rnd.complete or (bid.willing and rnd.timer is None and rnd.enough):
             self._select(rnd.key)
-        elif bid.willing and self._unbeatable(rnd, sender, bid):
-            self._select(rnd.key)
-            # The others' answers are still taken (and recorded) while the job runs.
-            self._early[rnd.job_id] = rnd
-            self._early_done[rnd.job_id] = self._loop.create_future()
-            rnd.timer = self._loop.call_later(self._bid_window_s, self._early_over, rnd.job_id)
 
-    def _unbeatable(self, rnd: Round, sender: str, bid: Any) -> bool:
-        """Whether this node's own willing bid is as good as any can be, so its round need
-        not wait for the others: one node is to be chosen, no bid can claim the job's data
-        (it has no CID inputs), and this node's queue is empty, nothing placed here since."""
-        deal = rnd.spec.deal
-        return (
-            sender == self._net.node_id
-            and not rnd.cids
-            and not rnd.batched
-            and not rnd.gossiped
-            and max(1, deal.min_bids) == 1
-            and max(1, deal.concurrency) == 1
-            and bid.queued == 0
-            and not self._placed.get(sender, 0)
-            and rnd.job_id not in self._early
-        )
-
-    def _on_late_bid(self, sender: str, bid: Any, rnd: Round) -> None:
-        """An answer in a round closed on this node's own bid (`_unbeatable`): checked as any
-        bid is, recorded, and a willing bidder told that bidding closed."""
-        if sender not in rnd.asked or sender in rnd.answered:
-            if bid.willing:  # too late: free the bidder's offer
-                decision = peer_pb2.BidDecision(
-                    job_id=bid.job_id, shard=bid.shard, accepted=False, reason="bidding closed"
-                )
-                self._net.send(sender, bid_decision=decision)
-            return
-        rnd.answered.add(sender)
-        if bid.willing:
-            reason = "bidding closed: a bid that none could beat was taken"
-            if lie := self._impossible(sender, rnd.cids, bid):
-                log.warning("refused a bid from %s on %s: %s", sender, bid.job_id, lie)
-                self._on_bid_refused(sender)
-                reason = f"bid refused: {lie}"
-                refused = peer_pb2.Bid()
-                refused.CopyFrom(bid)
-                refused.willing, refused.reason = False, reason
-                bid = refused
-            decision = peer_pb2.BidDecision(
-                job_id=bid.job_id, shard=bid.shard, accepted=False, reason=reason
-            )
-            self._net.send(sender, bid_decision=decision)
-        self._record_bid(sender, bid, late=bid.willing)
-        if rnd.answered >= rnd.asked:
-            self._early_over(rnd.job_id)
-
-    def _early_over(self, job_id: str) -> None:
-        """Every node asked in the job's early-closed round answered, or the bid window
-        passed: the answers that came are written, then the job's reports may be."""
-        rnd = self._early.pop(job_id, None)
-        if rnd is None:
-            return
-        if rnd.timer is not None:
-            rnd.timer.cancel()
-            rnd.timer = None
-        self._flush_bids(job_id)  # queued before the reports that waited
-        done = self._early_done.pop(job_id, None)
-        if done is not None and not done.done():
-            done.set_result(None)
-
-    def _record_bid(self, sender: str, bid: Any, late: bool = False) -> None:
+    def _record_bid(self, sender: str, bid: Any) -> None:
         """Record a bid with the others that came this tick, or with the job's selection if
-        one is due by then (one transaction). `late`: willing, after its round closed."""
+        one is due by then (one transaction)."""
         pending = self._bids.setdefault(bid.job_id, [])
         if not pending:
             self._loop.call_soon(self._flush_bids, bid.job_id)
-        pending.append((sender, bid, late))
+        pending.append((sender, bid))
 
     def _flush_bids(self, job_id: str) -> None:
         if job_id in self._picks:
@@ -901,9 +862,6 @@ class Requester:
                 # more the more executions it has.
                 placed = len(self._where.get(job_id, ()))
                 await asyncio.sleep(min(COALESCE_MAX_S, placed * COALESCE_PER_EXECUTION_S))
-                held = self._early_done.get(job_id)
-                if held is not None:  # the answers its round did not wait for go in first
-                    await asyncio.shield(held)
                 reports = self._reports.pop(job_id, None)
                 if not reports:
                     break
@@ -1166,11 +1124,6 @@ class Requester:
         self.sync(node_id)
 
     def _on_peer_disconnected(self, node_id: str) -> None:
-        for job_id, early in list(self._early.items()):
-            if node_id in early.asked and node_id not in early.answered:
-                early.answered.add(node_id)
-                if early.answered >= early.asked:
-                    self._early_over(job_id)
         for key, rnd in list(self._rounds.items()):
             if node_id in rnd.asked and node_id not in rnd.answered:
                 rnd.answered.add(node_id)
@@ -1226,8 +1179,6 @@ class Requester:
     def close(self) -> None:
         for key in list(self._rounds):
             self._close_round(key)
-        for job_id in list(self._early):
-            self._early_over(job_id)
         for timer in self._lost.values():
             timer.cancel()
         self._lost.clear()
