@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
+from bacalhau._pb.bacalhau.v1 import peer_pb2
 from bacalhau.blockstore import Blockstore
 from bacalhau.compute.bidding import Bidder
 from bacalhau.compute.capacity import Allocation, Allocator, Limits, Resources, detect
 from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.prepare import LogForwarder, prepare_request
-from bacalhau.compute.records import LocalRecords
+from bacalhau.compute.records import LocalRecords, accepted_record
 from bacalhau.compute.results import INLINE_RESULT_BYTES, small_dag, tail
 from bacalhau.compute.runner import Runner
 from bacalhau.content.cid import CID
@@ -228,25 +228,23 @@ class Compute:
             return
         if offer is None:  # the offer is gone (this node restarted): the sync says so
             return
-        now = now_ns()
         spec = offer.spec
-        record = records_pb2.LocalExecution(
-            execution=pb.Execution(
-                id=execution_id,
-                job_id=job_id,
-                node_id=self._net.node_id,
-                shard=shard,
-                state=E.BID_ACCEPTED.pb,
-                create_time_unix_nano=now,
-                update_time_unix_nano=now,
-            ),
-            requester_node_id=sender,
-            spec=spec,
-            traceparent=traceparent,
+        record = accepted_record(
+            execution_id, job_id, self._net.node_id, shard, sender, spec, traceparent
         )
         # Registered now, so a cancel that arrives before the record is written is not lost.
         self._active[execution_id] = _Active(sender, spec)
         self._spawn(self._accept(record))
+
+    def accepted_here(self, record: Any) -> None:
+        """This node's requester chose this node and wrote its record of the execution,
+        running, with the choice (`Ledger.accept_here`): run it."""
+        ex = record.execution
+        self.bidder.take(record.requester_node_id, ex.job_id, ex.shard)
+        if ex.id in self._active:
+            return
+        self._active[ex.id] = _Active(record.requester_node_id, record.spec)
+        self._spawn(self._run(record, fresh=True))
 
     def _small_result(self, cid_text: str) -> list[tuple[bytes, bytes]]:
         """The whole DAG of a result of at most INLINE_RESULT_BYTES ([]: larger, or not all
@@ -267,12 +265,20 @@ class Compute:
     def _on_result_decision(self, sender: str, d: Any) -> None:
         async def decide() -> None:
             rec = await self.records.decide(d.execution_id, d.accepted, d.reason)
-            if not d.accepted and rec.execution.result_cid:
-                root = bytes(CID.parse(rec.execution.result_cid))
-                await asyncio.to_thread(self._blocks.unpin, root)
+            await self._unpin_rejected(rec)
             self.records.report(rec)
 
         self._spawn(decide())
+
+    def decided_here(self, rec: Any) -> None:
+        """This node's requester wrote its decision on an execution of this node with this
+        node's record of it (`Ledger.decide_here`): what is left of taking it."""
+        self._spawn(self._unpin_rejected(rec))
+
+    async def _unpin_rejected(self, rec: Any) -> None:
+        ex = rec.execution
+        if ex.state == E.RESULT_REJECTED.pb and ex.result_cid:
+            await asyncio.to_thread(self._blocks.unpin, bytes(CID.parse(ex.result_cid)))
 
     def _on_cancel(self, sender: str, c: Any) -> None:
         active = self._active.get(c.execution_id)

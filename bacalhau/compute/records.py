@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from bacalhau._pb.bacalhau.v1 import peer_pb2
+from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
 from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import BacalhauError
-from bacalhau.models import ExecutionState, pb, set_execution_state
+from bacalhau.models import ExecutionState, now_ns, pb, set_execution_state
 from bacalhau.network import Network
 from bacalhau.spec import MAX_ID_LENGTH
 
@@ -51,16 +51,9 @@ class LocalRecords:
         """Write a newly accepted execution; with `running`, already started (accepted and
         running in one commit: `record` is changed to say so, and reported). Raises
         BacalhauError if it exists already."""
-        execution_id = record.execution.id
         if running:
             set_execution_state(record.execution, ExecutionState.RUNNING)
-
-        def put(tx: Tx) -> None:
-            if tx.get_local(execution_id) is not None:
-                raise BacalhauError(f"execution {execution_id} already accepted")
-            tx.put_local(record)
-
-        await asyncio.wrap_future(self._store.submit(put))
+        await asyncio.wrap_future(self._store.submit(lambda tx: put_new(tx, record)))
         if running:
             self.report(record)
 
@@ -94,40 +87,91 @@ class LocalRecords:
         A decision repeated (after a reconnect) changes nothing. Raises IllegalTransition if
         the execution proposed no result.
         """
-        state = ExecutionState.PUBLISHED if accepted else ExecutionState.RESULT_REJECTED
-
-        def write(tx: Tx) -> Any:
-            rec = tx.get_local(execution_id)
-            if rec is None:
-                raise BacalhauError(f"execution {execution_id} is not known here")
-            current = ExecutionState.of(rec.execution.state)
-            if current == state:
-                return rec
-            if accepted and current == ExecutionState.RESULT_PROPOSED:
-                set_execution_state(rec.execution, ExecutionState.RESULT_ACCEPTED)
-            set_execution_state(rec.execution, state, reason)
-            tx.put_local(rec)
-            return rec
-
-        return await asyncio.wrap_future(self._store.submit(write))
+        return await asyncio.wrap_future(
+            self._store.submit(lambda tx: decide_in(tx, execution_id, accepted, reason))
+        )
 
     def report(self, rec: Any) -> None:
         """Tell the requester where the execution stands."""
+        update = update_of(rec)
         ex = rec.execution
-        update = peer_pb2.ExecutionUpdate(
-            job_id=ex.job_id,
-            execution_id=ex.id,
-            state=ex.state,
-            result_cid=ex.result_cid,
-            stderr_tail=ex.stderr_tail,
-            message=ex.message,
-            inputs=ex.inputs,
-            traceparent=rec.traceparent,
-        )
-        if ex.HasField("exit_code"):
-            update.exit_code = ex.exit_code
         if ex.result_cid and ex.state in _WITH_RESULT:
             for cid, data in self._result_blocks(ex.result_cid):
                 update.result_blocks.add(cid=cid, data=data)
         if not self._net.send(rec.requester_node_id, execution_update=update):
             log.warning("requester %s of %s is not connected", rec.requester_node_id, ex.job_id)
+
+
+def accepted_record(
+    execution_id: str, job_id: str, node_id: str, shard: int, requester: str, spec: Any, tp: str
+) -> Any:
+    """The record of an execution this node (`node_id`) was just chosen for (bid accepted)."""
+    now = now_ns()
+    return records_pb2.LocalExecution(
+        execution=pb.Execution(
+            id=execution_id,
+            job_id=job_id,
+            node_id=node_id,
+            shard=shard,
+            state=ExecutionState.BID_ACCEPTED.pb,
+            create_time_unix_nano=now,
+            update_time_unix_nano=now,
+        ),
+        requester_node_id=requester,
+        spec=spec,
+        traceparent=tp,
+    )
+
+
+def put_new(tx: Tx, record: Any) -> None:
+    """Write a newly accepted execution's record; raises BacalhauError if it exists."""
+    execution_id = record.execution.id
+    if tx.get_local(execution_id) is not None:
+        raise BacalhauError(f"execution {execution_id} already accepted")
+    tx.put_local(record)
+
+
+def accept_in(tx: Tx, job: Any, ex: Any, traceparent: str) -> Any:
+    """Write this node's record of its execution `ex` of `job`, which its own requester chose
+    it for, already running, in `tx` (the requester's); the record. Raises BacalhauError if it
+    exists already."""
+    record = accepted_record(ex.id, job.id, ex.node_id, ex.shard, ex.node_id, job.spec, traceparent)
+    set_execution_state(record.execution, ExecutionState.RUNNING)
+    put_new(tx, record)
+    return record
+
+
+def decide_in(tx: Tx, execution_id: str, accepted: bool, reason: str) -> Any:
+    """Record a requester's decision on a proposed result in `tx` (see `LocalRecords.decide`);
+    the record after it. Raises BacalhauError if the execution is not known here, and
+    IllegalTransition if it proposed no result."""
+    state = ExecutionState.PUBLISHED if accepted else ExecutionState.RESULT_REJECTED
+    rec = tx.get_local(execution_id)
+    if rec is None:
+        raise BacalhauError(f"execution {execution_id} is not known here")
+    current = ExecutionState.of(rec.execution.state)
+    if current == state:
+        return rec
+    if accepted and current == ExecutionState.RESULT_PROPOSED:
+        set_execution_state(rec.execution, ExecutionState.RESULT_ACCEPTED)
+    set_execution_state(rec.execution, state, reason)
+    tx.put_local(rec)
+    return rec
+
+
+def update_of(rec: Any) -> Any:
+    """The report of where the execution `rec` stands (its result's blocks not included)."""
+    ex = rec.execution
+    update = peer_pb2.ExecutionUpdate(
+        job_id=ex.job_id,
+        execution_id=ex.id,
+        state=ex.state,
+        result_cid=ex.result_cid,
+        stderr_tail=ex.stderr_tail,
+        message=ex.message,
+        inputs=ex.inputs,
+        traceparent=rec.traceparent,
+    )
+    if ex.HasField("exit_code"):
+        update.exit_code = ex.exit_code
+    return update

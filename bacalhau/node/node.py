@@ -30,6 +30,7 @@ from bacalhau.blockstore import Blockstore
 from bacalhau.compute.capacity import Allocator, Limits, detect
 from bacalhau.compute.inputs import InputCache
 from bacalhau.compute.node import Compute, ComputeConfig
+from bacalhau.compute.records import accept_in, decide_in, update_of
 from bacalhau.content import dag
 from bacalhau.content.cid import CID
 from bacalhau.content.errors import TooLarge
@@ -55,6 +56,7 @@ from bacalhau.observability import (
     Tracing,
     start_http_server,
 )
+from bacalhau.requester.ledger import ComputeHere
 from bacalhau.requester.node import Requester
 from bacalhau.service import (
     Access,
@@ -274,6 +276,11 @@ class Node:
             inputs=inputs,
             tracing=self.tracing,
         )
+        # Both roles keep their records in this node's datastore: choosing this node, and a
+        # decision on a result of it, are written with its compute record, in one commit.
+        self.requester.ledger.compute_here = ComputeHere(accept_in, decide_in, update_of)
+        self.requester.decided_here = self.compute.decided_here
+        self.requester.accepted_here = self.compute.accepted_here
         self.submitted = Counter("bacalhau_jobs_submitted_total", "Jobs submitted to this node.")
         self.results = ResultService(self.blockstore, self.dags, self.block_bytes_sent)
         self.jobs = JobService(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from bacalhau import spec as jobspec
 from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
@@ -120,6 +120,34 @@ class Pick:
     trusted: bool = False
 
 
+class Recorded(NamedTuple):
+    """What recording execution reports leaves to do: `outgoing` result decisions (node,
+    ResultDecision) to send, but those on executions of this node decided in the same
+    transaction (`here`: their records, as this node's compute role keeps them, see
+    `Ledger.compute_here`; nothing is sent for them); `requeue`: the job, if it must be placed
+    again."""
+
+    outgoing: list[tuple[str, Any]]
+    requeue: Any
+    here: list[Any]
+
+
+@dataclass(frozen=True)
+class ComputeHere:
+    """This node's compute role, whose records share the requester's datastore: what it
+    writes when its own requester chooses it, or decides on its result, can go in the
+    requester's transaction (one commit instead of three: the requester's, the compute
+    role's, and the one recording its report). Each raises BacalhauError if it cannot be
+    written; the message is then sent as to any node."""
+
+    # (tx, job, execution, traceparent) -> the compute record of `execution`, written running
+    accept: Callable[[Tx, Any, Any, str], Any]
+    # (tx, execution ID, accepted, reason) -> the compute record after the decision
+    decide: Callable[[Tx, str, bool, str], Any]
+    # a compute record -> the ExecutionUpdate that reports it
+    update_of: Callable[[Any], Any]
+
+
 @dataclass(frozen=True)
 class Decision:
     """A bid decision to send: to `node_id` about its bid (`execution_id`) for a shard."""
@@ -128,6 +156,9 @@ class Decision:
     execution_id: str
     shard: int
     accepted: bool
+    # this node's own execution, written running with the choice (`Ledger.compute_here`):
+    # its compute record; nothing is sent for it
+    here: Any = None
 
 
 class Ledger:
@@ -137,6 +168,11 @@ class Ledger:
         self._store = store
         self.node_id = node_id
         self.penalty_ns = int(penalty_s * 1e9)
+        # This node's compute role (see `ComputeHere`): set by the node that has both.
+        # Choosing it for an execution of an unsharded job writes its record, running; a
+        # decision on its result writes its record, published, unless the job asks for result
+        # replicas (publishing waits for them then).
+        self.compute_here: ComputeHere | None = None
 
     async def _write(self, fn: Callable[[Tx], T]) -> T:
         return await asyncio.wrap_future(self._store.submit(fn))
@@ -274,13 +310,18 @@ class Ledger:
         await self._write(write)
 
     async def select(
-        self, job_id: str, picks: list[Pick], bids: list[tuple[str, Any]] | None = None
+        self,
+        job_id: str,
+        picks: list[Pick],
+        bids: list[tuple[str, Any]] | None = None,
+        traceparent: str = "",
     ) -> list[Decision]:
         """Decide the bids on shards of a job, in one transaction: for each `Pick`, accept the
         chosen nodes' bids and reject the others. A chosen node whose bid was not recorded as
         a proposed execution (it answered an announcement of many shards) gets a new one;
         the other willing nodes of such a bid are told no. `bids` not recorded yet are recorded
-        first, in the same transaction, as `record_bids` does."""
+        first, in the same transaction, as `record_bids` does. `traceparent`: the selection's
+        span, the parent of the executions' (see `compute_here`)."""
 
         def write(tx: Tx) -> list[Decision]:
             job = tx.get_job(job_id)
@@ -308,7 +349,8 @@ class Ledger:
                             detail = "runs alone: its node has a long verified record"
                         kind = "BidAccepted" if accepted else "BidRejected"
                         tx.add_event(event(job, kind, ex, detail))
-                    decisions.append(Decision(ex.node_id, ex.id, pick.shard, accepted))
+                    here = self._accepted_here(tx, job, ex, traceparent) if accepted else None
+                    decisions.append(Decision(ex.node_id, ex.id, pick.shard, accepted, here))
                 for node_id in sorted(pick.willing - pick.chosen - recorded):
                     decisions.append(Decision(node_id, "", pick.shard, False))
             if final:
@@ -338,19 +380,17 @@ class Ledger:
 
     # -- execution progress ---------------------------------------------------------------
 
-    async def update(self, sender: str, u: Any) -> tuple[list[tuple[str, Any]], Any]:
-        """Record an execution's report: (result decisions to send, the job if it must be
-        placed again because its only execution never ran)."""
+    async def update(self, sender: str, u: Any) -> Recorded:
+        """Record an execution's report: result decisions to send, and the job if it must be
+        placed again because its only execution never ran (`Recorded`)."""
         return await self.update_many(u.job_id, [(sender, u)])
 
-    async def update_many(
-        self, job_id: str, reports: list[tuple[str, Any]]
-    ) -> tuple[list[tuple[str, Any]], Any]:
+    async def update_many(self, job_id: str, reports: list[tuple[str, Any]]) -> Recorded:
         """Record reports (sender, ExecutionUpdate) on executions of one job in one
         transaction, as `update` does each; if one is refused, nothing is written (the caller
         records them one by one)."""
 
-        def write(tx: Tx) -> tuple[list[tuple[str, Any]], Any]:
+        def write(tx: Tx) -> Recorded:
             job = tx.get_job(job_id)
             index = {ex.id: ex for ex in job.executions}
             outgoing: list[tuple[str, Any]] = []
@@ -369,8 +409,6 @@ class Ledger:
                 if shard is not None:
                     verify.add(shard)
                 requeue = requeue or back
-            if not changed:
-                return outgoing, None
             if verify:
                 by_shard: dict[int, list[Any]] = {}
                 for ex in job.executions:
@@ -378,12 +416,54 @@ class Ledger:
                         by_shard.setdefault(ex.shard, []).append(ex)
                 for shard in sorted(verify):
                     outgoing.extend(self._verify(tx, job, shard, by_shard[shard]))
+            here = self._decided_here(tx, job, index, outgoing)
+            if not changed and not here:
+                return Recorded(outgoing, None, [])
             if requeue is None:
                 self._settle(tx, job)
             tx.put_job(job)
-            return outgoing, requeue
+            return Recorded(outgoing, requeue, here)
 
         return await self._write(write)
+
+    def _accepted_here(self, tx: Tx, job: Any, ex: Any, traceparent: str) -> Any:
+        """Write this node's compute record of its own execution `ex`, running, and record it
+        running (see `compute_here`); the record, or None if that is not done here."""
+        here = self.compute_here
+        if (
+            here is None
+            or ex.node_id != self.node_id
+            or jobspec.is_sharded(job.spec)
+            or E.of(ex.state) != E.BID_ACCEPTED
+        ):
+            return None
+        try:
+            rec = here.accept(tx, job, ex, traceparent)
+        except BacalhauError:
+            return None  # recorded there already: the decision is sent as to any node
+        self._apply(tx, job, ex, self.node_id, here.update_of(rec))
+        return rec
+
+    def _decided_here(
+        self, tx: Tx, job: Any, index: dict[str, Any], outgoing: list[tuple[str, Any]]
+    ) -> list[Any]:
+        """Write the decisions in `outgoing` on this node's own executions with its compute
+        role's record (see `compute_here`); their records after it."""
+        compute = self.compute_here
+        if compute is None or job.spec.deal.result_replicas:
+            return []
+        here = []
+        for node_id, d in outgoing:
+            if node_id != self.node_id:
+                continue
+            try:
+                rec = compute.decide(tx, d.execution_id, d.accepted, d.reason)
+            except BacalhauError:
+                continue  # not recorded here: the decision is sent as to any node
+            here.append(rec)
+            if d.accepted:  # published there: recorded as its report would be
+                self._apply(tx, job, index[d.execution_id], node_id, compute.update_of(rec))
+        return here
 
     def _apply(
         self, tx: Tx, job: Any, ex: Any, sender: str, u: Any

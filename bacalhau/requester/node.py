@@ -92,6 +92,11 @@ class Requester:
         self._trace: dict[str, str] = {}
         self._job_spans: dict[str, Any] = {}  # job -> its root span, ended when it ends
         self.ledger = Ledger(store, network.node_id, penalty_s)
+        # Called with this node's compute record of each choice of it and each decision on
+        # its result that the ledger wrote with that record (`Ledger.compute_here`), once
+        # committed (nothing is sent for them).
+        self.accepted_here: Callable[[Any], None] = lambda rec: None
+        self.decided_here: Callable[[Any], None] = lambda rec: None
         self._penalty_s = penalty_s
         known = store.list_peers()
         # node -> time.time() until which it gets no work here (a result of its lost)
@@ -810,21 +815,25 @@ class Requester:
         async def select() -> tuple[list[Decision], str]:
             parent = self._trace.get(job_id, "")
             with self.tracing.span("selection", parent, job_id=job_id, shards=len(picks)) as s:
-                decisions = await self.ledger.select(job_id, picks, bids)
+                tp = traceparent_of(s)
+                decisions = await self.ledger.select(job_id, picks, bids, tp)
                 if self.tracing.on:
                     chosen = sorted({d.node_id for d in decisions if d.accepted})
                     s.set_attribute("bacalhau.nodes", ",".join(n[-8:] for n in chosen[:32]))
                     s.set_attribute("bacalhau.accepted", sum(d.accepted for d in decisions))
-                return decisions, traceparent_of(s)
+                return decisions, tp
 
         def send(selected: tuple[list[Decision], str]) -> None:
             decisions, traceparent = selected
             where = self._where.setdefault(job_id, {})
             by_node: dict[str, list[Decision]] = {}
             for d in decisions:
-                by_node.setdefault(d.node_id, []).append(d)
                 if d.accepted:
                     where[d.execution_id] = d.node_id
+                if d.here is not None:
+                    self.accepted_here(d.here)  # written running with the choice
+                    continue
+                by_node.setdefault(d.node_id, []).append(d)
             for node_id, mine in by_node.items():
                 why = "enough nodes were selected"
                 self._send_decisions(node_id, job_id, mine, why, traceparent)
@@ -881,15 +890,20 @@ class Requester:
                     log.exception("recording %d update(s) of job %s failed", len(reports), job_id)
                     continue
                 if self.tracing.on:
-                    self._trace_verdicts(job_id, started, [r[0] for r in results])
-                for outgoing, again in results:
-                    self._penalize(outgoing)
-                    for node_id, decision in outgoing:
+                    self._trace_verdicts(job_id, started, [r.outgoing for r in results])
+                for r in results:
+                    self._penalize(r.outgoing)
+                    here = {rec.execution.id for rec in r.here}
+                    for node_id, decision in r.outgoing:
+                        if decision.execution_id in here:
+                            continue  # written with this node's own record of it
                         self._net.send(node_id, result_decision=decision)
                         if decision.accepted:  # copy it while the node publishes it
                             self._keep(job_id, decision.execution_id, node_id)
-                    if again is not None:
-                        self._announce(again)
+                    for rec in r.here:
+                        self.decided_here(rec)
+                    if r.requeue is not None:
+                        self._announce(r.requeue)
         finally:
             self._recording.discard(job_id)
 
