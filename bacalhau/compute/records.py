@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bacalhau._pb.bacalhau.v1 import peer_pb2, records_pb2
 from bacalhau.datastore import Datastore, Tx
 from bacalhau.errors import BacalhauError
-from bacalhau.models import ExecutionState, now_ns, pb, set_execution_state
+from bacalhau.models import ExecutionState, IllegalTransition, now_ns, pb, set_execution_state
 from bacalhau.network import Network
 from bacalhau.spec import MAX_ID_LENGTH
 
@@ -37,6 +37,9 @@ class LocalRecords:
         self._store = store
         self._net = network
         self._result_blocks = result_blocks
+        # This node's requester (`Requester.report_here`): a report on an execution it placed
+        # here is written with this node's record of it, in one transaction. Set by the node.
+        self.report_here: Callable[[Any, Callable[[Tx], Any]], Awaitable[Any]] | None = None
 
     def get(self, execution_id: str) -> Any:
         """The record of `execution_id`, or None."""
@@ -77,6 +80,19 @@ class LocalRecords:
             tx.put_local(rec)
             return rec
 
+        here = self.report_here
+        if here is not None and record.requester_node_id == self._net.node_id:
+            # Its requester is this node: the report and this record go in one transaction.
+            preview = records_pb2.LocalExecution()
+            preview.CopyFrom(record)
+            try:
+                set_execution_state(preview.execution, state, message)
+            except IllegalTransition:
+                pass  # the write says so, as below
+            else:
+                rec = await here(update_of(preview), write)
+                ex.CopyFrom(rec.execution)
+                return
         rec = await asyncio.wrap_future(self._store.submit(write))
         ex.CopyFrom(rec.execution)
         self.report(rec)
@@ -95,7 +111,8 @@ class LocalRecords:
         """Tell the requester where the execution stands."""
         update = update_of(rec)
         ex = rec.execution
-        if ex.result_cid and ex.state in _WITH_RESULT:
+        here = rec.requester_node_id == self._net.node_id  # its blocks are here already
+        if ex.result_cid and ex.state in _WITH_RESULT and not here:
             for cid, data in self._result_blocks(ex.result_cid):
                 update.result_blocks.add(cid=cid, data=data)
         if not self._net.send(rec.requester_node_id, execution_update=update):

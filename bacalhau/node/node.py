@@ -281,6 +281,7 @@ class Node:
         self.requester.ledger.compute_here = ComputeHere(accept_in, decide_in, update_of)
         self.requester.decided_here = self.compute.decided_here
         self.requester.accepted_here = self.compute.accepted_here
+        self.compute.records.report_here = self.requester.report_here
         self.submitted = Counter("bacalhau_jobs_submitted_total", "Jobs submitted to this node.")
         self.results = ResultService(self.blockstore, self.dags, self.block_bytes_sent)
         self.jobs = JobService(

@@ -9,7 +9,7 @@ kept per shard: a job completes when every shard has a published result.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -130,6 +130,7 @@ class Recorded(NamedTuple):
     outgoing: list[tuple[str, Any]]
     requeue: Any
     here: list[Any]
+    first: list[Any]  # what the writes done first returned (see `Ledger.update_many`)
 
 
 @dataclass(frozen=True)
@@ -385,12 +386,20 @@ class Ledger:
         placed again because its only execution never ran (`Recorded`)."""
         return await self.update_many(u.job_id, [(sender, u)])
 
-    async def update_many(self, job_id: str, reports: list[tuple[str, Any]]) -> Recorded:
+    async def update_many(
+        self,
+        job_id: str,
+        reports: list[tuple[str, Any]],
+        first: Sequence[Callable[[Tx], Any]] = (),
+    ) -> Recorded:
         """Record reports (sender, ExecutionUpdate) on executions of one job in one
         transaction, as `update` does each; if one is refused, nothing is written (the caller
-        records them one by one)."""
+        records them one by one). `first`: writes done first in the same transaction (this
+        node's compute role's own records of its reports); what they return is
+        `Recorded.first`, and if one raises, nothing is written."""
 
         def write(tx: Tx) -> Recorded:
+            done = [fn(tx) for fn in first]
             job = tx.get_job(job_id)
             index = {ex.id: ex for ex in job.executions}
             outgoing: list[tuple[str, Any]] = []
@@ -418,11 +427,11 @@ class Ledger:
                     outgoing.extend(self._verify(tx, job, shard, by_shard[shard]))
             here = self._decided_here(tx, job, index, outgoing)
             if not changed and not here:
-                return Recorded(outgoing, None, [])
+                return Recorded(outgoing, None, [], done)
             if requeue is None:
                 self._settle(tx, job)
             tx.put_job(job)
-            return Recorded(outgoing, requeue, here)
+            return Recorded(outgoing, requeue, here, done)
 
         return await self._write(write)
 

@@ -15,12 +15,13 @@ import random
 import time
 from array import array
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bacalhau import spec as jobspec
 from bacalhau._fast import planner
 from bacalhau._pb.bacalhau.v1 import peer_pb2
-from bacalhau.datastore import Datastore
+from bacalhau.datastore import Datastore, Tx
 from bacalhau.datastore.base import ACTIVE_JOB_STATES, JobQuery
 from bacalhau.errors import BacalhauError, JobStateError
 from bacalhau.models import ExecutionState, JobState
@@ -126,6 +127,8 @@ class Requester:
         self._bids: dict[str, list[tuple[str, Any]]] = {}
         # job -> reports not recorded yet; the jobs whose reports are being recorded
         self._reports: dict[str, list[tuple[str, Any]]] = {}
+        # job -> id(report) -> this node's compute record of it, to write with it
+        self._own_reports: dict[str, dict[int, _OwnWrite]] = {}
         self._recording: set[str] = set()
         # job -> execution -> its node, for the jobs placed here and not final: who may report
         # on an execution, without reading the job
@@ -860,6 +863,18 @@ class Requester:
             self._recording.add(u.job_id)
             self._spawn(self._record_reports(u.job_id), "recording execution updates")
 
+    def report_here(self, u: Any, write: Callable[[Tx], Any]) -> asyncio.Future[Any]:
+        """A report `u` from this node's compute role on an execution placed here, whose own
+        record `write` writes: both are written in one transaction (one commit instead of
+        two, and nothing sent). The future resolves to what `write` returned, once it is
+        committed, or to its exception."""
+        if not self._from_compute_node(self._net.node_id, u):  # not placed here (any more)
+            return asyncio.wrap_future(self._store.submit(write))
+        done: asyncio.Future[Any] = self._loop.create_future()
+        self._own_reports.setdefault(u.job_id, {})[id(u)] = _OwnWrite(u, write, done)
+        self._on_update(self._net.node_id, u)
+        return done
+
     async def _record_reports(self, job_id: str) -> None:
         """Record the reports on a job's executions: what came in while the last ones were
         being written goes in the next transaction, so a busy job's reports are recorded
@@ -872,23 +887,37 @@ class Requester:
                 placed = len(self._where.get(job_id, ()))
                 await asyncio.sleep(min(COALESCE_MAX_S, placed * COALESCE_PER_EXECUTION_S))
                 reports = self._reports.pop(job_id, None)
+                own = self._own_reports.pop(job_id, {})
                 if not reports:
                     break
                 if self._keep_result is not None:
                     reports = await self._kept(job_id, reports)
+                writes = [own.pop(id(u)) for _, u in reports if id(u) in own]
+                await _write_alone(self._store, list(own.values()))  # not recorded now
                 started = time.time_ns()
                 try:
-                    results = [await self.ledger.update_many(job_id, reports)]
+                    result = await self.ledger.update_many(
+                        job_id, reports, [w.write for w in writes]
+                    )
                 except BacalhauError:  # one was refused: each on its own
                     results = []
                     for sender, u in reports:
+                        mine = [w for w in writes if w.report is u]
+                        if mine and not await _write_alone(self._store, mine):
+                            continue  # its node's own record was not written: nor is it here
                         try:
                             results.append(await self.ledger.update(sender, u))
                         except BacalhauError as e:
                             log.debug("recording an execution update refused: %s", e)
                 except Exception:
                     log.exception("recording %d update(s) of job %s failed", len(reports), job_id)
+                    await _write_alone(self._store, writes)
                     continue
+                else:
+                    results = [result]
+                    for w, value in zip(writes, result.first, strict=True):
+                        if not w.done.done():
+                            w.done.set_result(value)
                 if self.tracing.on:
                     self._trace_verdicts(job_id, started, [r.outgoing for r in results])
                 for r in results:
@@ -1196,6 +1225,32 @@ class Requester:
         for timer in self._lost.values():
             timer.cancel()
         self._lost.clear()
+
+
+@dataclass
+class _OwnWrite:
+    """A report of this node's compute role and the write of its own record of it."""
+
+    report: Any
+    write: Callable[[Tx], Any]
+    done: asyncio.Future[Any]
+
+
+async def _write_alone(store: Datastore, writes: list[_OwnWrite]) -> bool:
+    """Write these compute records each on its own (their reports are not recorded with
+    them); whether all were written."""
+    ok = True
+    for w in writes:
+        try:
+            value = await asyncio.wrap_future(store.submit(w.write))
+        except Exception as e:
+            ok = False
+            if not w.done.done():
+                w.done.set_exception(e)
+        else:
+            if not w.done.done():
+                w.done.set_result(value)
+    return ok
 
 
 def _copy(u: Any) -> Any:
