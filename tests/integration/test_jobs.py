@@ -11,8 +11,10 @@ import yaml
 from bacalhau.client import Client
 from bacalhau.content import Importer
 from bacalhau.content.cid import CID
+from bacalhau.datastore.lmdbstore import LmdbDatastore
+from bacalhau.models import ExecutionState
 from tests._wait import wait_for
-from tests.integration.conftest import ECHO_WASM, Cluster, Ctl
+from tests.integration.conftest import ECHO_WASM, Cluster, Ctl, start_node
 
 
 def run_job(ctl: Ctl, *args: str) -> tuple[Any, str]:
@@ -94,6 +96,37 @@ def test_an_idle_requester_takes_its_own_bid_without_asking_the_others(tmp_path:
         assert ctl("cancel", spin_id).returncode == 0
     finally:
         two.close()
+
+
+def test_a_job_run_on_its_requester_leaves_both_roles_records_final(tmp_path: Path):
+    """The requester writes its own node's compute record with the choice, the report and
+    the decision (one commit each instead of several): after a job ran there, both the job
+    and the node's record of its execution are final, and a restart takes nothing up again."""
+    node = start_node(tmp_path / "solo", name="solo")
+    try:
+        ctl = Ctl(node.address, tmp_path)
+        ok, ok_id = run_job(ctl, str(ECHO_WASM), "fine")
+        failed, failed_id = run_job(ctl, str(ECHO_WASM), "fail")
+        assert ok.returncode == 0 and failed.returncode == 1, (ok.stderr, failed.stderr)
+        order = ["JobCreated", "BidAccepted", "ExecutionRunning", "ResultProposed",
+                 "ResultAccepted", "ResultPublished", "JobCompleted"]  # fmt: skip
+        types = [e["type"] for e in ctl.json("describe", ok_id)["events"]]
+        assert [t for t in types if t in order] == order, types
+        assert node.stop() == 0
+        store = LmdbDatastore(node.data_dir / "datastore")
+        try:
+            states = {r.execution.job_id: r.execution.state for r in store.list_local()}
+        finally:
+            store.close()
+        assert states == {
+            ok_id: ExecutionState.PUBLISHED.pb,
+            failed_id: ExecutionState.FAILED.pb,
+        }, states
+        node = start_node(node.data_dir, name="solo")
+        assert ctl.json("describe", ok_id, api=node.address)["state"] == "completed"
+        assert "still wanted" not in node.log and "finishing execution" not in node.log
+    finally:
+        node.stop()
 
 
 def test_describe_json_fields(ctl: Ctl):
