@@ -324,6 +324,75 @@ def test_a_hello_registers_the_peer_once_each_side_answered(a: Identity, b: Iden
     assert [m.bid.job_id for m in network(b)._register(conn, hello)] == ["j-7"]
 
 
+def mac_handshake(net_a: Network, net_b: Network) -> tuple[Connection, Connection]:
+    """A dials B with Hellos that carry key shares, as `_dial_once` and `serve_stream` do."""
+    dialer, listener = Connection(outbound=True), Connection(outbound=False)
+    opening = [peer_pb2.PeerMessage(hello=net_a._hello_for(dialer))]
+    dialer.challenge = net_a._send_packet(dialer, "", opening)
+    hello_a = net_b._check_hello(listener, dialer.queue.get_nowait())
+    listener.node_id = hello_a.sender
+    net_b._answer(listener, hello_a)
+    b_hello = listener.queue.get_nowait()
+    assert b_hello.signature and not b_hello.mac  # a Hello is signed: it vouches for its share
+    hello_b = net_a._check_hello(dialer, b_hello)
+    net_a._answer(dialer, hello_b)
+    net_a._register(dialer, hello_b)
+    net_b._confirm(listener, net_b._open(listener, dialer.queue.get_nowait()))
+    net_b._register(listener, hello_a)
+    return dialer, listener
+
+
+def test_packets_after_hellos_with_key_shares_carry_a_mac(a: Identity, b: Identity) -> None:
+    """Both Hellos carried key shares: later packets are authenticated by the stream's keys
+    (no signature), each direction its own, and read as signed ones are."""
+    got: list[tuple[str, Any]] = []
+    net_a, net_b = network(a), network(b, lambda sender, msg: got.append((sender, msg)))
+    dialer, listener = mac_handshake(net_a, net_b)
+    assert dialer.mac_send == listener.mac_recv and dialer.mac_recv == listener.mac_send
+    assert dialer.mac_send != dialer.mac_recv
+    net_a._send_packet(dialer, b.node_id, [bid("j-mac")])
+    env = dialer.queue.get_nowait()
+    assert env.mac and not env.signature and not env.public_key
+    packet = net_b._open(listener, env)
+    assert packet.sender == a.node_id and packet.messages[0].bid.job_id == "j-mac"
+    net_b._send_packet(listener, a.node_id, [bid("j-back")])  # and the other way
+    assert net_a._open(dialer, listener.queue.get_nowait()).messages[0].bid.job_id == "j-back"
+
+
+def test_a_packet_whose_mac_does_not_check_is_refused(a: Identity, b: Identity) -> None:
+    """A changed byte, a packet from another stream (other keys), one sent back to its sender
+    (the other direction's key), a MAC where the stream has no keys: all refused as forged."""
+    net_a, net_b = network(a), network(b)
+    dialer, listener = mac_handshake(net_a, net_b)
+    net_a._send_packet(dialer, b.node_id, [bid()])
+    good = dialer.queue.get_nowait()
+    changed = peer_pb2.Envelope(payload=good.payload[:-1] + b"x", mac=good.mac)
+    with pytest.raises(PeerProtocolError, match="MAC that does not check") as e:
+        net_b._open(listener, changed)
+    assert e.value.reason == "forged"
+    other_dialer, _ = mac_handshake(network(a), network(b))
+    net_a._send_packet(other_dialer, b.node_id, [bid()])
+    with pytest.raises(PeerProtocolError, match="MAC that does not check"):
+        net_b._open(listener, other_dialer.queue.get_nowait())
+    with pytest.raises(PeerProtocolError, match="MAC that does not check"):
+        net_a._open(dialer, good)  # its own packet, reflected
+    plain = Connection(outbound=False, node_id=a.node_id)  # a stream without keys
+    with pytest.raises(PeerProtocolError, match="MAC that does not check"):
+        network(b)._open(plain, good)
+    assert net_b._open(listener, good).messages[0].bid.job_id == "j-1"  # the real one is fine
+
+
+def test_a_hello_without_a_key_share_keeps_the_stream_signed(a: Identity, b: Identity) -> None:
+    """A peer whose Hello has no key share (an older node) gets, and must send, signed packets."""
+    net_a, net_b = network(a), network(b)
+    dialer, listener = handshake(net_a, net_b)  # A's Hello has no share; B's has
+    assert not dialer.mac_send and not listener.mac_send and not listener.mac_recv
+    net_b._send_packet(listener, a.node_id, [bid()])
+    env = listener.queue.get_nowait()
+    assert env.signature and not env.mac
+    assert net_a._open(dialer, env).messages[0].bid.job_id == "j-1"
+
+
 def test_a_hello_that_does_not_answer_ours_is_refused(a: Identity, b: Identity) -> None:
     """A Hello captured from another stream (answering another dialer) is worth nothing."""
     net_a, net_b = network(a), network(b)

@@ -83,10 +83,12 @@ def _lies_in_bids(stranger: Any, **claim: int) -> list[str]:
     return asked
 
 
-def _run_noop(node: NodeProc) -> Any:
+def _run_noop(node: NodeProc, *inputs: Any) -> Any:
     """Submit a job only the node's own noop engine runs; the GetJobResponse once final."""
     spec = types_pb2.JobSpec(
-        engine="noop", outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")]
+        engine="noop",
+        inputs=inputs,
+        outputs=[types_pb2.OutputSpec(name="outputs", path="/outputs")],
     )
     with Client(node.address) as c:
         return c.wait(c.submit(spec).job_id)
@@ -95,17 +97,22 @@ def _run_noop(node: NodeProc) -> Any:
 def test_a_bid_claiming_more_data_than_the_job_has_is_refused(
     tmp_path: Path, stranger: Any
 ) -> None:
-    """A fresh identity claiming 2^62 bytes of a job without inputs does not win it over an
-    honest node; its later bids are refused too, whatever they claim."""
+    """A fresh identity claiming 2^62 bytes in two of a job's one input does not win it over
+    an honest node; its later bids are refused too, whatever they claim. (The job has an
+    input by CID: one without is placed on an idle requester's own node without asking.)"""
     node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
     try:
-        asked = _lies_in_bids(stranger, local_input_bytes=1 << 62, local_inputs=1)
+        (tmp_path / "in.txt").write_bytes(b"data")
+        with Client(node.address) as c:
+            cid = c.add_file(tmp_path / "in.txt").cid
+        data = types_pb2.InputSpec(source="ipfs", cid=cid, mount_path="/inputs/in.txt")
+        asked = _lies_in_bids(stranger, local_input_bytes=1 << 62, local_inputs=2)
         stranger.dial(node)
         for expected in (
-            "it claims to hold 1 of the job's 0 CID inputs",
+            "it claims to hold 2 of the job's 1 CID inputs",
             "made an impossible claim before",
         ):
-            done = _run_noop(node)
+            done = _run_noop(node, data)
             assert done.job.state == types_pb2.JOB_STATE_COMPLETED, done.job
             ran = {ex.node_id for ex in done.job.executions if ex.result_cid}
             assert ran == {node.node_id}
