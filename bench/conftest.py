@@ -94,16 +94,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         real = MEDIANS.get("job_latency")
         ratio = f"  ({memo / real:.2f}x the same job run for real)" if real else ""
         tr.write_line(f"{'memoized job p50':>22}: {memo * 1e3:8.2f} ms submit-to-completed{ratio}")
-    for name, base, what in (
-        ("call_signed", "call_plain", "client call"),
-        ("packet_sealed", "packet_plain", "peer packet"),
+    for name, base, label, what in (
+        ("call_signed", "call_plain", "client call signing", "sign and check a client call"),
+        ("packet_sealed", "packet_plain", "peer packet signing", "sign and check a peer packet"),
+        ("packet_maced", "packet_plain", "peer packet MAC", "MAC and check a peer packet"),
     ):
         if name in MEDIANS:
             cost = MEDIANS[name] - MEDIANS.get(base, 0.0)
-            line = f"{cost * 1e6:8.1f} us to sign and check a {what}"
+            line = f"{cost * 1e6:8.1f} us to {what}"
             if "job_latency" in MEDIANS:
                 line += f" ({100 * cost / MEDIANS['job_latency']:.1f}% of a trivial job's p50)"
-            tr.write_line(f"{what + ' signing':>22}: {line}")
+            tr.write_line(f"{label:>22}: {line}")
     if "shard_rate" in NOTES:
         rate, single = NOTES["shard_rate"], NOTES.get("shard_single_job", 0.0)
         from bench.test_bench_sharding import PER_NODE
