@@ -288,9 +288,8 @@ class Ledger:
     # -- bidding --------------------------------------------------------------------------
 
     async def record_bids(self, job_id: str, bids: list[tuple[str, Any]]) -> None:
-        """Nodes' answers (sender, Bid, whether it came willing after its round closed) to
-        announcements of one job, in one transaction: an event each, and a proposed execution
-        for each willing one in time."""
+        """Nodes' answers (sender, Bid) to announcements of one job, in one transaction: an
+        event each, and a proposed execution for each willing one."""
 
         def write(tx: Tx) -> None:
             job = tx.get_job(job_id)
