@@ -27,7 +27,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import wasmtime
@@ -118,14 +118,20 @@ class Clocks:
         return os.urandom(n)
 
 
-def define(linker: wasmtime.Linker, clocks: Clocks) -> None:
+def define(linker: wasmtime.Linker, clocks: Clocks, imported: Container[str] | None = None) -> None:
     """Shadow WASI's `poll_oneoff` in `linker` with `clocks`' version, and in a
-    deterministic run the clock and random calls too. Call after `linker.define_wasi()`."""
+    deterministic run the clock and random calls too. Call after `linker.define_wasi()`.
+    `imported`: the WASI functions the module imports, if known: only those are shadowed
+    (a module that never sleeps or reads a clock pays nothing for them)."""
     funcs: dict[str, Callable[..., int]] = {"poll_oneoff": _poll_oneoff(clocks)}
     if clocks.deterministic:
         funcs["clock_time_get"] = _clock_time_get(clocks)
         funcs["clock_res_get"] = _clock_res_get(clocks)
         funcs["random_get"] = _random_get(clocks)
+    if imported is not None:
+        funcs = {name: f for name, f in funcs.items() if name in imported}
+    if not funcs:
+        return
     linker.allow_shadowing = True
     for name, func in funcs.items():
         linker.define_func(WASI, name, _signature(name), func, access_caller=True)

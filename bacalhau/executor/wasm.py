@@ -88,6 +88,7 @@ class WasmExecutor:
         self._engine = wasmtime.Engine(_config())  # compiles; runs use their own engines
         self._cache_dir = cache_dir
         self._artifacts: dict[str, bytes] = {}
+        self._imports: dict[bytes, frozenset[str]] = {}  # a compiled module -> its imports
         self._lock = threading.Lock()
 
     def is_installed(self) -> bool:
@@ -139,7 +140,10 @@ class WasmExecutor:
             raise InvalidModule("module has no _start function", hint="build it as a WASI command")
         return bytes(module.serialize())
 
-    def _load(self, engine: wasmtime.Engine, req: RunRequest) -> wasmtime.Module:
+    def _load(
+        self, engine: wasmtime.Engine, req: RunRequest
+    ) -> tuple[wasmtime.Module, frozenset[str]]:
+        """The request's module, compiled for `engine`, and the WASI functions it imports."""
         if req.module is None:
             raise ExecutorError("a wasm run needs a module")
         try:
@@ -148,7 +152,7 @@ class WasmExecutor:
             raise ExecutorError(f"cannot read module {req.module}: {e}") from e
         artifact = self.compile(wasm)
         try:
-            return wasmtime.Module.deserialize(engine, artifact)
+            module = wasmtime.Module.deserialize(engine, artifact)
         except wasmtime.WasmtimeError:
             # A stale on-disk artifact (say, from another wasmtime version): rebuild it.
             key = hashlib.sha256(wasm).hexdigest()
@@ -156,7 +160,20 @@ class WasmExecutor:
                 self._artifacts.pop(key, None)
             if self._cache_dir is not None:
                 (self._cache_dir / f"{key}.cwasm").unlink(missing_ok=True)
-            return wasmtime.Module.deserialize(engine, self.compile(wasm))
+            artifact = self.compile(wasm)
+            module = wasmtime.Module.deserialize(engine, artifact)
+        return module, self._imported(artifact, module)
+
+    def _imported(self, artifact: bytes, module: wasmtime.Module) -> frozenset[str]:
+        """The WASI functions `module` (compiled as `artifact`) imports, read once per
+        distinct module."""
+        with self._lock:
+            names = self._imports.get(artifact)
+        if names is None:
+            names = frozenset(imp.name or "" for imp in module.imports)
+            with self._lock:
+                self._imports[artifact] = names
+        return names
 
     def _wasi(self, req: RunRequest, outputs_dir: Path, guard: RunGuard) -> wasmtime.WasiConfig:
         wasi = wasmtime.WasiConfig()
@@ -183,7 +200,7 @@ class WasmExecutor:
         req.validate()
         outputs_dir = prepare_outputs(req)
         engine = wasmtime.Engine(_config())
-        module = self._load(engine, req)
+        module, imported = self._load(engine, req)
         stop = threading.Event()
         interrupt = Interrupter(engine, stop)
         guard = RunGuard(
@@ -205,7 +222,7 @@ class WasmExecutor:
                 linker = wasmtime.Linker(engine)
                 linker.define_wasi()
                 clocks = _wasi_shims.Clocks(deterministic=req.deterministic, stop=stop)
-                _wasi_shims.define(linker, clocks)
+                _wasi_shims.define(linker, clocks, imported)
                 exit_code, error = _start(linker, store, module)
             finally:
                 # Closes the guest's files now (its pipes, files in its folders), not when
