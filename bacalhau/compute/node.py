@@ -238,7 +238,7 @@ class Compute:
 
     def accepted_here(self, record: Any) -> None:
         """This node's requester chose this node and wrote its record of the execution,
-        running, with the choice (`Ledger.accept_here`): run it."""
+        running, with the choice (`Ledger.compute_here`): run it."""
         ex = record.execution
         self.bidder.take(record.requester_node_id, ex.job_id, ex.shard)
         if ex.id in self._active:
@@ -272,7 +272,7 @@ class Compute:
 
     def decided_here(self, rec: Any) -> None:
         """This node's requester wrote its decision on an execution of this node with this
-        node's record of it (`Ledger.decide_here`): what is left of taking it."""
+        node's record of it (`Ledger.compute_here`): what is left of taking it."""
         self._spawn(self._unpin_rejected(rec))
 
     async def _unpin_rejected(self, rec: Any) -> None:

@@ -14,8 +14,8 @@ captured Hello replayed on a new stream is worth nothing: its sender is not ther
 
 Each Hello also carries an X25519 key made for the stream (`key_share`). Once a side has both,
 the packets it sends without a Hello carry an HMAC-SHA256 under the key of their direction
-(X25519 of the two shares through HKDF-SHA256) instead of an ed25519 signature: about 2 µs to
-make and check, against some 170 µs for a signature and its check. The shares came in signed
+(X25519 of the two shares through HKDF-SHA256) instead of an ed25519 signature: sealing and
+opening a packet takes about 8 µs so, against 150 µs signed (`bench/test_bench_auth.py`). The shares came in signed
 Hellos, so nobody else can have the keys; every other check (sequence, nonce, clock) is the
 same. A peer whose Hello has no share gets, and must send, signed packets.
 

@@ -889,6 +889,7 @@ class Requester:
                 reports = self._reports.pop(job_id, None)
                 own = self._own_reports.pop(job_id, {})
                 if not reports:
+                    await _write_alone(self._store, list(own.values()))  # none: defensive
                     break
                 if self._keep_result is not None:
                     reports = await self._kept(job_id, reports)
