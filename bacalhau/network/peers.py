@@ -15,9 +15,10 @@ captured Hello replayed on a new stream is worth nothing: its sender is not ther
 Each Hello also carries an X25519 key made for the stream (`key_share`). Once a side has both,
 the packets it sends without a Hello carry an HMAC-SHA256 under the key of their direction
 (X25519 of the two shares through HKDF-SHA256) instead of an ed25519 signature: sealing and
-opening a packet takes about 8 µs so, against 150 µs signed (`bench/test_bench_auth.py`). The shares came in signed
-Hellos, so nobody else can have the keys; every other check (sequence, nonce, clock) is the
-same. A peer whose Hello has no share gets, and must send, signed packets.
+opening a packet takes about 8 µs so, against 150 µs signed (`bench/test_bench_auth.py`).
+The shares came in signed Hellos, so nobody else can have the keys; every other check
+(sequence, nonce, clock) is the same. A peer whose Hello has no share gets, and must send,
+signed packets.
 
 Messages a node sends to itself are delivered on the event loop without a network hop, so the
 requester and compute roles of one node talk the same way as those of two nodes.
