@@ -148,11 +148,11 @@ def put_new(tx: Tx, record: Any) -> None:
     tx.put_local(record)
 
 
-def accept_in(tx: Tx, job: Any, ex: Any, traceparent: str) -> Any:
-    """Write this node's record of its execution `ex` of `job`, which its own requester chose
-    it for, already running, in `tx` (the requester's); the record. Raises BacalhauError if it
-    exists already."""
-    record = accepted_record(ex.id, job.id, ex.node_id, ex.shard, ex.node_id, job.spec, traceparent)
+def accept_in(tx: Tx, job: Any, ex: Any, spec: Any, traceparent: str) -> Any:
+    """Write this node's record of its execution `ex` of `job` (running `spec`: the job's, or a
+    shard's own), which its own requester chose it for, already running, in `tx` (the
+    requester's); the record. Raises BacalhauError if it exists already."""
+    record = accepted_record(ex.id, job.id, ex.node_id, ex.shard, ex.node_id, spec, traceparent)
     set_execution_state(record.execution, ExecutionState.RUNNING)
     put_new(tx, record)
     return record

@@ -141,8 +141,9 @@ class ComputeHere:
     role's, and the one recording its report). Each raises BacalhauError if it cannot be
     written; the message is then sent as to any node."""
 
-    # (tx, job, execution, traceparent) -> the compute record of `execution`, written running
-    accept: Callable[[Tx, Any, Any, str], Any]
+    # (tx, job, execution, spec it runs, traceparent) -> the compute record of `execution`,
+    # written running
+    accept: Callable[[Tx, Any, Any, Any, str], Any]
     # (tx, execution ID, accepted, reason) -> the compute record after the decision
     decide: Callable[[Tx, str, bool, str], Any]
     # a compute record -> the ExecutionUpdate that reports it
@@ -170,7 +171,7 @@ class Ledger:
         self.node_id = node_id
         self.penalty_ns = int(penalty_s * 1e9)
         # This node's compute role (see `ComputeHere`): set by the node that has both.
-        # Choosing it for an execution of an unsharded job writes its record, running; a
+        # Choosing it for an execution (of a job, or of a shard) writes its record, running; a
         # decision on its result writes its record, published, unless the job asks for result
         # replicas (publishing waits for them then).
         self.compute_here: ComputeHere | None = None
@@ -438,15 +439,16 @@ class Ledger:
         """Write this node's compute record of its own execution `ex`, running, and record it
         running (see `compute_here`); the record, or None if that is not done here."""
         here = self.compute_here
-        if (
-            here is None
-            or ex.node_id != self.node_id
-            or jobspec.is_sharded(job.spec)
-            or E.of(ex.state) != E.BID_ACCEPTED
-        ):
+        if here is None or ex.node_id != self.node_id or E.of(ex.state) != E.BID_ACCEPTED:
             return None
+        spec = job.spec
+        if jobspec.is_sharded(job.spec):  # a shard runs its own spec, with its own files
+            stored = tx.get_shard(job.id, ex.shard)
+            if stored is None:
+                return None
+            spec = jobspec.shard_spec(job.spec, ex.shard, shard_count(job), stored.inputs)
         try:
-            rec = here.accept(tx, job, ex, traceparent)
+            rec = here.accept(tx, job, ex, spec, traceparent)
         except BacalhauError:
             return None  # recorded there already: the decision is sent as to any node
         self._apply(tx, job, ex, self.node_id, here.update_of(rec))
