@@ -5,9 +5,9 @@ constructors, so several nodes can live in one process). `Tracing.off()` is the 
 tracer: no span is made and the helpers return at once. When on, finished spans that name a
 job (`bacalhau.job_id`) are kept in a bounded `SpanStore` (for `GetTrace`), and, with an OTLP
 endpoint, exported over OTLP/gRPC in batches. A node that only keeps its spans (the default)
-makes them with `_LightTracer`, a few plain objects a span, not the SDK's (a trivial job
-with tracing on took 1.025–1.038x tracing off so, against 1.064–1.094x with the SDK's spans
-in the same runs); one that exports uses the SDK.
+makes them with `_LightTracer`, a few plain objects a span, not the SDK's: a trivial job
+with tracing on took 1.025–1.038x tracing off so, where the SDK's spans kept in memory took
+1.068x. One that exports uses the SDK.
 
 A span context crosses nodes as a W3C traceparent string (gRPC metadata `traceparent`; the
 `traceparent` field of peer messages). What a peer or a client sends is parsed strictly and
