@@ -94,6 +94,25 @@ def _run_noop(node: NodeProc, *inputs: Any) -> Any:
         return c.wait(c.submit(spec).job_id)
 
 
+def test_a_packet_whose_mac_does_not_check_closes_the_stream(tmp_path: Path, stranger: Any) -> None:
+    """A real node and a peer agree stream keys in their Hellos; a packet under any other key
+    (a forger's guess) is refused as forged, counted, and the stream is closed."""
+    node = start_node(tmp_path / "n", args=("--engines", "noop", "--metrics-port", "0"))
+    try:
+        stranger.dial(node)
+        conn = stranger.net._conns[node.node_id][0]
+        assert conn.mac_send and conn.mac_recv  # both Hellos carried key shares
+        before = _refusals(node, "forged")
+        conn.mac_send = bytes(32)  # not the key the node agreed
+        stranger.send(node.node_id, heartbeat=peer_pb2.Heartbeat())
+        wait_for(lambda: _refusals(node, "forged") > before, 10, "the forged packet counted")
+        wait_for(
+            lambda: conn not in stranger.net._conns.get(node.node_id, []), 15, "the stream closed"
+        )
+    finally:
+        node.stop()
+
+
 def test_a_bid_claiming_more_data_than_the_job_has_is_refused(
     tmp_path: Path, stranger: Any
 ) -> None:
