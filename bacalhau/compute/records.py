@@ -83,8 +83,11 @@ class LocalRecords:
         here = self.report_here
         if here is not None and record.requester_node_id == self._net.node_id:
             # Its requester is this node: the report and this record go in one transaction.
-            preview = records_pb2.LocalExecution()
-            preview.CopyFrom(record)
+            # (The report is made from the execution as it will be written; the spec is not
+            # needed for it, so it is not copied.)
+            preview = records_pb2.LocalExecution(
+                execution=record.execution, traceparent=record.traceparent
+            )
             try:
                 set_execution_state(preview.execution, state, message)
             except IllegalTransition:
